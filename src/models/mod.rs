@@ -1,0 +1,3 @@
+//! Model repository, cache and the candle models themselves.
+
+pub mod wordpiece;
