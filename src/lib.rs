@@ -7,3 +7,4 @@
 
 pub mod config;
 pub mod models;
+pub mod testkit;
