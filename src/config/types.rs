@@ -1,0 +1,694 @@
+//! The configuration data model: one struct per YAML section, with the documented defaults.
+//!
+//! Rust fields are snake_case; serde renames them to the camelCase YAML keys. Every struct is
+//! `#[serde(default)]`, so a partial document deserializes to the defaults for what it omits,
+//! but [`Config::load`](super::Config::load) and friends are the intended entry points: they
+//! add environment overrides, full-path error messages and validation.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole Sluice configuration (the root of `sluice.yaml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `kafka`: brokers, consumer group and topic names.
+    pub kafka: KafkaConfig,
+    /// `streaming`: the inference pipeline.
+    pub streaming: StreamingConfig,
+    /// `gpu`: CUDA devices (only used by builds with the `cuda` feature).
+    pub gpu: GpuConfig,
+    /// `control`: the HTTP control endpoint.
+    pub control: ControlConfig,
+    /// `log`: logging format and filter.
+    pub log: LogConfig,
+}
+
+// ---------------------------------------------------------------------------------------------
+// kafka
+// ---------------------------------------------------------------------------------------------
+
+/// `kafka`: how to reach the brokers and which topics to use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `kafka.bootstrap`: broker addresses.
+    pub bootstrap: KafkaBootstrap,
+    /// `kafka.consumer`: consumer-group settings.
+    pub consumer: KafkaConsumer,
+    /// `kafka.topics`: topic names.
+    pub topics: KafkaTopics,
+}
+
+/// `kafka.bootstrap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaBootstrap {
+    /// `kafka.bootstrap.servers`: comma-separated `host:port` list of bootstrap brokers.
+    pub servers: String,
+}
+
+impl Default for KafkaBootstrap {
+    fn default() -> Self {
+        Self {
+            servers: "127.0.0.1:9092".to_owned(),
+        }
+    }
+}
+
+impl KafkaBootstrap {
+    /// The individual `host:port` entries of [`servers`](Self::servers), trimmed, empties dropped.
+    pub fn server_list(&self) -> Vec<&str> {
+        self.servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+/// `kafka.consumer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConsumer {
+    /// `kafka.consumer.group`: consumer group id. A group with no committed offsets starts at
+    /// the earliest offset.
+    pub group: String,
+}
+
+impl Default for KafkaConsumer {
+    fn default() -> Self {
+        Self {
+            group: "sluice".to_owned(),
+        }
+    }
+}
+
+/// `kafka.topics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaTopics {
+    /// `kafka.topics.streaming`: the topics of the streaming inference pipeline.
+    pub streaming: StreamingTopics,
+}
+
+/// `kafka.topics.streaming`: the five topics of the streaming pipeline (all distinct).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingTopics {
+    /// `input`: normal-priority inference requests.
+    pub input: String,
+    /// `output`: inference results.
+    pub output: String,
+    /// `priority`: high-priority inference requests (served before `input`).
+    pub priority: String,
+    /// `metrics`: periodic metrics reports.
+    pub metrics: String,
+    /// `dlq`: dead letters (undecodable, invalid, expired or failed requests).
+    pub dlq: String,
+}
+
+impl Default for StreamingTopics {
+    fn default() -> Self {
+        Self {
+            input: "realtime-inference-input".to_owned(),
+            output: "realtime-inference-output".to_owned(),
+            priority: "priority-inference".to_owned(),
+            metrics: "realtime-metrics".to_owned(),
+            dlq: "realtime-inference-dlq".to_owned(),
+        }
+    }
+}
+
+impl StreamingTopics {
+    /// `(YAML key, topic name)` for all five topics, in declaration order.
+    pub fn all(&self) -> [(&'static str, &str); 5] {
+        [
+            ("input", &self.input),
+            ("output", &self.output),
+            ("priority", &self.priority),
+            ("metrics", &self.metrics),
+            ("dlq", &self.dlq),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// streaming
+// ---------------------------------------------------------------------------------------------
+
+/// `streaming`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// `streaming.inference`: the streaming inference pipeline.
+    pub inference: StreamingInference,
+}
+
+/// `streaming.inference`: batching, delivery and model settings of the inference pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingInference {
+    /// `enabled`: run the streaming pipeline at all.
+    pub enabled: bool,
+    /// `trigger`: when a partially filled batch is dispatched.
+    pub trigger: TriggerConfig,
+    /// `watermark`: handling of late records.
+    pub watermark: WatermarkConfig,
+    /// `processing`: delivery guarantee, batch timeout and retries.
+    pub processing: ProcessingConfig,
+    /// `batching`: batch shape limits and ring sizes.
+    pub batching: BatchingConfig,
+    /// `lanes`: execution lanes.
+    pub lanes: LanesConfig,
+    /// `limits`: per-record input limits.
+    pub limits: LimitsConfig,
+    /// `model`: model repository and cache.
+    pub model: ModelConfig,
+    /// `metrics`: metrics reporting.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for StreamingInference {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trigger: TriggerConfig::default(),
+            watermark: WatermarkConfig::default(),
+            processing: ProcessingConfig::default(),
+            batching: BatchingConfig::default(),
+            lanes: LanesConfig::default(),
+            limits: LimitsConfig::default(),
+            model: ModelConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl StreamingInference {
+    /// `trigger.intervalMs` as a duration: the longest a request waits for its batch to fill.
+    pub fn trigger_interval(&self) -> Duration {
+        self.trigger.interval()
+    }
+
+    /// `watermark.delayThreshold`: records older than this are late.
+    pub fn delay_threshold(&self) -> Duration {
+        self.watermark.delay_threshold
+    }
+
+    /// `processing.timeout` as a duration: the time limit for one batch.
+    pub fn batch_timeout(&self) -> Duration {
+        self.processing.timeout()
+    }
+
+    /// `model.cache.ttlMinutes` as a duration: idle time after which a cached model is evicted.
+    pub fn ttl(&self) -> Duration {
+        self.model.cache.ttl()
+    }
+
+    /// `metrics.reportingIntervalSeconds` as a duration.
+    pub fn reporting_interval(&self) -> Duration {
+        self.metrics.reporting_interval()
+    }
+}
+
+/// `streaming.inference.trigger`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TriggerConfig {
+    /// `intervalMs`: the longest a request may wait for its batch to fill, in milliseconds.
+    #[serde(rename = "intervalMs")]
+    pub interval_ms: u64,
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        Self { interval_ms: 500 }
+    }
+}
+
+impl TriggerConfig {
+    /// [`interval_ms`](Self::interval_ms) as a duration.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+/// `streaming.inference.watermark`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// `delayThreshold`: how far behind the newest seen timestamp a record may be before it is
+    /// late. A humantime string in YAML (`"2s"`, `"500ms"`).
+    #[serde(rename = "delayThreshold", with = "humantime_string")]
+    pub delay_threshold: Duration,
+    /// `policy`: what to do with late records.
+    pub policy: WatermarkPolicy,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        Self {
+            delay_threshold: Duration::from_secs(2),
+            policy: WatermarkPolicy::Process,
+        }
+    }
+}
+
+/// `streaming.inference.watermark.policy`: what happens to late records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatermarkPolicy {
+    /// `process`: late records are processed like any other.
+    #[default]
+    Process,
+    /// `expire`: late records go to the dead-letter topic with reason `expired`.
+    Expire,
+}
+
+impl WatermarkPolicy {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Expire => "expire",
+        }
+    }
+}
+
+impl fmt::Display for WatermarkPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `streaming.inference.processing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// `guarantee`: delivery guarantee.
+    pub guarantee: DeliveryGuarantee,
+    /// `timeout`: time limit for one batch, in seconds.
+    #[serde(rename = "timeout")]
+    pub timeout_secs: u64,
+    /// `maxRetries`: retries of a failed batch before its records are dead-lettered.
+    #[serde(rename = "maxRetries")]
+    pub max_retries: u32,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        Self {
+            guarantee: DeliveryGuarantee::AtLeastOnce,
+            timeout_secs: 10,
+            max_retries: 3,
+        }
+    }
+}
+
+impl ProcessingConfig {
+    /// [`timeout_secs`](Self::timeout_secs) as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// `streaming.inference.processing.guarantee`: the delivery guarantee.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryGuarantee {
+    /// `at_least_once`: offsets are committed after results are produced; a crash may repeat
+    /// work.
+    #[default]
+    AtLeastOnce,
+    /// `exactly_once`: results and offsets are committed in one Kafka transaction.
+    ExactlyOnce,
+}
+
+impl DeliveryGuarantee {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AtLeastOnce => "at_least_once",
+            Self::ExactlyOnce => "exactly_once",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryGuarantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `streaming.inference.batching`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// `maxBatchRows`: sequences (rows) per batch, >= 1.
+    #[serde(rename = "maxBatchRows")]
+    pub max_batch_rows: usize,
+    /// `maxBatchTokens`: padded tokens per batch (longest sequence x rows), >= 2.
+    #[serde(rename = "maxBatchTokens")]
+    pub max_batch_tokens: usize,
+    /// `ringCapacity`: capacity of each ring (priority, normal), >= 1.
+    #[serde(rename = "ringCapacity")]
+    pub ring_capacity: usize,
+    /// `priorityBurst`: consecutive priority-only batches allowed while normal work waits, >= 1.
+    #[serde(rename = "priorityBurst")]
+    pub priority_burst: usize,
+    /// `lengthGrouping`: group requests of similar length into a batch to reduce padding.
+    #[serde(rename = "lengthGrouping")]
+    pub length_grouping: bool,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_rows: 64,
+            max_batch_tokens: 8192,
+            ring_capacity: 4096,
+            priority_burst: 4,
+            length_grouping: true,
+        }
+    }
+}
+
+/// `streaming.inference.lanes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LanesConfig {
+    /// `cpu`: CPU execution lanes.
+    pub cpu: CpuLanesConfig,
+}
+
+/// `streaming.inference.lanes.cpu`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CpuLanesConfig {
+    /// `count`: number of CPU lanes, >= 1.
+    pub count: usize,
+    /// `threads`: intra-op threads per lane; 0 = available cores / count.
+    pub threads: usize,
+}
+
+impl Default for CpuLanesConfig {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            threads: 0,
+        }
+    }
+}
+
+impl CpuLanesConfig {
+    /// Intra-op threads per lane given `available` cores: `threads` when set, otherwise
+    /// `available / count`; never less than 1.
+    pub fn threads_per_lane_for(&self, available: usize) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            (available / self.count.max(1)).max(1)
+        }
+    }
+
+    /// [`threads_per_lane_for`](Self::threads_per_lane_for) with this machine's available
+    /// parallelism.
+    pub fn threads_per_lane(&self) -> usize {
+        let available = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        self.threads_per_lane_for(available)
+    }
+}
+
+/// `streaming.inference.limits`: per-record input limits (violations are dead-lettered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `maxRecordBytes`: largest accepted Kafka record value, 1 KiB ..= 256 MiB.
+    #[serde(rename = "maxRecordBytes")]
+    pub max_record_bytes: usize,
+    /// `maxItemsPerRequest`: most inputs in one request.
+    #[serde(rename = "maxItemsPerRequest")]
+    pub max_items_per_request: usize,
+    /// `maxIdBytes`: longest request id, in bytes.
+    #[serde(rename = "maxIdBytes")]
+    pub max_id_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 1_048_576,
+            max_items_per_request: 64,
+            max_id_bytes: 256,
+        }
+    }
+}
+
+/// `streaming.inference.model`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `repository`: directory holding the models.
+    pub repository: PathBuf,
+    /// `cache`: loaded-model cache.
+    pub cache: ModelCacheConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            repository: PathBuf::from("./models"),
+            cache: ModelCacheConfig::default(),
+        }
+    }
+}
+
+/// `streaming.inference.model.cache`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelCacheConfig {
+    /// `enabled`: keep loaded models in memory between uses.
+    pub enabled: bool,
+    /// `size`: most models kept loaded, >= 1.
+    pub size: usize,
+    /// `ttlMinutes`: evict a model unused for this many minutes.
+    #[serde(rename = "ttlMinutes")]
+    pub ttl_minutes: u64,
+}
+
+impl Default for ModelCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            size: 10,
+            ttl_minutes: 30,
+        }
+    }
+}
+
+impl ModelCacheConfig {
+    /// [`ttl_minutes`](Self::ttl_minutes) as a duration.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_minutes.saturating_mul(60))
+    }
+}
+
+/// `streaming.inference.metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `enabled`: publish metrics reports to the metrics topic.
+    pub enabled: bool,
+    /// `reportingIntervalSeconds`: seconds between reports, >= 1.
+    #[serde(rename = "reportingIntervalSeconds")]
+    pub reporting_interval_seconds: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reporting_interval_seconds: 30,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// [`reporting_interval_seconds`](Self::reporting_interval_seconds) as a duration.
+    pub fn reporting_interval(&self) -> Duration {
+        Duration::from_secs(self.reporting_interval_seconds)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gpu, control, log
+// ---------------------------------------------------------------------------------------------
+
+/// `gpu`: CUDA execution (needs a build with the `cuda` feature).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuConfig {
+    /// `devices`: CUDA device ordinals to run lanes on; empty = no GPU lanes.
+    pub devices: Vec<usize>,
+    /// `streamsPerDevice`: lanes (CUDA streams) per device.
+    #[serde(rename = "streamsPerDevice")]
+    pub streams_per_device: usize,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self {
+            devices: Vec::new(),
+            streams_per_device: 2,
+        }
+    }
+}
+
+/// `control`: the HTTP control endpoint.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `listen`: socket address to listen on (`IP:PORT`).
+    #[serde(with = "socket_addr_string")]
+    pub listen: SocketAddr,
+    /// `token`: when set, mutating calls need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8086)),
+            token: None,
+        }
+    }
+}
+
+/// Debug output never shows the token.
+impl fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+/// What [`Config::redacted`](super::Config::redacted) and `Debug` show instead of secrets.
+pub const REDACTED: &str = "<redacted>";
+
+/// `log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `format`: log line format.
+    pub format: LogFormat,
+    /// `level`: a `tracing` EnvFilter directive, e.g. `info` or `sluice=debug,warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `text`: human-readable lines.
+    #[default]
+    Text,
+    /// `json`: one JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// serde helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A [`Duration`] as a humantime string (`"2s"`, `"1m 30s"`, `"500ms"`).
+mod humantime_string {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"2s\" or \"500ms\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+                humantime::parse_duration(s.trim())
+                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A [`std::net::SocketAddr`] as an `IP:PORT` string.
+mod socket_addr_string {
+    use std::fmt;
+    use std::net::SocketAddr;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SocketAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a socket address such as \"127.0.0.1:8086\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SocketAddr, E> {
+                s.trim().parse().map_err(|_| {
+                    E::custom(format!(
+                        "invalid socket address {s:?}: expected IP:PORT such as \"127.0.0.1:8086\" or \"[::1]:8086\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}

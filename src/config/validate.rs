@@ -1,0 +1,203 @@
+//! Semantic checks on a deserialized [`Config`]: ranges, topic names, cross-field rules.
+
+use super::Config;
+
+/// Longest topic name Kafka accepts.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Smallest accepted `streaming.inference.limits.maxRecordBytes` (1 KiB).
+pub const MIN_RECORD_BYTES: usize = 1024;
+/// Largest accepted `streaming.inference.limits.maxRecordBytes` (256 MiB).
+pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
+/// A failed check: the YAML path of the offending key and what is wrong with it.
+pub(crate) type Violation = (String, String);
+
+const INFERENCE: &str = "streaming.inference";
+
+fn at_least(path: &str, value: u64, min: u64) -> Result<(), Violation> {
+    if value < min {
+        Err((path.to_owned(), format!("must be >= {min}, got {value}")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Why `name` is not a valid Kafka topic name, if it is not.
+pub fn topic_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return Some(format!(
+            "topic name is {} characters long, the limit is {MAX_TOPIC_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some(format!("{name:?} is not a valid topic name"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+    {
+        return Some(format!(
+            "invalid topic name {name:?}: character {bad:?} is not allowed (use A-Z, a-z, 0-9, '.', '_', '-')"
+        ));
+    }
+    None
+}
+
+/// Checks everything serde cannot; the first violation wins, in document order.
+pub(crate) fn check(c: &Config) -> Result<(), Violation> {
+    let kafka = &c.kafka;
+    if kafka.bootstrap.server_list().is_empty() {
+        return Err((
+            "kafka.bootstrap.servers".into(),
+            "must list at least one broker".into(),
+        ));
+    }
+    if kafka.consumer.group.trim().is_empty() {
+        return Err(("kafka.consumer.group".into(), "must not be empty".into()));
+    }
+    let topics = kafka.topics.streaming.all();
+    for (i, (key, name)) in topics.iter().enumerate() {
+        let path = format!("kafka.topics.streaming.{key}");
+        if let Some(problem) = topic_name_problem(name) {
+            return Err((path, problem));
+        }
+        if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
+            return Err((
+                path,
+                format!("topic {name:?} is already used by kafka.topics.streaming.{other}; all five topics must be distinct"),
+            ));
+        }
+    }
+
+    let inf = &c.streaming.inference;
+    let b = &inf.batching;
+    at_least(
+        &format!("{INFERENCE}.processing.timeout"),
+        inf.processing.timeout_secs,
+        1,
+    )?;
+    at_least(
+        &format!("{INFERENCE}.batching.maxBatchRows"),
+        b.max_batch_rows as u64,
+        1,
+    )?;
+    at_least(
+        &format!("{INFERENCE}.batching.maxBatchTokens"),
+        b.max_batch_tokens as u64,
+        2,
+    )?;
+    at_least(
+        &format!("{INFERENCE}.batching.ringCapacity"),
+        b.ring_capacity as u64,
+        1,
+    )?;
+    at_least(
+        &format!("{INFERENCE}.batching.priorityBurst"),
+        b.priority_burst as u64,
+        1,
+    )?;
+    at_least(
+        &format!("{INFERENCE}.lanes.cpu.count"),
+        inf.lanes.cpu.count as u64,
+        1,
+    )?;
+
+    let limits = &inf.limits;
+    let rb = limits.max_record_bytes;
+    if !(MIN_RECORD_BYTES..=MAX_RECORD_BYTES).contains(&rb) {
+        return Err((
+            format!("{INFERENCE}.limits.maxRecordBytes"),
+            format!("must be between {MIN_RECORD_BYTES} (1 KiB) and {MAX_RECORD_BYTES} (256 MiB), got {rb}"),
+        ));
+    }
+    at_least(
+        &format!("{INFERENCE}.limits.maxItemsPerRequest"),
+        limits.max_items_per_request as u64,
+        1,
+    )?;
+    at_least(
+        &format!("{INFERENCE}.limits.maxIdBytes"),
+        limits.max_id_bytes as u64,
+        1,
+    )?;
+
+    if inf.model.repository.as_os_str().is_empty() {
+        return Err((
+            format!("{INFERENCE}.model.repository"),
+            "must not be empty".into(),
+        ));
+    }
+    at_least(
+        &format!("{INFERENCE}.model.cache.size"),
+        inf.model.cache.size as u64,
+        1,
+    )?;
+    at_least(
+        &format!("{INFERENCE}.metrics.reportingIntervalSeconds"),
+        inf.metrics.reporting_interval_seconds,
+        1,
+    )?;
+
+    let gpu = &c.gpu;
+    for (i, d) in gpu.devices.iter().enumerate() {
+        if gpu.devices[..i].contains(d) {
+            return Err(("gpu.devices".into(), format!("device {d} is listed twice")));
+        }
+    }
+    at_least("gpu.streamsPerDevice", gpu.streams_per_device as u64, 1)?;
+
+    if c.log.level.trim().is_empty() {
+        return Err((
+            "log.level".into(),
+            "must be a non-empty EnvFilter directive such as \"info\"".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(check(&Config::default()), Ok(()));
+    }
+
+    #[test]
+    fn topic_names() {
+        assert_eq!(topic_name_problem("realtime-inference.v1_x"), None);
+        assert!(topic_name_problem("").unwrap().contains("empty"));
+        assert!(topic_name_problem("a b").unwrap().contains("' '"));
+        assert!(topic_name_problem("..").is_some());
+        assert!(topic_name_problem(&"a".repeat(249)).is_none());
+        assert!(topic_name_problem(&"a".repeat(250))
+            .unwrap()
+            .contains("249"));
+    }
+
+    #[test]
+    fn record_bytes_bounds() {
+        let mut c = Config::default();
+        for (v, ok) in [
+            (1023, false),
+            (1024, true),
+            (MAX_RECORD_BYTES, true),
+            (MAX_RECORD_BYTES + 1, false),
+        ] {
+            c.streaming.inference.limits.max_record_bytes = v;
+            assert_eq!(check(&c).is_ok(), ok, "{v}");
+        }
+    }
+
+    #[test]
+    fn duplicate_gpu_devices() {
+        let mut c = Config::default();
+        c.gpu.devices = vec![0, 1, 0];
+        assert_eq!(check(&c).unwrap_err().0, "gpu.devices");
+    }
+}
