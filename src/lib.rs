@@ -3,8 +3,16 @@
 //! The module tree mirrors the data path: [`ingest`] (decode and validate requests) →
 //! [`queue`] (priority rings and per-lane batchers) → [`execute`] (lanes and executors) →
 //! [`emit`] (results and dead letters). Beside it: [`models`] (repository, cache, candle
-//! models), [`config`] and [`telemetry`].
+//! models), [`config`], [`telemetry`], and the [`engine`] that spawns and joins the lanes.
+//! [`batch`] is the offline mode over JSONL files.
 
+pub mod batch;
 pub mod config;
+pub mod emit;
+pub mod engine;
+pub mod execute;
+pub mod ingest;
 pub mod models;
+pub mod queue;
+pub mod telemetry;
 pub mod testkit;

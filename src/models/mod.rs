@@ -1,3 +1,45 @@
 //! Model repository, cache and the candle models themselves.
+//!
+//! **Architecture invariant:** only this module and `execute/` touch candle; the rest of Sluice
+//! sees a [`LoadedModel`] that stages and runs batches.
 
+pub mod bert;
+pub mod cache;
+pub mod loaded;
+pub mod mlp;
+pub mod output;
+pub mod repository;
+pub mod spec;
+pub mod text;
 pub mod wordpiece;
+
+use std::path::PathBuf;
+
+pub use cache::{CacheStats, ModelCache};
+pub use loaded::{LoadedModel, ModelInput};
+pub use output::{BatchOutput, OutputKind};
+pub use repository::{ModelEntry, Repository};
+pub use spec::{ModelKind, ModelSpec};
+
+/// Everything that can go wrong finding, loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model '{name}'{}", version.as_ref().map(|v| format!(" version '{v}'")).unwrap_or_default())]
+    UnknownModel { name: String, version: Option<String> },
+    #[error("invalid model name '{0}': use letters, digits, '.', '_' and '-'")]
+    InvalidName(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Spec { path: PathBuf, reason: String },
+    #[error("loading {name}/{version}: {reason}")]
+    Load { name: String, version: String, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Inference(e.to_string())
+    }
+}

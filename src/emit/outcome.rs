@@ -1,0 +1,137 @@
+//! One outcome per request: a result or a failure, with its timings.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::ingest::{Envelope, IdText, Request};
+use crate::models::{BatchOutput, LoadedModel};
+
+/// Why a request became a dead letter (the `sluice.error.class` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Not decodable: bad JSON, bad UTF-8, bad FlatBuffer.
+    Parse,
+    /// Decodable, but a field is missing or has the wrong type or shape.
+    Validation,
+    /// The model or version does not exist.
+    UnknownModel,
+    /// Bigger than a configured limit.
+    TooLarge,
+    /// Its deadline (or the late-data watermark) passed before it was computed.
+    Expired,
+    /// The model failed on it, after retries.
+    Inference,
+}
+
+impl ErrorClass {
+    /// Every class, for metrics.
+    pub const ALL: [ErrorClass; 6] = [
+        ErrorClass::Parse,
+        ErrorClass::Validation,
+        ErrorClass::UnknownModel,
+        ErrorClass::TooLarge,
+        ErrorClass::Expired,
+        ErrorClass::Inference,
+    ];
+
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Parse => "parse",
+            ErrorClass::Validation => "validation",
+            ErrorClass::UnknownModel => "unknown_model",
+            ErrorClass::TooLarge => "too_large",
+            ErrorClass::Expired => "expired",
+            ErrorClass::Inference => "inference",
+        }
+    }
+}
+
+/// A failure with its class and a reason an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub class: ErrorClass,
+    pub reason: String,
+}
+
+impl Failure {
+    /// A failure of `class` with `reason`.
+    pub fn new(class: ErrorClass, reason: impl Into<String>) -> Self {
+        Failure { class, reason: reason.into() }
+    }
+}
+
+/// Microsecond timings of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Arrival to the start of its batch.
+    pub queue_us: u64,
+    /// Its batch's staging and model time.
+    pub infer_us: u64,
+    /// Arrival to outcome.
+    pub total_us: u64,
+}
+
+/// What happened to a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Computed: rows `first_row..first_row + rows` of the batch output are its outputs.
+    Success { output: Arc<BatchOutput>, first_row: u32, rows: u32, batch_size: u32 },
+    /// Not computed, or failed.
+    Failure(Failure),
+}
+
+/// The single outcome of one record.
+#[derive(Debug)]
+pub struct Outcome {
+    pub env: Envelope,
+    pub id: Option<IdText>,
+    pub model: Option<Arc<LoadedModel>>,
+    pub verdict: Verdict,
+    pub timings: Timings,
+}
+
+fn us(d: std::time::Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
+impl Outcome {
+    /// A failure for a record that never became a request.
+    pub fn rejected(env: Envelope, failure: Failure) -> Self {
+        let total = us(env.arrived.elapsed());
+        Outcome { env, id: None, model: None, verdict: Verdict::Failure(failure), timings: Timings { queue_us: 0, infer_us: 0, total_us: total } }
+    }
+
+    /// A failure for a queued request (expired, or inference failed).
+    pub fn failed(req: Request, failure: Failure, started: Option<Instant>, infer_us: u64) -> Self {
+        let now = Instant::now();
+        let queue_us = us(started.unwrap_or(now).saturating_duration_since(req.env.arrived));
+        let total_us = us(now.saturating_duration_since(req.env.arrived));
+        Outcome { id: Some(req.id), model: Some(req.model), env: req.env, verdict: Verdict::Failure(failure), timings: Timings { queue_us, infer_us, total_us } }
+    }
+
+    /// A computed result.
+    pub fn success(req: Request, output: Arc<BatchOutput>, first_row: u32, batch_size: u32, started: Instant, infer_us: u64) -> Self {
+        let now = Instant::now();
+        let rows = req.items;
+        let timings = Timings {
+            queue_us: us(started.saturating_duration_since(req.env.arrived)),
+            infer_us,
+            total_us: us(now.saturating_duration_since(req.env.arrived)),
+        };
+        Outcome { id: Some(req.id), model: Some(req.model), env: req.env, verdict: Verdict::Success { output, first_row, rows, batch_size }, timings }
+    }
+
+    /// The request id, if the record got far enough to have one.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_ref().map(|i| i.as_str(&self.env.payload))
+    }
+
+    /// The failure, if any.
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.verdict {
+            Verdict::Failure(f) => Some(f),
+            Verdict::Success { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Execute: lanes (one OS thread each), their executors and staging buffers.
+//!
+//! **Architecture invariant:** only a lane thread runs a model; a CUDA lane is the only
+//! thread that touches its stream.
+
+pub mod executor;
+pub mod lane;
+pub mod stage;
+pub mod staging;
+
+pub use executor::{CpuExecutor, Executor};
+pub use lane::{LaneSettings, LaneShared};
+pub use staging::HostStaging;

@@ -1,0 +1,56 @@
+//! Writing a batch of requests into a staging buffer: token ids and masks straight from the
+//! payload's strings, features straight from its numbers. No per-request allocation.
+
+use crate::ingest::json_input::{for_each_feature_row, for_each_text};
+use crate::ingest::Request;
+use crate::models::wordpiece::Scratch;
+use crate::models::{LoadedModel, ModelInput};
+
+use super::staging::HostStaging;
+
+/// Per-lane scratch space for staging.
+#[derive(Default)]
+pub struct StageScratch {
+    pub tokenizer: Scratch,
+    pub row: Vec<f32>,
+}
+
+/// Stages `reqs` (all for `model`) into `st`. On failure returns the index of the request
+/// that could not be staged and why (it passed validation, so this means a bug or a model
+/// swapped underneath; the lane turns it into an `inference` dead letter).
+pub fn stage_batch(model: &LoadedModel, reqs: &[Request], st: &mut HostStaging, scratch: &mut StageScratch) -> Result<(), (usize, String)> {
+    let rows: usize = reqs.iter().map(|r| r.items as usize).sum();
+    match &model.input {
+        ModelInput::Text { tokenizer, max_seq_len } => {
+            let seq = reqs.iter().map(|r| r.max_tokens as usize).max().unwrap_or(2).clamp(2, *max_seq_len);
+            st.begin_text(rows, seq, tokenizer.pad_id());
+            let mut row = 0usize;
+            for (k, r) in reqs.iter().enumerate() {
+                let tok = &mut scratch.tokenizer;
+                for_each_text(r.raw_input(), |_, text| {
+                    let n = tokenizer.encode_into(text, seq, tok, st.row_ids_mut(row))?;
+                    st.set_row_len(row, n);
+                    row += 1;
+                    Ok(())
+                })
+                .map_err(|e| (k, e))?;
+            }
+        }
+        ModelInput::Features { width } => {
+            st.begin_features(rows, *width);
+            if scratch.row.capacity() < *width {
+                scratch.row.reserve(*width);
+            }
+            let mut row = 0usize;
+            for (k, r) in reqs.iter().enumerate() {
+                for_each_feature_row(r.raw_input(), *width, &mut scratch.row, |_, vals| {
+                    st.row_features_mut(row).copy_from_slice(vals);
+                    row += 1;
+                    Ok(())
+                })
+                .map_err(|e| (k, e))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The loaded-model cache: LRU with a capacity and an idle TTL.
+//!
+//! Models are handed out as `Arc<LoadedModel>`: evicting a model only drops the cache's
+//! reference, so batches already queued or running on it finish normally and the memory is
+//! freed when the last of them completes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use parking_lot::Mutex;
+
+use super::loaded::LoadedModel;
+use super::repository::Repository;
+use super::ModelError;
+
+/// Cache counters, readable at any time without locking.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    pub loads: AtomicU64,
+    pub load_failures: AtomicU64,
+    /// Warm-up time of the most recent load, microseconds.
+    pub last_warmup_us: AtomicU64,
+}
+
+/// How the cache behaves.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Most models kept loaded (>= 1).
+    pub capacity: usize,
+    /// A model unused for this long is unloaded; `None` keeps models until LRU eviction.
+    pub ttl: Option<Duration>,
+    /// Rows per warm-up batch.
+    pub warmup_rows: usize,
+}
+
+struct Entry {
+    model: Arc<LoadedModel>,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Least recently used first.
+    entries: Vec<Entry>,
+    /// name → serving version, read from the repository once.
+    serving: HashMap<String, String>,
+}
+
+/// Loaded models, by name and version.
+pub struct ModelCache {
+    repo: Repository,
+    device: Device,
+    settings: CacheSettings,
+    inner: Mutex<Inner>,
+    /// Hit, miss, eviction and load counters.
+    pub stats: CacheStats,
+}
+
+impl ModelCache {
+    /// An empty cache over `repo`, loading models onto `device`.
+    pub fn new(repo: Repository, device: Device, settings: CacheSettings) -> Self {
+        let settings = CacheSettings { capacity: settings.capacity.max(1), ..settings };
+        ModelCache { repo, device, settings, inner: Mutex::new(Inner::default()), stats: CacheStats::default() }
+    }
+
+    /// The repository behind the cache.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// The model `name` at `version` (or its serving version), loading it on a miss.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ModelError> {
+        self.get_at(name, version, Instant::now())
+    }
+
+    /// [`get`](Self::get) with an explicit clock, for tests of LRU order and TTL.
+    pub fn get_at(&self, name: &str, version: Option<&str>, now: Instant) -> Result<Arc<LoadedModel>, ModelError> {
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => self.serving(name)?,
+        };
+        {
+            let mut inner = self.inner.lock();
+            self.expire(&mut inner, now, Some((name, &version)));
+            if let Some(i) = inner.entries.iter().position(|e| &*e.model.name == name && *e.model.version == *version) {
+                let mut e = inner.entries.remove(i);
+                e.last_used = now;
+                let model = e.model.clone();
+                inner.entries.push(e);
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(model);
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.load_at(name, &version, now)
+    }
+
+    /// Loads (or reloads) one version and puts it in the cache, evicting as needed.
+    pub fn load_at(&self, name: &str, version: &str, now: Instant) -> Result<Arc<LoadedModel>, ModelError> {
+        let dir = self.repo.version_dir(name, version)?;
+        // Load outside the lock: other models keep serving while this one reads its weights.
+        let loaded = LoadedModel::load(name, version, &dir, &self.device).and_then(|mut m| {
+            m.warm_up(self.settings.warmup_rows)?;
+            Ok(m)
+        });
+        let model = match loaded {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = name, version, error = %e, "model load failed");
+                return Err(e);
+            }
+        };
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_warmup_us.store(model.warmup_time.as_micros() as u64, Ordering::Relaxed);
+        tracing::info!(model = name, version, kind = model.kind.as_str(),
+            load_ms = model.load_time.as_millis() as u64, warmup_ms = model.warmup_time.as_millis() as u64,
+            "model loaded");
+        let mut inner = self.inner.lock();
+        inner.entries.retain(|e| !(&*e.model.name == name && &*e.model.version == version));
+        inner.entries.push(Entry { model: model.clone(), last_used: now });
+        while inner.entries.len() > self.settings.capacity {
+            let evicted = inner.entries.remove(0);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(model = %evicted.model.name, version = %evicted.model.version, reason = "capacity", "model evicted");
+        }
+        Ok(model)
+    }
+
+    /// Drops `name` (one version, or all versions) from the cache. Returns how many were dropped.
+    pub fn unload(&self, name: &str, version: Option<&str>) -> usize {
+        let mut inner = self.inner.lock();
+        let before = inner.entries.len();
+        inner.entries.retain(|e| !(&*e.model.name == name && version.is_none_or(|v| &*e.model.version == v)));
+        before - inner.entries.len()
+    }
+
+    /// Makes `version` the serving version of `name` (persisted in the repository).
+    pub fn set_serving(&self, name: &str, version: &str) -> Result<(), ModelError> {
+        self.repo.set_serving(name, version)?;
+        self.inner.lock().serving.insert(name.to_string(), version.to_string());
+        Ok(())
+    }
+
+    /// `(name, version)` of every loaded model, least recently used first.
+    pub fn loaded(&self) -> Vec<(String, String)> {
+        self.inner.lock().entries.iter().map(|e| (e.model.name.to_string(), e.model.version.to_string())).collect()
+    }
+
+    /// Drops models idle for longer than the TTL.
+    pub fn sweep_at(&self, now: Instant) {
+        let mut inner = self.inner.lock();
+        self.expire(&mut inner, now, None);
+    }
+
+    fn serving(&self, name: &str) -> Result<String, ModelError> {
+        if let Some(v) = self.inner.lock().serving.get(name) {
+            return Ok(v.clone());
+        }
+        let v = self.repo.serving_version(name)?;
+        self.inner.lock().serving.insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    fn expire(&self, inner: &mut Inner, now: Instant, keep: Option<(&str, &str)>) {
+        let Some(ttl) = self.settings.ttl else { return };
+        inner.entries.retain(|e| {
+            let is_kept = keep.is_some_and(|(n, v)| &*e.model.name == n && &*e.model.version == v);
+            let alive = is_kept || now.saturating_duration_since(e.last_used) < ttl;
+            if !alive {
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(model = %e.model.name, version = %e.model.version, reason = "ttl", "model evicted");
+            }
+            alive
+        });
+    }
+}

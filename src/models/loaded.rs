@@ -1,0 +1,152 @@
+//! A model version loaded on a device, ready to stage and run batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+
+use super::bert::BertRunner;
+use super::mlp::MlpRunner;
+use super::output::BatchOutput;
+use super::spec::{ModelKind, ModelSpec};
+use super::text::TextTokenizer;
+use super::wordpiece::Scratch;
+use super::ModelError;
+use crate::execute::staging::HostStaging;
+
+/// What a model reads.
+#[derive(Debug)]
+pub enum ModelInput {
+    /// Strings, tokenized and truncated to `max_seq_len` tokens.
+    Text { tokenizer: TextTokenizer, max_seq_len: usize },
+    /// Fixed-width feature vectors.
+    Features { width: usize },
+}
+
+enum Runner {
+    Bert(BertRunner),
+    Mlp(MlpRunner),
+}
+
+/// One model version, loaded and warmed up.
+pub struct LoadedModel {
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+    pub kind: ModelKind,
+    pub dir: PathBuf,
+    pub input: ModelInput,
+    runner: Runner,
+    /// Time to read weights and build the model.
+    pub load_time: Duration,
+    /// Time spent on warm-up batches.
+    pub warmup_time: Duration,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadedModel({}/{} {})", self.name, self.version, self.kind.as_str())
+    }
+}
+
+impl LoadedModel {
+    /// Loads the version directory `dir` (which holds `sluice.toml`) onto `device`, without warm-up.
+    pub fn load(name: &str, version: &str, dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let started = Instant::now();
+        let spec = ModelSpec::from_file(&dir.join("sluice.toml"))?;
+        let (input, runner) = match spec.kind {
+            ModelKind::BertEmbedding | ModelKind::BertClassifier => {
+                let bert = BertRunner::load(dir, &spec, device)?;
+                let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))?;
+                let max_seq_len = spec.max_seq_len.unwrap_or(512).min(bert.max_position);
+                (ModelInput::Text { tokenizer, max_seq_len }, Runner::Bert(bert))
+            }
+            ModelKind::Mlp => {
+                let mlp = MlpRunner::load(dir, &spec, device)?;
+                (ModelInput::Features { width: mlp.inputs }, Runner::Mlp(mlp))
+            }
+        };
+        Ok(LoadedModel {
+            name: name.into(),
+            version: version.into(),
+            kind: spec.kind,
+            dir: dir.to_path_buf(),
+            input,
+            runner,
+            load_time: started.elapsed(),
+            warmup_time: Duration::ZERO,
+        })
+    }
+
+    /// Width of one output row.
+    pub fn output_width(&self) -> usize {
+        match &self.runner {
+            Runner::Bert(b) => b.output_width(),
+            Runner::Mlp(m) => m.outputs,
+        }
+    }
+
+    /// Runs a staged batch.
+    pub fn forward(&self, staging: &HostStaging) -> Result<BatchOutput, ModelError> {
+        if staging.rows == 0 {
+            return Err(ModelError::Inference("empty batch".into()));
+        }
+        match &self.runner {
+            Runner::Bert(b) => b.forward(staging),
+            Runner::Mlp(m) => m.forward(staging),
+        }
+    }
+
+    /// Warms the model up with one synthetic batch per length bucket (text) or a few batch
+    /// sizes (tabular), so the first real request does not pay for lazy initialisation, and
+    /// checks the outputs are finite. Records the time taken in `warmup_time`.
+    pub fn warm_up(&mut self, max_rows: usize) -> Result<(), ModelError> {
+        let started = Instant::now();
+        let mut st = HostStaging::default();
+        let rows = max_rows.clamp(1, 8);
+        match &self.input {
+            ModelInput::Text { tokenizer, max_seq_len } => {
+                let mut scratch = Scratch::default();
+                let mut len = 8usize;
+                loop {
+                    let seq = len.min(*max_seq_len);
+                    st.begin_text(rows, seq, tokenizer.pad_id());
+                    // A repeated short word gives `seq` real tokens whatever the vocabulary.
+                    let text = "a ".repeat(seq);
+                    for r in 0..rows {
+                        let n = tokenizer
+                            .encode_into(&text, seq, &mut scratch, st.row_ids_mut(r))
+                            .map_err(ModelError::Inference)?;
+                        st.set_row_len(r, n);
+                    }
+                    self.check_finite(&st)?;
+                    if seq >= *max_seq_len {
+                        break;
+                    }
+                    len *= 2;
+                }
+            }
+            ModelInput::Features { width } => {
+                for r in [1, rows] {
+                    st.begin_features(r, *width);
+                    st.features.iter_mut().enumerate().for_each(|(i, x)| *x = (i % 7) as f32 * 0.1);
+                    self.check_finite(&st)?;
+                }
+            }
+        }
+        self.warmup_time = started.elapsed();
+        Ok(())
+    }
+
+    fn check_finite(&self, st: &HostStaging) -> Result<(), ModelError> {
+        let out = self.forward(st)?;
+        if out.rows() != st.rows || out.data.iter().any(|x| !x.is_finite()) {
+            return Err(ModelError::Load {
+                name: self.name.to_string(),
+                version: self.version.to_string(),
+                reason: format!("warm-up produced {} rows for {} inputs or non-finite values", out.rows(), st.rows),
+            });
+        }
+        Ok(())
+    }
+}

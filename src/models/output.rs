@@ -1,0 +1,39 @@
+//! A batch's model output, shared by the outcomes of every request in the batch.
+
+use std::sync::Arc;
+
+/// What the numbers of a [`BatchOutput`] row mean.
+#[derive(Debug, Clone)]
+pub enum OutputKind {
+    /// One embedding vector per row.
+    Embedding,
+    /// Softmax scores per row; the label is the arg-max.
+    Classification(Arc<[String]>),
+    /// A model's output vector per row (tabular models).
+    Vector,
+}
+
+/// `rows × width` output values of one batch, row-major. Outcomes hold it in an `Arc` and a
+/// row range, so a batch's results cost one allocation, not one per request.
+#[derive(Debug, Clone)]
+pub struct BatchOutput {
+    pub data: Vec<f32>,
+    pub width: usize,
+    pub kind: OutputKind,
+}
+
+impl BatchOutput {
+    /// Row `r` of the output.
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.width..(r + 1) * self.width]
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        if self.width == 0 {
+            0
+        } else {
+            self.data.len() / self.width
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Telemetry: engine statistics and logging set-up.
+
+pub mod logging;
+pub mod stats;
+
+pub use stats::EngineStats;
