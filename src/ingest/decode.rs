@@ -33,14 +33,37 @@ impl Default for Limits {
     }
 }
 
+/// A JSON string borrowed from the payload when it has no escapes. (serde's own
+/// `Option<Cow<str>>` always allocates, which the hot path cannot afford.)
+struct JsonStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = JsonStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
 #[derive(Deserialize)]
 struct RawRequest<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
+    model: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    version: Option<Cow<'a, str>>,
+    version: Option<JsonStr<'a>>,
     #[serde(borrow)]
     input: Option<&'a RawValue>,
     deadline_ms: Option<u64>,
@@ -132,7 +155,7 @@ impl Decoder {
         let raw: RawRequest = serde_json::from_slice(payload).map_err(json_failure)?;
 
         let id_raw = raw.id.ok_or_else(|| fail(ErrorClass::Validation, "missing field 'id'"))?;
-        let id_text: Cow<str> = serde_json::from_str(id_raw.get())
+        let JsonStr(id_text) = serde_json::from_str(id_raw.get())
             .map_err(|_| fail(ErrorClass::Validation, "'id' must be a string"))?;
         if id_text.is_empty() {
             return Err(fail(ErrorClass::Validation, "'id' must not be empty"));
@@ -150,11 +173,11 @@ impl Decoder {
         };
 
         let model_name: &str = match (&raw.model, &self.default_model) {
-            (Some(m), _) => m,
+            (Some(m), _) => &m.0,
             (None, Some(d)) => d,
             (None, None) => return Err(fail(ErrorClass::Validation, "missing field 'model'")),
         };
-        let model = self.cache.get(model_name, raw.version.as_deref()).map_err(|e| match e {
+        let model = self.cache.get(model_name, raw.version.as_ref().map(|v| &*v.0)).map_err(|e| match e {
             ModelError::UnknownModel { .. } | ModelError::InvalidName(_) => fail(ErrorClass::UnknownModel, e.to_string()),
             other => fail(ErrorClass::Inference, format!("model '{model_name}' could not be loaded: {other}")),
         })?;

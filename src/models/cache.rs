@@ -49,7 +49,7 @@ struct Inner {
     /// Least recently used first.
     entries: Vec<Entry>,
     /// name → serving version, read from the repository once.
-    serving: HashMap<String, String>,
+    serving: HashMap<String, Arc<str>>,
 }
 
 /// Loaded models, by name and version.
@@ -81,14 +81,19 @@ impl ModelCache {
 
     /// [`get`](Self::get) with an explicit clock, for tests of LRU order and TTL.
     pub fn get_at(&self, name: &str, version: Option<&str>, now: Instant) -> Result<Arc<LoadedModel>, ModelError> {
-        let version = match version {
-            Some(v) => v.to_string(),
-            None => self.serving(name)?,
+        // The hit path allocates nothing: the serving version is a shared `Arc<str>`.
+        let serving;
+        let version: &str = match version {
+            Some(v) => v,
+            None => {
+                serving = self.serving(name)?;
+                &serving
+            }
         };
         {
             let mut inner = self.inner.lock();
-            self.expire(&mut inner, now, Some((name, &version)));
-            if let Some(i) = inner.entries.iter().position(|e| &*e.model.name == name && *e.model.version == *version) {
+            self.expire(&mut inner, now, Some((name, version)));
+            if let Some(i) = inner.entries.iter().position(|e| &*e.model.name == name && &*e.model.version == version) {
                 let mut e = inner.entries.remove(i);
                 e.last_used = now;
                 let model = e.model.clone();
@@ -98,7 +103,7 @@ impl ModelCache {
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        self.load_at(name, &version, now)
+        self.load_at(name, version, now)
     }
 
     /// Loads (or reloads) one version and puts it in the cache, evicting as needed.
@@ -144,7 +149,7 @@ impl ModelCache {
     /// Makes `version` the serving version of `name` (persisted in the repository).
     pub fn set_serving(&self, name: &str, version: &str) -> Result<(), ModelError> {
         self.repo.set_serving(name, version)?;
-        self.inner.lock().serving.insert(name.to_string(), version.to_string());
+        self.inner.lock().serving.insert(name.to_string(), version.into());
         Ok(())
     }
 
@@ -159,11 +164,11 @@ impl ModelCache {
         self.expire(&mut inner, now, None);
     }
 
-    fn serving(&self, name: &str) -> Result<String, ModelError> {
+    fn serving(&self, name: &str) -> Result<Arc<str>, ModelError> {
         if let Some(v) = self.inner.lock().serving.get(name) {
             return Ok(v.clone());
         }
-        let v = self.repo.serving_version(name)?;
+        let v: Arc<str> = self.repo.serving_version(name)?.into();
         self.inner.lock().serving.insert(name.to_string(), v.clone());
         Ok(v)
     }

@@ -1,0 +1,68 @@
+//! Shared helpers for the integration tests: a generated model repository and request makers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice::ingest::{ContentType, Decoder, Envelope, Limits, Priority, Request, Source};
+use sluice::models::cache::CacheSettings;
+use sluice::models::{ModelCache, Repository};
+
+/// A temporary repository with the demo models (`tiny-embed`, `tiny-sentiment`, `tabular`).
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+    pub cache: Arc<ModelCache>,
+}
+
+impl TestRepo {
+    pub fn new() -> Self {
+        Self::with_settings(CacheSettings { capacity: 10, ttl: None, warmup_rows: 2 })
+    }
+
+    pub fn with_settings(settings: CacheSettings) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sluice::testkit::write_demo_repository(dir.path()).expect("demo repository");
+        let repo = Repository::open(dir.path()).expect("open repo");
+        let cache = Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, settings));
+        TestRepo { dir, cache }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub fn decoder(&self, limits: Limits) -> Decoder {
+        Decoder::new(self.cache.clone(), limits, None)
+    }
+}
+
+pub fn envelope(payload: impl Into<Bytes>, priority: Priority, offset: i64) -> Envelope {
+    // One shared topic name, as the Kafka consumer has (no allocation per record).
+    static TOPIC: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Envelope {
+        payload: payload.into(),
+        key: None,
+        source: Source { topic: TOPIC.get_or_init(|| "test".into()).clone(), partition: 0, offset },
+        priority,
+        content_type: ContentType::Json,
+        arrived: Instant::now(),
+        event_time_ms: None,
+        attempts: 1,
+    }
+}
+
+/// Decodes a request that must be valid.
+pub fn request(dec: &mut Decoder, json: &str, priority: Priority, offset: i64) -> Request {
+    match dec.decode(envelope(json.to_string(), priority, offset)) {
+        Ok(r) => r,
+        Err((_, f)) => panic!("request {json} rejected: {f:?}"),
+    }
+}
+
+/// A text request for `tiny-embed` whose input has about `words` words.
+pub fn text_request(dec: &mut Decoder, id: &str, words: usize, priority: Priority) -> Request {
+    let text = vec!["the"; words].join(" ");
+    request(dec, &format!(r#"{{"id":"{id}","model":"tiny-embed","input":"{text}"}}"#), priority, 0)
+}
