@@ -1,0 +1,2 @@
+//! Placeholder: the engine throughput benchmark (see benches/README.md).
+fn main() {}
