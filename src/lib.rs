@@ -16,3 +16,6 @@ pub mod models;
 pub mod queue;
 pub mod telemetry;
 pub mod testkit;
+pub mod kafka;
+pub mod pipeline;
+pub mod demo;

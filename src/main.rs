@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -50,6 +51,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the streaming pipeline until SIGTERM/SIGINT, then drain and exit.
+    Serve {
+        /// Configuration file (every key can also come from SLUICE_* variables).
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the whole pipeline with no setup: in-process broker, bundled model, built-in load.
+    Demo {
+        /// Requests per second from the built-in producer (0: only outside clients).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Model repository (default: models/ if MiniLM was fetched, else generated demo models).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// Share of deliberately bad records, in percent.
+        #[arg(long, default_value_t = 1.0)]
+        bad_percent: f64,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -94,8 +116,50 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::load(path.map(|p| p.as_path()))?)
 }
 
+/// A flag set by SIGTERM or SIGINT.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
+    }
+    Ok(flag)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve { config } => {
+            let cfg = load_config(config.as_ref())?;
+            sluice::telemetry::logging::init(cfg.log.format == LogFormat::Json, &cfg.log.level);
+            let stop = stop_flag()?;
+            let repo_dir = &cfg.streaming.inference.model.repository;
+            let repo = Repository::open(repo_dir).with_context(|| format!("model repository {}", repo_dir.display()))?;
+            let cache = Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, CacheSettings::from_config(&cfg)));
+            let pipeline = sluice::pipeline::Pipeline::start(&cfg, cache)?;
+            while !stop.load(Ordering::SeqCst) {
+                if !pipeline.is_healthy() {
+                    tracing::error!("a pipeline thread stopped unexpectedly; shutting down");
+                    pipeline.stop();
+                    return Ok(ExitCode::FAILURE);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            tracing::info!("signal received");
+            let report = pipeline.stop();
+            eprintln!("stopped: consumed {}, results {}, dead letters {}", report.consumed, report.results, report.dead_letters);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { rate, seconds, models, bad_percent } => {
+            sluice::telemetry::logging::init(false, "warn");
+            let stop = stop_flag()?;
+            let opt = sluice::demo::DemoOptions {
+                rate,
+                duration: seconds.map(std::time::Duration::from_secs),
+                models,
+                bad_share: (bad_percent / 100.0).clamp(0.0, 1.0),
+            };
+            sluice::demo::run(opt, stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config { command: ConfigCommand::Check { file } } => match sluice::config::check_file(&file) {
             Ok(yaml) => {
                 print!("{yaml}");

@@ -40,6 +40,8 @@ pub struct KafkaConfig {
     pub bootstrap: KafkaBootstrap,
     /// `kafka.consumer`: consumer-group settings.
     pub consumer: KafkaConsumer,
+    /// `kafka.producer`: producer settings.
+    pub producer: KafkaProducer,
     /// `kafka.topics`: topic names.
     pub topics: KafkaTopics,
 }
@@ -78,13 +80,54 @@ pub struct KafkaConsumer {
     /// `kafka.consumer.group`: consumer group id. A group with no committed offsets starts at
     /// the earliest offset.
     pub group: String,
+    /// `kafka.consumer.sessionTimeoutMs`: group session timeout; a member silent this long is
+    /// removed and its partitions reassigned.
+    #[serde(rename = "sessionTimeoutMs")]
+    pub session_timeout_ms: u64,
+    /// `kafka.consumer.heartbeatIntervalMs`: group heartbeat interval (< sessionTimeoutMs / 3).
+    #[serde(rename = "heartbeatIntervalMs")]
+    pub heartbeat_interval_ms: u64,
+    /// `kafka.consumer.commitIntervalMs`: how often acknowledged offsets are committed.
+    #[serde(rename = "commitIntervalMs")]
+    pub commit_interval_ms: u64,
+    /// `kafka.consumer.revokeTimeoutMs`: on partition revocation, how long in-flight work of
+    /// those partitions may take to finish before the revocation goes ahead anyway.
+    #[serde(rename = "revokeTimeoutMs")]
+    pub revoke_timeout_ms: u64,
 }
 
 impl Default for KafkaConsumer {
     fn default() -> Self {
         Self {
             group: "sluice".to_owned(),
+            session_timeout_ms: 10_000,
+            heartbeat_interval_ms: 1_000,
+            commit_interval_ms: 200,
+            revoke_timeout_ms: 30_000,
         }
+    }
+}
+
+/// `kafka.producer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaProducer {
+    /// `kafka.producer.lingerMs`: how long the producer waits to fill a request (>= 5 keeps
+    /// brokers such as Tansu efficient; latency cost is this many milliseconds at most).
+    #[serde(rename = "lingerMs")]
+    pub linger_ms: u64,
+    /// `kafka.producer.deliveryTimeoutMs`: librdkafka's own retry window for one send.
+    #[serde(rename = "deliveryTimeoutMs")]
+    pub delivery_timeout_ms: u64,
+    /// `kafka.producer.maxAttempts`: sends of one record (each after the retry window above,
+    /// with exponential backoff between them) before its partition's commits stop.
+    #[serde(rename = "maxAttempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for KafkaProducer {
+    fn default() -> Self {
+        Self { linger_ms: 5, delivery_timeout_ms: 30_000, max_attempts: 5 }
     }
 }
 

@@ -91,6 +91,12 @@ impl Rings {
         }
     }
 
+    /// Waits up to `timeout` for both rings to have room (the Kafka consumer, holding records
+    /// while its partitions are paused).
+    pub fn wait_for_space(&self, timeout: Duration) {
+        self.space.wait(timeout, || !self.priority.is_full() && !self.normal.is_full());
+    }
+
     /// Takes the oldest priority request.
     pub fn pop_priority(&self) -> Option<Request> {
         let r = self.priority.pop();

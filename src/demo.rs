@@ -1,0 +1,219 @@
+//! `sluice demo`: the whole pipeline with no setup.
+//!
+//! An in-process broker (librdkafka's mock cluster), the bundled demo models (or MiniLM when
+//! `models/minilm` has been fetched), a built-in open-loop producer at a fixed rate with a
+//! small share of bad records, and a live one-line-per-second view of throughput, end-to-end
+//! latency percentiles, batch size and dead letters.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+use crate::config::Config;
+use crate::models::cache::CacheSettings;
+use crate::models::{ModelCache, Repository};
+use crate::pipeline::Pipeline;
+use crate::telemetry::stats::new_histogram;
+
+/// Demo options.
+pub struct DemoOptions {
+    /// Requests per second from the built-in producer (0: none, only outside clients).
+    pub rate: u64,
+    /// Stop after this long (None: until Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Model repository; the demo models are generated into a cache directory when None.
+    pub models: Option<PathBuf>,
+    /// Share of deliberately bad records (0.0-1.0).
+    pub bad_share: f64,
+}
+
+const SENTENCES: &[&str] = &[
+    "the quick brown fox jumps over the lazy dog",
+    "streaming inference turns kafka records into predictions",
+    "a small model answers in a few milliseconds",
+    "priority requests are served before the normal lane",
+    "every record gets exactly one outcome",
+    "the batcher groups sentences of similar length",
+    "offsets are committed after the result is acknowledged",
+    "what a lovely day for a walk in the park",
+];
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Picks the model repository and the model to drive: MiniLM if fetched, else tiny-embed.
+fn demo_models(opt: &DemoOptions) -> anyhow::Result<(PathBuf, String)> {
+    if let Some(dir) = &opt.models {
+        let repo = Repository::open(dir)?;
+        let name = if repo.versions("minilm").is_ok_and(|v| !v.is_empty()) { "minilm" } else { "tiny-embed" };
+        return Ok((dir.clone(), name.to_string()));
+    }
+    if Path::new("models/minilm/1/model.safetensors").is_file() {
+        return Ok((PathBuf::from("models"), "minilm".into()));
+    }
+    let cache = std::env::var_os("SLUICE_CACHE").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("sluice"));
+    let dir = cache.join("demo-models");
+    crate::testkit::write_demo_repository(&dir).context("writing the demo models")?;
+    Ok((dir, "tiny-embed".into()))
+}
+
+/// Runs the demo until `stop` is set or the duration passes.
+pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1).context("starting the in-process broker")?;
+    let bootstrap = cluster.bootstrap_servers();
+    let mut cfg = Config::default();
+    cfg.kafka.bootstrap.servers = bootstrap.clone();
+    cfg.kafka.consumer.group = "sluice-demo".into();
+    cfg.kafka.consumer.session_timeout_ms = 6000;
+    cfg.kafka.consumer.heartbeat_interval_ms = 500;
+    cfg.streaming.inference.metrics.reporting_interval_seconds = 5;
+    let topics = cfg.kafka.topics.streaming.clone();
+    cluster.create_topic(&topics.input, 4, 1)?;
+    for t in [&topics.priority, &topics.output, &topics.dlq, &topics.metrics] {
+        cluster.create_topic(t, 1, 1)?;
+    }
+    let (models, model) = demo_models(&opt)?;
+    println!("sluice demo");
+    println!("  broker   {bootstrap}   (in-process; produce to '{}' or '{}' from another client)", topics.input, topics.priority);
+    println!("  model    {model} from {}", models.display());
+    println!("  producer {} req/s, {:.0}% deliberately bad records; Ctrl-C stops", opt.rate, opt.bad_share * 100.0);
+
+    let cache = Arc::new(ModelCache::new(Repository::open(&models)?, candle_core::Device::Cpu, CacheSettings::from_config(&cfg)));
+    cache.get(&model, None).with_context(|| format!("loading {model}"))?;
+    let pipeline = Pipeline::start(&cfg, cache)?;
+
+    let client = |extra: &[(&str, &str)]| {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &bootstrap).set("broker.address.family", "v4");
+        for (k, v) in extra {
+            c.set(*k, *v);
+        }
+        c
+    };
+    let produced = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        // The open-loop producer: each record is due at start + n / rate, whatever the
+        // pipeline does; ids carry the intended send time for the latency view.
+        let producer: BaseProducer = client(&[("linger.ms", "5")]).create()?;
+        let (prod_done, produced2, model2, input) = (done.clone(), produced.clone(), model.clone(), topics.input.clone());
+        let rate = opt.rate;
+        let bad_share = opt.bad_share;
+        let producer_thread = std::thread::Builder::new().name("demo-producer".into()).spawn_scoped(s, move || {
+            if rate == 0 {
+                return;
+            }
+            let start = Instant::now();
+            let mut n = 0u64;
+            let mut bad_acc = 0.0f64;
+            while !prod_done.load(Ordering::Relaxed) {
+                let due = start + Duration::from_secs_f64(n as f64 / rate as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep((due - now).min(Duration::from_millis(5)));
+                    producer.poll(Duration::ZERO);
+                    continue;
+                }
+                let intended_us = now_us() - (now - due).as_micros() as u64;
+                bad_acc += bad_share;
+                let value = if bad_acc >= 1.0 {
+                    bad_acc -= 1.0;
+                    format!(r#"{{"id":"bad-{n}","model":"{model2}","input":42}}"#)
+                } else {
+                    let text = SENTENCES[(n as usize) % SENTENCES.len()];
+                    format!(r#"{{"id":"demo-{n}-{intended_us}","model":"{model2}","input":"{text}"}}"#)
+                };
+                let key = n.to_string();
+                let mut rec = BaseRecord::to(&input).payload(&value).key(&key);
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((_, back)) => {
+                            rec = back;
+                            producer.poll(Duration::from_millis(5));
+                        }
+                    }
+                }
+                n += 1;
+                produced2.store(n, Ordering::Relaxed);
+            }
+            let _ = producer.flush(Duration::from_secs(5));
+        })?;
+
+        // The viewer: reads results and dead letters, prints a line per second.
+        let viewer: BaseConsumer = client(&[("group.id", "sluice-demo-viewer"), ("auto.offset.reset", "earliest"), ("enable.auto.commit", "false"), ("fetch.wait.max.ms", "5")]).create()?;
+        viewer.subscribe(&[topics.output.as_str(), topics.dlq.as_str()])?;
+        let mut lat = new_histogram();
+        let mut total = new_histogram();
+        let (mut out_n, mut dlq_n, mut batch_sum, mut last_out) = (0u64, 0u64, 0u64, 0u64);
+        let started = Instant::now();
+        let mut tick = Instant::now();
+        let mut last_prod = 0u64;
+        loop {
+            if stop.load(Ordering::SeqCst) || opt.duration.is_some_and(|d| started.elapsed() >= d) {
+                break;
+            }
+            if let Some(Ok(m)) = viewer.poll(Duration::from_millis(20)) {
+                if m.topic() == topics.dlq {
+                    dlq_n += 1;
+                } else if let Some(v) = m.payload() {
+                    out_n += 1;
+                    if let Ok(r) = serde_json::from_slice::<serde_json::Value>(v) {
+                        batch_sum += r["batch_size"].as_u64().unwrap_or(0);
+                        let sent = r["id"].as_str().and_then(|id| id.rsplit('-').next()).and_then(|t| t.parse::<u64>().ok());
+                        if let Some(t) = sent {
+                            let us = now_us().saturating_sub(t).max(1);
+                            let _ = lat.record(us);
+                            let _ = total.record(us);
+                        }
+                    }
+                }
+            }
+            if tick.elapsed() >= Duration::from_secs(1) {
+                let secs = tick.elapsed().as_secs_f64();
+                let p = produced.load(Ordering::Relaxed);
+                let outs = out_n - last_out;
+                println!(
+                    "t={:>4.0}s  in {:>6.0}/s  out {:>6.0}/s  e2e p50 {:>7.1} ms  p99 {:>7.1} ms  batch {:>5.1}  dlq {}",
+                    started.elapsed().as_secs_f64(),
+                    (p - last_prod) as f64 / secs,
+                    outs as f64 / secs,
+                    lat.value_at_quantile(0.5) as f64 / 1e3,
+                    lat.value_at_quantile(0.99) as f64 / 1e3,
+                    if outs > 0 { batch_sum as f64 / outs as f64 } else { 0.0 },
+                    dlq_n
+                );
+                lat.reset();
+                batch_sum = 0;
+                last_out = out_n;
+                last_prod = p;
+                tick = Instant::now();
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+        let _ = producer_thread.join();
+        println!(
+            "demo summary: produced {}, results {}, dead letters {}, e2e p50 {:.1} ms p99 {:.1} ms",
+            produced.load(Ordering::Relaxed),
+            out_n,
+            dlq_n,
+            total.value_at_quantile(0.5) as f64 / 1e3,
+            total.value_at_quantile(0.99) as f64 / 1e3
+        );
+        crate::kafka::consumer::close_in_background(viewer);
+        Ok(())
+    })?;
+    let report = pipeline.stop();
+    println!("pipeline: consumed {}, results {}, dead letters {}", report.consumed, report.results, report.dead_letters);
+    drop(cluster);
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The emit thread: one result per request to the output topic, one dead letter per failed
+//! request to the DLQ topic, metrics snapshots to the metrics topic; acknowledgements feed
+//! the commit tracker.
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::Mutex;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use super::commit::CommitTracker;
+use crate::emit::render::{dlq_headers, result_key, write_result};
+use crate::emit::{ErrorClass, Outcome};
+use crate::ingest::Source;
+
+/// Emit counters.
+#[derive(Debug, Default)]
+pub struct EmitStats {
+    pub results: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub dead_letters_by_class: [AtomicU64; 6],
+    pub delivered: AtomicU64,
+    pub delivery_retries: AtomicU64,
+    pub undeliverable: AtomicU64,
+    pub metrics_reports: AtomicU64,
+}
+
+/// A record being produced, kept until it is acknowledged so it can be sent again.
+pub struct PendingRecord {
+    topic: Arc<str>,
+    key: Option<Bytes>,
+    value: Bytes,
+    headers: Option<[(&'static str, String); 6]>,
+    /// The input record whose outcome this is (None for metrics reports).
+    source: Option<Source>,
+    attempts: u32,
+}
+
+struct Retry {
+    at: Instant,
+    rec: Box<PendingRecord>,
+}
+
+impl PartialEq for Retry {
+    fn eq(&self, o: &Self) -> bool {
+        self.at == o.at
+    }
+}
+impl Eq for Retry {}
+impl PartialOrd for Retry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Retry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&o.at)
+    }
+}
+
+/// The producer's librdkafka context: delivery reports land here (on the emit thread,
+/// inside `poll`).
+pub struct EmitContext {
+    pub tracker: Arc<Mutex<CommitTracker>>,
+    pub stats: Arc<EmitStats>,
+    failed: Mutex<Vec<(Box<PendingRecord>, KafkaError)>>,
+}
+
+impl EmitContext {
+    /// A context acknowledging into `tracker`.
+    pub fn new(tracker: Arc<Mutex<CommitTracker>>, stats: Arc<EmitStats>) -> Self {
+        EmitContext { tracker, stats, failed: Mutex::new(Vec::new()) }
+    }
+}
+
+impl ClientContext for EmitContext {}
+
+impl ProducerContext for EmitContext {
+    type DeliveryOpaque = Box<PendingRecord>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, rec: Box<PendingRecord>) {
+        match result {
+            Ok(_) => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(s) = &rec.source {
+                    self.tracker.lock().ack(&s.topic, s.partition, s.offset);
+                }
+            }
+            Err((e, _)) => self.failed.lock().push((rec, e.clone())),
+        }
+    }
+}
+
+/// What the emit thread needs.
+pub struct EmitThread {
+    pub producer: BaseProducer<EmitContext>,
+    pub completions: Receiver<Outcome>,
+    pub output_topic: Arc<str>,
+    pub dlq_topic: Arc<str>,
+    pub metrics_topic: Arc<str>,
+    /// Renders a metrics snapshot; `None` disables reports.
+    pub metrics: Option<(Duration, Box<dyn Fn() -> Vec<u8> + Send>)>,
+    pub max_attempts: u32,
+    /// Set when the pipeline stops: the thread exits once the completion channel is closed
+    /// and everything is delivered or given up on.
+    pub stopping: Arc<AtomicBool>,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(10))
+}
+
+impl EmitThread {
+    /// Runs until the completion channel is closed and every record is settled.
+    pub fn run(self) {
+        let mut retries: BinaryHeap<Reverse<Retry>> = BinaryHeap::new();
+        let mut closed = false;
+        let mut last_metrics = Instant::now();
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            // Take outcomes in bursts, blocking briefly only when idle.
+            let mut took = 0;
+            while took < 512 {
+                let r = if took == 0 { self.completions.recv_timeout(Duration::from_millis(2)) } else { self.completions.try_recv().map_err(|e| match e {
+                    crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                }) };
+                match r {
+                    Ok(o) => {
+                        took += 1;
+                        self.emit(o, &mut buf, &mut retries);
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            self.producer.poll(Duration::ZERO);
+            self.settle_failures(&mut retries);
+            while retries.peek().is_some_and(|r| r.0.at <= Instant::now()) {
+                if let Some(Reverse(r)) = retries.pop() {
+                    self.stats().delivery_retries.fetch_add(1, Ordering::Relaxed);
+                    self.send(r.rec, &mut retries);
+                }
+            }
+            if let Some((every, render)) = &self.metrics {
+                if last_metrics.elapsed() >= *every {
+                    last_metrics = Instant::now();
+                    let value = Bytes::from(render());
+                    self.stats().metrics_reports.fetch_add(1, Ordering::Relaxed);
+                    let rec = PendingRecord { topic: self.metrics_topic.clone(), key: None, value, headers: None, source: None, attempts: 1 };
+                    self.send(Box::new(rec), &mut retries);
+                }
+            }
+            if closed && self.producer.in_flight_count() == 0 && retries.is_empty() {
+                break;
+            }
+            if closed && !self.stopping.load(Ordering::SeqCst) {
+                // Channel closed without a stop: the pipeline is gone; settle and leave.
+                self.stopping.store(true, Ordering::SeqCst);
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(10));
+        tracing::info!("emit stopped");
+    }
+
+    fn stats(&self) -> &EmitStats {
+        &self.producer.context().stats
+    }
+
+    fn emit(&self, o: Outcome, buf: &mut Vec<u8>, retries: &mut BinaryHeap<Reverse<Retry>>) {
+        let source = Some(o.env.source.clone());
+        let rec = match o.failure() {
+            None => {
+                buf.clear();
+                if !write_result(&o, buf) {
+                    tracing::error!(offset = o.env.source.offset, "could not render a result");
+                    return;
+                }
+                self.stats().results.fetch_add(1, Ordering::Relaxed);
+                PendingRecord {
+                    topic: self.output_topic.clone(),
+                    key: Some(Bytes::copy_from_slice(result_key(&o))),
+                    value: Bytes::copy_from_slice(buf),
+                    headers: None,
+                    source,
+                    attempts: 1,
+                }
+            }
+            Some(f) => {
+                let idx = ErrorClass::ALL.iter().position(|c| *c == f.class).unwrap_or(0);
+                self.stats().dead_letters.fetch_add(1, Ordering::Relaxed);
+                self.stats().dead_letters_by_class[idx].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(class = f.class.as_str(), reason = %f.reason, topic = %o.env.source.topic,
+                    partition = o.env.source.partition, offset = o.env.source.offset, "dead letter");
+                PendingRecord {
+                    topic: self.dlq_topic.clone(),
+                    key: o.env.key.clone(),
+                    value: o.env.payload.clone(),
+                    headers: dlq_headers(&o),
+                    source,
+                    attempts: 1,
+                }
+            }
+        };
+        self.send(Box::new(rec), retries);
+    }
+
+    /// Hands a record to librdkafka, waiting (polling) while its queue is full.
+    fn send(&self, rec: Box<PendingRecord>, retries: &mut BinaryHeap<Reverse<Retry>>) {
+        let mut rec = rec;
+        loop {
+            let topic = rec.topic.clone();
+            let key = rec.key.clone();
+            let value = rec.value.clone();
+            let headers = rec.headers.as_ref().map(|hs| {
+                hs.iter().fold(OwnedHeaders::new_with_capacity(hs.len()), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }))
+            });
+            let mut record = BaseRecord::with_opaque_to(&topic, rec).payload(&value[..]);
+            if let Some(k) = &key {
+                record = record.key(&k[..]);
+            }
+            if let Some(h) = headers {
+                record = record.headers(h);
+            }
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back.delivery_opaque;
+                    self.producer.poll(Duration::from_millis(5));
+                    self.settle_failures(retries);
+                }
+                Err((e, back)) => {
+                    self.fail(back.delivery_opaque, e, retries);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn settle_failures(&self, retries: &mut BinaryHeap<Reverse<Retry>>) {
+        let failed: Vec<_> = std::mem::take(&mut *self.producer.context().failed.lock());
+        for (rec, e) in failed {
+            self.fail(rec, e, retries);
+        }
+    }
+
+    fn fail(&self, mut rec: Box<PendingRecord>, e: KafkaError, retries: &mut BinaryHeap<Reverse<Retry>>) {
+        if rec.attempts >= self.max_attempts {
+            self.stats().undeliverable.fetch_add(1, Ordering::Relaxed);
+            match &rec.source {
+                Some(s) => {
+                    tracing::error!(topic = %rec.topic, source_topic = %s.topic, partition = s.partition, offset = s.offset,
+                        attempts = rec.attempts, error = %e,
+                        "outcome could not be delivered; commits of its partition stop here until restart");
+                    self.producer.context().tracker.lock().block(&s.topic, s.partition, s.offset);
+                }
+                None => tracing::warn!(topic = %rec.topic, error = %e, "metrics report could not be delivered"),
+            }
+            return;
+        }
+        let wait = backoff(rec.attempts);
+        tracing::warn!(topic = %rec.topic, attempt = rec.attempts, retry_in_ms = wait.as_millis() as u64, error = %e, "delivery failed; retrying");
+        rec.attempts += 1;
+        retries.push(Reverse(Retry { at: Instant::now() + wait, rec }));
+    }
+}

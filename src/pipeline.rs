@@ -1,0 +1,257 @@
+//! The streaming pipeline: consumer thread → rings → lanes → producer thread, built, started
+//! and drained in one place.
+//!
+//! Start: check the configuration, make sure the topics exist (this is where an unreachable
+//! broker is reported), build the producer, the engine and the consumer, spawn the ingest and
+//! emit threads. Stop (drain): stop consuming, queue what was consumed, let the lanes finish
+//! every queued request, deliver every outcome, commit the acknowledged offsets, close.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::BaseProducer;
+use serde::Serialize;
+
+use crate::config::{Config, DeliveryGuarantee};
+use crate::emit::ErrorClass;
+use crate::engine::{Engine, EngineSettings};
+use crate::ingest::{Decoder, Limits};
+use crate::kafka::consumer::{close_in_background, commit_points, IngestContext, IngestShared, IngestThread};
+use crate::kafka::producer::{EmitContext, EmitStats, EmitThread};
+use crate::kafka::{admin, base_client_config, CommitTracker};
+use crate::models::ModelCache;
+use crate::telemetry::EngineStats;
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("Kafka at {servers}: {reason}")]
+    Kafka { servers: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    engine: Option<Engine>,
+    consumer: Arc<BaseConsumer<IngestContext>>,
+    ingest: Option<JoinHandle<()>>,
+    emit: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    pub ingest_shared: Arc<IngestShared>,
+    pub emit_stats: Arc<EmitStats>,
+    pub engine_stats: Arc<EngineStats>,
+    pub started: Instant,
+}
+
+/// Counters of a finished run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StopReport {
+    pub consumed: u64,
+    pub results: u64,
+    pub dead_letters: u64,
+    pub delivered: u64,
+    pub undeliverable: u64,
+    pub seconds: f64,
+}
+
+fn kafka_err(cfg: &Config, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Kafka { servers: cfg.kafka.bootstrap.servers.clone(), reason: e.to_string() }
+}
+
+/// A JSON metrics snapshot (the metrics topic's record value).
+fn metrics_snapshot(instance: &str, ingest: &IngestShared, emit: &EmitStats, engine: &EngineStats, started: Instant) -> Vec<u8> {
+    let h = engine.batch_us.lock().clone();
+    let by_class: serde_json::Map<String, serde_json::Value> = ErrorClass::ALL
+        .iter()
+        .zip(&emit.dead_letters_by_class)
+        .map(|(c, n)| (c.as_str().to_string(), n.load(Ordering::Relaxed).into()))
+        .collect();
+    let v = serde_json::json!({
+        "instance": instance,
+        "timestamp_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "uptime_s": started.elapsed().as_secs_f64(),
+        "consumed": ingest.stats.consumed.load(Ordering::Relaxed),
+        "results": emit.results.load(Ordering::Relaxed),
+        "dead_letters": emit.dead_letters.load(Ordering::Relaxed),
+        "dead_letters_by_class": by_class,
+        "delivered": emit.delivered.load(Ordering::Relaxed),
+        "undeliverable": emit.undeliverable.load(Ordering::Relaxed),
+        "batches": engine.batches.load(Ordering::Relaxed),
+        "mean_batch_rows": engine.mean_batch_rows(),
+        "padding_efficiency": engine.padding_efficiency(),
+        "batch_ms": {"p50": h.value_at_quantile(0.5) as f64 / 1e3, "p99": h.value_at_quantile(0.99) as f64 / 1e3},
+        "paused": ingest.paused.load(Ordering::Relaxed),
+        "assigned_partitions": ingest.assigned.lock().len(),
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+impl Pipeline {
+    /// Starts the pipeline with models from `cache`.
+    pub fn start(cfg: &Config, cache: Arc<ModelCache>) -> Result<Pipeline, PipelineError> {
+        if cfg.streaming.inference.processing.guarantee == DeliveryGuarantee::ExactlyOnce {
+            return Err(PipelineError::Config(
+                "streaming.inference.processing.guarantee: exactly_once is not available in this version; use at_least_once".into(),
+            ));
+        }
+        let topics = &cfg.kafka.topics.streaming;
+        let servers = &cfg.kafka.bootstrap.servers;
+        let instance = format!("sluice-{}-{}", hostname(), std::process::id());
+
+        // Topics (and reachability).
+        let admin_cfg = base_client_config(cfg, &format!("{instance}-admin"));
+        let all = [topics.input.as_str(), topics.priority.as_str(), topics.output.as_str(), topics.dlq.as_str(), topics.metrics.as_str()];
+        let created = admin::ensure_topics(&admin_cfg, &all, 1, Duration::from_secs(10)).map_err(|e| kafka_err(cfg, e))?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, "created missing topics (1 partition each; create them yourself for more)");
+        }
+
+        let tracker = Arc::new(Mutex::new(CommitTracker::new()));
+        let emit_stats = Arc::new(EmitStats::default());
+        let producer: BaseProducer<EmitContext> = base_client_config(cfg, &format!("{instance}-producer"))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", cfg.kafka.producer.linger_ms.to_string())
+            .set("message.timeout.ms", cfg.kafka.producer.delivery_timeout_ms.to_string())
+            .set("compression.type", "none")
+            .create_with_context(EmitContext::new(tracker.clone(), emit_stats.clone()))
+            .map_err(|e| kafka_err(cfg, e))?;
+
+        let ingest_shared = IngestShared::new(tracker.clone(), Duration::from_millis(cfg.kafka.consumer.revoke_timeout_ms));
+        let c = &cfg.kafka.consumer;
+        let consumer: BaseConsumer<IngestContext> = base_client_config(cfg, &format!("{instance}-consumer"))
+            .set("group.id", &c.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", c.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", c.heartbeat_interval_ms.to_string())
+            .set("enable.partition.eof", "false")
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.wait.max.ms", "10")
+            .set("isolation.level", "read_committed")
+            .create_with_context(IngestContext { shared: ingest_shared.clone() })
+            .map_err(|e| kafka_err(cfg, e))?;
+        consumer.subscribe(&[topics.priority.as_str(), topics.input.as_str()]).map_err(|e| kafka_err(cfg, e))?;
+        let consumer = Arc::new(consumer);
+
+        let settings = EngineSettings::from_config(cfg);
+        let (tx, rx) = crossbeam_channel::bounded(settings.ring_capacity.max(256));
+        let engine = Engine::start(&settings, tx.clone()).map_err(|e| PipelineError::Other(format!("starting lanes: {e}")))?;
+        let engine_stats = engine.stats().clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+
+        let metrics = cfg.streaming.inference.metrics.enabled.then(|| {
+            let (i, e, g) = (ingest_shared.clone(), emit_stats.clone(), engine_stats.clone());
+            let name = instance.clone();
+            let render: Box<dyn Fn() -> Vec<u8> + Send> = Box::new(move || metrics_snapshot(&name, &i, &e, &g, started));
+            (cfg.streaming.inference.reporting_interval(), render)
+        });
+        let emit = EmitThread {
+            producer,
+            completions: rx,
+            output_topic: topics.output.as_str().into(),
+            dlq_topic: topics.dlq.as_str().into(),
+            metrics_topic: topics.metrics.as_str().into(),
+            metrics,
+            max_attempts: cfg.kafka.producer.max_attempts.max(1),
+            stopping: stopping.clone(),
+        };
+        let emit = std::thread::Builder::new().name("sluice-emit".into()).spawn(move || emit.run()).map_err(|e| PipelineError::Other(e.to_string()))?;
+
+        let ingest = IngestThread {
+            consumer: consumer.clone(),
+            shared: ingest_shared.clone(),
+            decoder: Decoder::new(cache, Limits::from_config(cfg), None),
+            rings: engine.rings().clone(),
+            completions: tx,
+            priority_topic: topics.priority.clone(),
+            input_topic: topics.input.clone(),
+            commit_interval: Duration::from_millis(c.commit_interval_ms.max(1)),
+            stop: stop.clone(),
+        };
+        let ingest = std::thread::Builder::new().name("sluice-ingest".into()).spawn(move || ingest.run()).map_err(|e| PipelineError::Other(e.to_string()))?;
+        tracing::info!(%servers, group = %c.group, input = %topics.input, priority = %topics.priority, "pipeline started");
+        Ok(Pipeline { engine: Some(engine), consumer, ingest: Some(ingest), emit: Some(emit), stop, stopping, ingest_shared, emit_stats, engine_stats, started })
+    }
+
+    /// Whether every pipeline thread is still running.
+    pub fn is_healthy(&self) -> bool {
+        self.ingest.as_ref().is_some_and(|h| !h.is_finished()) && self.emit.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Drains and stops: every consumed record gets its outcome delivered and its offset
+    /// committed before this returns.
+    pub fn stop(mut self) -> StopReport {
+        let t = Instant::now();
+        tracing::info!("pipeline stopping: draining in-flight work");
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.ingest.take() {
+            let _ = h.join();
+        }
+        if let Some(engine) = self.engine.take() {
+            engine.shutdown();
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(h) = self.emit.take() {
+            let _ = h.join();
+        }
+        let points = self.ingest_shared.tracker.lock().take_commits();
+        commit_points(&self.consumer, &points, CommitMode::Sync, &self.ingest_shared.stats);
+        let blocked = self.ingest_shared.tracker.lock().blocked();
+        if !blocked.is_empty() {
+            tracing::error!(?blocked, "partitions with undeliverable outcomes: not committed past them");
+        }
+        self.consumer.unsubscribe();
+        let report = self.report();
+        tracing::info!(drain_ms = t.elapsed().as_millis() as u64, consumed = report.consumed, results = report.results,
+            dead_letters = report.dead_letters, "pipeline stopped");
+        report
+    }
+
+    /// Counters so far.
+    pub fn report(&self) -> StopReport {
+        StopReport {
+            consumed: self.ingest_shared.stats.consumed.load(Ordering::Relaxed),
+            results: self.emit_stats.results.load(Ordering::Relaxed),
+            dead_letters: self.emit_stats.dead_letters.load(Ordering::Relaxed),
+            delivered: self.emit_stats.delivered.load(Ordering::Relaxed),
+            undeliverable: self.emit_stats.undeliverable.load(Ordering::Relaxed),
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if self.ingest.is_some() || self.emit.is_some() {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(h) = self.ingest.take() {
+                let _ = h.join();
+            }
+            if let Some(e) = self.engine.take() {
+                e.shutdown();
+            }
+            if let Some(h) = self.emit.take() {
+                let _ = h.join();
+            }
+        }
+        // The consumer is closed off-thread: librdkafka's destroy can hang (rdkafka #509).
+        let consumer = self.consumer.clone();
+        close_in_background(consumer);
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "host".into())
+}
