@@ -154,7 +154,7 @@ impl Pipeline {
         let metrics = cfg.streaming.inference.metrics.enabled.then(|| {
             let (i, e, g) = (ingest_shared.clone(), emit_stats.clone(), engine_stats.clone());
             let name = instance.clone();
-            let render: Box<dyn Fn() -> Vec<u8> + Send> = Box::new(move || metrics_snapshot(&name, &i, &e, &g, started));
+            let render: crate::kafka::producer::MetricsRenderer = Box::new(move || metrics_snapshot(&name, &i, &e, &g, started));
             (cfg.streaming.inference.reporting_interval(), render)
         });
         let emit = EmitThread {

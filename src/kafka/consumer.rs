@@ -193,12 +193,11 @@ impl IngestThread {
             }
             match consumer.poll(Duration::from_millis(if backlog { 0 } else { 50 })) {
                 None => {}
-                Some(Err(e)) => {
-                    if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(error = %e, "consumer error");
-                        last_poll_error = Some(Instant::now());
-                    }
+                Some(Err(e)) if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    last_poll_error = Some(Instant::now());
                 }
+                Some(Err(_)) => {}
                 Some(Ok(msg)) => {
                     let topic = if msg.topic() == &*priority { priority.clone() } else { input.clone() };
                     self.handle(msg, topic);

@@ -99,6 +99,9 @@ impl ProducerContext for EmitContext {
     }
 }
 
+/// Renders one metrics snapshot (the metrics topic's record value).
+pub type MetricsRenderer = Box<dyn Fn() -> Vec<u8> + Send>;
+
 /// What the emit thread needs.
 pub struct EmitThread {
     pub producer: BaseProducer<EmitContext>,
@@ -107,7 +110,7 @@ pub struct EmitThread {
     pub dlq_topic: Arc<str>,
     pub metrics_topic: Arc<str>,
     /// Renders a metrics snapshot; `None` disables reports.
-    pub metrics: Option<(Duration, Box<dyn Fn() -> Vec<u8> + Send>)>,
+    pub metrics: Option<(Duration, MetricsRenderer)>,
     pub max_attempts: u32,
     /// Set when the pipeline stops: the thread exits once the completion channel is closed
     /// and everything is delivered or given up on.

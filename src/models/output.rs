@@ -30,10 +30,6 @@ impl BatchOutput {
 
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        if self.width == 0 {
-            0
-        } else {
-            self.data.len() / self.width
-        }
+        self.data.len().checked_div(self.width).unwrap_or(0)
     }
 }
