@@ -1,4 +1,8 @@
-//! BERT-family encoders on candle: sentence embeddings and sequence classification.
+//! BERT-family encoders: sentence embeddings and sequence classification.
+//!
+//! On the CPU the encoder is [`PackedBert`] (padding-free, see `packed_bert.rs`); on other
+//! devices it is candle's `BertModel` over the padded, masked batch. The heads (pooling, or
+//! pooler + classifier + softmax) are the same for both.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +12,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 
 use super::output::{BatchOutput, OutputKind};
+use super::packed_bert::{pool_packed, PackedBert, PackedConfig};
 use super::spec::{ModelKind, ModelSpec, Pooling};
 use super::ModelError;
 use crate::execute::staging::HostStaging;
@@ -18,9 +23,26 @@ enum Head {
     Classifier { pooler: Option<Linear>, classifier: Linear, labels: Arc<[String]> },
 }
 
+/// Which encoder implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BertBackend {
+    /// [`PackedBert`] on the CPU, candle's `BertModel` elsewhere.
+    #[default]
+    Auto,
+    /// candle's `BertModel` (padded batch, attention mask) on any device.
+    Candle,
+    /// [`PackedBert`]; CPU only.
+    Packed,
+}
+
+enum Encoder {
+    Candle(BertModel),
+    Packed(PackedBert),
+}
+
 /// A BERT encoder with its head, on one device.
 pub struct BertRunner {
-    model: BertModel,
+    encoder: Encoder,
     head: Head,
     device: Device,
     hidden: usize,
@@ -33,8 +55,14 @@ fn load_err(dir: &Path, reason: impl std::fmt::Display) -> ModelError {
 }
 
 impl BertRunner {
-    /// Loads `config.json` and `model.safetensors` from `dir`.
+    /// Loads `config.json` and `model.safetensors` from `dir`, with the default encoder for
+    /// `device`.
     pub fn load(dir: &Path, spec: &ModelSpec, device: &Device) -> Result<Self, ModelError> {
+        Self::load_with(dir, spec, device, BertBackend::Auto)
+    }
+
+    /// Loads with a chosen encoder implementation.
+    pub fn load_with(dir: &Path, spec: &ModelSpec, device: &Device, backend: BertBackend) -> Result<Self, ModelError> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Io { path: cfg_path.clone(), source: e })?;
         let config: BertConfig = serde_json::from_str(&text).map_err(|e| load_err(&cfg_path, e))?;
@@ -46,7 +74,18 @@ impl BertRunner {
         // and operators replace a version by adding a new version directory.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
             .map_err(|e| load_err(&weights, e))?;
-        let model = BertModel::load(vb.clone(), &config).map_err(|e| load_err(&weights, e))?;
+        let packed = match backend {
+            BertBackend::Auto => device.is_cpu(),
+            BertBackend::Candle => false,
+            BertBackend::Packed if device.is_cpu() => true,
+            BertBackend::Packed => return Err(load_err(dir, "the packed BERT encoder runs on the CPU only")),
+        };
+        let encoder = if packed {
+            let model = PackedBert::load(&weights, PackedConfig::from_bert(&config), config.model_type.as_deref()).map_err(|e| load_err(&weights, e))?;
+            Encoder::Packed(model)
+        } else {
+            Encoder::Candle(BertModel::load(vb.clone(), &config).map_err(|e| load_err(&weights, e))?)
+        };
         let hidden = config.hidden_size;
         let head = match spec.kind {
             ModelKind::BertEmbedding => Head::Embedding { pooling: spec.pooling, normalize: spec.normalize.unwrap_or(true) },
@@ -62,7 +101,7 @@ impl BertRunner {
             }
             ModelKind::Mlp => return Err(load_err(dir, "not a BERT model")),
         };
-        Ok(BertRunner { model, head, device: device.clone(), hidden, max_position: config.max_position_embeddings })
+        Ok(BertRunner { encoder, head, device: device.clone(), hidden, max_position: config.max_position_embeddings })
     }
 
     /// Width of one output row.
@@ -73,14 +112,43 @@ impl BertRunner {
         }
     }
 
+    /// Whether the padding-free encoder runs (it computes only the real tokens).
+    pub fn is_packed(&self) -> bool {
+        matches!(self.encoder, Encoder::Packed(_))
+    }
+
     /// Runs the staged batch.
     pub fn forward(&self, st: &HostStaging) -> Result<BatchOutput, ModelError> {
+        match &self.encoder {
+            Encoder::Packed(model) => self.forward_packed(model, st),
+            Encoder::Candle(model) => self.forward_candle(model, st),
+        }
+    }
+
+    fn forward_packed(&self, model: &PackedBert, st: &HostStaging) -> Result<BatchOutput, ModelError> {
+        let (rows, h) = (st.rows, self.hidden);
+        let mut data = vec![0f32; rows * h];
+        let (mean, normalize) = match &self.head {
+            Head::Embedding { pooling, normalize } => (matches!(pooling, Pooling::Mean), *normalize),
+            Head::Classifier { .. } => (false, false),
+        };
+        model.encode(st, |states, offsets| pool_packed(states, offsets, h, mean, normalize, &mut data)).map_err(ModelError::Inference)?;
+        match &self.head {
+            Head::Embedding { .. } => Ok(BatchOutput { data, width: h, kind: OutputKind::Embedding }),
+            Head::Classifier { .. } => {
+                let cls = Tensor::from_vec(data, (rows, h), &self.device)?;
+                self.classify(cls)
+            }
+        }
+    }
+
+    fn forward_candle(&self, model: &BertModel, st: &HostStaging) -> Result<BatchOutput, ModelError> {
         let (rows, seq) = (st.rows, st.seq_len);
         let n = rows * seq;
         let ids = Tensor::from_slice(&st.ids[..n], (rows, seq), &self.device)?;
         let mask = Tensor::from_slice(&st.mask[..n], (rows, seq), &self.device)?;
         let type_ids = ids.zeros_like()?;
-        let states = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let states = model.forward(&ids, &type_ids, Some(&mask))?;
         match &self.head {
             Head::Embedding { pooling, normalize } => {
                 let flat = states.flatten_all()?.to_vec1::<f32>()?;
@@ -88,8 +156,16 @@ impl BertRunner {
                 pool_rows(&flat, &st.row_tokens[..rows], seq, self.hidden, *pooling, *normalize, &mut data);
                 Ok(BatchOutput { data, width: self.hidden, kind: OutputKind::Embedding })
             }
+            Head::Classifier { .. } => self.classify(states.narrow(1, 0, 1)?.squeeze(1)?),
+        }
+    }
+
+    /// Pooler (dense + tanh, when the checkpoint has one), classifier and softmax over the
+    /// `[rows, hidden]` `[CLS]` states.
+    fn classify(&self, cls: Tensor) -> Result<BatchOutput, ModelError> {
+        match &self.head {
+            Head::Embedding { .. } => Err(ModelError::Inference("not a classifier".into())),
             Head::Classifier { pooler, classifier, labels } => {
-                let cls = states.narrow(1, 0, 1)?.squeeze(1)?;
                 let pooled = match pooler {
                     Some(p) => p.forward(&cls)?.tanh()?,
                     None => cls,

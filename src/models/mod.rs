@@ -8,6 +8,7 @@ pub mod cache;
 pub mod loaded;
 pub mod mlp;
 pub mod output;
+pub mod packed_bert;
 pub mod repository;
 pub mod spec;
 pub mod text;
