@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: a generated model repository and request makers.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,0 +1,344 @@
+//! The streaming pipeline against a real Kafka-compatible broker (Tansu, or the broker named
+//! by SLUICE_TEST_BROKER): exactly one outcome per input, priority first, every dead-letter
+//! class, graceful restart without loss or duplicates, backpressure with bounded memory.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::broker::{Consumed, TestBroker};
+use common::TestRepo;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
+use sluice::config::Config;
+use sluice::models::cache::CacheSettings;
+use sluice::models::{ModelCache, Repository};
+use sluice::pipeline::Pipeline;
+
+struct Topics {
+    input: String,
+    priority: String,
+    output: String,
+    dlq: String,
+    metrics: String,
+    group: String,
+}
+
+fn setup(b: &TestBroker, prefix: &str, input_partitions: i32) -> Topics {
+    let p = TestBroker::unique(prefix);
+    let t = Topics {
+        input: format!("{p}-in"),
+        priority: format!("{p}-prio"),
+        output: format!("{p}-out"),
+        dlq: format!("{p}-dlq"),
+        metrics: format!("{p}-metrics"),
+        group: format!("{p}-group"),
+    };
+    b.create_topic(&t.input, input_partitions).unwrap();
+    for topic in [&t.priority, &t.output, &t.dlq, &t.metrics] {
+        b.create_topic(topic, 1).unwrap();
+    }
+    t
+}
+
+fn config(b: &TestBroker, t: &Topics, repo: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.kafka.bootstrap.servers = b.bootstrap.clone();
+    cfg.kafka.consumer.group = t.group.clone();
+    cfg.kafka.consumer.session_timeout_ms = 3000;
+    cfg.kafka.consumer.heartbeat_interval_ms = 500;
+    cfg.kafka.consumer.commit_interval_ms = 100;
+    let s = &mut cfg.kafka.topics.streaming;
+    s.input = t.input.clone();
+    s.priority = t.priority.clone();
+    s.output = t.output.clone();
+    s.dlq = t.dlq.clone();
+    s.metrics = t.metrics.clone();
+    cfg.streaming.inference.model.repository = repo.to_path_buf();
+    cfg.streaming.inference.metrics.reporting_interval_seconds = 1;
+    cfg
+}
+
+fn cache_for(cfg: &Config) -> Arc<ModelCache> {
+    let repo = Repository::open(&cfg.streaming.inference.model.repository).unwrap();
+    Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, CacheSettings::from_config(cfg)))
+}
+
+type Record = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+fn json(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn header<'a>(c: &'a Consumed, name: &str) -> Option<&'a str> {
+    c.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+/// (topic, partition, offset) of the input an outcome belongs to.
+fn source_of(c: &Consumed, is_dlq: bool) -> (String, i32, i64) {
+    if is_dlq {
+        (
+            header(c, "sluice.source.topic").unwrap().to_string(),
+            header(c, "sluice.source.partition").unwrap().parse().unwrap(),
+            header(c, "sluice.source.offset").unwrap().parse().unwrap(),
+        )
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
+        (v["source"]["topic"].as_str().unwrap().to_string(), v["source"]["partition"].as_i64().unwrap() as i32, v["source"]["offset"].as_i64().unwrap())
+    }
+}
+
+/// Reads outputs and dead letters until `n` outcomes in all (or the timeout).
+fn outcomes(b: &TestBroker, t: &Topics, n: usize, timeout: Duration) -> (Vec<Consumed>, Vec<Consumed>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let out = b.consume(&t.output, n, Duration::from_secs(2).min(left));
+        let dlq = b.consume(&t.dlq, n.saturating_sub(out.len()), Duration::from_secs(2).min(left));
+        if out.len() + dlq.len() >= n || Instant::now() >= deadline {
+            return (out, dlq);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The group's committed offset per input partition.
+fn committed(b: &TestBroker, t: &Topics, partitions: i32) -> Vec<i64> {
+    let mut cfg = b.client_config();
+    cfg.set("group.id", &t.group);
+    let c: BaseConsumer = cfg.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&t.input, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let offs = (0..partitions)
+        .map(|p| got.find_partition(&t.input, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1))
+        .collect();
+    std::thread::spawn(move || drop(c));
+    offs
+}
+
+#[test]
+fn ten_thousand_requests_each_get_exactly_one_outcome_and_priority_goes_first() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    let t = setup(&b, "bulk", 4);
+    let n_normal = 10_000usize;
+    let n_prio = 300usize;
+    let normal: Vec<Record> = (0..n_normal)
+        .map(|i| {
+            let body = if i % 5 == 0 {
+                json(serde_json::json!({"id": format!("r{i}"), "model": "tiny-embed", "input": format!("the quick brown fox {i}")}))
+            } else {
+                json(serde_json::json!({"id": format!("r{i}"), "model": "tabular", "input": [i as f64, 1, 2, 3, 4, 5, 6, 7]}))
+            };
+            (Some(format!("k{i}").into_bytes()), body, vec![])
+        })
+        .collect();
+    let sent = b.produce(&t.input, &normal, None).unwrap();
+    let prio: Vec<Record> = (0..n_prio)
+        .map(|i| (None, json(serde_json::json!({"id": format!("p{i}"), "model": "tabular", "input": [0, 0, 0, 0, 0, 0, 0, i as f64]})), vec![]))
+        .collect();
+    let sent_prio = b.produce(&t.priority, &prio, Some(0)).unwrap();
+    // Which id lives at which (topic, partition, offset).
+    let mut expected: HashMap<(String, i32, i64), String> = HashMap::new();
+    for (i, (p, o)) in sent.iter().enumerate() {
+        expected.insert((t.input.clone(), *p, *o), format!("r{i}"));
+    }
+    for (i, (p, o)) in sent_prio.iter().enumerate() {
+        expected.insert((t.priority.clone(), *p, *o), format!("p{i}"));
+    }
+
+    let cfg = config(&b, &t, &repo.path());
+    let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
+    let total = n_normal + n_prio;
+    let (out, dlq) = outcomes(&b, &t, total, Duration::from_secs(240));
+    let report = pipeline.stop();
+    assert!(dlq.is_empty(), "no dead letters expected, got {}: {:?}", dlq.len(), dlq.first().map(|d| &d.headers));
+    assert_eq!(out.len(), total, "one result per request (report {report:?})");
+
+    let mut seen: HashMap<(String, i32, i64), usize> = HashMap::new();
+    let mut prio_positions = Vec::new();
+    let mut normal_positions = Vec::new();
+    for (pos, c) in out.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
+        let src = source_of(c, false);
+        let id = v["id"].as_str().unwrap();
+        assert_eq!(expected.get(&src).map(String::as_str), Some(id), "result {id} carries its request's source");
+        *seen.entry(src).or_default() += 1;
+        // Key: the request key, or the id when there was none.
+        let key = c.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned());
+        if id.starts_with('p') {
+            assert_eq!(key.as_deref(), Some(id));
+            prio_positions.push(pos);
+        } else {
+            assert_eq!(key.as_deref(), Some(format!("k{}", &id[1..]).as_str()));
+            normal_positions.push(pos);
+            let width = if id[1..].parse::<usize>().unwrap() % 5 == 0 { 32 } else { 3 };
+            assert_eq!(v["output"][0].as_array().unwrap().len(), width);
+        }
+    }
+    assert_eq!(seen.len(), total, "every input has an outcome");
+    assert!(seen.values().all(|n| *n == 1), "no duplicates without a crash");
+    // Under a backlog, priority requests are served ahead of the normal lane.
+    prio_positions.sort_unstable();
+    let p95 = prio_positions[prio_positions.len() * 95 / 100];
+    let normal_median = normal_positions[normal_positions.len() / 2];
+    assert!(p95 < normal_median, "priority results should come early: p95 position {p95}, normal median {normal_median}");
+    // Everything was committed on the way out.
+    let ends: Vec<i64> = (0..4).map(|p| sent.iter().filter(|(pp, _)| *pp == p).map(|(_, o)| o + 1).max().unwrap_or(0)).collect();
+    assert_eq!(committed(&b, &t, 4), ends, "committed offsets reach the end of each partition");
+}
+
+#[test]
+fn every_dead_letter_class_lands_in_the_dlq_and_neighbours_are_unaffected() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    // A model that cannot load: its failure is an `inference` dead letter.
+    let broken = repo.path().join("broken/1");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("sluice.toml"), "kind = \"mlp\"\ninputs = 2\n[[layers]]\nweight = \"w\"\n").unwrap();
+    let t = setup(&b, "dlq", 2);
+    let ok = |i: usize| (None, json(serde_json::json!({"id": format!("ok{i}"), "model": "tabular", "input": [1, 2, 3, 4, 5, 6, 7, 8]})), vec![]);
+    let fb = vec![("content-type".to_string(), b"application/x-flatbuffers".to_vec())];
+    let bad: Vec<(&str, Record)> = vec![
+        ("parse", (None, b"{not json".to_vec(), vec![])),
+        ("parse", (None, b"\xff\xfe invalid utf-8".to_vec(), vec![])),
+        ("parse", (None, br#"{"id":"n","model":"tabular","input":[NaN,1,2,3,4,5,6,7]}"#.to_vec(), vec![])),
+        ("parse", (None, b"\x10\x00\x00\x00garbage-flatbuffer".to_vec(), fb)),
+        ("parse", (None, b"{}".to_vec(), vec![("content-type".into(), b"text/csv".to_vec())])),
+        ("validation", (None, br#"{"id":"v","model":"tabular","input":[1,2]}"#.to_vec(), vec![])),
+        ("validation", (None, br#"{"id":null,"model":"tabular","input":[1,2,3,4,5,6,7,8]}"#.to_vec(), vec![])),
+        ("validation", (None, format!(r#"{{"id":"deep","model":"tiny-embed","input":{}{}}}"#, "[".repeat(1500), "]".repeat(1500)).into_bytes(), vec![])),
+        ("unknown_model", (Some(b"key-u".to_vec()), br#"{"id":"u","model":"nope","input":"x"}"#.to_vec(), vec![])),
+        ("too_large", (None, format!(r#"{{"id":"big","model":"tiny-embed","input":"{}"}}"#, "x".repeat(5000)).into_bytes(), vec![])),
+        ("expired", (None, br#"{"id":"e","model":"tabular","input":[1,2,3,4,5,6,7,8],"deadline_ms":1}"#.to_vec(), vec![])),
+        ("inference", (None, br#"{"id":"i","model":"broken","input":[1,2]}"#.to_vec(), vec![])),
+    ];
+    let mut records = Vec::new();
+    let mut expect_class: Vec<Option<&str>> = Vec::new();
+    for (i, (class, rec)) in bad.into_iter().enumerate() {
+        records.push(ok(2 * i));
+        expect_class.push(None);
+        records.push(rec);
+        expect_class.push(Some(class));
+    }
+    records.push(ok(999));
+    expect_class.push(None);
+    let sent = b.produce(&t.input, &records, Some(0)).unwrap();
+
+    let mut cfg = config(&b, &t, &repo.path());
+    cfg.streaming.inference.limits.max_record_bytes = 4096;
+    let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
+    let n_bad = expect_class.iter().filter(|c| c.is_some()).count();
+    let (out, dlq) = outcomes(&b, &t, records.len(), Duration::from_secs(120));
+    pipeline.stop();
+    assert_eq!(out.len(), records.len() - n_bad);
+    assert_eq!(dlq.len(), n_bad);
+    let by_offset: BTreeMap<i64, usize> = sent.iter().enumerate().map(|(i, (_, o))| (*o, i)).collect();
+    for d in &dlq {
+        let (topic, partition, offset) = source_of(d, true);
+        assert_eq!((topic.as_str(), partition), (t.input.as_str(), 0));
+        let i = by_offset[&offset];
+        assert_eq!(header(d, "sluice.error.class"), expect_class[i], "record {i}");
+        assert!(!header(d, "sluice.error.reason").unwrap_or("").is_empty());
+        assert!(header(d, "sluice.attempts").is_some());
+        assert_eq!(d.value, records[i].1, "dead letter carries the original bytes");
+        assert_eq!(d.key, records[i].0, "and the original key");
+    }
+    for o in &out {
+        let (_, _, offset) = source_of(o, false);
+        assert_eq!(expect_class[by_offset[&offset]], None, "only the valid records have results");
+    }
+}
+
+#[test]
+fn graceful_restart_loses_nothing_and_duplicates_nothing() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    let t = setup(&b, "restart", 2);
+    let cfg = config(&b, &t, &repo.path());
+    let n = 3000usize;
+    let records: Vec<Record> = (0..n).map(|i| (None, json(serde_json::json!({"id": format!("r{i}"), "model": "tabular", "input": [i as f64, 0, 0, 0, 0, 0, 0, 0]})), vec![])).collect();
+    // First run: consume part of a stream that is still being produced.
+    let first = Pipeline::start(&cfg, cache_for(&cfg)).expect("first run");
+    b.produce(&t.input, &records[..n / 2], None).unwrap();
+    let (o1, d1) = outcomes(&b, &t, n / 4, Duration::from_secs(60));
+    assert!(o1.len() + d1.len() >= n / 4);
+    let r1 = first.stop();
+    b.produce(&t.input, &records[n / 2..], None).unwrap();
+    // Second run: the same group picks up where the first one committed.
+    let second = Pipeline::start(&cfg, cache_for(&cfg)).expect("second run");
+    let (out, dlq) = outcomes(&b, &t, n, Duration::from_secs(120));
+    let r2 = second.stop();
+    assert!(dlq.is_empty());
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for o in &out {
+        let v: serde_json::Value = serde_json::from_slice(&o.value).unwrap();
+        *count.entry(v["id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(count.len(), n, "nothing lost (runs: {r1:?}, {r2:?})");
+    assert!(count.values().all(|c| *c == 1), "a graceful stop commits everything it emitted: no duplicates");
+    assert!(r1.consumed > 0 && r2.consumed > 0, "both runs did work");
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_slow_model_and_a_fast_producer_keep_memory_bounded_without_loss() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    let spec = sluice::testkit::MlpSpec { inputs: 8, hidden: vec![4], outputs: 2, activation: "relu".into(), softmax: false };
+    let dir = sluice::testkit::write_mlp(repo.dir.path(), "slow", "1", &spec, 3).unwrap();
+    let toml_path = dir.join("sluice.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    std::fs::write(&toml_path, format!("simulate_latency_ms = 10\n{toml}")).unwrap();
+    let t = setup(&b, "slow", 2);
+    // 4,000 records of ~16 KiB: 64 MiB of backlog, far more than the rings may hold.
+    let n = 4000usize;
+    let pad = "x".repeat(16 * 1024);
+    let records: Vec<Record> = (0..n)
+        .map(|i| (None, json(serde_json::json!({"id": format!("r{i}"), "model": "slow", "input": [i as f64, 0, 0, 0, 0, 0, 0, 0], "pad": pad})), vec![]))
+        .collect();
+    b.produce(&t.input, &records, None).unwrap();
+    drop(records);
+    let mut cfg = config(&b, &t, &repo.path());
+    cfg.streaming.inference.batching.ring_capacity = 32;
+    cfg.streaming.inference.batching.max_batch_rows = 16;
+    let baseline = rss_kib();
+    let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                peak = peak.max(rss_kib());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        let (out, dlq) = outcomes(&b, &t, n, Duration::from_secs(240));
+        stop.store(true, Ordering::SeqCst);
+        assert!(dlq.is_empty());
+        let mut ids: Vec<String> = out.iter().map(|o| serde_json::from_slice::<serde_json::Value>(&o.value).unwrap()["id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "no loss");
+        sampler.join().unwrap()
+    });
+    let pauses = pipeline.ingest_shared.stats.pauses.load(Ordering::Relaxed);
+    pipeline.stop();
+    assert!(pauses > 0, "the consumer paused its partitions while the rings were full");
+    let growth_mib = peak.saturating_sub(baseline) / 1024;
+    println!("baseline {} MiB, peak {} MiB, growth {growth_mib} MiB, pauses {pauses}", baseline / 1024, peak / 1024);
+    assert!(growth_mib < 48, "resident memory grew by {growth_mib} MiB with 64 MiB of backlog");
+}
