@@ -31,6 +31,8 @@ pub struct EmitStats {
     pub delivery_retries: AtomicU64,
     pub undeliverable: AtomicU64,
     pub metrics_reports: AtomicU64,
+    /// Per-outcome counters and latency histograms (shared with the control plane's registry).
+    pub outcomes: Arc<crate::telemetry::metrics::OutcomeMetrics>,
 }
 
 /// A record being produced, kept until it is acknowledged so it can be sent again.
@@ -182,6 +184,7 @@ impl EmitThread {
     }
 
     fn emit(&self, o: Outcome, buf: &mut Vec<u8>, retries: &mut BinaryHeap<Reverse<Retry>>) {
+        self.stats().outcomes.record(&o);
         let source = Some(o.env.source.clone());
         let rec = match o.failure() {
             None => {

@@ -1,0 +1,541 @@
+//! The metrics registry: one Prometheus registry (crate `prometheus`) feeds `GET /metrics`,
+//! the control plane's JSON metrics and the latency part of the metrics-topic snapshot.
+//!
+//! Two kinds of sources:
+//! - [`OutcomeMetrics`]: recorded on the emit thread for every outcome (one counter increment
+//!   and up to four histogram observations: atomics only, no allocation, no lock).
+//! - Everything else (ingest, emit, engine and cache counters) already lives in atomics of the
+//!   pipeline; [`Metrics::observe_pipeline`] and [`Metrics::observe_cache`] mirror them into
+//!   the registry when someone reads the metrics (a scrape, the JSON endpoint, the control
+//!   plane's periodic sampler). Mirroring adds the growth since the last look, so the
+//!   exported counters keep growing across pipeline restarts (a restarted pipeline starts its
+//!   own counters at zero; a new `generation` tells the mirror to start over from zero).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus::core::Collector;
+use prometheus::{
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::emit::{ErrorClass, Outcome, Verdict};
+use crate::kafka::consumer::IngestStats;
+use crate::kafka::producer::EmitStats;
+use crate::models::cache::CacheStats;
+use crate::telemetry::EngineStats;
+
+/// Upper bounds (seconds) of the latency histograms: 100 µs × 1.5^k, up to about 65 s.
+pub fn latency_buckets() -> Vec<f64> {
+    (0..34).map(|k| 1e-4 * 1.5f64.powi(k)).collect()
+}
+
+/// Upper bounds of the batch-size histogram (requests per batch).
+pub fn batch_size_buckets() -> Vec<f64> {
+    vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 1024.0]
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    // Names and buckets are constants checked by the unit tests below.
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram options")
+}
+
+/// Per-outcome metrics, recorded where every outcome passes (the emit thread).
+#[derive(Clone)]
+pub struct OutcomeMetrics {
+    requests: IntCounterVec,
+    results: IntCounter,
+    dead_letters: [IntCounter; 6],
+    /// Arrival to the start of the batch (served requests).
+    pub queue: Histogram,
+    /// The batch's staging and model time (served requests).
+    pub inference: Histogram,
+    /// Arrival to outcome (every record, dead letters included).
+    pub end_to_end: Histogram,
+    /// Requests in the batch each served request ran in.
+    pub batch_size: Histogram,
+}
+
+impl std::fmt::Debug for OutcomeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutcomeMetrics").field("results", &self.results.get()).finish_non_exhaustive()
+    }
+}
+
+impl Default for OutcomeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn us_to_s(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+impl OutcomeMetrics {
+    /// Fresh metrics, not yet in a registry.
+    pub fn new() -> Self {
+        let requests = IntCounterVec::new(
+            Opts::new("sluice_requests_total", "Records that got their outcome, by outcome (result, dead_letter) and error class"),
+            &["outcome", "class"],
+        )
+        .expect("valid counter options");
+        let results = requests.with_label_values(&["result", "none"]);
+        let dead_letters = ErrorClass::ALL.map(|c| requests.with_label_values(&["dead_letter", c.as_str()]));
+        OutcomeMetrics {
+            requests,
+            results,
+            dead_letters,
+            queue: histogram("sluice_queue_latency_seconds", "Arrival to the start of its batch, served requests", latency_buckets()),
+            inference: histogram("sluice_inference_latency_seconds", "Staging and model time of the batch, served requests", latency_buckets()),
+            end_to_end: histogram("sluice_end_to_end_latency_seconds", "Arrival to outcome, every record", latency_buckets()),
+            batch_size: histogram("sluice_request_batch_size", "Requests in the batch each served request ran in", batch_size_buckets()),
+        }
+    }
+
+    /// Adds these metrics to `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.requests.clone()))?;
+        registry.register(Box::new(self.queue.clone()))?;
+        registry.register(Box::new(self.inference.clone()))?;
+        registry.register(Box::new(self.end_to_end.clone()))?;
+        registry.register(Box::new(self.batch_size.clone()))?;
+        Ok(())
+    }
+
+    /// Records one outcome: atomics only, no allocation.
+    #[inline]
+    pub fn record(&self, o: &Outcome) {
+        let t = o.timings;
+        self.end_to_end.observe(us_to_s(t.total_us));
+        match &o.verdict {
+            Verdict::Success { batch_size, .. } => {
+                self.results.inc();
+                self.queue.observe(us_to_s(t.queue_us));
+                self.inference.observe(us_to_s(t.infer_us));
+                self.batch_size.observe(*batch_size as f64);
+            }
+            Verdict::Failure(f) => {
+                let i = ErrorClass::ALL.iter().position(|c| *c == f.class).unwrap_or(0);
+                self.dead_letters[i].inc();
+            }
+        }
+    }
+
+    /// Results so far.
+    pub fn results(&self) -> u64 {
+        self.results.get()
+    }
+
+    /// Dead letters so far, by class (in [`ErrorClass::ALL`] order).
+    pub fn dead_letters(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.dead_letters[i].get())
+    }
+
+    /// p50/p95/p99 (milliseconds) of the three latencies since these metrics were created: the
+    /// metrics-topic snapshot's `latency_ms`.
+    pub fn latency_summary_ms(&self) -> serde_json::Value {
+        let q = |h: &Histogram| HistogramSnapshot::of(h).summary(1e3);
+        serde_json::json!({"queue": q(&self.queue), "inference": q(&self.inference), "end_to_end": q(&self.end_to_end)})
+    }
+}
+
+/// The cumulative bucket counts of a histogram at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Upper bounds, ascending (the implicit `+Inf` bucket is not listed).
+    pub bounds: Vec<f64>,
+    /// Cumulative counts per bound, then the total (the `+Inf` bucket) last.
+    pub cumulative: Vec<u64>,
+    pub sum: f64,
+}
+
+impl HistogramSnapshot {
+    /// Reads `h`.
+    pub fn of(h: &Histogram) -> Self {
+        let mut out = HistogramSnapshot::default();
+        for mf in h.collect() {
+            for m in mf.get_metric() {
+                let p = m.get_histogram();
+                for b in p.get_bucket() {
+                    out.bounds.push(b.upper_bound());
+                    out.cumulative.push(b.cumulative_count());
+                }
+                out.cumulative.push(p.get_sample_count());
+                out.sum = p.get_sample_sum();
+            }
+        }
+        out
+    }
+
+    /// Observations in the snapshot.
+    pub fn count(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// What was observed between `earlier` and `self` (same histogram).
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        if earlier.cumulative.len() != self.cumulative.len() {
+            return self.clone();
+        }
+        HistogramSnapshot {
+            bounds: self.bounds.clone(),
+            cumulative: self.cumulative.iter().zip(&earlier.cumulative).map(|(a, b)| a.saturating_sub(*b)).collect(),
+            sum: (self.sum - earlier.sum).max(0.0),
+        }
+    }
+
+    /// The `q` quantile, interpolated linearly inside its bucket as Prometheus'
+    /// `histogram_quantile` does; `None` without observations. A quantile in the `+Inf` bucket
+    /// reports the highest finite bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 || self.bounds.is_empty() {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut prev_count = 0u64;
+        let mut prev_bound = 0.0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            let c = self.cumulative[i];
+            if c as f64 >= rank && c > prev_count {
+                let in_bucket = (c - prev_count) as f64;
+                let frac = ((rank - prev_count as f64) / in_bucket).clamp(0.0, 1.0);
+                return Some(prev_bound + (bound - prev_bound) * frac);
+            }
+            prev_count = c;
+            prev_bound = *bound;
+        }
+        self.bounds.last().copied()
+    }
+
+    /// Mean of the observations, `None` without any.
+    pub fn mean(&self) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| self.sum / n as f64)
+    }
+
+    /// `{"count", "mean", "p50", "p95", "p99"}` with values multiplied by `scale` (1e3: seconds
+    /// to milliseconds), rounded to 3 decimals; nulls without observations.
+    pub fn summary(&self, scale: f64) -> serde_json::Value {
+        let r = |v: Option<f64>| v.map(|v| (v * scale * 1e3).round() / 1e3);
+        serde_json::json!({
+            "count": self.count(),
+            "mean": r(self.mean()),
+            "p50": r(self.quantile(0.5)),
+            "p95": r(self.quantile(0.95)),
+            "p99": r(self.quantile(0.99)),
+        })
+    }
+}
+
+/// Last values seen of the current pipeline's counters (see the module docs).
+#[derive(Default)]
+struct Mirror {
+    generation: u64,
+    pipeline: Vec<u64>,
+    lanes: Vec<u64>,
+    cache: Vec<u64>,
+}
+
+/// Adds the growth of `now` over `*last` to `c`.
+fn mirror(c: &IntCounter, last: &mut u64, now: u64) {
+    if now > *last {
+        c.inc_by(now - *last);
+    }
+    *last = now;
+}
+
+/// The process' metrics: the registry and every metric in it.
+pub struct Metrics {
+    registry: Registry,
+    /// Recorded by the emit thread of the running pipeline.
+    pub outcomes: Arc<OutcomeMetrics>,
+    // Pipeline counters mirrored from its atomics, in `pipeline_counters` order.
+    pipeline_counters: Vec<IntCounter>,
+    lane_busy: CounterVec,
+    pub padding_efficiency: Gauge,
+    pub ring_depth: IntGaugeVec,
+    pub ring_capacity: IntGauge,
+    pub consumer_paused: IntGauge,
+    pub assigned_partitions: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub consumer_lag_total: IntGauge,
+    // Cache counters, in `observe_cache` order.
+    cache_counters: Vec<IntCounter>,
+    pub model_warmup_seconds: Gauge,
+    pub models_loaded: IntGauge,
+    pub pipeline_state: IntGaugeVec,
+    pub pipeline_starts: IntCounter,
+    pub pipeline_start_failures: IntCounter,
+    pub kafka_reachable: IntGauge,
+    pub control_requests: IntCounterVec,
+    mirror: Mutex<Mirror>,
+}
+
+/// `(name, help)` of the pipeline counters mirrored by [`Metrics::observe_pipeline`].
+const PIPELINE_COUNTERS: [(&str, &str); 17] = [
+    ("sluice_records_consumed_total", "Records read from the input and priority topics"),
+    ("sluice_records_rejected_total", "Records rejected before queueing (parse, validation, unknown_model, too_large)"),
+    ("sluice_consumer_pauses_total", "Times the consumer paused its partitions because a ring was full"),
+    ("sluice_rebalances_total", "Partition revocations handled"),
+    ("sluice_offset_commits_total", "Offset commits that succeeded"),
+    ("sluice_offset_commit_failures_total", "Offset commits that failed (retried with the next commit)"),
+    ("sluice_deliveries_total", "Records acknowledged by the broker (results, dead letters, metrics snapshots)"),
+    ("sluice_delivery_retries_total", "Records sent again after a failed delivery"),
+    ("sluice_undeliverable_total", "Records given up on after kafka.producer.maxAttempts (their partition's commits stop)"),
+    ("sluice_metrics_snapshots_total", "Metrics snapshots sent to the metrics topic"),
+    ("sluice_batches_total", "Batches computed"),
+    ("sluice_batch_rows_total", "Rows (sequences or feature vectors) computed in batches"),
+    ("sluice_batch_requests_total", "Requests computed in batches"),
+    ("sluice_batch_tokens_real_total", "Real (unpadded) tokens of text batches"),
+    ("sluice_batch_tokens_padded_total", "Padded tokens of text batches (longest x rows)"),
+    ("sluice_failed_batches_total", "Batches whose model call failed"),
+    ("sluice_retried_batches_total", "Failed batches retried (split in halves)"),
+];
+
+/// `(name, help)` of the model cache counters mirrored by [`Metrics::observe_cache`].
+const CACHE_COUNTERS: [(&str, &str); 5] = [
+    ("sluice_model_cache_hits_total", "Model lookups served from the cache"),
+    ("sluice_model_cache_misses_total", "Model lookups that had to load the model"),
+    ("sluice_model_cache_evictions_total", "Models evicted (LRU capacity or idle TTL)"),
+    ("sluice_model_loads_total", "Models loaded and warmed up"),
+    ("sluice_model_load_failures_total", "Model loads that failed"),
+];
+
+/// Lifecycle states, as the `state` label of `sluice_pipeline_state`.
+pub const PIPELINE_STATES: [&str; 5] = ["stopped", "starting", "running", "stopping", "failed"];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every Sluice metric in it.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let outcomes = Arc::new(OutcomeMetrics::new());
+        outcomes.register(&registry).expect("outcome metrics register once");
+        let reg = |c: Box<dyn Collector>| registry.register(c).expect("metric names are unique");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            reg(Box::new(c.clone()));
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            reg(Box::new(g.clone()));
+            g
+        };
+        let fgauge = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid gauge");
+            reg(Box::new(g.clone()));
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            reg(Box::new(g.clone()));
+            g
+        };
+        let pipeline_counters = PIPELINE_COUNTERS.iter().map(|(n, h)| counter(n, h)).collect();
+        let lane_busy = CounterVec::new(Opts::new("sluice_lane_busy_seconds_total", "Time each execution lane spent computing batches"), &["lane"])
+            .expect("valid counter");
+        reg(Box::new(lane_busy.clone()));
+        let cache_counters = CACHE_COUNTERS.iter().map(|(n, h)| counter(n, h)).collect();
+        let control_requests = IntCounterVec::new(Opts::new("sluice_control_requests_total", "Control-plane HTTP requests by status code"), &["code"])
+            .expect("valid counter");
+        reg(Box::new(control_requests.clone()));
+        Metrics {
+            outcomes: outcomes.clone(),
+            pipeline_counters,
+            lane_busy,
+            padding_efficiency: fgauge("sluice_padding_efficiency", "Real tokens / padded tokens over all text batches of the running pipeline (1 = no padding)"),
+            ring_depth: gauge_vec("sluice_ring_depth", "Requests queued on each ring", &["ring"]),
+            ring_capacity: gauge("sluice_ring_capacity", "Capacity of each ring"),
+            consumer_paused: gauge("sluice_consumer_paused", "1 while the consumer's partitions are paused by backpressure"),
+            assigned_partitions: gauge("sluice_assigned_partitions", "Input and priority partitions assigned to this instance"),
+            consumer_lag: gauge_vec("sluice_consumer_lag", "High watermark minus the consumer's position, per assigned partition (sampled)", &["topic", "partition"]),
+            consumer_lag_total: gauge("sluice_consumer_lag_total", "Consumer lag summed over the assigned partitions (sampled)"),
+            cache_counters,
+            model_warmup_seconds: fgauge("sluice_model_warmup_seconds", "Warm-up time of the most recent model load"),
+            models_loaded: gauge("sluice_models_loaded", "Models (name, version) in the cache"),
+            pipeline_state: gauge_vec("sluice_pipeline_state", "1 for the pipeline's current lifecycle state, 0 for the others", &["state"]),
+            pipeline_starts: counter("sluice_pipeline_starts_total", "Pipeline starts that succeeded"),
+            pipeline_start_failures: counter("sluice_pipeline_start_failures_total", "Pipeline starts that failed"),
+            kafka_reachable: gauge("sluice_kafka_reachable", "1 when the last broker check succeeded"),
+            control_requests,
+            mirror: Mutex::new(Mirror::default()),
+            registry,
+        }
+    }
+
+    /// The registry (for extra collectors).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Mirrors the counters of a running pipeline. `generation` identifies the pipeline (a new
+    /// one starts its counters at zero).
+    pub fn observe_pipeline(&self, generation: u64, ingest: &IngestStats, emit: &EmitStats, engine: &EngineStats) {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let now = [
+            r(&ingest.consumed),
+            r(&ingest.rejected),
+            r(&ingest.pauses),
+            r(&ingest.rebalances),
+            r(&ingest.commits),
+            r(&ingest.commit_failures),
+            r(&emit.delivered),
+            r(&emit.delivery_retries),
+            r(&emit.undeliverable),
+            r(&emit.metrics_reports),
+            r(&engine.batches),
+            r(&engine.rows),
+            r(&engine.requests),
+            r(&engine.real_tokens),
+            r(&engine.padded_tokens),
+            r(&engine.failed_batches),
+            r(&engine.retried_batches),
+        ];
+        let mut m = self.mirror.lock();
+        if m.generation != generation {
+            m.generation = generation;
+            m.pipeline.clear();
+            m.lanes.clear();
+        }
+        m.pipeline.resize(now.len(), 0);
+        for ((c, last), v) in self.pipeline_counters.iter().zip(m.pipeline.iter_mut()).zip(now) {
+            mirror(c, last, v);
+        }
+        m.lanes.resize(engine.lane_busy_us.len(), 0);
+        for (i, (busy, last)) in engine.lane_busy_us.iter().zip(m.lanes.iter_mut()).enumerate() {
+            let v = busy.load(Ordering::Relaxed);
+            if v > *last {
+                self.lane_busy.with_label_values(&[&i.to_string()]).inc_by(us_to_s(v - *last));
+            }
+            *last = v;
+        }
+        self.padding_efficiency.set(engine.padding_efficiency());
+    }
+
+    /// Mirrors the model cache's counters.
+    pub fn observe_cache(&self, stats: &CacheStats, loaded: usize) {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let now = [r(&stats.hits), r(&stats.misses), r(&stats.evictions), r(&stats.loads), r(&stats.load_failures)];
+        let mut m = self.mirror.lock();
+        m.cache.resize(now.len(), 0);
+        for ((c, last), v) in self.cache_counters.iter().zip(m.cache.iter_mut()).zip(now) {
+            mirror(c, last, v);
+        }
+        self.model_warmup_seconds.set(us_to_s(r(&stats.last_warmup_us)));
+        self.models_loaded.set(loaded as i64);
+    }
+
+    /// Sets `sluice_pipeline_state`.
+    pub fn set_state(&self, state: &str) {
+        for s in PIPELINE_STATES {
+            self.pipeline_state.with_label_values(&[s]).set(i64::from(s == state));
+        }
+    }
+
+    /// Value of a mirrored counter by name (for the JSON view).
+    pub fn counter(&self, name: &str) -> u64 {
+        PIPELINE_COUNTERS
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map(|i| self.pipeline_counters[i].get())
+            .or_else(|| CACHE_COUNTERS.iter().position(|(n, _)| *n == name).map(|i| self.cache_counters[i].get()))
+            .unwrap_or(0)
+    }
+
+    /// Busy seconds of each lane, in lane order.
+    pub fn lane_busy_seconds(&self) -> Vec<f64> {
+        let mut out = Vec::new();
+        for mf in self.lane_busy.collect() {
+            for m in mf.get_metric() {
+                let lane = m.get_label().iter().find(|l| l.name() == "lane").and_then(|l| l.value().parse::<usize>().ok());
+                if let Some(lane) = lane {
+                    if out.len() <= lane {
+                        out.resize(lane + 1, 0.0);
+                    }
+                    out[lane] = m.get_counter().get_value();
+                }
+            }
+        }
+        out
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render_text(&self) -> Result<String, String> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).map_err(|e| e.to_string())?;
+        String::from_utf8(buf).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_builds_and_renders() {
+        let m = Metrics::new();
+        m.set_state("running");
+        m.outcomes.end_to_end.observe(0.01);
+        let text = m.render_text().unwrap();
+        assert!(text.contains("sluice_pipeline_state{state=\"running\"} 1"), "{text}");
+        assert!(text.contains("sluice_end_to_end_latency_seconds_count 1"), "{text}");
+        assert!(text.contains("sluice_requests_total{class=\"parse\",outcome=\"dead_letter\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn mirroring_keeps_counters_monotonic_across_generations() {
+        let m = Metrics::new();
+        let ingest = IngestStats::default();
+        let emit = EmitStats::default();
+        let engine = EngineStats::new(2);
+        ingest.consumed.store(10, Ordering::Relaxed);
+        engine.lane_busy_us[1].store(2_000_000, Ordering::Relaxed);
+        m.observe_pipeline(1, &ingest, &emit, &engine);
+        m.observe_pipeline(1, &ingest, &emit, &engine);
+        assert_eq!(m.counter("sluice_records_consumed_total"), 10);
+        assert_eq!(m.lane_busy_seconds(), vec![0.0, 2.0]);
+        // A new pipeline starts from zero.
+        let ingest2 = IngestStats::default();
+        ingest2.consumed.store(3, Ordering::Relaxed);
+        m.observe_pipeline(2, &ingest2, &emit, &EngineStats::new(2));
+        assert_eq!(m.counter("sluice_records_consumed_total"), 13);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = histogram("t_seconds", "t", vec![1.0, 2.0, 4.0]);
+        for v in [0.5, 1.5, 1.5, 3.0] {
+            h.observe(v);
+        }
+        let s = HistogramSnapshot::of(&h);
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.cumulative, vec![1, 3, 4, 4]);
+        assert_eq!(s.quantile(0.25), Some(1.0));
+        assert_eq!(s.quantile(0.5), Some(1.5));
+        assert_eq!(s.quantile(1.0), Some(4.0));
+        h.observe(100.0);
+        assert_eq!(HistogramSnapshot::of(&h).quantile(1.0), Some(4.0));
+        let later = HistogramSnapshot::of(&h);
+        let d = later.since(&s);
+        assert_eq!(d.count(), 1);
+        assert_eq!(HistogramSnapshot::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn buckets_are_valid() {
+        let b = latency_buckets();
+        assert!(b.windows(2).all(|w| w[0] < w[1]) && b[0] == 1e-4 && *b.last().unwrap() > 60.0);
+        let s = batch_size_buckets();
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+    }
+}
