@@ -24,6 +24,7 @@ use crate::kafka::consumer::{close_in_background, commit_points, IngestContext, 
 use crate::kafka::producer::{EmitContext, EmitStats, EmitThread};
 use crate::kafka::{admin, base_client_config, CommitTracker};
 use crate::models::ModelCache;
+use crate::telemetry::metrics::OutcomeMetrics;
 use crate::telemetry::EngineStats;
 
 /// Why the pipeline could not start.
@@ -90,6 +91,7 @@ fn metrics_snapshot(instance: &str, ingest: &IngestShared, emit: &EmitStats, eng
         "batch_ms": {"p50": h.value_at_quantile(0.5) as f64 / 1e3, "p99": h.value_at_quantile(0.99) as f64 / 1e3},
         "paused": ingest.paused.load(Ordering::Relaxed),
         "assigned_partitions": ingest.assigned.lock().len(),
+        "latency_ms": emit.outcomes.latency_summary_ms(),
     });
     serde_json::to_vec(&v).unwrap_or_default()
 }
@@ -97,6 +99,12 @@ fn metrics_snapshot(instance: &str, ingest: &IngestShared, emit: &EmitStats, eng
 impl Pipeline {
     /// Starts the pipeline with models from `cache`.
     pub fn start(cfg: &Config, cache: Arc<ModelCache>) -> Result<Pipeline, PipelineError> {
+        Self::start_with_metrics(cfg, cache, Arc::new(OutcomeMetrics::new()))
+    }
+
+    /// [`start`](Self::start), recording every outcome into `outcomes` (the control plane
+    /// passes the ones of its registry, so they outlive restarts).
+    pub fn start_with_metrics(cfg: &Config, cache: Arc<ModelCache>, outcomes: Arc<OutcomeMetrics>) -> Result<Pipeline, PipelineError> {
         if cfg.streaming.inference.processing.guarantee == DeliveryGuarantee::ExactlyOnce {
             return Err(PipelineError::Config(
                 "streaming.inference.processing.guarantee: exactly_once is not available in this version; use at_least_once".into(),
@@ -115,7 +123,7 @@ impl Pipeline {
         }
 
         let tracker = Arc::new(Mutex::new(CommitTracker::new()));
-        let emit_stats = Arc::new(EmitStats::default());
+        let emit_stats = Arc::new(EmitStats { outcomes, ..EmitStats::default() });
         let producer: BaseProducer<EmitContext> = base_client_config(cfg, &format!("{instance}-producer"))
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -190,6 +198,57 @@ impl Pipeline {
         self.ingest.as_ref().is_some_and(|h| !h.is_finished()) && self.emit.as_ref().is_some_and(|h| !h.is_finished())
     }
 
+    /// Requests queued on the (priority, normal) rings, and each ring's capacity.
+    pub fn ring_depths(&self) -> (usize, usize, usize) {
+        self.engine.as_ref().map(|e| {
+            let (p, n) = e.rings().depths();
+            (p, n, e.rings().capacity())
+        }).unwrap_or((0, 0, 0))
+    }
+
+    /// Consumer lag of every assigned partition: its high watermark (asked from the broker,
+    /// within `budget` in all) minus the consumer's position. Before the first record of a
+    /// partition is fetched, the group's committed offset (or the low watermark) stands in for
+    /// the position. Blocking: call it off the hot path, now and then.
+    pub fn consumer_lag(&self, budget: Duration) -> Vec<PartitionLag> {
+        let deadline = Instant::now() + budget;
+        let left = || deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        let assigned = self.ingest_shared.assigned.lock().clone();
+        let valid = |o: rdkafka::Offset| o.to_raw().filter(|o| *o >= 0);
+        let positions = self.consumer.position().ok();
+        let mut lags: Vec<PartitionLag> = assigned
+            .into_iter()
+            .map(|(topic, partition)| {
+                let position = positions.as_ref().and_then(|t| t.find_partition(&topic, partition)).and_then(|e| valid(e.offset()));
+                PartitionLag { topic, partition, position, high_watermark: None, lag: None }
+            })
+            .collect();
+        let unknown: Vec<usize> = (0..lags.len()).filter(|i| lags[*i].position.is_none()).collect();
+        if !unknown.is_empty() && !left().is_zero() {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for i in &unknown {
+                tpl.add_partition(&lags[*i].topic, lags[*i].partition);
+            }
+            if let Ok(got) = self.consumer.committed_offsets(tpl, left()) {
+                for i in unknown {
+                    let l = &mut lags[i];
+                    l.position = got.find_partition(&l.topic, l.partition).and_then(|e| valid(e.offset()));
+                }
+            }
+        }
+        for l in &mut lags {
+            if left().is_zero() {
+                break;
+            }
+            if let Ok((low, high)) = self.consumer.fetch_watermarks(&l.topic, l.partition, left()) {
+                l.high_watermark = Some(high);
+                let position = *l.position.get_or_insert(low);
+                l.lag = Some((high - position).max(0));
+            }
+        }
+        lags
+    }
+
     /// Drains and stops: every consumed record gets its outcome delivered and its offset
     /// committed before this returns.
     pub fn stop(mut self) -> StopReport {
@@ -249,6 +308,54 @@ impl Drop for Pipeline {
         // The consumer is closed off-thread: librdkafka's destroy can hang (rdkafka #509).
         let consumer = self.consumer.clone();
         close_in_background(consumer);
+    }
+}
+
+/// Consumer lag of one assigned partition (see [`Pipeline::consumer_lag`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset this instance will read.
+    pub position: Option<i64>,
+    /// The next offset the broker will write.
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - position`; `None` when the broker did not answer in time.
+    pub lag: Option<i64>,
+}
+
+/// A Kafka client for reachability checks outside the pipeline (the control plane's health).
+pub struct KafkaProbe {
+    client: Option<BaseConsumer>,
+    topic: String,
+}
+
+impl KafkaProbe {
+    /// A probe for the brokers of `cfg` (connects lazily).
+    pub fn new(cfg: &Config) -> Result<KafkaProbe, PipelineError> {
+        let client: BaseConsumer = base_client_config(cfg, &format!("sluice-{}-{}-probe", hostname(), std::process::id()))
+            .create()
+            .map_err(|e| kafka_err(cfg, e))?;
+        Ok(KafkaProbe { client: Some(client), topic: cfg.kafka.topics.streaming.input.clone() })
+    }
+
+    /// The number of brokers in the cluster, when one answered a metadata request within
+    /// `timeout`. Blocking.
+    pub fn check(&self, timeout: Duration) -> Result<usize, String> {
+        let client = self.client.as_ref().ok_or("probe closed")?;
+        let md = client.fetch_metadata(Some(&self.topic), timeout).map_err(|e| e.to_string())?;
+        if md.brokers().is_empty() {
+            return Err("metadata lists no brokers".into());
+        }
+        Ok(md.brokers().len())
+    }
+}
+
+impl Drop for KafkaProbe {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            close_in_background(c);
+        }
     }
 }
 
