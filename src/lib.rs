@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod control;
 pub mod emit;
 pub mod engine;
 pub mod execute;

@@ -1,0 +1,222 @@
+//! The control plane (DESIGN.md §6): HTTP on `control.listen`, served by `hyper` on a
+//! current-thread tokio runtime of its own OS thread (`sluice-control`).
+//!
+//! It never blocks the hot path and shares no lock with it: it reads the pipeline's atomics,
+//! the model cache (whose lock is held only for short lookups) and its own state. Blocking work
+//! (starting and draining the pipeline, loading models, asking the broker for watermarks or
+//! metadata) runs on the runtime's small blocking pool.
+//!
+//! - [`lifecycle`]: the state machine around `Pipeline::start` / `Pipeline::stop`.
+//! - `routes`: the endpoints; `observe`: the periodic sampler (thread check, metrics mirror,
+//!   consumer lag, the throughput/latency window) and the health checks.
+
+pub mod lifecycle;
+mod observe;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::config::Config;
+use crate::models::ModelCache;
+use crate::pipeline::StopReport;
+use crate::telemetry::metrics::Metrics;
+
+pub use lifecycle::{Lifecycle, PipelineState, StateInfo};
+
+/// Largest request body accepted (bigger: 413).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How the control plane starts.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// Start the pipeline right away (`sluice serve` does when `streaming.inference.enabled`).
+    pub autostart: bool,
+    /// How often consumer lag is sampled.
+    pub lag_interval: Duration,
+}
+
+impl Default for ControlOptions {
+    fn default() -> Self {
+        ControlOptions { autostart: true, lag_interval: Duration::from_secs(5) }
+    }
+}
+
+/// Errors starting the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control.listen {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("control.token is empty: remove the key, or set a secret")]
+    EmptyToken,
+    #[error("control plane: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the handlers share.
+pub(crate) struct Control {
+    pub cfg: Config,
+    pub cache: Arc<ModelCache>,
+    pub token: Option<Vec<u8>>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Lifecycle,
+    pub observer: observe::Observer,
+    pub started: Instant,
+}
+
+/// A running control plane. [`shutdown`](Self::shutdown) drains the pipeline and stops it.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    control: Arc<Control>,
+    handle: tokio::runtime::Handle,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Binds `cfg.control.listen` (port 0 picks a free port; see [`local_addr`](Self::local_addr))
+    /// and serves on a thread of its own. With `opts.autostart` the pipeline starts in the
+    /// background (state `starting`, then `running` or `failed`).
+    pub fn start(cfg: Config, cache: Arc<ModelCache>, opts: ControlOptions) -> Result<ControlPlane, ControlError> {
+        let token = match cfg.control.token.as_deref() {
+            Some(t) if t.trim().is_empty() => return Err(ControlError::EmptyToken),
+            Some(t) => Some(t.as_bytes().to_vec()),
+            None => None,
+        };
+        let listen = cfg.control.listen;
+        let listener = std::net::TcpListener::bind(listen).map_err(|source| ControlError::Bind { addr: listen, source })?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(8)
+            .thread_name("sluice-control-blocking")
+            .build()?;
+        let handle = runtime.handle().clone();
+        let metrics = Arc::new(Metrics::new());
+        let control = Arc::new(Control {
+            lifecycle: Lifecycle::new(cfg.clone(), cache.clone(), metrics.clone()),
+            observer: observe::Observer::new(&cfg, metrics.clone()),
+            cfg,
+            cache,
+            token,
+            metrics,
+            started: Instant::now(),
+        });
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let ctl = control.clone();
+        let thread = std::thread::Builder::new().name("sluice-control".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "control plane: cannot use its listener");
+                        return;
+                    }
+                };
+                tokio::spawn(observe::run(ctl.clone(), opts.lag_interval, shutdown_rx.clone()));
+                if opts.autostart {
+                    let c = ctl.clone();
+                    tokio::spawn(async move {
+                        let _ = c.lifecycle.start().await;
+                    });
+                }
+                serve(listener, ctl, shutdown_rx).await;
+            });
+            // Connections still open are dropped; blocking work gets a moment to finish.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        })?;
+        tracing::info!(event = "control_plane_listening", %addr, auth = control.token.is_some(), "control plane listening");
+        Ok(ControlPlane { addr, control, handle, shutdown, thread: Some(thread) })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The pipeline's lifecycle state.
+    pub fn state(&self) -> StateInfo {
+        self.control.lifecycle.info()
+    }
+
+    /// Drains and stops the pipeline (if it runs), then stops serving. Returns the drained
+    /// pipeline's counters.
+    pub fn shutdown(mut self) -> Option<StopReport> {
+        let report = self.stop_pipeline();
+        self.close();
+        report
+    }
+
+    fn stop_pipeline(&self) -> Option<StopReport> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ctl = self.control.clone();
+        self.handle.spawn(async move {
+            let _ = tx.send(ctl.lifecycle.stop().await.1);
+        });
+        rx.recv().ok().flatten()
+    }
+
+    fn close(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_pipeline();
+            self.close();
+        }
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, ctl: Arc<Control>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control plane: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let ctl = ctl.clone();
+                async move { Ok::<_, std::convert::Infallible>(routes::handle(ctl, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "control plane connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!(event = "control_plane_stopped", "control plane stopped");
+}

@@ -1,0 +1,455 @@
+//! The endpoints (DESIGN.md §6; README "Operating Sluice (control plane)").
+//!
+//! Every response is JSON except `GET /metrics` (Prometheus text). Mutating calls (every
+//! `POST`) need `Authorization: Bearer <control.token>` when a token is configured; their
+//! bodies are optional JSON objects of at most [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+
+use super::observe::{self, LagSample};
+use super::{Control, MAX_BODY_BYTES};
+use crate::emit::ErrorClass;
+use crate::models::repository::valid_component;
+use crate::models::ModelError;
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves one request; never fails (errors are JSON responses).
+pub async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Resp {
+    let resp = route(&ctl, req).await;
+    ctl.metrics.control_requests.with_label_values(&[resp.status().as_str()]).inc();
+    resp
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    let mut body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    body.push(b'\n');
+    respond(status, "application/json", body)
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> Resp {
+    json_resp(status, &json!({"error": reason.into(), "status": status.as_u16()}))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    Live,
+    Ready,
+    Prometheus,
+    Status,
+    Metrics,
+    Health,
+    Start,
+    Stop,
+    Restart,
+    Models,
+    Load(&'a str),
+    Unload(&'a str),
+    Serving(&'a str),
+}
+
+impl Route<'_> {
+    fn mutating(self) -> bool {
+        matches!(self, Route::Start | Route::Stop | Route::Restart | Route::Load(_) | Route::Unload(_) | Route::Serving(_))
+    }
+}
+
+fn find_route(path: &str) -> Option<Route<'_>> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    Some(match segs.as_slice() {
+        ["health", "live"] => Route::Live,
+        ["health", "ready"] => Route::Ready,
+        ["metrics"] => Route::Prometheus,
+        ["batch-inference", "streaming", "status"] => Route::Status,
+        ["batch-inference", "streaming", "metrics"] => Route::Metrics,
+        ["batch-inference", "streaming", "health"] => Route::Health,
+        ["batch-inference", "streaming", "start"] => Route::Start,
+        ["batch-inference", "streaming", "stop"] => Route::Stop,
+        ["batch-inference", "streaming", "restart"] => Route::Restart,
+        ["batch-inference", "models"] => Route::Models,
+        ["batch-inference", "models", name, "load"] => Route::Load(name),
+        ["batch-inference", "models", name, "unload"] => Route::Unload(name),
+        ["batch-inference", "models", name, "serving"] => Route::Serving(name),
+        _ => return None,
+    })
+}
+
+/// Whether the request carries the configured bearer token (compared in constant time).
+fn authorized(ctl: &Control, req: &Request<Incoming>) -> bool {
+    let Some(token) = &ctl.token else { return true };
+    let Some(h) = req.headers().get(AUTHORIZATION) else { return false };
+    let h = h.as_bytes();
+    if h.len() < 7 || !h[..7].eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    let given = h[7..].trim_ascii();
+    given.ct_eq(token.as_slice()).into()
+}
+
+/// The body as a JSON object (`None` when empty), or the error response.
+async fn json_body(req: Request<Incoming>) -> Result<Option<Map<String, Value>>, Resp> {
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY_BYTES} bytes")));
+    }
+    let bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY_BYTES} bytes")))
+        }
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+    };
+    if bytes.trim_ascii().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(error(StatusCode::BAD_REQUEST, "the request body must be a JSON object")),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("invalid JSON in the request body: {e}"))),
+    }
+}
+
+/// The optional string field `key` of a body.
+fn string_field(body: &Option<Map<String, Value>>, key: &str) -> Result<Option<String>, Resp> {
+    match body.as_ref().and_then(|m| m.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(_) => Err(error(StatusCode::BAD_REQUEST, format!("'{key}' must be a non-empty string"))),
+    }
+}
+
+async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let Some(route) = find_route(&path) else {
+        return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
+    };
+    let allowed = if route.mutating() { Method::POST } else { Method::GET };
+    if req.method() != allowed {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{path} accepts {allowed} only"));
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static(if route.mutating() { "POST" } else { "GET" }));
+        return r;
+    }
+    if route.mutating() {
+        if !authorized(ctl, &req) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "this call needs Authorization: Bearer <control.token>");
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\""));
+            return r;
+        }
+        let body = match json_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return match route {
+            Route::Start => start(ctl).await,
+            Route::Stop => stop(ctl).await,
+            Route::Restart => restart(ctl).await,
+            Route::Load(name) => load(ctl, name, &body).await,
+            Route::Unload(name) => unload(ctl, name, &body),
+            Route::Serving(name) => serving(ctl, name, &body).await,
+            _ => error(StatusCode::INTERNAL_SERVER_ERROR, "unrouted"),
+        };
+    }
+    match route {
+        Route::Live => live(ctl),
+        Route::Ready | Route::Health => {
+            let checks = observe::checks(ctl).await;
+            let (ok, body) = observe::health_body(&checks);
+            json_resp(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+        }
+        Route::Prometheus => {
+            observe::refresh(ctl);
+            match ctl.metrics.render_text() {
+                Ok(text) => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        Route::Status => json_resp(StatusCode::OK, &status(ctl)),
+        Route::Metrics => json_resp(StatusCode::OK, &metrics(ctl)),
+        Route::Models => models(ctl),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "unrouted"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipeline
+// ---------------------------------------------------------------------------------------------
+
+fn round(v: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (v * f).round() / f
+}
+
+/// `GET /batch-inference/streaming/status`.
+pub(crate) fn status(ctl: &Control) -> Value {
+    let info = ctl.lifecycle.info();
+    let loaded: Vec<Value> = ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
+    let (assigned, paused, counters, lag) = match ctl.lifecycle.pipeline() {
+        Some((generation, p)) => {
+            let mut assigned: Vec<(String, i32)> = p.ingest_shared.assigned.lock().clone();
+            assigned.sort();
+            let assigned: Vec<Value> = assigned.into_iter().map(|(t, n)| json!({"topic": t, "partition": n})).collect();
+            let paused = p.ingest_shared.paused.load(Ordering::Relaxed);
+            (assigned, paused, serde_json::to_value(p.report()).unwrap_or(Value::Null), ctl.observer.lag(generation).to_json())
+        }
+        None => (Vec::new(), false, Value::Null, LagSample::default().to_json()),
+    };
+    json!({
+        "state": info.state.as_str(),
+        "since": humantime::format_rfc3339_millis(info.since).to_string(),
+        "since_ms": info.since.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "for_seconds": round(info.since_instant.elapsed().as_secs_f64(), 3),
+        "cause": info.cause,
+        "generation": info.generation,
+        "assigned_partitions": assigned,
+        "paused": paused,
+        "lag": lag,
+        "models_loaded": loaded,
+        "counters": counters,
+        "last_stop": info.last_stop,
+    })
+}
+
+async fn start(ctl: &Control) -> Resp {
+    match ctl.lifecycle.start().await {
+        Ok(changed) => json_resp(StatusCode::OK, &json!({"changed": changed, "status": status(ctl)})),
+        Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"changed": true, "error": e.cause, "status": status(ctl)})),
+    }
+}
+
+async fn stop(ctl: &Control) -> Resp {
+    let (changed, report) = ctl.lifecycle.stop().await;
+    json_resp(StatusCode::OK, &json!({"changed": changed, "report": report, "status": status(ctl)}))
+}
+
+async fn restart(ctl: &Control) -> Resp {
+    match ctl.lifecycle.restart().await {
+        Ok(report) => json_resp(StatusCode::OK, &json!({"changed": true, "report": report, "status": status(ctl)})),
+        Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"changed": true, "error": e.cause, "status": status(ctl)})),
+    }
+}
+
+fn live(ctl: &Control) -> Resp {
+    let info = ctl.lifecycle.info();
+    let ok = !info.threads_died;
+    let body = json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "checks": {"pipeline_threads": {"ok": ok, "detail": if ok { Value::Null } else { info.cause.clone().into() }}},
+        "uptime_seconds": round(ctl.started.elapsed().as_secs_f64(), 3),
+    });
+    json_resp(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+}
+
+/// `GET /batch-inference/streaming/metrics`.
+pub(crate) fn metrics(ctl: &Control) -> Value {
+    observe::refresh(ctl);
+    let m = &ctl.metrics;
+    let (old, now) = ctl.observer.window();
+    let secs = now.at.duration_since(old.at).as_secs_f64();
+    let rate = |a: u64, b: u64| if secs > 0.0 { round(a.saturating_sub(b) as f64 / secs, 2) } else { 0.0 };
+    let errors: Map<String, Value> = ErrorClass::ALL.iter().zip(m.outcomes.dead_letters()).map(|(c, n)| (c.as_str().to_string(), n.into())).collect();
+    let (hits, misses) = (m.counter("sluice_model_cache_hits_total"), m.counter("sluice_model_cache_misses_total"));
+    let batches = m.counter("sluice_batches_total");
+    let per_batch = |n: u64| if batches == 0 { Value::Null } else { round(n as f64 / batches as f64, 2).into() };
+    let (rings, lag) = match ctl.lifecycle.pipeline() {
+        Some((generation, p)) => {
+            let (prio, normal, cap) = p.ring_depths();
+            (json!({"priority": prio, "normal": normal, "capacity": cap}), ctl.observer.lag(generation).to_json())
+        }
+        None => (Value::Null, LagSample::default().to_json()),
+    };
+    let lanes: Vec<Value> = m.lane_busy_seconds().into_iter().enumerate().map(|(i, s)| json!({"lane": i, "busy_seconds": round(s, 3)})).collect();
+    json!({
+        "state": ctl.lifecycle.info().state.as_str(),
+        "window_seconds": round(secs, 1),
+        "throughput": {
+            "consumed_per_second": rate(now.consumed, old.consumed),
+            "results_per_second": rate(now.results, old.results),
+            "dead_letters_per_second": rate(now.dead_letters, old.dead_letters),
+        },
+        "latency_ms": {
+            "queue": now.queue.since(&old.queue).summary(1e3),
+            "inference": now.inference.since(&old.inference).summary(1e3),
+            "end_to_end": now.end_to_end.since(&old.end_to_end).summary(1e3),
+        },
+        "batch_size": {
+            "requests": now.batch_size.since(&old.batch_size).summary(1.0),
+            "mean_requests_per_batch": per_batch(m.counter("sluice_batch_requests_total")),
+            "mean_rows_per_batch": per_batch(m.counter("sluice_batch_rows_total")),
+            "padding_efficiency": round(m.padding_efficiency.get(), 4),
+        },
+        "totals": {
+            "consumed": m.counter("sluice_records_consumed_total"),
+            "results": m.outcomes.results(),
+            "dead_letters": m.outcomes.dead_letters().iter().sum::<u64>(),
+            "delivered": m.counter("sluice_deliveries_total"),
+            "delivery_retries": m.counter("sluice_delivery_retries_total"),
+            "undeliverable": m.counter("sluice_undeliverable_total"),
+            "batches": batches,
+        },
+        "errors_by_class": errors,
+        "cache": {
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": if hits + misses == 0 { Value::Null } else { round(hits as f64 / (hits + misses) as f64, 4).into() },
+            "evictions": m.counter("sluice_model_cache_evictions_total"),
+            "loads": m.counter("sluice_model_loads_total"),
+            "load_failures": m.counter("sluice_model_load_failures_total"),
+            "last_warmup_ms": round(m.model_warmup_seconds.get() * 1e3, 3),
+            "loaded": m.models_loaded.get(),
+        },
+        "consumer_lag": lag,
+        "rings": rings,
+        "lanes": lanes,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+// ---------------------------------------------------------------------------------------------
+
+fn model_error(e: &ModelError) -> Resp {
+    let status = match e {
+        ModelError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+        ModelError::InvalidName(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+fn models(ctl: &Control) -> Resp {
+    let list = match ctl.cache.repository().list() {
+        Ok(l) => l,
+        Err(e) => return model_error(&e),
+    };
+    let loaded = ctl.cache.loaded();
+    let models: Vec<Value> = list
+        .into_iter()
+        .map(|m| {
+            let loaded_versions: Vec<&str> = loaded.iter().filter(|(n, _)| *n == m.name).map(|(_, v)| v.as_str()).collect();
+            json!({"name": m.name, "versions": m.versions, "serving": m.serving, "loaded_versions": loaded_versions})
+        })
+        .collect();
+    json_resp(StatusCode::OK, &json!({"repository": ctl.cache.repository().root().display().to_string(), "models": models}))
+}
+
+fn check_name(name: &str) -> Result<(), Resp> {
+    if valid_component(name) {
+        Ok(())
+    } else {
+        Err(model_error(&ModelError::InvalidName(name.to_string())))
+    }
+}
+
+/// Loads and warms up one version (outside the cache's lock: other models keep serving).
+async fn load_version(ctl: &Control, name: &str, version: &str) -> Result<Value, Resp> {
+    let (cache, n, v) = (ctl.cache.clone(), name.to_string(), version.to_string());
+    let loaded = tokio::task::spawn_blocking(move || cache.load_at(&n, &v, Instant::now()))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("model load panicked: {e}")))?;
+    let m = loaded.map_err(|e| model_error(&e))?;
+    Ok(json!({
+        "name": &*m.name,
+        "version": &*m.version,
+        "kind": m.kind.as_str(),
+        "load_ms": round(m.load_time.as_secs_f64() * 1e3, 3),
+        "warmup_ms": round(m.warmup_time.as_secs_f64() * 1e3, 3),
+    }))
+}
+
+async fn load(ctl: &Control, name: &str, body: &Option<Map<String, Value>>) -> Resp {
+    if let Err(r) = check_name(name) {
+        return r;
+    }
+    let version = match string_field(body, "version") {
+        Ok(Some(v)) => v,
+        Ok(None) => match ctl.cache.repository().serving_version(name) {
+            Ok(v) => v,
+            Err(e) => return model_error(&e),
+        },
+        Err(r) => return r,
+    };
+    match load_version(ctl, name, &version).await {
+        Ok(v) => {
+            tracing::info!(event = "model_loaded", model = name, version = %version, "model loaded through the control plane");
+            json_resp(StatusCode::OK, &json!({"loaded": v}))
+        }
+        Err(r) => r,
+    }
+}
+
+fn unload(ctl: &Control, name: &str, body: &Option<Map<String, Value>>) -> Resp {
+    if let Err(r) = check_name(name) {
+        return r;
+    }
+    let version = match string_field(body, "version") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let known = ctl.cache.loaded().iter().any(|(n, _)| n == name);
+    if !known {
+        if let Err(e) = ctl.cache.repository().versions(name) {
+            return model_error(&e);
+        }
+    }
+    let n = ctl.cache.unload(name, version.as_deref());
+    tracing::info!(event = "model_unloaded", model = name, version = ?version, unloaded = n, "model unloaded through the control plane");
+    json_resp(StatusCode::OK, &json!({"name": name, "version": version, "unloaded": n}))
+}
+
+async fn serving(ctl: &Control, name: &str, body: &Option<Map<String, Value>>) -> Resp {
+    if let Err(r) = check_name(name) {
+        return r;
+    }
+    let version = match string_field(body, "version") {
+        Ok(Some(v)) => v,
+        Ok(None) => return error(StatusCode::BAD_REQUEST, "the body needs {\"version\": \"...\"}"),
+        Err(r) => return r,
+    };
+    let previous = match ctl.cache.repository().serving_version(name) {
+        Ok(v) => v,
+        Err(e) => return model_error(&e),
+    };
+    // Warm the new version first, then switch: requests never wait for its load.
+    let loaded = match load_version(ctl, name, &version).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(e) = ctl.cache.set_serving(name, &version) {
+        return model_error(&e);
+    }
+    tracing::info!(event = "model_serving", model = name, version = %version, previous = %previous, "serving version changed");
+    json_resp(StatusCode::OK, &json!({"name": name, "serving": version, "previous": previous, "loaded": loaded}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_resolve() {
+        assert_eq!(find_route("/health/live"), Some(Route::Live));
+        assert_eq!(find_route("/batch-inference/streaming/status/"), Some(Route::Status));
+        assert_eq!(find_route("/batch-inference/models/minilm/load"), Some(Route::Load("minilm")));
+        assert_eq!(find_route("/batch-inference/models/minilm/serving"), Some(Route::Serving("minilm")));
+        assert_eq!(find_route("/batch-inference/models/a/b/load"), None);
+        assert_eq!(find_route("/nope"), None);
+        assert!(Route::Stop.mutating() && !Route::Metrics.mutating());
+    }
+}
