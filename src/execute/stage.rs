@@ -1,7 +1,10 @@
 //! Writing a batch of requests into a staging buffer: token ids and masks straight from the
-//! payload's strings, features straight from its numbers. No per-request allocation.
+//! payload's strings, features straight from its numbers (JSON), or token ids and features
+//! copied once from the FlatBuffer in place. No per-request allocation.
 
+use crate::ingest::flatbuf;
 use crate::ingest::json_input::{for_each_feature_row, for_each_text};
+use crate::ingest::request::InputKind;
 use crate::ingest::Request;
 use crate::models::wordpiece::Scratch;
 use crate::models::{LoadedModel, ModelInput};
@@ -27,12 +30,29 @@ pub fn stage_batch(model: &LoadedModel, reqs: &[Request], st: &mut HostStaging, 
             let mut row = 0usize;
             for (k, r) in reqs.iter().enumerate() {
                 let tok = &mut scratch.tokenizer;
-                for_each_text(r.raw_input(), |_, text| {
+                let mut text_row = |_: usize, text: &str| {
                     let n = tokenizer.encode_into(text, seq, tok, st.row_ids_mut(row))?;
                     st.set_row_len(row, n);
                     row += 1;
                     Ok(())
-                })
+                };
+                match r.input_kind {
+                    InputKind::Json => for_each_text(r.raw_input(), text_row),
+                    InputKind::FbTexts => flatbuf::parse(&r.env.payload).and_then(|fb| fb.for_each_text(&mut text_row)),
+                    InputKind::FbTokens => flatbuf::parse(&r.env.payload).and_then(|fb| {
+                        fb.for_each_token_row(|_, ids| {
+                            let n = ids.len();
+                            if !(2..=seq).contains(&n) {
+                                return Err(format!("row of {n} tokens does not fit a batch of sequence length {seq}"));
+                            }
+                            ids.copy_to(&mut st.row_ids_mut(row)[..n])?;
+                            st.set_row_len(row, n);
+                            row += 1;
+                            Ok(())
+                        })
+                    }),
+                    InputKind::FbFeatures => Err("Features input staged for a text model".into()),
+                }
                 .map_err(|e| (k, e))?;
             }
         }
@@ -43,11 +63,21 @@ pub fn stage_batch(model: &LoadedModel, reqs: &[Request], st: &mut HostStaging, 
             }
             let mut row = 0usize;
             for (k, r) in reqs.iter().enumerate() {
-                for_each_feature_row(r.raw_input(), *width, &mut scratch.row, |_, vals| {
-                    st.row_features_mut(row).copy_from_slice(vals);
-                    row += 1;
-                    Ok(())
-                })
+                match r.input_kind {
+                    InputKind::Json => for_each_feature_row(r.raw_input(), *width, &mut scratch.row, |_, vals| {
+                        st.row_features_mut(row).copy_from_slice(vals);
+                        row += 1;
+                        Ok(())
+                    }),
+                    InputKind::FbFeatures => flatbuf::parse(&r.env.payload).and_then(|fb| {
+                        fb.for_each_feature_row(*width, |_, vals| {
+                            vals.copy_to(st.row_features_mut(row))?;
+                            row += 1;
+                            Ok(())
+                        })
+                    }),
+                    InputKind::FbTexts | InputKind::FbTokens => Err("text input staged for a tabular model".into()),
+                }
                 .map_err(|e| (k, e))?;
             }
         }

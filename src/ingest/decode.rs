@@ -6,8 +6,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::flatbuf;
 use super::json_input::{for_each_feature_row, for_each_text};
-use super::request::{now_epoch_ms, ContentType, Envelope, IdText, Request};
+use super::request::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, Request};
 use crate::emit::{ErrorClass, Failure};
 use crate::models::wordpiece::Scratch;
 use crate::models::{LoadedModel, ModelCache, ModelError, ModelInput};
@@ -131,6 +132,7 @@ impl Decoder {
                     id: parts.id,
                     model: parts.model,
                     input: parts.input,
+                    input_kind: parts.input_kind,
                     items: parts.items,
                     max_tokens: parts.max_tokens,
                     deadline_ms: parts.deadline_ms,
@@ -150,19 +152,14 @@ impl Decoder {
             ));
         }
         if env.content_type == ContentType::FlatBuffers {
-            return Err(fail(ErrorClass::Parse, "content-type application/x-flatbuffers is not supported by this build"));
+            return self.decode_flatbuffer(payload);
         }
         let raw: RawRequest = serde_json::from_slice(payload).map_err(json_failure)?;
 
         let id_raw = raw.id.ok_or_else(|| fail(ErrorClass::Validation, "missing field 'id'"))?;
         let JsonStr(id_text) = serde_json::from_str(id_raw.get())
             .map_err(|_| fail(ErrorClass::Validation, "'id' must be a string"))?;
-        if id_text.is_empty() {
-            return Err(fail(ErrorClass::Validation, "'id' must not be empty"));
-        }
-        if id_text.len() > self.limits.max_id_bytes {
-            return Err(fail(ErrorClass::Validation, format!("'id' is {} bytes, at most {} allowed", id_text.len(), self.limits.max_id_bytes)));
-        }
+        self.check_id(&id_text)?;
         let id = match &id_text {
             // Borrowed means no escapes: the text is the raw value without its quotes.
             Cow::Borrowed(_) => {
@@ -177,21 +174,61 @@ impl Decoder {
             (None, Some(d)) => d,
             (None, None) => return Err(fail(ErrorClass::Validation, "missing field 'model'")),
         };
-        let model = self.cache.get(model_name, raw.version.as_ref().map(|v| &*v.0)).map_err(|e| match e {
-            ModelError::UnknownModel { .. } | ModelError::InvalidName(_) => fail(ErrorClass::UnknownModel, e.to_string()),
-            other => fail(ErrorClass::Inference, format!("model '{model_name}' could not be loaded: {other}")),
-        })?;
-
-        if let Some(d) = raw.deadline_ms {
-            if d < now_epoch_ms() {
-                return Err(fail(ErrorClass::Expired, format!("deadline_ms {d} had already passed on arrival")));
-            }
-        }
+        let model = self.resolve_model(model_name, raw.version.as_ref().map(|v| &*v.0))?;
+        check_deadline(raw.deadline_ms)?;
 
         let input_raw = raw.input.ok_or_else(|| fail(ErrorClass::Validation, "missing field 'input'"))?;
         let input = span_in(payload, input_raw.get().as_bytes()).ok_or_else(|| fail(ErrorClass::Parse, "input outside payload"))?;
         let (items, max_tokens) = self.check_input(&model, input_raw.get().as_bytes())?;
-        Ok(Parts { id, model, input, items, max_tokens, deadline_ms: raw.deadline_ms })
+        Ok(Parts { id, model, input, input_kind: InputKind::Json, items, max_tokens, deadline_ms: raw.deadline_ms })
+    }
+
+    /// The FlatBuffers path (`ingest::flatbuf`): same envelope checks in the same order.
+    fn decode_flatbuffer(&mut self, payload: &[u8]) -> Result<Parts, Failure> {
+        let fb = flatbuf::parse(payload).map_err(|e| fail(ErrorClass::Parse, e))?;
+        self.check_id(fb.id())?;
+        let model = self.resolve_model(fb.model(), fb.version())?;
+        check_deadline(fb.deadline_ms())?;
+        let (input_kind, items, longest) = flatbuf::check_input(&fb, &model, &self.limits, &mut self.scratch)?;
+        self.check_padded(items, longest)?;
+        Ok(Parts {
+            id: IdText::Span(fb.id_span()),
+            model,
+            input: 0..payload.len() as u32,
+            input_kind,
+            items: items as u32,
+            max_tokens: longest as u32,
+            deadline_ms: fb.deadline_ms(),
+        })
+    }
+
+    fn check_id(&self, id: &str) -> Result<(), Failure> {
+        if id.is_empty() {
+            return Err(fail(ErrorClass::Validation, "'id' must not be empty"));
+        }
+        if id.len() > self.limits.max_id_bytes {
+            return Err(fail(ErrorClass::Validation, format!("'id' is {} bytes, at most {} allowed", id.len(), self.limits.max_id_bytes)));
+        }
+        Ok(())
+    }
+
+    fn resolve_model(&self, model_name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, Failure> {
+        self.cache.get(model_name, version).map_err(|e| match e {
+            ModelError::UnknownModel { .. } | ModelError::InvalidName(_) => fail(ErrorClass::UnknownModel, e.to_string()),
+            other => fail(ErrorClass::Inference, format!("model '{model_name}' could not be loaded: {other}")),
+        })
+    }
+
+    /// A request must fit in one batch's padded-token budget.
+    fn check_padded(&self, items: usize, longest: usize) -> Result<(), Failure> {
+        let padded = items * longest;
+        if padded > self.limits.max_batch_tokens {
+            return Err(fail(
+                ErrorClass::TooLarge,
+                format!("request needs {padded} padded tokens ({items} inputs × {longest}), a batch holds {} (streaming.inference.batching.maxBatchTokens)", self.limits.max_batch_tokens),
+            ));
+        }
+        Ok(())
     }
 
     /// Validates the input's shape against the model; returns (items, longest in tokens).
@@ -230,15 +267,18 @@ impl Decoder {
         if items == 0 {
             return Err(fail(ErrorClass::Validation, "input: empty array"));
         }
-        let padded = items * longest;
-        if padded > lim.max_batch_tokens {
-            return Err(fail(
-                ErrorClass::TooLarge,
-                format!("request needs {padded} padded tokens ({items} inputs × {longest}), a batch holds {} (streaming.inference.batching.maxBatchTokens)", lim.max_batch_tokens),
-            ));
-        }
+        self.check_padded(items, longest)?;
         Ok((items as u32, longest as u32))
     }
+}
+
+fn check_deadline(deadline_ms: Option<u64>) -> Result<(), Failure> {
+    if let Some(d) = deadline_ms {
+        if d < now_epoch_ms() {
+            return Err(fail(ErrorClass::Expired, format!("deadline_ms {d} had already passed on arrival")));
+        }
+    }
+    Ok(())
 }
 
 fn classify_input_error(msg: String) -> Failure {
@@ -252,6 +292,7 @@ struct Parts {
     id: IdText,
     model: Arc<LoadedModel>,
     input: std::ops::Range<u32>,
+    input_kind: InputKind,
     items: u32,
     max_tokens: u32,
     deadline_ms: Option<u64>,

@@ -4,6 +4,7 @@
 //! queued; everything downstream may assume its shape is right.
 
 pub mod decode;
+pub mod flatbuf;
 pub mod json_input;
 pub mod request;
 

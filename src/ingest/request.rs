@@ -70,14 +70,30 @@ impl IdText {
     }
 }
 
+/// What a request's input is, and so how staging reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// The raw JSON `input` value at `Request::input`.
+    Json,
+    /// FlatBuffers `Texts`: strings tokenized at staging.
+    FbTexts,
+    /// FlatBuffers `TokenIds`: pre-tokenized rows copied as they are.
+    FbTokens,
+    /// FlatBuffers `Features`: feature rows copied as they are.
+    FbFeatures,
+}
+
 /// A validated request, ready to queue.
 #[derive(Debug)]
 pub struct Request {
     pub env: Envelope,
     pub id: IdText,
     pub model: Arc<LoadedModel>,
-    /// Byte range of the raw `input` JSON value inside the payload.
+    /// Byte range of the raw `input` JSON value inside the payload (JSON), or the whole
+    /// payload (FlatBuffers: staging re-reads it through `ingest::flatbuf`).
     pub input: Range<u32>,
+    /// How the input is encoded.
+    pub input_kind: InputKind,
     /// Inputs in the request (rows it adds to a batch).
     pub items: u32,
     /// Longest input in tokens, specials included (1 for tabular models).
@@ -94,7 +110,7 @@ impl Request {
         self.id.as_str(&self.env.payload)
     }
 
-    /// The raw JSON of `input`.
+    /// The raw JSON of `input` (the whole FlatBuffer for FlatBuffers requests).
     pub fn raw_input(&self) -> &[u8] {
         &self.env.payload[self.input.start as usize..self.input.end as usize]
     }

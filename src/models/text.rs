@@ -64,6 +64,14 @@ impl TextTokenizer {
         }
     }
 
+    /// Number of token ids the model knows (valid ids are below it).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            TextTokenizer::Fast(w) => w.vocab_size(),
+            TextTokenizer::Hf { tokenizer, .. } => tokenizer.get_vocab_size(true),
+        }
+    }
+
     /// Tokens `encode_into` would write for `text` (specials included, truncated to `max_len`).
     pub fn count_tokens(&self, text: &str, max_len: usize, scratch: &mut Scratch) -> Result<usize, String> {
         match self {
