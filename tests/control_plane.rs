@@ -1,0 +1,570 @@
+//! The control plane over real HTTP, against a running pipeline on a real broker (Tansu, or the
+//! broker named by SLUICE_TEST_BROKER): the lifecycle under traffic (stop drains and commits,
+//! restart resumes, nothing lost), health following the broker, token enforcement, model
+//! management, `/metrics` parsed by a Prometheus text parser with counters matching what was
+//! sent, and metrics-topic snapshots at the configured interval.
+//!
+//! Nothing here depends on timing to pass: waits poll with generous timeouts.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::broker::{Consumed, Record, TestBroker};
+use common::TestRepo;
+use serde_json::{json, Value};
+use sluice::config::Config;
+use sluice::control::{ControlOptions, ControlPlane};
+
+// ---------------------------------------------------------------------------------------------
+// A plain HTTP/1.1 client (one request per connection)
+// ---------------------------------------------------------------------------------------------
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end: {text}"));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status line");
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Reply { status, headers, body: body.to_string() }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    http(addr, "GET", path, &[], b"")
+}
+
+fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    http(addr, "POST", path, &headers, body.as_bytes())
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-up
+// ---------------------------------------------------------------------------------------------
+
+struct Topics {
+    input: String,
+    output: String,
+    dlq: String,
+    metrics: String,
+    group: String,
+}
+
+fn topic_names(prefix: &str) -> Topics {
+    let p = TestBroker::unique(prefix);
+    Topics {
+        input: format!("{p}-in"),
+        output: format!("{p}-out"),
+        dlq: format!("{p}-dlq"),
+        metrics: format!("{p}-metrics"),
+        group: format!("{p}-group"),
+    }
+}
+
+fn topics(b: &TestBroker, prefix: &str, input_partitions: i32) -> Topics {
+    let t = topic_names(prefix);
+    b.create_topic(&t.input, input_partitions).unwrap();
+    for topic in [&t.input.replace("-in", "-prio"), &t.output, &t.dlq, &t.metrics] {
+        b.create_topic(topic, 1).unwrap();
+    }
+    t
+}
+
+fn config(bootstrap: &str, t: &Topics, repo: &TestRepo) -> Config {
+    let mut cfg = Config::default();
+    cfg.kafka.bootstrap.servers = bootstrap.to_string();
+    cfg.kafka.consumer.group = t.group.clone();
+    cfg.kafka.consumer.session_timeout_ms = 3000;
+    cfg.kafka.consumer.heartbeat_interval_ms = 500;
+    cfg.kafka.consumer.commit_interval_ms = 100;
+    let s = &mut cfg.kafka.topics.streaming;
+    s.input = t.input.clone();
+    s.priority = t.input.replace("-in", "-prio");
+    s.output = t.output.clone();
+    s.dlq = t.dlq.clone();
+    s.metrics = t.metrics.clone();
+    cfg.streaming.inference.model.repository = repo.path();
+    cfg.streaming.inference.metrics.reporting_interval_seconds = 1;
+    cfg.control.listen = "127.0.0.1:0".parse().unwrap();
+    cfg
+}
+
+fn control(cfg: &Config, repo: &TestRepo, autostart: bool) -> ControlPlane {
+    ControlPlane::start(cfg.clone(), repo.cache.clone(), ControlOptions { autostart, lag_interval: Duration::from_secs(1) }).expect("control plane")
+}
+
+/// A repository with the demo models plus `slowish` (an MLP that takes 20 ms per batch), so
+/// there is work in flight when the pipeline is stopped.
+fn slowish_repo() -> TestRepo {
+    let repo = TestRepo::new();
+    let spec = sluice::testkit::MlpSpec { inputs: 8, hidden: vec![4], outputs: 2, activation: "relu".into(), softmax: false };
+    let dir = sluice::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
+    let p = dir.join("sluice.toml");
+    let toml = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, format!("simulate_latency_ms = 20\n{toml}")).unwrap();
+    repo
+}
+
+fn requests(model: &str, from: usize, to: usize) -> Vec<Record> {
+    (from..to)
+        .map(|i| (None, format!(r#"{{"id":"r{i}","model":"{model}","input":[{i},0,0,0,0,0,0,1]}}"#).into_bytes(), vec![]))
+        .collect()
+}
+
+fn state(addr: SocketAddr) -> String {
+    get(addr, "/batch-inference/streaming/status").json()["state"].as_str().unwrap_or_default().to_string()
+}
+
+fn wait_running(addr: SocketAddr) {
+    wait_for("state running", Duration::from_secs(120), || {
+        let s = state(addr);
+        assert_ne!(s, "failed", "{}", get(addr, "/batch-inference/streaming/status").body);
+        (s == "running").then_some(())
+    });
+}
+
+/// Request id of an outcome (result JSON, or the original request in a dead letter).
+fn id_of(c: &Consumed) -> Option<String> {
+    let v: Value = serde_json::from_slice(&c.value).ok()?;
+    v["id"].as_str().map(str::to_string)
+}
+
+/// Counts per request id among results and dead letters, reading until `n` distinct ids.
+fn outcome_ids(b: &TestBroker, t: &Topics, n: usize, timeout: Duration) -> HashMap<String, usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for topic in [&t.output, &t.dlq] {
+            for c in b.consume(topic, usize::MAX, Duration::from_secs(3)) {
+                *count.entry(id_of(&c).unwrap_or_else(|| format!("?{}", c.offset))).or_default() += 1;
+            }
+        }
+        if count.len() >= n || Instant::now() >= deadline {
+            return count;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn lifecycle_under_traffic_stop_drains_and_restart_resumes() {
+    let b = TestBroker::start().expect("broker");
+    let repo = slowish_repo();
+    let t = topics(&b, "cp-life", 2);
+    let mut cfg = config(&b.bootstrap, &t, &repo);
+    // Small batches of a slow model: about 4 s of work for the first 1500 records.
+    cfg.streaming.inference.batching.max_batch_rows = 8;
+    let cp = control(&cfg, &repo, false);
+    let addr = cp.local_addr();
+
+    let s = get(addr, "/batch-inference/streaming/status");
+    assert_eq!(s.status, 200);
+    assert_eq!(s.json()["state"], "stopped", "{}", s.body);
+
+    let r = post(addr, "/batch-inference/streaming/start", None, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["changed"], true);
+    assert_eq!(r.json()["status"]["state"], "running");
+    // Idempotent.
+    let r = post(addr, "/batch-inference/streaming/start", None, "");
+    assert_eq!((r.status, r.json()["changed"].clone()), (200, json!(false)), "{}", r.body);
+
+    let n1 = 1500;
+    b.produce(&t.input, &requests("slowish", 0, n1), None).unwrap();
+    wait_for("some results", Duration::from_secs(120), || {
+        let c = get(addr, "/batch-inference/streaming/status").json()["counters"]["results"].as_u64().unwrap_or(0);
+        (c >= 100).then_some(())
+    });
+
+    // Stop under traffic: it answers after draining and committing.
+    let r = post(addr, "/batch-inference/streaming/stop", None, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["changed"], true);
+    assert_eq!(v["status"]["state"], "stopped");
+    let report = &v["report"];
+    let consumed = report["consumed"].as_u64().unwrap();
+    assert!(consumed > 0);
+    assert_eq!(consumed, report["results"].as_u64().unwrap() + report["dead_letters"].as_u64().unwrap(), "{report}");
+    assert_eq!(report["undeliverable"], 0);
+    // Every consumed record's outcome is already on the broker, and its offset committed.
+    let ids = outcome_ids(&b, &t, consumed as usize, Duration::from_secs(60));
+    assert_eq!(ids.len() as u64, consumed, "outcomes on the broker right after stop");
+    let committed: i64 = b.committed_offsets(&t.group, &t.input).unwrap().values().map(|o| o.unwrap_or(0)).sum();
+    assert_eq!(committed as u64, consumed, "committed offsets cover exactly what was consumed");
+    // Idempotent.
+    let r = post(addr, "/batch-inference/streaming/stop", None, "");
+    assert_eq!((r.status, r.json()["changed"].clone()), (200, json!(false)), "{}", r.body);
+    assert_eq!(get(addr, "/batch-inference/streaming/status").json()["last_stop"]["consumed"], consumed);
+
+    // Concurrent lifecycle calls do not race: they run one after the other, and three
+    // concurrent starts start once.
+    let calls: Vec<_> = ["start", "start", "start"]
+        .into_iter()
+        .map(|op| std::thread::spawn(move || post(addr, &format!("/batch-inference/streaming/{op}"), None, "")))
+        .collect();
+    let replies: Vec<Reply> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(replies.iter().all(|r| r.status == 200), "{:?}", replies.iter().map(|r| &r.body).collect::<Vec<_>>());
+    assert_eq!(get(addr, "/batch-inference/streaming/status").json()["generation"], 2, "one start for three calls");
+    assert_eq!(replies.iter().filter(|r| r.json()["changed"] == true).count(), 1);
+
+    // It resumes where it stopped (the rest of the first batch of records, then more).
+    let n2 = 300;
+    b.produce(&t.input, &requests("slowish", n1, n1 + n2), None).unwrap();
+    let ids = outcome_ids(&b, &t, n1 + n2, Duration::from_secs(240));
+    assert_eq!(ids.len(), n1 + n2, "every produced record has an outcome");
+
+    // A restart under traffic drains too.
+    let n3 = 500;
+    b.produce(&t.input, &requests("slowish", n1 + n2, n1 + n2 + n3), None).unwrap();
+    wait_for("the new records being served", Duration::from_secs(120), || {
+        let c = get(addr, "/batch-inference/streaming/status").json()["counters"]["results"].as_u64().unwrap_or(0);
+        (c >= 20).then_some(())
+    });
+    let r = post(addr, "/batch-inference/streaming/restart", None, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"]["state"], "running");
+    let drained = &r.json()["report"];
+    assert_eq!(drained["consumed"], drained["results"].as_u64().unwrap() + drained["dead_letters"].as_u64().unwrap(), "{drained}");
+    let n = n1 + n2 + n3;
+    let ids = outcome_ids(&b, &t, n, Duration::from_secs(240));
+    assert_eq!(ids.len(), n, "every produced record has an outcome");
+    let dups: usize = ids.values().map(|c| c - 1).sum();
+    assert_eq!(dups, 0, "graceful stops and restarts lose nothing and repeat nothing");
+
+    let st = get(addr, "/batch-inference/streaming/status").json();
+    assert_eq!(st["state"], "running");
+    assert!(!st["assigned_partitions"].as_array().unwrap().is_empty(), "{st}");
+    assert!(st["models_loaded"].as_array().unwrap().iter().any(|m| m["name"] == "slowish"), "{st}");
+    wait_for("a lag sample", Duration::from_secs(60), || {
+        let lag = get(addr, "/batch-inference/streaming/status").json()["lag"].clone();
+        lag["total"].as_i64().map(|_| lag)
+    });
+
+    let report = cp.shutdown().expect("a running pipeline was drained");
+    assert_eq!(report.undeliverable, 0);
+    assert!(TcpStream::connect(addr).is_err(), "the listener is closed after shutdown");
+}
+
+/// A broker of this test's own, started and stopped with `scripts/broker.sh` on a fixed port so
+/// that it can come back at the same address.
+struct ScriptBroker {
+    port: String,
+}
+
+impl ScriptBroker {
+    fn start(port: Option<&str>) -> ScriptBroker {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh");
+        let mut cmd = Command::new(script);
+        cmd.arg("start");
+        if let Some(p) = port {
+            cmd.arg(p);
+        }
+        let out = cmd.output().expect("run scripts/broker.sh");
+        assert!(out.status.success(), "broker.sh start: {}", String::from_utf8_lossy(&out.stderr));
+        let addr = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+        ScriptBroker { port: addr.rsplit(':').next().unwrap().to_string() }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh");
+        let _ = Command::new(script).args(["stop", &self.port]).output();
+    }
+}
+
+impl Drop for ScriptBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn ready(addr: SocketAddr) -> (u16, Value) {
+    let r = get(addr, "/health/ready");
+    let v = r.json();
+    (r.status, v)
+}
+
+#[test]
+fn readiness_follows_the_broker_and_liveness_does_not() {
+    // A broker of its own, to stop and bring back; the pipeline creates its topics.
+    let broker = ScriptBroker::start(None);
+    let repo = TestRepo::new();
+    let t = topic_names("cp-health");
+    let mut cfg = config(&broker.bootstrap(), &t, &repo);
+    cfg.streaming.inference.metrics.enabled = false;
+    let cp = control(&cfg, &repo, true);
+    let addr = cp.local_addr();
+
+    let (code, v) = wait_for("ready", Duration::from_secs(120), || {
+        let (code, v) = ready(addr);
+        (code == 200).then_some((code, v))
+    });
+    assert_eq!(code, 200);
+    for check in ["kafka", "models", "pipeline"] {
+        assert_eq!(v["checks"][check]["ok"], true, "{v}");
+    }
+    assert_eq!(get(addr, "/health/live").status, 200);
+    assert_eq!(get(addr, "/batch-inference/streaming/health").status, 200);
+
+    broker.stop();
+    let v = wait_for("not ready once the broker is gone", Duration::from_secs(60), || {
+        let (code, v) = ready(addr);
+        (code == 503).then_some(v)
+    });
+    assert_eq!(v["checks"]["kafka"]["ok"], false, "{v}");
+    assert!(v["failing"].as_array().unwrap().contains(&json!("kafka")), "{v}");
+    assert_eq!(v["checks"]["models"]["ok"], true, "{v}");
+    let live = get(addr, "/health/live");
+    assert_eq!(live.status, 200, "liveness does not depend on the broker: {}", live.body);
+    let h = get(addr, "/batch-inference/streaming/health");
+    assert_eq!(h.status, 503);
+    assert_eq!(h.json()["checks"]["kafka"]["ok"], false);
+
+    // The broker comes back at the same address: ready again.
+    let _again = ScriptBroker::start(Some(&broker.port));
+    wait_for("ready again", Duration::from_secs(120), || (ready(addr).0 == 200).then_some(()));
+    assert_eq!(state(addr), "running");
+    cp.shutdown();
+}
+
+#[test]
+fn mutating_calls_need_the_token_and_bodies_are_checked() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    let spec = sluice::testkit::MlpSpec::default();
+    sluice::testkit::write_mlp(repo.dir.path(), "dual", "1", &spec, 1).unwrap();
+    sluice::testkit::write_mlp(repo.dir.path(), "dual", "2", &spec, 2).unwrap();
+    std::fs::write(repo.dir.path().join("dual/model.toml"), "serving = \"1\"\n").unwrap();
+    let t = topics(&b, "cp-auth", 1);
+    let mut cfg = config(&b.bootstrap, &t, &repo);
+    cfg.control.token = Some("s3cret-token".into());
+    let cp = control(&cfg, &repo, false);
+    let addr = cp.local_addr();
+    let tok = Some("s3cret-token");
+
+    for path in ["/batch-inference/streaming/start", "/batch-inference/streaming/stop", "/batch-inference/streaming/restart", "/batch-inference/models/tabular/load", "/batch-inference/models/tabular/unload", "/batch-inference/models/dual/serving"] {
+        let r = post(addr, path, None, "");
+        assert_eq!(r.status, 401, "{path} without a token: {}", r.body);
+        assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
+        let r = post(addr, path, Some("wrong-token!"), "");
+        assert_eq!(r.status, 401, "{path} with a wrong token: {}", r.body);
+        let r = post(addr, path, Some("s3cret-toke"), "");
+        assert_eq!(r.status, 401, "{path} with a prefix of the token: {}", r.body);
+    }
+    assert_eq!(state(addr), "stopped", "nothing ran without the token");
+    // Reads need no token.
+    assert_eq!(get(addr, "/batch-inference/streaming/status").status, 200);
+    assert_eq!(get(addr, "/batch-inference/streaming/metrics").status, 200);
+    assert_eq!(get(addr, "/metrics").status, 200);
+    assert_eq!(get(addr, "/health/live").status, 200);
+    assert_eq!(get(addr, "/health/ready").status, 503, "not running: not ready");
+
+    // With the token (the scheme is case-insensitive).
+    let r = post(addr, "/batch-inference/streaming/start", tok, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"]["state"], "running");
+    let r = http(addr, "POST", "/batch-inference/streaming/stop", &[("authorization", "bearer s3cret-token")], b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"]["state"], "stopped");
+
+    // Bodies: bad JSON is 400 with a reason, too large is 413; wrong method 405, unknown 404.
+    let r = post(addr, "/batch-inference/models/dual/serving", tok, "{\"version\": ");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("invalid JSON"), "{}", r.body);
+    let r = post(addr, "/batch-inference/models/dual/serving", tok, "[1]");
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = post(addr, "/batch-inference/models/dual/serving", tok, "{\"version\": 2}");
+    assert_eq!(r.status, 400, "{}", r.body);
+    let big = format!("{{\"version\": \"{}\"}}", "9".repeat(70 * 1024));
+    assert_eq!(post(addr, "/batch-inference/models/dual/serving", tok, &big).status, 413);
+    let r = get(addr, "/batch-inference/streaming/stop");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    assert_eq!(get(addr, "/nope").status, 404);
+
+    // Model management.
+    let r = get(addr, "/batch-inference/models");
+    assert_eq!(r.status, 200);
+    let names: Vec<String> = r.json()["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+    assert!(names.contains(&"dual".to_string()) && names.contains(&"tabular".to_string()), "{names:?}");
+    let r = post(addr, "/batch-inference/models/tabular/load", tok, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["loaded"]["version"], "1");
+    let r = post(addr, "/batch-inference/models/tabular/unload", tok, "");
+    assert_eq!((r.status, r.json()["unloaded"].clone()), (200, json!(1)), "{}", r.body);
+    let r = post(addr, "/batch-inference/models/tabular/unload", tok, "");
+    assert_eq!((r.status, r.json()["unloaded"].clone()), (200, json!(0)), "idempotent: {}", r.body);
+    assert_eq!(post(addr, "/batch-inference/models/nosuch/load", tok, "").status, 404);
+    assert_eq!(post(addr, "/batch-inference/models/..%2Fetc/load", tok, "").status, 400);
+    assert_eq!(post(addr, "/batch-inference/models/dual/serving", tok, "{\"version\": \"7\"}").status, 404);
+    let r = post(addr, "/batch-inference/models/dual/serving", tok, "{\"version\": \"2\"}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!((r.json()["serving"].clone(), r.json()["previous"].clone()), (json!("2"), json!("1")));
+    let models = get(addr, "/batch-inference/models").json();
+    let dual = models["models"].as_array().unwrap().iter().find(|m| m["name"] == "dual").unwrap().clone();
+    assert_eq!(dual["serving"], "2");
+    assert!(dual["loaded_versions"].as_array().unwrap().contains(&json!("2")), "the new version is warm: {dual}");
+    drop(cp);
+}
+
+fn sample<'a>(scrape: &'a prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<&'a prometheus_parse::Sample> {
+    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match sample(scrape, name, labels).map(|s| &s.value) {
+        Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v)) => *v,
+        other => panic!("{name}{labels:?}: {other:?}"),
+    }
+}
+
+fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let r = get(addr, "/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain")), "{:?}", r.headers);
+    prometheus_parse::Scrape::parse(r.body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
+}
+
+#[test]
+fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    let t = topics(&b, "cp-metrics", 2);
+    let cfg = config(&b.bootstrap, &t, &repo);
+    let cp = control(&cfg, &repo, true);
+    let addr = cp.local_addr();
+    wait_running(addr);
+
+    let (good, bad_json, unknown) = (300usize, 20usize, 10usize);
+    let mut records = requests("tabular", 0, good);
+    records.extend((0..bad_json).map(|i| (None, format!("{{\"id\": \"bad{i}\", ").into_bytes(), vec![])));
+    records.extend((0..unknown).map(|i| (None, format!(r#"{{"id":"u{i}","model":"nosuch","input":[1]}}"#).into_bytes(), vec![])));
+    b.produce(&t.input, &records, None).unwrap();
+    let total = good + bad_json + unknown;
+
+    let s = wait_for("every record counted", Duration::from_secs(120), || {
+        let s = scrape(addr);
+        let done = value(&s, "sluice_requests_total", &[("outcome", "result")])
+            + ["parse", "validation", "unknown_model", "too_large", "expired", "inference"]
+                .iter()
+                .map(|c| value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", c)]))
+                .sum::<f64>();
+        (done as usize >= total).then_some(s)
+    });
+    assert_eq!(value(&s, "sluice_requests_total", &[("outcome", "result"), ("class", "none")]), good as f64);
+    assert_eq!(value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", "parse")]), bad_json as f64);
+    assert_eq!(value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", "unknown_model")]), unknown as f64);
+    assert_eq!(value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", "inference")]), 0.0);
+    assert_eq!(value(&s, "sluice_records_consumed_total", &[]), total as f64);
+    assert_eq!(value(&s, "sluice_pipeline_state", &[("state", "running")]), 1.0);
+    assert_eq!(value(&s, "sluice_pipeline_state", &[("state", "stopped")]), 0.0);
+    match &sample(&s, "sluice_end_to_end_latency_seconds", &[]).expect("latency histogram").value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let inf = buckets.iter().find(|b| b.less_than.is_infinite()).expect("+Inf bucket");
+            assert_eq!(inf.count, total as f64, "one end-to-end latency per record");
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    assert!(value(&s, "sluice_batches_total", &[]) >= 1.0);
+    assert!(value(&s, "sluice_model_loads_total", &[]) >= 1.0);
+    assert!(value(&s, "sluice_model_cache_hits_total", &[]) >= 1.0);
+    assert!(sample(&s, "sluice_lane_busy_seconds_total", &[("lane", "0")]).is_some());
+    assert!(sample(&s, "sluice_ring_depth", &[("ring", "normal")]).is_some());
+    wait_for("per-partition consumer lag", Duration::from_secs(60), || {
+        let s = scrape(addr);
+        sample(&s, "sluice_consumer_lag", &[("topic", t.input.as_str()), ("partition", "1")]).map(|_| ())
+    });
+
+    // The JSON view agrees.
+    let m = get(addr, "/batch-inference/streaming/metrics").json();
+    assert_eq!(m["totals"]["results"], good);
+    assert_eq!(m["totals"]["consumed"], total);
+    assert_eq!(m["errors_by_class"]["parse"], bad_json);
+    assert_eq!(m["errors_by_class"]["unknown_model"], unknown);
+    assert!(m["latency_ms"]["end_to_end"]["p99"].as_f64().is_some(), "{m}");
+    assert!(m["latency_ms"]["queue"]["p50"].as_f64().is_some(), "{m}");
+    assert!(m["cache"]["hit_rate"].as_f64().is_some_and(|r| r > 0.0), "{m}");
+    assert!(m["throughput"]["consumed_per_second"].as_f64().is_some(), "{m}");
+
+    // Metrics-topic snapshots every reportingIntervalSeconds (1 s): count them over a window.
+    let count = || b.consume(&t.metrics, usize::MAX, Duration::from_secs(3)).len();
+    let before = count();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    let after_records = b.consume(&t.metrics, usize::MAX, Duration::from_secs(3));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let arrived = after_records.len() - before;
+    assert!(arrived >= 3 && (arrived as f64) <= elapsed + 6.0, "{arrived} snapshots in {elapsed:.1} s at a 1 s interval");
+    let last: Value = serde_json::from_slice(&after_records.last().unwrap().value).unwrap();
+    assert_eq!(last["consumed"], total, "{last}");
+    assert!(last["latency_ms"]["end_to_end"]["count"].as_u64().is_some(), "{last}");
+
+    // The counters keep growing across a restart.
+    let r = post(addr, "/batch-inference/streaming/restart", None, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    b.produce(&t.input, &requests("tabular", good, good + 50), None).unwrap();
+    wait_for("counters after the restart", Duration::from_secs(120), || {
+        let s = scrape(addr);
+        (value(&s, "sluice_requests_total", &[("outcome", "result")]) >= (good + 50) as f64
+            && value(&s, "sluice_records_consumed_total", &[]) >= (total + 50) as f64)
+            .then_some(())
+    });
+    let s = scrape(addr);
+    assert_eq!(value(&s, "sluice_pipeline_starts_total", &[]), 2.0);
+    cp.shutdown();
+}
