@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use sluice::batch::{self, BatchJob};
 use sluice::config::{Config, LogFormat};
+use sluice::control::{ControlOptions, ControlPlane};
 use sluice::engine::EngineSettings;
 use sluice::ingest::Limits;
 use sluice::models::cache::CacheSettings;
@@ -134,18 +135,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let repo_dir = &cfg.streaming.inference.model.repository;
             let repo = Repository::open(repo_dir).with_context(|| format!("model repository {}", repo_dir.display()))?;
             let cache = Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, CacheSettings::from_config(&cfg)));
-            let pipeline = sluice::pipeline::Pipeline::start(&cfg, cache)?;
+            // The control plane owns the pipeline's lifecycle: it starts it now (unless
+            // streaming.inference.enabled is false) and reports a failed start or a dead
+            // thread as state `failed` instead of exiting, so an operator can see why.
+            let opts = ControlOptions { autostart: cfg.streaming.inference.enabled, ..ControlOptions::default() };
+            let control = ControlPlane::start(cfg.clone(), cache, opts)?;
             while !stop.load(Ordering::SeqCst) {
-                if !pipeline.is_healthy() {
-                    tracing::error!("a pipeline thread stopped unexpectedly; shutting down");
-                    pipeline.stop();
-                    return Ok(ExitCode::FAILURE);
-                }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             tracing::info!("signal received");
-            let report = pipeline.stop();
-            eprintln!("stopped: consumed {}, results {}, dead letters {}", report.consumed, report.results, report.dead_letters);
+            if let Some(report) = control.shutdown() {
+                eprintln!("stopped: consumed {}, results {}, dead letters {}", report.consumed, report.results, report.dead_letters);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { rate, seconds, models, bad_percent } => {
