@@ -1,109 +1,18 @@
 //! The streaming pipeline against a real Kafka-compatible broker (Tansu, or the broker named
 //! by SLUICE_TEST_BROKER): exactly one outcome per input, priority first, every dead-letter
-//! class, graceful restart without loss or duplicates, backpressure with bounded memory.
+//! class, graceful restart without loss or duplicates. (Backpressure: tests/kafka_backpressure.rs.)
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::broker::{Consumed, TestBroker};
+use common::broker::TestBroker;
+use common::kafka::{cache_for, config, header, json, outcomes, setup, source_of, Record, Topics};
 use common::TestRepo;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
-use sluice::config::Config;
-use sluice::models::cache::CacheSettings;
-use sluice::models::{ModelCache, Repository};
 use sluice::pipeline::Pipeline;
-
-struct Topics {
-    input: String,
-    priority: String,
-    output: String,
-    dlq: String,
-    metrics: String,
-    group: String,
-}
-
-fn setup(b: &TestBroker, prefix: &str, input_partitions: i32) -> Topics {
-    let p = TestBroker::unique(prefix);
-    let t = Topics {
-        input: format!("{p}-in"),
-        priority: format!("{p}-prio"),
-        output: format!("{p}-out"),
-        dlq: format!("{p}-dlq"),
-        metrics: format!("{p}-metrics"),
-        group: format!("{p}-group"),
-    };
-    b.create_topic(&t.input, input_partitions).unwrap();
-    for topic in [&t.priority, &t.output, &t.dlq, &t.metrics] {
-        b.create_topic(topic, 1).unwrap();
-    }
-    t
-}
-
-fn config(b: &TestBroker, t: &Topics, repo: &std::path::Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.kafka.bootstrap.servers = b.bootstrap.clone();
-    cfg.kafka.consumer.group = t.group.clone();
-    cfg.kafka.consumer.session_timeout_ms = 3000;
-    cfg.kafka.consumer.heartbeat_interval_ms = 500;
-    cfg.kafka.consumer.commit_interval_ms = 100;
-    let s = &mut cfg.kafka.topics.streaming;
-    s.input = t.input.clone();
-    s.priority = t.priority.clone();
-    s.output = t.output.clone();
-    s.dlq = t.dlq.clone();
-    s.metrics = t.metrics.clone();
-    cfg.streaming.inference.model.repository = repo.to_path_buf();
-    cfg.streaming.inference.metrics.reporting_interval_seconds = 1;
-    cfg
-}
-
-fn cache_for(cfg: &Config) -> Arc<ModelCache> {
-    let repo = Repository::open(&cfg.streaming.inference.model.repository).unwrap();
-    Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, CacheSettings::from_config(cfg)))
-}
-
-type Record = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
-
-fn json(v: serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(&v).unwrap()
-}
-
-fn header<'a>(c: &'a Consumed, name: &str) -> Option<&'a str> {
-    c.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
-/// (topic, partition, offset) of the input an outcome belongs to.
-fn source_of(c: &Consumed, is_dlq: bool) -> (String, i32, i64) {
-    if is_dlq {
-        (
-            header(c, "sluice.source.topic").unwrap().to_string(),
-            header(c, "sluice.source.partition").unwrap().parse().unwrap(),
-            header(c, "sluice.source.offset").unwrap().parse().unwrap(),
-        )
-    } else {
-        let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
-        (v["source"]["topic"].as_str().unwrap().to_string(), v["source"]["partition"].as_i64().unwrap() as i32, v["source"]["offset"].as_i64().unwrap())
-    }
-}
-
-/// Reads outputs and dead letters until `n` outcomes in all (or the timeout).
-fn outcomes(b: &TestBroker, t: &Topics, n: usize, timeout: Duration) -> (Vec<Consumed>, Vec<Consumed>) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let out = b.consume(&t.output, n, Duration::from_secs(2).min(left));
-        let dlq = b.consume(&t.dlq, n.saturating_sub(out.len()), Duration::from_secs(2).min(left));
-        if out.len() + dlq.len() >= n || Instant::now() >= deadline {
-            return (out, dlq);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 /// The group's committed offset per input partition.
 fn committed(b: &TestBroker, t: &Topics, partitions: i32) -> Vec<i64> {
@@ -284,61 +193,4 @@ fn graceful_restart_loses_nothing_and_duplicates_nothing() {
     assert_eq!(count.len(), n, "nothing lost (runs: {r1:?}, {r2:?})");
     assert!(count.values().all(|c| *c == 1), "a graceful stop commits everything it emitted: no duplicates");
     assert!(r1.consumed > 0 && r2.consumed > 0, "both runs did work");
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-#[test]
-fn a_slow_model_and_a_fast_producer_keep_memory_bounded_without_loss() {
-    let b = TestBroker::start().expect("broker");
-    let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec { inputs: 8, hidden: vec![4], outputs: 2, activation: "relu".into(), softmax: false };
-    let dir = sluice::testkit::write_mlp(repo.dir.path(), "slow", "1", &spec, 3).unwrap();
-    let toml_path = dir.join("sluice.toml");
-    let toml = std::fs::read_to_string(&toml_path).unwrap();
-    std::fs::write(&toml_path, format!("simulate_latency_ms = 10\n{toml}")).unwrap();
-    let t = setup(&b, "slow", 2);
-    // 4,000 records of ~16 KiB: 64 MiB of backlog, far more than the rings may hold.
-    let n = 4000usize;
-    let pad = "x".repeat(16 * 1024);
-    let records: Vec<Record> = (0..n)
-        .map(|i| (None, json(serde_json::json!({"id": format!("r{i}"), "model": "slow", "input": [i as f64, 0, 0, 0, 0, 0, 0, 0], "pad": pad})), vec![]))
-        .collect();
-    b.produce(&t.input, &records, None).unwrap();
-    drop(records);
-    let mut cfg = config(&b, &t, &repo.path());
-    cfg.streaming.inference.batching.ring_capacity = 32;
-    cfg.streaming.inference.batching.max_batch_rows = 16;
-    let baseline = rss_kib();
-    let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let peak = std::thread::scope(|s| {
-        let sampler = s.spawn(|| {
-            let mut peak = 0;
-            while !stop.load(Ordering::SeqCst) {
-                peak = peak.max(rss_kib());
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            peak
-        });
-        let (out, dlq) = outcomes(&b, &t, n, Duration::from_secs(240));
-        stop.store(true, Ordering::SeqCst);
-        assert!(dlq.is_empty());
-        let mut ids: Vec<String> = out.iter().map(|o| serde_json::from_slice::<serde_json::Value>(&o.value).unwrap()["id"].as_str().unwrap().to_string()).collect();
-        ids.sort();
-        ids.dedup();
-        assert_eq!(ids.len(), n, "no loss");
-        sampler.join().unwrap()
-    });
-    let pauses = pipeline.ingest_shared.stats.pauses.load(Ordering::Relaxed);
-    pipeline.stop();
-    assert!(pauses > 0, "the consumer paused its partitions while the rings were full");
-    let growth_mib = peak.saturating_sub(baseline) / 1024;
-    println!("baseline {} MiB, peak {} MiB, growth {growth_mib} MiB, pauses {pauses}", baseline / 1024, peak / 1024);
-    assert!(growth_mib < 48, "resident memory grew by {growth_mib} MiB with 64 MiB of backlog");
 }
