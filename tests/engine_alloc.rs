@@ -14,8 +14,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,41 +27,9 @@ use sluice::models::{BatchOutput, LoadedModel, ModelError, OutputKind};
 use sluice::queue::{BatchPolicy, Rings};
 use sluice::telemetry::EngineStats;
 
-struct Counting;
-
-thread_local! {
-    static ON: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if ON.with(|o| o.get()) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if ON.with(|o| o.get()) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        System.realloc(p, l, n)
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
-    COUNT.with(|c| c.set(0));
-    ON.with(|o| o.set(true));
-    let r = f();
-    ON.with(|o| o.set(false));
-    (r, COUNT.with(|c| c.get()))
-}
+static GLOBAL: common::alloc::Counting = common::alloc::Counting;
+use common::alloc::counted;
 
 /// Reads the staged batch and returns one row per input: the row's token count (text) or
 /// the sum of its features (tabular). The output vector is the only allocation, per batch.

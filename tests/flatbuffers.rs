@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,44 +26,12 @@ use sluice::models::{LoadedModel, ModelInput};
 use sluice::testkit::SeededRng;
 
 // ---------------------------------------------------------------------------------------------
-// Counting allocator (per thread), as in tests/engine_alloc.rs.
+// Counting allocator (per thread): tests/common/alloc.rs.
 // ---------------------------------------------------------------------------------------------
 
-struct Counting;
-
-thread_local! {
-    static ON: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if ON.with(|o| o.get()) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if ON.with(|o| o.get()) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        System.realloc(p, l, n)
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
-    COUNT.with(|c| c.set(0));
-    ON.with(|o| o.set(true));
-    let r = f();
-    ON.with(|o| o.set(false));
-    (r, COUNT.with(|c| c.get()))
-}
+static GLOBAL: common::alloc::Counting = common::alloc::Counting;
+use common::alloc::counted;
 
 // ---------------------------------------------------------------------------------------------
 // Building requests with FlatBufferBuilder.

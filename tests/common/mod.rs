@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: a generated model repository and request makers.
 #![allow(dead_code)]
 
+pub mod alloc;
 pub mod broker;
 pub mod kafka;
 
