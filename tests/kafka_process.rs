@@ -84,7 +84,7 @@ fn setup(b: &TestBroker, repo: &TestRepo, prefix: &str, partitions: i32) -> Setu
         b.create_topic(n, 1).unwrap();
     }
     let yaml = format!(
-        "kafka:\n  bootstrap: {{servers: \"{}\"}}\n  consumer: {{group: {p}-group, sessionTimeoutMs: 3000, heartbeatIntervalMs: 500, commitIntervalMs: 100}}\n  topics:\n    streaming: {{input: {}, priority: {}, output: {}, dlq: {}, metrics: {}}}\nstreaming:\n  inference:\n    model: {{repository: \"{}\"}}\n",
+        "kafka:\n  bootstrap: {{servers: \"{}\"}}\n  consumer: {{group: {p}-group, sessionTimeoutMs: 3000, heartbeatIntervalMs: 500, commitIntervalMs: 100}}\n  topics:\n    streaming: {{input: {}, priority: {}, output: {}, dlq: {}, metrics: {}}}\nstreaming:\n  inference:\n    model: {{repository: \"{}\"}}\ncontrol: {{listen: \"127.0.0.1:0\"}}\n",
         b.bootstrap,
         names[0],
         names[1],
