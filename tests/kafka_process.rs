@@ -98,7 +98,7 @@ fn setup(b: &TestBroker, repo: &TestRepo, prefix: &str, partitions: i32) -> Setu
     Setup { input: names[0].clone(), output: names[2].clone(), config }
 }
 
-fn records(from: usize, to: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+fn records(from: usize, to: usize) -> Vec<common::kafka::Record> {
     (from..to).map(|i| (None, format!(r#"{{"id":"r{i}","model":"slowish","input":[{i},0,0,0,0,0,0,0]}}"#).into_bytes(), vec![])).collect()
 }
 
