@@ -53,8 +53,8 @@ impl Default for ControlOptions {
 /// Errors starting the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("control.listen {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("control.listen {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: std::io::Error },
     #[error("control.token is empty: remove the key, or set a secret")]
     EmptyToken,
     #[error("control plane: {0}")]
@@ -92,7 +92,7 @@ impl ControlPlane {
             None => None,
         };
         let listen = cfg.control.listen;
-        let listener = std::net::TcpListener::bind(listen).map_err(|source| ControlError::Bind { addr: listen, source })?;
+        let listener = std::net::TcpListener::bind(listen).map_err(|reason| ControlError::Bind { addr: listen, reason })?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
