@@ -21,4 +21,4 @@ if [[ -z "${SLUICE_TEST_BROKER:-}" && -x scripts/broker.sh ]]; then
     echo "test broker: $SLUICE_TEST_BROKER"
 fi
 
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"
