@@ -65,7 +65,7 @@ fn erf64(x: f64) -> f64 {
 
 #[test]
 fn linear_kernel_matches_reference_on_every_edge() {
-    for portable in [false, true] {
+    for (portable, par) in [(false, true), (true, true), (false, false)] {
         kernels::force_portable(portable);
         for &(m, k, n) in &[(1, 1, 1), (7, 5, 3), (19, 384, 40), (200, 600, 17), (13, 37, 33), (97, 260, 64), (250, 1536, 48)] {
             let a = data(m * k, 1);
@@ -75,18 +75,18 @@ fn linear_kernel_matches_reference_on_every_edge() {
             let want = reference(&a, m, k, &w, &b, n);
             let tol = |y: f64| 2e-6 * (k as f64).sqrt() * (1.0 + y.abs());
             let mut c = vec![f32::NAN; m * n];
-            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::None));
+            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::None), par);
             for (x, y) in c.iter().zip(&want) {
-                assert!((*x as f64 - y).abs() <= tol(*y), "portable={portable} m{m} k{k} n{n}: {x} vs {y}");
+                assert!((*x as f64 - y).abs() <= tol(*y), "portable={portable} par={par} m{m} k{k} n{n}: {x} vs {y}");
             }
             let old = data(m * n, 4);
             let mut c = old.clone();
-            kernels::linear(&a, m, &pl, &mut c, Store::Add);
+            kernels::linear(&a, m, &pl, &mut c, Store::Add, par);
             for ((x, y), o) in c.iter().zip(&want).zip(&old) {
                 assert!((*x as f64 - (y + *o as f64)).abs() <= tol(*y), "add: portable={portable} m{m} k{k} n{n}");
             }
             let mut c = vec![0f32; m * n];
-            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::GeluErf));
+            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::GeluErf), par);
             for (x, y) in c.iter().zip(&want) {
                 let g = 0.5 * y * (1.0 + erf64(y / 2f64.sqrt()));
                 assert!((*x as f64 - g).abs() <= tol(*y), "gelu: portable={portable} m{m} k{k} n{n}: {x} vs {g}");
@@ -260,23 +260,27 @@ fn wide_model_with_layer_norm_params_matches_candle() {
 
 #[test]
 fn packed_output_does_not_depend_on_batch_composition() {
-    // The same sentence alone and inside a batch of others gives the same embedding
-    // (no padding, no cross-sequence leakage).
+    // The same sentence alone and inside a batch of others gives the same embedding (no
+    // padding, no cross-sequence leakage), whether the batch runs as one operation-split
+    // pass (few tokens) or as parallel groups of sequences (many tokens).
     let repo = demo_repo();
     let dir = repo.path().join("tiny-embed/1");
     let (packed, _) = runners(&dir);
     let vocab = vocab_size(&dir);
-    let batch = staging(&[30, 5, 64, 12], vocab, 3);
-    let all = packed.forward(&batch).unwrap();
-    for r in 0..4 {
-        let n = batch.row_tokens[r] as usize;
-        let mut one = HostStaging::default();
-        one.begin_text(1, n, 0);
-        one.row_ids_mut(0).copy_from_slice(&batch.ids[r * batch.seq_len..r * batch.seq_len + n]);
-        one.set_row_len(0, n);
-        let alone = packed.forward(&one).unwrap();
-        let d = alone.row(0).iter().zip(all.row(r)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(d < 1e-6, "row {r}: {d}");
+    let small: Vec<usize> = vec![30, 5, 64, 12];
+    let large: Vec<usize> = (0..40).map(|i| 2 + (i * 13) % 63).collect();
+    for lens in [small, large] {
+        let batch = staging(&lens, vocab, 3);
+        let all = packed.forward(&batch).unwrap();
+        for (r, &n) in lens.iter().enumerate() {
+            let mut one = HostStaging::default();
+            one.begin_text(1, n, 0);
+            one.row_ids_mut(0).copy_from_slice(&batch.ids[r * batch.seq_len..r * batch.seq_len + n]);
+            one.set_row_len(0, n);
+            let alone = packed.forward(&one).unwrap();
+            let d = alone.row(0).iter().zip(all.row(r)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-6, "batch of {} rows, row {r}: {d}", lens.len());
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //! to cosine > 0.99999 (`tests/packed_bert.rs`).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
@@ -68,9 +69,10 @@ pub mod kernels {
     unsafe impl Send for SyncPtr {}
     unsafe impl Sync for SyncPtr {}
 
-    /// Runs `f(start, end)` over `0..n` in chunks of at least `min_chunk`, in parallel.
-    pub fn par_ranges(n: usize, min_chunk: usize, f: impl Fn(usize, usize) + Sync + Send) {
-        let threads = rayon::current_num_threads();
+    /// Runs `f(start, end)` over `0..n` in chunks of at least `min_chunk`, in parallel when
+    /// `par`.
+    pub fn par_ranges(par: bool, n: usize, min_chunk: usize, f: impl Fn(usize, usize) + Sync + Send) {
+        let threads = if par { rayon::current_num_threads() } else { 1 };
         if threads <= 1 || n <= min_chunk {
             if n > 0 {
                 f(0, n);
@@ -147,32 +149,32 @@ pub mod kernels {
         Add,
     }
 
-    /// `C[m, n] (store) A[m, k] · Wᵀ + b`, row-major, `lda = k`, `ldc = n`.
-    pub fn linear(a: &[f32], m: usize, w: &PackedLinear, c: &mut [f32], store: Store) {
+    /// `C[m, n] (store) A[m, k] · Wᵀ + b`, row-major, `lda = k`, `ldc = n`; split over the
+    /// pool's threads when `par`.
+    pub fn linear(a: &[f32], m: usize, w: &PackedLinear, c: &mut [f32], store: Store, par: bool) {
         let (k, n) = (w.k, w.n);
         assert!(a.len() >= m * k && c.len() >= m * n, "linear: buffers too small");
         if m == 0 {
             return;
         }
         let np = n.div_ceil(NR);
+        // M blocks of at most MC rows, as equal as possible (multiples of MR but the last).
         let nmb = m.div_ceil(MC);
-        let threads = rayon::current_num_threads().max(1);
-        // Enough tasks for every thread (and some slack for balance when another process
-        // holds a core), but panel chunks no narrower than 2 panels.
-        let want = threads * 3;
-        let nparts = want.div_ceil(nmb).clamp(1, np.div_ceil(2).max(1));
-        let per = np.div_ceil(nparts);
-        let nparts = np.div_ceil(per);
+        let mc = m.div_ceil(nmb).div_ceil(MR) * MR;
+        let nmb = m.div_ceil(mc);
+        let threads = if par { rayon::current_num_threads().max(1) } else { 1 };
+        // At least 4 tasks per thread, so that work stealing evens out unequal blocks (and a
+        // core taken by another process); column parts as equal as possible.
+        let nparts = if threads > 1 { (4 * threads).div_ceil(nmb).clamp(1, np) } else { 1 };
         let tasks = nmb * nparts;
         let cp = SyncPtr(c.as_mut_ptr());
         let ap = a.as_ptr() as usize;
         let run = move |t: usize| {
             let cp = cp;
             let (mb, pc) = (t / nparts, t % nparts);
-            let r0 = mb * MC;
-            let rows = MC.min(m - r0);
-            let p0 = pc * per;
-            let p1 = (p0 + per).min(np);
+            let r0 = mb * mc;
+            let rows = mc.min(m - r0);
+            let (p0, p1) = (pc * np / nparts, (pc + 1) * np / nparts);
             // SAFETY: tasks write disjoint (row block, panel range) regions of C; A and the
             // weights are only read; bounds were checked above.
             unsafe { block(ap as *const f32, r0, rows, w, cp.0, p0, p1, store) }
@@ -373,12 +375,17 @@ pub mod kernels {
     /// polynomial (relative error ~1e-7). Saturates below -87 (→ ~0) and above 88.
     #[inline(always)]
     pub fn exp_f(x: f32) -> f32 {
+        // 1.5 · 2²³: adding it rounds to an integer, which then sits in the low mantissa bits
+        // (no float-to-int conversion, which does not vectorize with Rust's saturating `as`).
+        const SHIFT: f32 = 12_582_912.0;
         let x = x.clamp(-87.0, 88.0);
-        let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+        let big = x * std::f32::consts::LOG2_E + SHIFT;
+        let n = big - SHIFT;
         // ln 2 split in a part exact in f32 and the rest (Cody-Waite reduction).
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-        let e = ((n as i32 + 127) as u32) << 23;
+        // 2^n: n + 127 in the exponent field.
+        let e = big.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(127) << 23;
         p * f32::from_bits(e)
     }
 
@@ -474,11 +481,11 @@ pub mod kernels {
         layer_norm_rows_body(x, h, g, b, eps)
     }
 
-    /// LayerNorm of every `h`-wide row of `x` in place, in parallel.
-    pub fn layer_norm(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32) {
+    /// LayerNorm of every `h`-wide row of `x` in place (rows in parallel when `par`).
+    pub fn layer_norm(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32, par: bool) {
         let rows = x.len() / h;
         let xp = SyncPtr(x.as_mut_ptr());
-        par_ranges(rows, 32, move |s, e| {
+        par_ranges(par, rows, 32, move |s, e| {
             let xp = xp;
             // SAFETY: disjoint row ranges of `x`.
             let part = unsafe { std::slice::from_raw_parts_mut(xp.0.add(s * h), (e - s) * h) };
@@ -490,85 +497,124 @@ pub mod kernels {
         });
     }
 
-    /// Where the tokens of each sequence are: rows `offsets[s]..offsets[s+1]`.
+    /// Where the tokens of each sequence are: rows `offsets[s] - base..offsets[s+1] - base`
+    /// of `qkv` (and of the output).
     pub struct Attention<'a> {
-        /// `[T, 3H]`: Q (pre-scaled by 1/√d), K, V of every token.
+        /// `[rows, 3H]`: Q (pre-scaled by 1/√d), K, V of every token.
         pub qkv: &'a [f32],
         pub offsets: &'a [usize],
+        pub base: usize,
         pub hidden: usize,
         pub heads: usize,
     }
 
+    /// One (sequence, head) unit. K is packed transposed into 16-key panels and V into
+    /// 16-column panels, so that S = QKᵀ and O = softmax(S)V both run on the GEMM
+    /// micro-kernel, six queries at a time.
     #[inline(always)]
-    fn attend_body(at: &Attention<'_>, s: usize, h: usize, ctx: *mut f32, scores: &mut Vec<f32>) {
-        let (o, e) = (at.offsets[s], at.offsets[s + 1]);
+    unsafe fn attend_body<const SIMD: bool>(at: &Attention<'_>, s: usize, h: usize, ctx: *mut f32, scratch: &mut Vec<Line>) {
+        let (o, e) = (at.offsets[s] - at.base, at.offsets[s + 1] - at.base);
         let len = e - o;
+        if len == 0 {
+            return;
+        }
         let hd = at.hidden / at.heads;
         let ld = 3 * at.hidden;
         let (qc, kc, vc) = (h * hd, at.hidden + h * hd, 2 * at.hidden + h * hd);
-        if scores.len() < len + hd {
-            scores.resize(len + hd, 0.0);
+        let (kp, vp) = (len.div_ceil(NR), hd.div_ceil(NR));
+        // Lines: Kᵀ panels (kp × hd), V panels (vp × len), scores (MR × kp lines).
+        let need = kp * hd + vp * len + MR * kp;
+        if scratch.len() < need {
+            scratch.resize(need, Line::default());
         }
-        let (p, acc) = scores.split_at_mut(len);
-        let acc = &mut acc[..hd];
-        for i in 0..len {
-            let q = &at.qkv[(o + i) * ld + qc..][..hd];
-            let mut max = f32::NEG_INFINITY;
-            for (j, pj) in p.iter_mut().enumerate() {
-                let kj = &at.qkv[(o + j) * ld + kc..][..hd];
-                *pj = dot(q, kj);
-                max = max.max(*pj);
-            }
-            p.iter_mut().for_each(|x| *x = exp_f(*x - max));
-            let inv = 1.0 / sum(p);
-            acc.fill(0.0);
-            for (j, pj) in p.iter().enumerate() {
-                let vj = &at.qkv[(o + j) * ld + vc..][..hd];
-                for (a, v) in acc.iter_mut().zip(vj) {
-                    *a += pj * v;
+        let (kt, rest) = scratch.split_at_mut(kp * hd);
+        let (vt, sc) = rest.split_at_mut(vp * len);
+        let qkv = at.qkv;
+        for p in 0..kp {
+            for c in 0..hd {
+                let line = &mut kt[p * hd + c].0;
+                for (l, x) in line.iter_mut().enumerate() {
+                    let j = p * NR + l;
+                    *x = if j < len { qkv[(o + j) * ld + kc + c] } else { 0.0 };
                 }
             }
-            // SAFETY: each (sequence, head) unit writes its own rows × head columns.
-            let out = unsafe { std::slice::from_raw_parts_mut(ctx.add((o + i) * at.hidden + qc), hd) };
-            for (d, a) in out.iter_mut().zip(acc.iter()) {
-                *d = a * inv;
+        }
+        for p in 0..vp {
+            for j in 0..len {
+                let line = &mut vt[p * len + j].0;
+                let row = &qkv[(o + j) * ld + vc..(o + j) * ld + vc + hd];
+                for (l, x) in line.iter_mut().enumerate() {
+                    let c = p * NR + l;
+                    *x = if c < hd { row[c] } else { 0.0 };
+                }
+            }
+        }
+        let sld = kp * NR; // score row stride (floats)
+        let sp = sc.as_mut_ptr() as *mut f32;
+        let mut tile = [[0f32; NR]; MR];
+        let ntiles = len.div_ceil(MR);
+        for t in 0..ntiles {
+            let (ts, mr) = tile_rows(len, t, ntiles);
+            let q = qkv.as_ptr().add((o + ts) * ld + qc);
+            for p in 0..kp {
+                micro::<SIMD>(mr, q, ld, kt[p * hd..].as_ptr() as *const f32, hd, &mut tile);
+                for (r, trow) in tile.iter().enumerate().take(mr) {
+                    std::ptr::copy_nonoverlapping(trow.as_ptr(), sp.add(r * sld + p * NR), NR);
+                }
+            }
+            for r in 0..mr {
+                let row = std::slice::from_raw_parts_mut(sp.add(r * sld), len);
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                row.iter_mut().for_each(|x| *x = exp_f(*x - max));
+                let inv = 1.0 / sum(row);
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            for p in 0..vp {
+                micro::<SIMD>(mr, sp, sld, vt[p * len..].as_ptr() as *const f32, len, &mut tile);
+                let ncols = NR.min(hd - p * NR);
+                for (r, trow) in tile.iter().enumerate().take(mr) {
+                    // SAFETY: each (sequence, head) unit writes its own rows × head columns.
+                    std::ptr::copy_nonoverlapping(trow.as_ptr(), ctx.add((o + ts + r) * at.hidden + qc + p * NR), ncols);
+                }
             }
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(at: &Attention<'_>, s: usize, h: usize, ctx: *mut f32, scores: &mut Vec<f32>) {
-        attend_body(at, s, h, ctx, scores)
+    unsafe fn attend_avx2(at: &Attention<'_>, s: usize, h: usize, ctx: *mut f32, scratch: &mut Vec<Line>) {
+        attend_body::<true>(at, s, h, ctx, scratch)
     }
 
     thread_local! {
-        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Self-attention of every sequence over its own tokens: `ctx[T, H]` = softmax(QKᵀ)V per
-    /// head. Units of (sequence, head) run in parallel.
-    pub fn attention(at: &Attention<'_>, ctx: &mut [f32]) {
+    /// head. Units of (sequence, head) run in parallel when `par`.
+    pub fn attention(at: &Attention<'_>, ctx: &mut [f32], par: bool) {
         let seqs = at.offsets.len() - 1;
-        let total = *at.offsets.last().unwrap_or(&0);
+        let total = at.offsets[seqs] - at.base;
+        assert!(at.offsets[0] >= at.base);
         assert!(at.qkv.len() >= total * 3 * at.hidden && ctx.len() >= total * at.hidden);
         let units = seqs * at.heads;
         let cp = SyncPtr(ctx.as_mut_ptr());
         // Work per unit ∝ len²; aim for chunks of a few thousand token pairs.
         let pairs: usize = (0..seqs).map(|s| (at.offsets[s + 1] - at.offsets[s]).pow(2)).sum::<usize>() * at.heads;
         let min_chunk = (units * 4096).div_ceil(pairs.max(1)).max(1);
-        par_ranges(units, min_chunk, move |u0, u1| {
+        par_ranges(par, units, min_chunk, move |u0, u1| {
             let cp = cp;
-            SCORES.with(|sc| {
-                let mut scores = sc.borrow_mut();
+            SCRATCH.with(|sc| {
+                let mut scratch = sc.borrow_mut();
                 for u in u0..u1 {
                     let (s, h) = (u / at.heads, u % at.heads);
+                    // SAFETY: bounds checked above; units write disjoint parts of `ctx`.
                     #[cfg(target_arch = "x86_64")]
                     if simd() {
-                        unsafe { attend_avx2(at, s, h, cp.0, &mut scores) };
+                        unsafe { attend_avx2(at, s, h, cp.0, &mut scratch) };
                         continue;
                     }
-                    attend_body(at, s, h, cp.0, &mut scores);
+                    unsafe { attend_body::<false>(at, s, h, cp.0, &mut scratch) };
                 }
             });
         });
@@ -625,6 +671,7 @@ struct Layer {
 #[derive(Default)]
 pub struct Scratch {
     offsets: Vec<usize>,
+    groups: Vec<(usize, usize)>,
     hidden: Vec<f32>,
     qkv: Vec<f32>,
     ctx: Vec<f32>,
@@ -768,37 +815,98 @@ impl PackedBert {
             if n > st.seq_len || n > c.max_position {
                 return Err(format!("row {r} has {n} tokens (padded length {}, model limit {})", st.seq_len, c.max_position));
             }
+            if let Some(&bad) = st.ids[r * st.seq_len..r * st.seq_len + n].iter().find(|&&id| id as usize >= c.vocab) {
+                return Err(format!("token id {bad} is outside the vocabulary ({})", c.vocab));
+            }
             t += n;
             sc.offsets.push(t);
         }
-        let hidden = grow(&mut sc.hidden, t * h);
-        self.embed(st, &sc.offsets, hidden)?;
-        let qkv = grow(&mut sc.qkv, t * 3 * h);
-        let ctx = grow(&mut sc.ctx, t * h);
-        let ffn = grow(&mut sc.ffn, t * c.intermediate);
-        for layer in &self.layers {
-            kernels::linear(hidden, t, &layer.qkv, qkv, Store::Set(Act::None));
-            kernels::attention(&Attention { qkv, offsets: &sc.offsets, hidden: h, heads: c.heads }, ctx);
-            kernels::linear(ctx, t, &layer.attn_out, hidden, Store::Add);
-            kernels::layer_norm(hidden, h, &layer.ln1.0, &layer.ln1.1, c.eps);
-            kernels::linear(hidden, t, &layer.ffn_in, ffn, Store::Set(c.act));
-            kernels::linear(ffn, t, &layer.ffn_out, hidden, Store::Add);
-            kernels::layer_norm(hidden, h, &layer.ln2.0, &layer.ln2.1, c.eps);
+        grow(&mut sc.hidden, t * h);
+        grow(&mut sc.qkv, t * 3 * h);
+        grow(&mut sc.ctx, t * h);
+        grow(&mut sc.ffn, t * c.intermediate);
+        let threads = rayon::current_num_threads();
+        plan_groups(&sc.offsets, threads, &mut sc.groups);
+        let bufs = Bufs { hidden: sc.hidden.as_mut_ptr(), qkv: sc.qkv.as_mut_ptr(), ctx: sc.ctx.as_mut_ptr(), ffn: sc.ffn.as_mut_ptr() };
+        if sc.groups.len() <= 1 {
+            // Few tokens: one pass over all of them, each operation split over the threads.
+            // SAFETY: the buffers were grown to `t` rows above.
+            unsafe { self.encode_rows(st, &sc.offsets, 0, bufs, true) };
+        } else {
+            // Many tokens: groups of whole sequences go through the entire encoder as one
+            // task each (no synchronisation between operations, a group's activations stay
+            // in cache); tasks run in parallel.
+            let (offsets, groups) = (&sc.offsets, &sc.groups);
+            let run = |g: usize| {
+                // Copy the raw-pointer bundle into the task (not a shared reference to it).
+                #[allow(clippy::redundant_locals)]
+                let bufs = bufs;
+                let (s0, s1) = groups[g];
+                // SAFETY: groups cover disjoint row ranges of the buffers.
+                unsafe { self.encode_rows(st, &offsets[s0..=s1], s0, bufs, false) };
+            };
+            if threads > 1 {
+                use rayon::prelude::*;
+                (0..groups.len()).into_par_iter().with_max_len(1).for_each(run);
+            } else {
+                (0..groups.len()).for_each(run);
+            }
         }
-        Ok(f(hidden, &sc.offsets))
+        Ok(f(&sc.hidden[..t * h], &sc.offsets))
+    }
+
+    /// Runs the encoder on sequences `seq0..seq0 + offsets.len() - 1` of the batch, whose
+    /// tokens are rows `offsets[0]..offsets[last]` of the buffers.
+    ///
+    /// # Safety
+    /// The buffers hold those rows, and no other thread touches them meanwhile.
+    unsafe fn encode_rows(&self, st: &HostStaging, offsets: &[usize], seq0: usize, bufs: Bufs, par: bool) {
+        let c = &self.config;
+        let (h, inter) = (c.hidden, c.intermediate);
+        let r0 = offsets[0];
+        let m = offsets[offsets.len() - 1] - r0;
+        let hidden = std::slice::from_raw_parts_mut(bufs.hidden.add(r0 * h), m * h);
+        let qkv = std::slice::from_raw_parts_mut(bufs.qkv.add(r0 * 3 * h), m * 3 * h);
+        let ctx = std::slice::from_raw_parts_mut(bufs.ctx.add(r0 * h), m * h);
+        let ffn = std::slice::from_raw_parts_mut(bufs.ffn.add(r0 * inter), m * inter);
+        let mut clock = profile::Clock::start();
+        self.embed(st, offsets, seq0, hidden, par);
+        clock.lap(profile::Op::Embed);
+        // The feed-forward block runs on row chunks, so that a chunk's [rows, I] activations
+        // stay in L2 between the two products (single-threaded tasks only).
+        let chunk = if par { m.max(1) } else { FFN_ROWS };
+        for layer in &self.layers {
+            kernels::linear(hidden, m, &layer.qkv, qkv, Store::Set(Act::None), par);
+            clock.lap(profile::Op::Qkv);
+            kernels::attention(&Attention { qkv, offsets, base: r0, hidden: h, heads: c.heads }, ctx, par);
+            clock.lap(profile::Op::Attention);
+            kernels::linear(ctx, m, &layer.attn_out, hidden, Store::Add, par);
+            clock.lap(profile::Op::AttnOut);
+            kernels::layer_norm(hidden, h, &layer.ln1.0, &layer.ln1.1, c.eps, par);
+            clock.lap(profile::Op::LayerNorm);
+            let mut i = 0;
+            while i < m {
+                let n = chunk.min(m - i);
+                let hc = &mut hidden[i * h..(i + n) * h];
+                let fc = &mut ffn[i * inter..(i + n) * inter];
+                kernels::linear(hc, n, &layer.ffn_in, fc, Store::Set(c.act), par);
+                clock.lap(profile::Op::FfnIn);
+                kernels::linear(fc, n, &layer.ffn_out, hc, Store::Add, par);
+                clock.lap(profile::Op::FfnOut);
+                i += n;
+            }
+            kernels::layer_norm(hidden, h, &layer.ln2.0, &layer.ln2.1, c.eps, par);
+            clock.lap(profile::Op::LayerNorm);
+        }
     }
 
     /// word + position (0..len per sequence) + token type 0, then LayerNorm.
-    fn embed(&self, st: &HostStaging, offsets: &[usize], hidden: &mut [f32]) -> Result<(), String> {
+    fn embed(&self, st: &HostStaging, offsets: &[usize], seq0: usize, hidden: &mut [f32], par: bool) {
         let h = self.config.hidden;
-        for r in 0..st.rows {
-            let n = offsets[r + 1] - offsets[r];
-            if let Some(&bad) = st.ids[r * st.seq_len..r * st.seq_len + n].iter().find(|&&id| id as usize >= self.config.vocab) {
-                return Err(format!("token id {bad} is outside the vocabulary ({})", self.config.vocab));
-            }
-        }
-        for r in 0..st.rows {
-            let (o, e) = (offsets[r], offsets[r + 1]);
+        let r0 = offsets[0];
+        for s in 0..offsets.len() - 1 {
+            let r = seq0 + s;
+            let (o, e) = (offsets[s] - r0, offsets[s + 1] - r0);
             for (t, dst) in hidden[o * h..e * h].chunks_exact_mut(h).enumerate() {
                 let id = st.ids[r * st.seq_len + t] as usize;
                 let w = &self.word[id * h..(id + 1) * h];
@@ -808,10 +916,111 @@ impl PackedBert {
                 }
             }
         }
-        kernels::layer_norm(hidden, h, &self.emb_ln.0, &self.emb_ln.1, self.config.eps);
-        Ok(())
+        kernels::layer_norm(hidden, h, &self.emb_ln.0, &self.emb_ln.1, self.config.eps, par);
     }
 }
+
+/// Optional time per encoder operation (off by default; one relaxed atomic load per
+/// operation when off). In group mode the times of concurrent tasks add up (CPU time).
+pub mod profile {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+
+    /// Encoder operations.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Op {
+        Embed,
+        Qkv,
+        Attention,
+        AttnOut,
+        LayerNorm,
+        FfnIn,
+        FfnOut,
+    }
+
+    /// Names of the operations, in `Op` order.
+    pub const NAMES: [&str; 7] = ["embed", "qkv", "attention", "attn_out", "layer_norm", "ffn_in", "ffn_out"];
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static NANOS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+
+    /// Turns collection on or off.
+    pub fn enable(on: bool) {
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    /// Seconds per operation since the last call (and resets).
+    pub fn take() -> [(&'static str, f64); 7] {
+        let mut out = [("", 0.0); 7];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (NAMES[i], NANOS[i].swap(0, Ordering::Relaxed) as f64 * 1e-9);
+        }
+        out
+    }
+
+    pub(super) struct Clock(Option<Instant>);
+
+    impl Clock {
+        pub(super) fn start() -> Self {
+            Clock(ON.load(Ordering::Relaxed).then(Instant::now))
+        }
+
+        pub(super) fn lap(&mut self, op: Op) {
+            if let Some(t) = &mut self.0 {
+                let now = Instant::now();
+                NANOS[op as usize].fetch_add((now - *t).as_nanos() as u64, Ordering::Relaxed);
+                *t = now;
+            }
+        }
+    }
+}
+
+/// Rows of one feed-forward chunk in single-threaded group tasks.
+const FFN_ROWS: usize = 96;
+
+/// Token counts per group task: a batch of at least `2 · threads · GROUP_MIN` tokens is cut
+/// into groups of whole sequences of about `T / (4 · threads)` tokens, clamped to
+/// `GROUP_MIN..=GROUP_MAX`; smaller batches run as one group split per operation.
+pub static GROUP_MIN: AtomicUsize = AtomicUsize::new(48);
+pub static GROUP_MAX: AtomicUsize = AtomicUsize::new(256);
+
+/// Cuts the sequences (`offsets`) into groups `(first, end)` of about equal token counts.
+fn plan_groups(offsets: &[usize], threads: usize, out: &mut Vec<(usize, usize)>) {
+    out.clear();
+    let seqs = offsets.len() - 1;
+    let t = offsets[seqs];
+    let (gmin, gmax) = (GROUP_MIN.load(Ordering::Relaxed).max(1), GROUP_MAX.load(Ordering::Relaxed).max(1));
+    if seqs < 2 || t < 2 * threads.max(1) * gmin {
+        out.push((0, seqs));
+        return;
+    }
+    let target = (t / (4 * threads.max(1))).clamp(gmin, gmax.max(gmin));
+    let mut start = 0;
+    for s in 0..seqs {
+        if offsets[s + 1] - offsets[start] >= target {
+            out.push((start, s + 1));
+            start = s + 1;
+        }
+    }
+    if start < seqs {
+        // A short tail joins the previous group.
+        match out.last_mut() {
+            Some(last) if offsets[seqs] - offsets[start] < target / 2 => last.1 = seqs,
+            _ => out.push((start, seqs)),
+        }
+    }
+}
+
+/// Raw pointers to the scratch buffers, shared by group tasks (each touches its own rows).
+#[derive(Clone, Copy)]
+struct Bufs {
+    hidden: *mut f32,
+    qkv: *mut f32,
+    ctx: *mut f32,
+    ffn: *mut f32,
+}
+unsafe impl Send for Bufs {}
+unsafe impl Sync for Bufs {}
 
 /// Pools packed states (`[T, H]`, sequence `r` = rows `offsets[r]..offsets[r+1]`) into
 /// `out[rows, H]`: mean of the sequence's rows or its first (`[CLS]`) row, then optional L2
