@@ -18,7 +18,6 @@
 //! to cosine > 0.99999 (`tests/packed_bert.rs`).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
@@ -240,7 +239,7 @@ pub mod kernels {
                         Store::Add if last => Some(Act::None),
                         _ => None,
                     };
-                    store_tile(&tile, mr, ncols, cp, n, accumulate, act.map(|a| (bias, a)));
+                    store_tile::<SIMD>(&tile, mr, ncols, cp, n, accumulate, act.map(|a| (bias, a)));
                 }
             }
             k0 += kc;
@@ -328,26 +327,26 @@ pub mod kernels {
     }
 
     #[inline(always)]
-    unsafe fn store_tile(tile: &[[f32; NR]; MR], mr: usize, ncols: usize, c: *mut f32, ldc: usize, accumulate: bool, fin: Option<(&[f32], Act)>) {
+    unsafe fn store_tile<const F: bool>(tile: &[[f32; NR]; MR], mr: usize, ncols: usize, c: *mut f32, ldc: usize, accumulate: bool, fin: Option<(&[f32], Act)>) {
         for (r, trow) in tile.iter().enumerate().take(mr) {
             let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), ncols);
             if ncols == NR {
                 let mut v = *trow;
-                finish(&mut v, dst, accumulate, fin);
+                finish::<F>(&mut v, dst, accumulate, fin);
                 dst.copy_from_slice(&v);
             } else {
                 let mut v = [0f32; NR];
                 v[..ncols].copy_from_slice(&trow[..ncols]);
                 let mut d = [0f32; NR];
                 d[..ncols].copy_from_slice(dst);
-                finish(&mut v, &d, accumulate, fin);
+                finish::<F>(&mut v, &d, accumulate, fin);
                 dst.copy_from_slice(&v[..ncols]);
             }
         }
     }
 
     #[inline(always)]
-    fn finish(v: &mut [f32; NR], old: &[f32], accumulate: bool, fin: Option<(&[f32], Act)>) {
+    fn finish<const F: bool>(v: &mut [f32; NR], old: &[f32], accumulate: bool, fin: Option<(&[f32], Act)>) {
         if accumulate {
             for (x, o) in v.iter_mut().zip(old) {
                 *x += *o;
@@ -357,17 +356,27 @@ pub mod kernels {
             for (x, b) in v.iter_mut().zip(bias) {
                 *x += *b;
             }
-            apply_act(v, act);
+            apply_act::<F>(v, act);
         }
     }
 
     #[inline(always)]
-    fn apply_act(v: &mut [f32], act: Act) {
+    fn apply_act<const F: bool>(v: &mut [f32], act: Act) {
         match act {
             Act::None => {}
-            Act::GeluErf => v.iter_mut().for_each(|x| *x = gelu_erf(*x)),
-            Act::GeluTanh => v.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
+            Act::GeluErf => v.iter_mut().for_each(|x| *x = gelu_erf_impl::<F>(*x)),
+            Act::GeluTanh => v.iter_mut().for_each(|x| *x = gelu_tanh_impl::<F>(*x)),
             Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+        }
+    }
+
+    /// `a · b + c`, fused when `F` (the caller runs with FMA enabled).
+    #[inline(always)]
+    fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+        if F {
+            a.mul_add(b, c)
+        } else {
+            a * b + c
         }
     }
 
@@ -375,15 +384,23 @@ pub mod kernels {
     /// polynomial (relative error ~1e-7). Saturates below -87 (→ ~0) and above 88.
     #[inline(always)]
     pub fn exp_f(x: f32) -> f32 {
+        exp_impl::<false>(x)
+    }
+
+    #[inline(always)]
+    fn exp_impl<const F: bool>(x: f32) -> f32 {
         // 1.5 · 2²³: adding it rounds to an integer, which then sits in the low mantissa bits
         // (no float-to-int conversion, which does not vectorize with Rust's saturating `as`).
         const SHIFT: f32 = 12_582_912.0;
         let x = x.clamp(-87.0, 88.0);
-        let big = x * std::f32::consts::LOG2_E + SHIFT;
+        let big = fma::<F>(x, std::f32::consts::LOG2_E, SHIFT);
         let n = big - SHIFT;
         // ln 2 split in a part exact in f32 and the rest (Cody-Waite reduction).
-        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-        let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+        let r = fma::<F>(n, 2.121_944_4e-4, fma::<F>(n, -0.693_359_4, x));
+        let mut p = 1.0 / 5040.0;
+        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = fma::<F>(p, r, c);
+        }
         // 2^n: n + 127 in the exponent field.
         let e = big.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(127) << 23;
         p * f32::from_bits(e)
@@ -393,14 +410,26 @@ pub mod kernels {
     /// |x| ≥ 0.5, its Maclaurin series to x¹¹ below that (where 7.1.26 loses to cancellation).
     #[inline(always)]
     pub fn erf_f(x: f32) -> f32 {
+        erf_impl::<false>(x)
+    }
+
+    #[inline(always)]
+    fn erf_impl<const F: bool>(x: f32) -> f32 {
         let a = x.abs();
-        let t = 1.0 / (1.0 + 0.327_591_1 * a);
-        let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
-        let big = (1.0 - poly * exp_f(-a * a)).copysign(x);
+        let t = 1.0 / fma::<F>(0.327_591_1, a, 1.0);
+        let mut poly = 1.061_405_4;
+        for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+            poly = fma::<F>(poly, t, c);
+        }
+        poly *= t;
+        let big = fma::<F>(-poly, exp_impl::<F>(-a * a), 1.0).copysign(x);
         let x2 = x * x;
-        let series = x * (std::f32::consts::FRAC_2_SQRT_PI + x2 * (-0.376_126_4 + x2 * (0.112_837_92 + x2 * (-0.026_866_17 + x2 * (0.005_223_977 - x2 * 0.000_854_832)))));
+        let mut series = -0.000_854_832_7;
+        for c in [0.005_223_977_6, -0.026_866_17, 0.112_837_92, -0.376_126_4, std::f32::consts::FRAC_2_SQRT_PI] {
+            series = fma::<F>(series, x2, c);
+        }
         if a < 0.5 {
-            series
+            x * series
         } else {
             big
         }
@@ -409,16 +438,28 @@ pub mod kernels {
     /// GELU with the exact normal CDF: `0.5 x (1 + erf(x / √2))`.
     #[inline(always)]
     pub fn gelu_erf(x: f32) -> f32 {
-        0.5 * x * (1.0 + erf_f(x * std::f32::consts::FRAC_1_SQRT_2))
+        gelu_erf_impl::<false>(x)
+    }
+
+    #[inline(always)]
+    fn gelu_erf_impl<const F: bool>(x: f32) -> f32 {
+        let hx = 0.5 * x;
+        fma::<F>(hx, erf_impl::<F>(x * std::f32::consts::FRAC_1_SQRT_2), hx)
     }
 
     /// GELU, tanh approximation.
     #[inline(always)]
     pub fn gelu_tanh(x: f32) -> f32 {
-        let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+        gelu_tanh_impl::<false>(x)
+    }
+
+    #[inline(always)]
+    fn gelu_tanh_impl<const F: bool>(x: f32) -> f32 {
+        let u = 0.797_884_6 * fma::<F>(0.044_715 * x * x, x, x);
         // tanh(u) = 1 - 2 / (e^{2u} + 1)
-        let th = 1.0 - 2.0 / (exp_f(2.0 * u) + 1.0);
-        0.5 * x * (1.0 + th)
+        let th = 1.0 - 2.0 / (exp_impl::<F>(2.0 * u) + 1.0);
+        let hx = 0.5 * x;
+        fma::<F>(hx, th, hx)
     }
 
     /// Sum of `a[i] * b[i]`, 8 independent lanes (vectorizes without reassociation).
@@ -565,7 +606,7 @@ pub mod kernels {
             for r in 0..mr {
                 let row = std::slice::from_raw_parts_mut(sp.add(r * sld), len);
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                row.iter_mut().for_each(|x| *x = exp_f(*x - max));
+                row.iter_mut().for_each(|x| *x = exp_impl::<SIMD>(*x - max));
                 let inv = 1.0 / sum(row);
                 row.iter_mut().for_each(|x| *x *= inv);
             }
@@ -671,7 +712,6 @@ struct Layer {
 #[derive(Default)]
 pub struct Scratch {
     offsets: Vec<usize>,
-    groups: Vec<(usize, usize)>,
     hidden: Vec<f32>,
     qkv: Vec<f32>,
     ctx: Vec<f32>,
@@ -805,7 +845,7 @@ impl PackedBert {
 
     fn run<R>(&self, st: &HostStaging, sc: &mut Scratch, f: impl FnOnce(&[f32], &[usize]) -> R) -> Result<R, String> {
         let c = &self.config;
-        let h = c.hidden;
+        let (h, inter) = (c.hidden, c.intermediate);
         let rows = st.rows;
         sc.offsets.clear();
         sc.offsets.push(0);
@@ -821,92 +861,43 @@ impl PackedBert {
             t += n;
             sc.offsets.push(t);
         }
-        grow(&mut sc.hidden, t * h);
-        grow(&mut sc.qkv, t * 3 * h);
-        grow(&mut sc.ctx, t * h);
-        grow(&mut sc.ffn, t * c.intermediate);
-        let threads = rayon::current_num_threads();
-        plan_groups(&sc.offsets, threads, &mut sc.groups);
-        let bufs = Bufs { hidden: sc.hidden.as_mut_ptr(), qkv: sc.qkv.as_mut_ptr(), ctx: sc.ctx.as_mut_ptr(), ffn: sc.ffn.as_mut_ptr() };
-        if sc.groups.len() <= 1 {
-            // Few tokens: one pass over all of them, each operation split over the threads.
-            // SAFETY: the buffers were grown to `t` rows above.
-            unsafe { self.encode_rows(st, &sc.offsets, 0, bufs, true) };
-        } else {
-            // Many tokens: groups of whole sequences go through the entire encoder as one
-            // task each (no synchronisation between operations, a group's activations stay
-            // in cache); tasks run in parallel.
-            let (offsets, groups) = (&sc.offsets, &sc.groups);
-            let run = |g: usize| {
-                // Copy the raw-pointer bundle into the task (not a shared reference to it).
-                #[allow(clippy::redundant_locals)]
-                let bufs = bufs;
-                let (s0, s1) = groups[g];
-                // SAFETY: groups cover disjoint row ranges of the buffers.
-                unsafe { self.encode_rows(st, &offsets[s0..=s1], s0, bufs, false) };
-            };
-            if threads > 1 {
-                use rayon::prelude::*;
-                (0..groups.len()).into_par_iter().with_max_len(1).for_each(run);
-            } else {
-                (0..groups.len()).for_each(run);
-            }
-        }
-        Ok(f(&sc.hidden[..t * h], &sc.offsets))
-    }
-
-    /// Runs the encoder on sequences `seq0..seq0 + offsets.len() - 1` of the batch, whose
-    /// tokens are rows `offsets[0]..offsets[last]` of the buffers.
-    ///
-    /// # Safety
-    /// The buffers hold those rows, and no other thread touches them meanwhile.
-    unsafe fn encode_rows(&self, st: &HostStaging, offsets: &[usize], seq0: usize, bufs: Bufs, par: bool) {
-        let c = &self.config;
-        let (h, inter) = (c.hidden, c.intermediate);
-        let r0 = offsets[0];
-        let m = offsets[offsets.len() - 1] - r0;
-        let hidden = std::slice::from_raw_parts_mut(bufs.hidden.add(r0 * h), m * h);
-        let qkv = std::slice::from_raw_parts_mut(bufs.qkv.add(r0 * 3 * h), m * 3 * h);
-        let ctx = std::slice::from_raw_parts_mut(bufs.ctx.add(r0 * h), m * h);
-        let ffn = std::slice::from_raw_parts_mut(bufs.ffn.add(r0 * inter), m * inter);
+        // Every operation runs on all T rows, split over the pool's threads. (Running groups
+        // of whole sequences through the entire encoder as one task each, with no
+        // synchronisation between operations, measured 5-10% slower with 2 threads: each
+        // thread then streams all the weights on its own instead of both sharing one
+        // layer's weights in L3.)
+        let offsets = &sc.offsets[..];
+        let hidden = grow(&mut sc.hidden, t * h);
+        let qkv = grow(&mut sc.qkv, t * 3 * h);
+        let ctx = grow(&mut sc.ctx, t * h);
+        let ffn = grow(&mut sc.ffn, t * inter);
         let mut clock = profile::Clock::start();
-        self.embed(st, offsets, seq0, hidden, par);
+        self.embed(st, offsets, hidden);
         clock.lap(profile::Op::Embed);
-        // The feed-forward block runs on row chunks, so that a chunk's [rows, I] activations
-        // stay in L2 between the two products (single-threaded tasks only).
-        let chunk = if par { m.max(1) } else { FFN_ROWS };
         for layer in &self.layers {
-            kernels::linear(hidden, m, &layer.qkv, qkv, Store::Set(Act::None), par);
+            kernels::linear(hidden, t, &layer.qkv, qkv, Store::Set(Act::None), true);
             clock.lap(profile::Op::Qkv);
-            kernels::attention(&Attention { qkv, offsets, base: r0, hidden: h, heads: c.heads }, ctx, par);
+            kernels::attention(&Attention { qkv, offsets, base: 0, hidden: h, heads: c.heads }, ctx, true);
             clock.lap(profile::Op::Attention);
-            kernels::linear(ctx, m, &layer.attn_out, hidden, Store::Add, par);
+            kernels::linear(ctx, t, &layer.attn_out, hidden, Store::Add, true);
             clock.lap(profile::Op::AttnOut);
-            kernels::layer_norm(hidden, h, &layer.ln1.0, &layer.ln1.1, c.eps, par);
+            kernels::layer_norm(hidden, h, &layer.ln1.0, &layer.ln1.1, c.eps, true);
             clock.lap(profile::Op::LayerNorm);
-            let mut i = 0;
-            while i < m {
-                let n = chunk.min(m - i);
-                let hc = &mut hidden[i * h..(i + n) * h];
-                let fc = &mut ffn[i * inter..(i + n) * inter];
-                kernels::linear(hc, n, &layer.ffn_in, fc, Store::Set(c.act), par);
-                clock.lap(profile::Op::FfnIn);
-                kernels::linear(fc, n, &layer.ffn_out, hc, Store::Add, par);
-                clock.lap(profile::Op::FfnOut);
-                i += n;
-            }
-            kernels::layer_norm(hidden, h, &layer.ln2.0, &layer.ln2.1, c.eps, par);
+            kernels::linear(hidden, t, &layer.ffn_in, ffn, Store::Set(c.act), true);
+            clock.lap(profile::Op::FfnIn);
+            kernels::linear(ffn, t, &layer.ffn_out, hidden, Store::Add, true);
+            clock.lap(profile::Op::FfnOut);
+            kernels::layer_norm(hidden, h, &layer.ln2.0, &layer.ln2.1, c.eps, true);
             clock.lap(profile::Op::LayerNorm);
         }
+        Ok(f(hidden, offsets))
     }
 
     /// word + position (0..len per sequence) + token type 0, then LayerNorm.
-    fn embed(&self, st: &HostStaging, offsets: &[usize], seq0: usize, hidden: &mut [f32], par: bool) {
+    fn embed(&self, st: &HostStaging, offsets: &[usize], hidden: &mut [f32]) {
         let h = self.config.hidden;
-        let r0 = offsets[0];
-        for s in 0..offsets.len() - 1 {
-            let r = seq0 + s;
-            let (o, e) = (offsets[s] - r0, offsets[s + 1] - r0);
+        for r in 0..offsets.len() - 1 {
+            let (o, e) = (offsets[r], offsets[r + 1]);
             for (t, dst) in hidden[o * h..e * h].chunks_exact_mut(h).enumerate() {
                 let id = st.ids[r * st.seq_len + t] as usize;
                 let w = &self.word[id * h..(id + 1) * h];
@@ -916,7 +907,7 @@ impl PackedBert {
                 }
             }
         }
-        kernels::layer_norm(hidden, h, &self.emb_ln.0, &self.emb_ln.1, self.config.eps, par);
+        kernels::layer_norm(hidden, h, &self.emb_ln.0, &self.emb_ln.1, self.config.eps, true);
     }
 }
 
@@ -974,53 +965,6 @@ pub mod profile {
         }
     }
 }
-
-/// Rows of one feed-forward chunk in single-threaded group tasks.
-const FFN_ROWS: usize = 96;
-
-/// Token counts per group task: a batch of at least `2 · threads · GROUP_MIN` tokens is cut
-/// into groups of whole sequences of about `T / (4 · threads)` tokens, clamped to
-/// `GROUP_MIN..=GROUP_MAX`; smaller batches run as one group split per operation.
-pub static GROUP_MIN: AtomicUsize = AtomicUsize::new(48);
-pub static GROUP_MAX: AtomicUsize = AtomicUsize::new(256);
-
-/// Cuts the sequences (`offsets`) into groups `(first, end)` of about equal token counts.
-fn plan_groups(offsets: &[usize], threads: usize, out: &mut Vec<(usize, usize)>) {
-    out.clear();
-    let seqs = offsets.len() - 1;
-    let t = offsets[seqs];
-    let (gmin, gmax) = (GROUP_MIN.load(Ordering::Relaxed).max(1), GROUP_MAX.load(Ordering::Relaxed).max(1));
-    if seqs < 2 || t < 2 * threads.max(1) * gmin {
-        out.push((0, seqs));
-        return;
-    }
-    let target = (t / (4 * threads.max(1))).clamp(gmin, gmax.max(gmin));
-    let mut start = 0;
-    for s in 0..seqs {
-        if offsets[s + 1] - offsets[start] >= target {
-            out.push((start, s + 1));
-            start = s + 1;
-        }
-    }
-    if start < seqs {
-        // A short tail joins the previous group.
-        match out.last_mut() {
-            Some(last) if offsets[seqs] - offsets[start] < target / 2 => last.1 = seqs,
-            _ => out.push((start, seqs)),
-        }
-    }
-}
-
-/// Raw pointers to the scratch buffers, shared by group tasks (each touches its own rows).
-#[derive(Clone, Copy)]
-struct Bufs {
-    hidden: *mut f32,
-    qkv: *mut f32,
-    ctx: *mut f32,
-    ffn: *mut f32,
-}
-unsafe impl Send for Bufs {}
-unsafe impl Sync for Bufs {}
 
 /// Pools packed states (`[T, H]`, sequence `r` = rows `offsets[r]..offsets[r+1]`) into
 /// `out[rows, H]`: mean of the sequence's rows or its first (`[CLS]`) row, then optional L2
