@@ -29,7 +29,7 @@ use sluice::emit::Outcome;
 use sluice::engine::{Engine, EngineSettings};
 use sluice::ingest::{ContentType, Decoder, Envelope, Limits, Priority, Source};
 use sluice::models::cache::CacheSettings;
-use sluice::models::{ModelCache, Repository};
+use sluice::models::{packed_bert, ModelCache, Repository};
 use sluice::queue::BatchPolicy;
 
 struct Options {
@@ -124,6 +124,8 @@ struct Row {
     gflop_per_s: f64,
     peak_pct: f64,
     load_avg_1m: [f64; 2],
+    /// Share of encoder time per operation (packed CPU encoder only).
+    profile: Vec<(&'static str, f64)>,
 }
 
 fn load_avg() -> f64 {
@@ -248,6 +250,8 @@ fn run() -> Result<(), String> {
         };
         let before = snap(&stats);
         stats.batch_us.lock().reset();
+        packed_bert::profile::enable(true);
+        packed_bert::profile::take();
         let load_before = load_avg();
         let mut elapsed = Duration::ZERO;
         let mut passes = 0usize;
@@ -257,6 +261,10 @@ fn run() -> Result<(), String> {
         }
         let after = snap(&stats);
         let h = stats.batch_us.lock().clone();
+        let prof = packed_bert::profile::take();
+        packed_bert::profile::enable(false);
+        let prof_total: f64 = prof.iter().map(|p| p.1).sum();
+        let profile: Vec<(&'static str, f64)> = if prof_total > 0.0 { prof.iter().map(|&(n, t)| (n, t / prof_total)).collect() } else { Vec::new() };
         engine.shutdown();
         let secs = elapsed.as_secs_f64();
         let sents = (passes * payloads.len()) as u64;
@@ -280,11 +288,15 @@ fn run() -> Result<(), String> {
             gflop_per_s: gflop / secs,
             peak_pct: 100.0 * gflop / secs / o.peak_gflops,
             load_avg_1m: [load_before, load_avg()],
+            profile,
         };
         eprintln!(
             "batch {:4}: {} sentences in {:.2} s = {:.1} sent/s, {:.0} tok/s, {:.1} GFLOP/s ({:.0}% of peak), mean batch {:.1} rows, p50 {:.1} ms, load {:.2}",
             b, row.sentences, secs, row.sentences_per_s, row.tokens_per_s, row.gflop_per_s, row.peak_pct, row.mean_batch_rows, row.batch_ms_p50, row.load_avg_1m[0]
         );
+        if !row.profile.is_empty() {
+            eprintln!("            encoder time: {}", row.profile.iter().map(|(n, f)| format!("{n} {:.1}%", f * 100.0)).collect::<Vec<_>>().join(", "));
+        }
         rows.push(row);
     }
 
