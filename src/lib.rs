@@ -25,3 +25,4 @@ pub mod testkit;
 pub mod kafka;
 pub mod pipeline;
 pub mod demo;
+pub mod loadgen;

@@ -22,7 +22,7 @@ use crate::engine::{Engine, EngineSettings};
 use crate::ingest::{Decoder, Limits};
 use crate::kafka::consumer::{close_in_background, commit_points, IngestContext, IngestShared, IngestThread};
 use crate::kafka::producer::{EmitContext, EmitStats, EmitThread};
-use crate::kafka::{admin, base_client_config, CommitTracker};
+use crate::kafka::{admin, base_client_config, consumer_config, producer_config, CommitTracker};
 use crate::models::ModelCache;
 use crate::telemetry::metrics::OutcomeMetrics;
 use crate::telemetry::EngineStats;
@@ -124,32 +124,17 @@ impl Pipeline {
 
         let tracker = Arc::new(Mutex::new(CommitTracker::new()));
         let emit_stats = Arc::new(EmitStats { outcomes, ..EmitStats::default() });
-        let producer: BaseProducer<EmitContext> = base_client_config(cfg, &format!("{instance}-producer"))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", cfg.kafka.producer.linger_ms.to_string())
-            .set("message.timeout.ms", cfg.kafka.producer.delivery_timeout_ms.to_string())
-            .set("compression.type", "none")
+        let producer: BaseProducer<EmitContext> = producer_config(cfg, &format!("{instance}-producer"))
             .create_with_context(EmitContext::new(tracker.clone(), emit_stats.clone()))
             .map_err(|e| kafka_err(cfg, e))?;
 
         let ingest_shared = IngestShared::new(tracker.clone(), Duration::from_millis(cfg.kafka.consumer.revoke_timeout_ms));
-        let c = &cfg.kafka.consumer;
-        let consumer: BaseConsumer<IngestContext> = base_client_config(cfg, &format!("{instance}-consumer"))
-            .set("group.id", &c.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", c.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", c.heartbeat_interval_ms.to_string())
-            .set("enable.partition.eof", "false")
-            .set("queued.max.messages.kbytes", "16384")
-            .set("fetch.wait.max.ms", "10")
-            .set("isolation.level", "read_committed")
+        let consumer: BaseConsumer<IngestContext> = consumer_config(cfg, &format!("{instance}-consumer"))
             .create_with_context(IngestContext { shared: ingest_shared.clone() })
             .map_err(|e| kafka_err(cfg, e))?;
         consumer.subscribe(&[topics.priority.as_str(), topics.input.as_str()]).map_err(|e| kafka_err(cfg, e))?;
         let consumer = Arc::new(consumer);
+        let c = &cfg.kafka.consumer;
 
         let settings = EngineSettings::from_config(cfg);
         let (tx, rx) = crossbeam_channel::bounded(settings.ring_capacity.max(256));

@@ -166,6 +166,33 @@ fn every_dead_letter_class_lands_in_the_dlq_and_neighbours_are_unaffected() {
 }
 
 #[test]
+fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_truncated_and_commits_go_on() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    let t = setup(&b, "huge", 1);
+    let ok = |i: usize| (None, json(serde_json::json!({"id": format!("ok{i}"), "model": "tabular", "input": [1, 2, 3, 4, 5, 6, 7, 8]})), vec![]);
+    // 1.5 MB: over maxRecordBytes (1 MiB by default) and over what the producer may send
+    // (maxRecordBytes + 256 KiB), so its dead letter cannot carry it whole.
+    let huge = format!(r#"{{"id":"huge","model":"tabular","input":"{}"}}"#, "h".repeat(1_500_000)).into_bytes();
+    let records: Vec<Record> = vec![ok(0), (Some(b"huge-key".to_vec()), huge.clone(), vec![]), ok(1)];
+    b.produce(&t.input, &records, Some(0)).unwrap();
+    let cfg = config(&b, &t, &repo.path());
+    let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
+    let (out, dlq) = outcomes(&b, &t, 3, Duration::from_secs(60));
+    let report = pipeline.stop();
+    assert_eq!(out.len(), 2, "both neighbours answered");
+    assert_eq!(dlq.len(), 1);
+    let d = &dlq[0];
+    assert_eq!(header(d, "sluice.error.class"), Some("too_large"));
+    let reason = header(d, "sluice.error.reason").unwrap_or_default();
+    assert!(reason.contains("truncated to its first 65536 of"), "{reason}");
+    assert_eq!(d.value.len(), sluice::kafka::producer::DLQ_TRUNCATED_BYTES);
+    assert_eq!(d.value[..], huge[..d.value.len()], "the dead letter starts with the original bytes");
+    assert_eq!(d.key.as_deref(), Some(&b"huge-key"[..]));
+    assert_eq!(committed(&b, &t, 1), vec![3], "the partition's commits were not blocked ({report:?})");
+}
+
+#[test]
 fn graceful_restart_loses_nothing_and_duplicates_nothing() {
     let b = TestBroker::start().expect("broker");
     let repo = TestRepo::new();

@@ -35,6 +35,10 @@ pub struct EmitStats {
     pub outcomes: Arc<crate::telemetry::metrics::OutcomeMetrics>,
 }
 
+/// A dead letter whose value the producer or broker refuses as too large is sent again with
+/// only this many leading bytes of it.
+pub const DLQ_TRUNCATED_BYTES: usize = 64 * 1024;
+
 /// A record being produced, kept until it is acknowledged so it can be sent again.
 pub struct PendingRecord {
     topic: Arc<str>,
@@ -262,6 +266,19 @@ impl EmitThread {
     }
 
     fn fail(&self, mut rec: Box<PendingRecord>, e: KafkaError, retries: &mut BinaryHeap<Reverse<Retry>>) {
+        if let (KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), Some(headers)) = (&e, rec.headers.as_mut()) {
+            if rec.value.len() > DLQ_TRUNCATED_BYTES {
+                // The record itself is what is too large (a `too_large` request, typically):
+                // a dead letter of its first bytes beats one that can never be written and
+                // blocks the partition's commits. The reason header says so.
+                let n = rec.value.len();
+                rec.value = rec.value.slice(..DLQ_TRUNCATED_BYTES);
+                headers[1].1.push_str(&format!(" [dead-letter value truncated to its first {DLQ_TRUNCATED_BYTES} of {n} bytes: the producer or broker refused the whole record]"));
+                tracing::warn!(topic = %rec.topic, bytes = n, "dead letter too large to produce; sending its first {DLQ_TRUNCATED_BYTES} bytes");
+                retries.push(Reverse(Retry { at: Instant::now(), rec }));
+                return;
+            }
+        }
         if rec.attempts >= self.max_attempts {
             self.stats().undeliverable.fetch_add(1, Ordering::Relaxed);
             match &rec.source {

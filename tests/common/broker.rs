@@ -233,10 +233,11 @@ impl TestBroker {
         c
     }
 
-    /// Producer settings: `linger.ms=5` (keep it >= 5 against Tansu), `acks=all`.
+    /// Producer settings: `linger.ms=5` (keep it >= 5 against Tansu), `acks=all`, records up
+    /// to 8 MiB (tests of oversized requests).
     pub fn producer_config(&self) -> ClientConfig {
         let mut c = self.base_config();
-        c.set("linger.ms", "5").set("acks", "all");
+        c.set("linger.ms", "5").set("acks", "all").set("message.max.bytes", "8388608");
         c
     }
 

