@@ -121,6 +121,7 @@ enum LoadgenCommand {
 }
 
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 struct LoadgenRun {
     /// Kafka bootstrap servers.
     #[arg(long, default_value = "127.0.0.1:9092")]
@@ -189,7 +190,7 @@ struct LoadgenRun {
     /// The broker, in words, for the report.
     #[arg(long, default_value = "")]
     broker: String,
-    /// Sluice commit for the report [default: $SLUICE_COMMIT, else `git rev-parse --short HEAD`].
+    /// Sluice commit for the report [default: $SLUICE_BENCH_COMMIT, else `git rev-parse --short HEAD`].
     #[arg(long)]
     commit: Option<String>,
     /// Write the JSON report here.
@@ -332,7 +333,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn git_commit() -> String {
-    if let Ok(c) = std::env::var("SLUICE_COMMIT") {
+    if let Ok(c) = std::env::var("SLUICE_BENCH_COMMIT") {
         return c;
     }
     std::process::Command::new("git")
@@ -370,6 +371,7 @@ fn loadgen(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
                 step: step::StepSpec { rate: 0.0, arrival: a.arrival, duration: a.duration, warmup: a.warmup, drain_timeout: a.drain_timeout, workload: wl.clone() },
             };
             eprintln!("loadgen: {} against {} ({}), model {}", a.system, a.bootstrap, a.rates, a.model);
+            let load_before = report::load_avg_1m();
             let outcome = sweep::run_sweep(&target, &spec, &stop, |s| {
                 eprintln!(
                     "  {:>8.0}/s offered  {:>8.0}/s out  p50 {:>8.1} ms  p99 {:>8.1} ms  p99.9 {:>8.1} ms  max {:>8.1} ms  batch {:>5}  dlq {:>5}  missing {}  -> {}",
@@ -401,6 +403,7 @@ fn loadgen(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
                 workload: Some(wl),
                 arrival: Some(a.arrival),
                 criteria: Some(criteria),
+                load_avg_1m: load_before.into_iter().chain(report::load_avg_1m()).collect(),
                 sweep: outcome,
             };
             if let Some(out) = &a.out {

@@ -1,52 +1,83 @@
 //! The passthrough baseline: consume → produce with Sluice's own client settings and no model.
 //! What it reaches is the floor that the broker and the Kafka client impose on any pipeline.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::kafka::consumer::close_in_background;
-use crate::kafka::{admin, base_client_config, consumer_config, producer_config};
+use crate::kafka::{admin, base_client_config, consumer_config, producer_config, CommitTracker};
 
 /// What a passthrough run did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PassthroughReport {
     pub forwarded: u64,
+    pub delivery_failures: u64,
     pub commits: u64,
 }
 
+/// Acknowledgements feed the same commit tracker Sluice's emit thread feeds.
+struct AckContext {
+    tracker: Arc<Mutex<CommitTracker>>,
+    failures: AtomicU64,
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<(Arc<str>, i32, i64)>;
+    fn delivery(&self, result: &DeliveryResult<'_>, source: Self::DeliveryOpaque) {
+        let (topic, partition, offset) = *source;
+        match result {
+            Ok(_) => {
+                self.tracker.lock().ack(&topic, partition, offset);
+            }
+            Err((e, _)) => {
+                tracing::error!(%topic, partition, offset, error = %e, "passthrough could not forward a record; its partition's commits stop here");
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.tracker.lock().block(&topic, partition, offset);
+            }
+        }
+    }
+}
+
 /// Forwards every record of the input and priority topics to the output topic (same key,
-/// value and headers) until `stop` is set. Offsets are committed only after the forwarded
-/// records are acknowledged (a flush every `commitIntervalMs`), as Sluice does. `on_ready`
-/// runs once the consumer has its first partitions.
+/// value and headers) until `stop` is set. Like Sluice, it never waits for a send: offsets are
+/// tracked, acknowledged by delivery reports, and the contiguous acknowledged prefix is
+/// committed every `commitIntervalMs` (the same `CommitTracker`). `on_ready` runs once the
+/// consumer has its first partitions.
 pub fn run(cfg: &Config, stop: &AtomicBool, mut on_ready: impl FnMut()) -> anyhow::Result<PassthroughReport> {
     let topics = &cfg.kafka.topics.streaming;
     let instance = format!("sluice-passthrough-{}", std::process::id());
     let all = [topics.input.as_str(), topics.priority.as_str(), topics.output.as_str()];
     admin::ensure_topics(&base_client_config(cfg, &format!("{instance}-admin")), &all, 1, Duration::from_secs(10)).context("creating topics")?;
-    let producer: BaseProducer = producer_config(cfg, &format!("{instance}-producer")).create().context("creating the producer")?;
+    let tracker = Arc::new(Mutex::new(CommitTracker::new()));
+    let producer: BaseProducer<AckContext> = producer_config(cfg, &format!("{instance}-producer"))
+        .create_with_context(AckContext { tracker: tracker.clone(), failures: AtomicU64::new(0) })
+        .context("creating the producer")?;
     let consumer: BaseConsumer = consumer_config(cfg, &format!("{instance}-consumer")).create().context("creating the consumer")?;
     consumer.subscribe(&[topics.priority.as_str(), topics.input.as_str()]).context("subscribing")?;
+    let names: [Arc<str>; 2] = [Arc::from(topics.input.as_str()), Arc::from(topics.priority.as_str())];
     let commit_every = Duration::from_millis(cfg.kafka.consumer.commit_interval_ms.max(1));
-    let mut pending: HashMap<(String, i32), i64> = HashMap::new();
     let mut report = PassthroughReport::default();
     let mut last_commit = Instant::now();
     let mut ready = false;
-    let commit = |pending: &mut HashMap<(String, i32), i64>, mode: CommitMode, report: &mut PassthroughReport| -> anyhow::Result<()> {
-        if pending.is_empty() {
+    let commit = |mode: CommitMode, report: &mut PassthroughReport| -> anyhow::Result<()> {
+        let points = tracker.lock().take_commits();
+        if points.is_empty() {
             return Ok(());
         }
-        producer.flush(Duration::from_secs(30)).context("waiting for acknowledgements")?;
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in pending.drain() {
-            tpl.add_partition_offset(&t, p, Offset::Offset(o + 1))?;
+        for p in points {
+            tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.offset))?;
         }
         consumer.commit(&tpl, mode).context("committing")?;
         report.commits += 1;
@@ -59,7 +90,9 @@ pub fn run(cfg: &Config, stop: &AtomicBool, mut on_ready: impl FnMut()) -> anyho
         }
         match consumer.poll(Duration::from_millis(10)) {
             Some(Ok(m)) => {
-                let mut rec = BaseRecord::to(&topics.output).payload(m.payload().unwrap_or_default());
+                let Some(topic) = names.iter().find(|n| &***n == m.topic()).cloned() else { continue };
+                tracker.lock().track(&topic, m.partition(), m.offset());
+                let mut rec = BaseRecord::with_opaque_to(&topics.output, Box::new((topic, m.partition(), m.offset()))).payload(m.payload().unwrap_or_default());
                 if let Some(k) = m.key() {
                     rec = rec.key(k);
                 }
@@ -77,19 +110,20 @@ pub fn run(cfg: &Config, stop: &AtomicBool, mut on_ready: impl FnMut()) -> anyho
                     }
                 }
                 report.forwarded += 1;
-                let e = pending.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
-                *e = (*e).max(m.offset());
             }
             Some(Err(e)) => tracing::warn!(error = %e, "passthrough consumer"),
             None => {}
         }
         producer.poll(Duration::ZERO);
         if last_commit.elapsed() >= commit_every {
-            commit(&mut pending, CommitMode::Async, &mut report)?;
+            commit(CommitMode::Async, &mut report)?;
             last_commit = Instant::now();
         }
     }
-    commit(&mut pending, CommitMode::Sync, &mut report)?;
+    // Drain: everything forwarded is acknowledged, then committed.
+    producer.flush(Duration::from_secs(30)).context("waiting for acknowledgements")?;
+    commit(CommitMode::Sync, &mut report)?;
+    report.delivery_failures = producer.context().failures.load(Ordering::Relaxed);
     close_in_background(consumer);
     Ok(report)
 }

@@ -55,7 +55,16 @@ pub struct RunReport {
     pub workload: Option<Workload>,
     pub arrival: Option<Arrival>,
     pub criteria: Option<Criteria>,
+    /// 1-minute load average before and after the run (the harness, the broker and the system
+    /// share the machine; anything else running skews the figures).
+    #[serde(default)]
+    pub load_avg_1m: Vec<f64>,
     pub sweep: SweepOutcome,
+}
+
+/// The 1-minute load average, where `/proc/loadavg` exists.
+pub fn load_avg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 impl RunReport {
@@ -173,6 +182,9 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
             let _ = writeln!(s, "{}\n", r.system_notes);
         }
         let _ = writeln!(s, "Command: `{}`\n", r.command);
+        if let [before, after] = r.load_avg_1m[..] {
+            let _ = writeln!(s, "1-minute load average: {before:.2} before, {after:.2} after.\n");
+        }
         s.push_str(&steps_table(r));
     }
     s
