@@ -399,7 +399,7 @@ fn loadgen(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
                 machine: report::Machine::detect(),
                 commit: a.commit.clone().unwrap_or_else(git_commit),
                 date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command: std::env::args().map(|a| if a.contains([' ', '\'', '"', '(']) { format!("'{}'", a.replace('\'', "'\\''")) } else { a }).collect::<Vec<_>>().join(" "),
                 workload: Some(wl),
                 arrival: Some(a.arrival),
                 criteria: Some(criteria),

@@ -23,6 +23,30 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
+/// 1, 2 and 5 times the powers of ten between `lo` and `hi`: the labelled ticks of a log axis.
+fn ticks_125(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if v >= lo && v <= hi {
+                out.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    out
+}
+
+fn label(v: &f64) -> String {
+    if *v >= 10.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// p50 (thin) and p99 (thick) end-to-end latency against offered rate, one colour per system,
 /// both axes logarithmic.
 pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> anyhow::Result<()> {
@@ -36,9 +60,16 @@ pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> anyho
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .build_cartesian_2d((x0..x1).log_scale().with_key_points(ticks_125(x0, x1)), (y0..y1).log_scale().with_key_points(ticks_125(y0, y1)))
         .map_err(err)?;
-    chart.configure_mesh().x_desc("offered rate (records/s)").y_desc("end-to-end latency (ms)").draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered rate (records/s)")
+        .y_desc("end-to-end latency (ms)")
+        .x_label_formatter(&label)
+        .y_label_formatter(&label)
+        .draw()
+        .map_err(err)?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
         let pts = |f: fn(&StepResult) -> f64| -> Vec<(f64, f64)> { steps.iter().filter(|(j, _)| *j == i).map(|(_, s)| (s.offered_rps, f(s))).filter(|(_, y)| *y > 0.0).collect() };
@@ -57,7 +88,7 @@ pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> anyho
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
         chart.draw_series(p50.iter().map(|&p| Circle::new(p, 2, c.filled()))).map_err(err)?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -78,12 +109,13 @@ pub fn spectrum(reports: &[RunReport], picks: &[Option<&StepResult>], title: &st
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..5.0, (y0..y1).log_scale())
+        .build_cartesian_2d(0.0..5.0, (y0..y1).log_scale().with_key_points(ticks_125(y0, y1)))
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("end-to-end latency (ms)")
+        .y_label_formatter(&label)
         .x_labels(6)
         .x_label_formatter(&|x: &f64| match x.round() as i64 {
             0 => "p0".into(),

@@ -144,34 +144,36 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
         let _ = writeln!(s, "- **Latency** is end to end, from each record's intended send time (open loop) to its outcome on the output topic.");
     }
     let _ = writeln!(s, "\n## Summary\n");
-    let _ = writeln!(s, "| system | max sustained rate/s | p50 ms @ ½ max | p99 ms @ ½ max | p99.9 ms @ ½ max | largest batch (infer ms) |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| system | max sustained rate/s | measured at/s | p50 ms | p99 ms | p99.9 ms | largest batch (infer ms) |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for r in reports {
-        let h = r.sweep.half_step.as_ref();
+        // The latency columns are at half of the highest sustained rate; a run without that
+        // step (a single fixed rate) shows its last step.
+        let h = r.sweep.half_step.as_ref().or(r.sweep.steps.last());
         let lb = r.sweep.steps.iter().filter_map(|s| s.largest_batch).max_by_key(|(b, _)| *b);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {}{} | {} | {} | {} | {} |",
             r.system,
             opt(r.sweep.max_sustained_rps, 0),
+            opt(h.map(|h| h.offered_rps), 0),
+            if r.sweep.half_step.is_some() { " (½ max)" } else { "" },
             opt(h.map(|h| h.latency.p50_ms), 1),
             opt(h.map(|h| h.latency.p99_ms), 1),
             opt(h.map(|h| h.latency.p999_ms), 1),
             lb.map_or("–".into(), |(b, ms)| format!("{b} ({ms:.1})"))
         );
     }
-    if reports.len() > 1 {
-        let _ = writeln!(s, "\nRatios of max sustained rate: ");
-        for a in reports {
-            for b in reports {
-                if std::ptr::eq(a, b) {
-                    continue;
-                }
-                if let (Some(x), Some(y)) = (a.sweep.max_sustained_rps, b.sweep.max_sustained_rps) {
-                    let _ = writeln!(s, "- {} / {} = {:.2}", a.system, b.system, x / y);
-                }
+    let mut ratios = String::new();
+    for a in reports {
+        for b in reports {
+            if let (false, Some(x), Some(y)) = (std::ptr::eq(a, b), a.sweep.max_sustained_rps, b.sweep.max_sustained_rps) {
+                let _ = writeln!(ratios, "- {} / {} = {:.2}", a.system, b.system, x / y);
             }
         }
+    }
+    if !ratios.is_empty() {
+        let _ = write!(s, "\nRatios of the highest sustained rates:\n\n{ratios}");
     }
     for (alt, file) in pictures {
         let _ = writeln!(s, "\n![{alt}]({file})");
@@ -181,7 +183,7 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
         if !r.system_notes.is_empty() {
             let _ = writeln!(s, "{}\n", r.system_notes);
         }
-        let _ = writeln!(s, "Command: `{}`\n", r.command);
+        let _ = writeln!(s, "Command: `{}`\n", r.command.replace('`', "'"));
         if let [before, after] = r.load_avg_1m[..] {
             let _ = writeln!(s, "1-minute load average: {before:.2} before, {after:.2} after.\n");
         }
@@ -208,7 +210,7 @@ mod tests {
         };
         let p = RunReport { system: "passthrough".into(), sweep: SweepOutcome { max_sustained_rps: Some(400.0), ..Default::default() }, ..r.clone() };
         let md = markdown("T", &[r, p], &[("p99", "p99.svg")]);
-        for want in ["Test CPU (2 cores", "Tansu", "abc123", "| sluice | 100 |", "| 50 (½ max) |", "| 200 |", "p99 passed", "sluice / passthrough = 0.25", "![p99](p99.svg)"] {
+        for want in ["Test CPU (2 cores", "Tansu", "abc123", "| sluice | 100 | 50 (½ max) |", "| 50 (½ max) |", "| 200 |", "p99 passed", "sluice / passthrough = 0.25", "![p99](p99.svg)"] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");
         }
     }
