@@ -192,7 +192,10 @@ impl Sink for KafkaSink<'_> {
 /// dead-letter topics at their current end, so that only what comes after is read.
 fn collector(target: &Target, run: &str) -> anyhow::Result<BaseConsumer> {
     let admin_cfg = client(&target.bootstrap, &format!("sluice-loadgen-{run}-admin"));
-    let topics = [target.input_topic.as_str(), target.priority_topic.as_str(), target.output_topic.as_str(), target.dlq_topic.as_str()];
+    let mut topics = vec![target.input_topic.as_str(), target.priority_topic.as_str(), target.output_topic.as_str(), target.dlq_topic.as_str()];
+    // The same topic may serve twice (output = input measures the broker alone).
+    topics.sort_unstable();
+    topics.dedup();
     admin::ensure_topics(&admin_cfg, &topics, 4, Duration::from_secs(10)).context("creating the topics")?;
     let consumer: BaseConsumer = client(&target.bootstrap, &format!("sluice-loadgen-{run}-collector"))
         .set("group.id", format!("sluice-loadgen-{run}"))
@@ -204,7 +207,9 @@ fn collector(target: &Target, run: &str) -> anyhow::Result<BaseConsumer> {
         .context("creating the collector")?;
     let md = consumer.fetch_metadata(None, Duration::from_secs(10)).context("reading topic metadata")?;
     let mut tpl = TopicPartitionList::new();
-    for t in [&target.output_topic, &target.dlq_topic] {
+    let mut outs = vec![&target.output_topic, &target.dlq_topic];
+    outs.dedup();
+    for t in outs {
         let Some(mt) = md.topics().iter().find(|mt| mt.name() == t.as_str()) else {
             anyhow::bail!("topic {t} does not exist");
         };
