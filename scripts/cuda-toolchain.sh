@@ -12,14 +12,14 @@
 #  - stub/libcuda.so: a stub of the driver library (soname libcuda.so.1) exporting every `cu*`
 #    function cudarc declares, each returning CUDA_ERROR_STUB_LIBRARY (34). It exists only so
 #    the link succeeds: it goes on LIBRARY_PATH (link time), never on LD_LIBRARY_PATH of a
-#    machine with a real driver. `SLUICE_CUDA_NODEVICE_LD_LIBRARY_PATH` (printed too) is for
+#    machine with a real driver. `CUDA13_NODEVICE_LD_LIBRARY_PATH` (printed too) is for
 #    running test binaries on a machine *without* a driver, where every CUDA call then fails
 #    cleanly and the GPU tests skip.
 #
 # Output on stdout: `export` lines only; progress goes to stderr.
 set -euo pipefail
 
-CUDA_SPEC="${SLUICE_CUDA_SPEC:-13.0.*}"
+CUDA_SPEC="${CUDA_TOOLKIT_SPEC:-13.0.*}"
 ROOT="${SLUICE_CACHE:-$HOME/.cache/sluice}/cuda13"
 VENV="$ROOT/venv"
 STUB="$ROOT/stub"
@@ -50,7 +50,7 @@ for f in "$CU"/lib/lib*.so.*; do
 done
 
 # The driver stub: every cu* function cudarc's driver bindings declare.
-CUDARC_SYS="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs 2>/dev/null | sort -V | tail -n 1 || true)"
+CUDARC_SYS="$(find "${CARGO_HOME:-$HOME/.cargo}"/registry/src -path '*/cudarc-0.19.*/src/driver/sys/mod.rs' 2>/dev/null | sort -V | tail -n 1 || true)"
 if [[ ! -f "$STUB/libcuda.so" || ( -n "$CUDARC_SYS" && "$CUDARC_SYS" -nt "$STUB/libcuda.so" ) ]]; then
     [[ -n "$CUDARC_SYS" ]] || { say "cudarc sources not found: run 'cargo fetch --locked' first"; exit 1; }
     say "building the driver stub from $CUDARC_SYS"
@@ -74,6 +74,6 @@ export CUDA_PATH="$CU"
 export PATH="$CU/bin:\${PATH}"
 export LIBRARY_PATH="$STUB:$CU/lib\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
 export CUDA_COMPUTE_CAP="\${CUDA_COMPUTE_CAP:-90}"
-export SLUICE_CUDA_LIB="$CU/lib"
-export SLUICE_CUDA_NODEVICE_LD_LIBRARY_PATH="$CU/lib:$STUB"
+export CUDA13_LIB="$CU/lib"
+export CUDA13_NODEVICE_LD_LIBRARY_PATH="$CU/lib:$STUB"
 EOF
