@@ -48,6 +48,19 @@ mod cuda {
         lens
     }
 
+    /// Runs without a GPU too: NVRTC needs no device or driver.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        for arch in [Some("compute_75"), Some("compute_90")] {
+            let ptx = sluice::execute::cuda::kernels::compile_ptx(arch).unwrap_or_else(|e| panic!("{arch:?}: {e}"));
+            for (func, p) in &ptx {
+                let text = p.to_src();
+                assert!(text.contains(&format!(".entry {func}")), "{func} missing from the PTX for {arch:?}");
+            }
+            println!("NVRTC compiled {} kernels for {arch:?}", ptx.len());
+        }
+    }
+
     #[test]
     fn pool_normalize_matches_the_cpu_reference() {
         let Some((ctx, stream)) = gpu() else { return };

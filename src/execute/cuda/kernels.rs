@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 use super::GpuError;
 
@@ -44,20 +44,33 @@ fn invalid(what: &str) -> GpuError {
     GpuError::Other(format!("kernel launch with bad sizes: {what}"))
 }
 
+/// `(file stem, source, entry point)` of every kernel.
+const KERNELS: [(&str, &str, &str); 2] = [("pool_normalize", POOL_NORMALIZE_SRC, "pool_normalize_f32"), ("batch_mask", BATCH_MASK_SRC, "batch_mask_u32")];
+
+/// Compiles every kernel to PTX for `arch` (e.g. `compute_90`; `None`: NVRTC's default)
+/// without loading it: needs NVRTC only, no device. Returns `(entry point, PTX)` pairs.
+pub fn compile_ptx(arch: Option<&'static str>) -> Result<Vec<(&'static str, Ptx)>, GpuError> {
+    KERNELS
+        .iter()
+        .map(|&(name, src, func)| {
+            let opts = CompileOptions { arch, name: Some(format!("{name}.cu")), ..Default::default() };
+            let ptx = compile_ptx_with_opts(src, opts).map_err(|e| GpuError::Compile { kernel: name, reason: e.to_string() })?;
+            Ok((func, ptx))
+        })
+        .collect()
+}
+
 impl Kernels {
     /// Compiles and loads the kernels for the device of `ctx`.
     pub fn compile(ctx: &Arc<CudaContext>) -> Result<Self, GpuError> {
         let started = Instant::now();
         let (major, minor) = ctx.compute_capability()?;
         let arch = arch_for(major, minor);
-        let load = |name: &'static str, src: &str, func: &str| -> Result<CudaFunction, GpuError> {
-            let opts = CompileOptions { arch, name: Some(format!("{name}.cu")), ..Default::default() };
-            let ptx = compile_ptx_with_opts(src, opts).map_err(|e| GpuError::Compile { kernel: name, reason: e.to_string() })?;
-            let module = ctx.load_module(ptx)?;
-            Ok(module.load_function(func)?)
-        };
-        let pool_normalize = load("pool_normalize", POOL_NORMALIZE_SRC, "pool_normalize_f32")?;
-        let batch_mask = load("batch_mask", BATCH_MASK_SRC, "batch_mask_u32")?;
+        let mut funcs = Vec::with_capacity(KERNELS.len());
+        for (func, ptx) in compile_ptx(arch)? {
+            funcs.push(ctx.load_module(ptx)?.load_function(func)?);
+        }
+        let [pool_normalize, batch_mask]: [CudaFunction; 2] = funcs.try_into().map_err(|_| GpuError::Other("kernel count".into()))?;
         Ok(Kernels { pool_normalize, batch_mask, compile_time: started.elapsed(), arch })
     }
 
