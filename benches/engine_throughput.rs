@@ -205,7 +205,7 @@ fn run() -> Result<(), String> {
     for &b in &o.batch_sizes {
         let max_tokens = b * 512;
         let policy = BatchPolicy { max_rows: b, max_tokens, ..BatchPolicy::default() };
-        let settings = EngineSettings { cpu_lanes: 1, ring_capacity: 4096, policy, max_retries: 0, idle_wait: Duration::from_millis(1) };
+        let settings = EngineSettings { cpu_lanes: 1, ring_capacity: 4096, policy, max_retries: 0, idle_wait: Duration::from_millis(1), ..EngineSettings::default() };
         let limits = Limits { max_batch_rows: b, max_batch_tokens: max_tokens, ..Limits::default() };
         let (tx, rx) = crossbeam_channel::bounded::<Outcome>(8192);
         let engine = Engine::start(&settings, tx).map_err(|e| e.to_string())?;

@@ -17,10 +17,28 @@ use crate::ingest::Request;
 use crate::queue::{BatchPolicy, Rings};
 use crate::telemetry::EngineStats;
 
+/// GPU lanes: one per (device, stream) pair. Empty `devices` = no GPU lanes.
+#[derive(Debug, Clone, Default)]
+pub struct GpuLanes {
+    /// CUDA device ordinals (`gpu.devices`).
+    pub devices: Vec<usize>,
+    /// Lanes (each with its own CUDA stream) per device (`gpu.streamsPerDevice`).
+    pub streams_per_device: usize,
+}
+
+impl GpuLanes {
+    /// Number of GPU lanes these settings ask for.
+    pub fn count(&self) -> usize {
+        self.devices.len() * self.streams_per_device
+    }
+}
+
 /// How to build an engine.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub cpu_lanes: usize,
+    /// GPU lanes (builds with the `cuda` feature), in addition to the CPU lanes.
+    pub gpu: GpuLanes,
     pub ring_capacity: usize,
     pub policy: BatchPolicy,
     pub max_retries: u32,
@@ -30,7 +48,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings { cpu_lanes: 1, ring_capacity: 4096, policy: BatchPolicy::default(), max_retries: 3, idle_wait: Duration::from_millis(500) }
+        EngineSettings { cpu_lanes: 1, gpu: GpuLanes::default(), ring_capacity: 4096, policy: BatchPolicy::default(), max_retries: 3, idle_wait: Duration::from_millis(500) }
     }
 }
 
@@ -42,29 +60,82 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Spawns the lanes; every outcome goes to `completions`.
+    /// Spawns the lanes; every outcome goes to `completions`. CPU lanes come first (indices
+    /// `0..cpu_lanes`; at least one unless there are GPU lanes), then one lane per GPU
+    /// device × stream. Fails with a message naming the
+    /// lane when a configured GPU lane cannot start (no `cuda` feature, no driver, no device).
     pub fn start(settings: &EngineSettings, completions: Sender<Outcome>) -> std::io::Result<Engine> {
+        let gpu_lanes = settings.gpu.count();
+        // With GPU lanes, `cpu_lanes` may be 0 (all work on the GPU); without, at least one.
+        let cpu_lanes = if gpu_lanes > 0 { settings.cpu_lanes } else { settings.cpu_lanes.max(1) };
+        if gpu_lanes > 0 && !cfg!(feature = "cuda") {
+            return Err(std::io::Error::other(format!(
+                "gpu.devices is {:?} but this build has no CUDA support: rebuild with `cargo build --features cuda`, or set gpu.devices: []",
+                settings.gpu.devices
+            )));
+        }
         let rings = Arc::new(Rings::new(settings.ring_capacity));
-        let stats = Arc::new(EngineStats::new(settings.cpu_lanes));
+        let stats = Arc::new(EngineStats::new(cpu_lanes + gpu_lanes));
         let shared = LaneShared { rings: rings.clone(), completions, stats: stats.clone() };
-        let mut lanes = Vec::with_capacity(settings.cpu_lanes);
-        for index in 0..settings.cpu_lanes.max(1) {
-            let lane_settings = LaneSettings { index, policy: settings.policy.clone(), max_retries: settings.max_retries, idle_wait: settings.idle_wait };
+        let mut engine = Engine { rings, stats, lanes: Vec::with_capacity(cpu_lanes + gpu_lanes) };
+        for index in 0..cpu_lanes {
             let executor = CpuExecutor::new(settings.policy.max_rows, settings.policy.max_tokens);
-            let lane = Lane::new(executor, shared.clone(), lane_settings);
+            let lane = Lane::new(executor, shared.clone(), settings.lane_settings(index));
             let handle = std::thread::Builder::new().name(format!("sluice-lane-{index}")).spawn(move || lane.run());
             match handle {
-                Ok(h) => lanes.push(h),
-                Err(e) => {
-                    rings.close();
-                    for h in lanes {
-                        let _ = h.join();
+                Ok(h) => engine.lanes.push(h),
+                Err(e) => return Err(engine.abort(e)),
+            }
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let mut index = cpu_lanes;
+            for &device in &settings.gpu.devices {
+                for stream in 0..settings.gpu.streams_per_device {
+                    if let Err(e) = engine.spawn_gpu_lane(settings, &shared, index, device, stream) {
+                        return Err(engine.abort(e));
                     }
-                    return Err(e);
+                    index += 1;
                 }
             }
         }
-        Ok(Engine { rings, stats, lanes })
+        Ok(engine)
+    }
+
+    /// Starts a GPU lane on its own thread: the thread opens the device and builds its
+    /// executor (so only it ever touches its stream), reports whether that worked, then runs.
+    #[cfg(feature = "cuda")]
+    fn spawn_gpu_lane(&mut self, settings: &EngineSettings, shared: &LaneShared, index: usize, device: usize, stream: usize) -> std::io::Result<()> {
+        use crate::execute::cuda::CudaExecutor;
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+        let (rows, tokens) = (settings.policy.max_rows, settings.policy.max_tokens);
+        let (shared, lane_settings, stats) = (shared.clone(), settings.lane_settings(index), self.stats.clone());
+        let handle = std::thread::Builder::new().name(format!("sluice-lane-{index}")).spawn(move || {
+            match CudaExecutor::new(device, stream, rows, tokens, stats, index) {
+                Ok(executor) => {
+                    let _ = ready_tx.send(Ok(()));
+                    Lane::new(executor, shared, lane_settings).run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            }
+        })?;
+        self.lanes.push(handle);
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(std::io::Error::other(format!("GPU lane {index} (cuda:{device}/stream{stream}): {e}"))),
+            Err(_) => Err(std::io::Error::other(format!("GPU lane {index} (cuda:{device}/stream{stream}) exited while starting"))),
+        }
+    }
+
+    /// Closes the rings, joins every lane started so far and hands back `e`.
+    fn abort(&mut self, e: std::io::Error) -> std::io::Error {
+        self.rings.close();
+        for h in self.lanes.drain(..) {
+            let _ = h.join();
+        }
+        e
     }
 
     /// The rings (for depth gauges and backpressure checks).
@@ -108,6 +179,10 @@ impl Drop for Engine {
 }
 
 impl EngineSettings {
+    fn lane_settings(&self, index: usize) -> LaneSettings {
+        LaneSettings { index, policy: self.policy.clone(), max_retries: self.max_retries, idle_wait: self.idle_wait }
+    }
+
     /// Engine settings from the configuration file's `streaming.inference` section.
     pub fn from_config(cfg: &crate::config::Config) -> Self {
         let inf = &cfg.streaming.inference;
@@ -117,7 +192,8 @@ impl EngineSettings {
             _ => None,
         };
         EngineSettings {
-            cpu_lanes: inf.lanes.cpu.count.max(1),
+            cpu_lanes: inf.lanes.cpu.count,
+            gpu: GpuLanes { devices: cfg.gpu.devices.clone(), streams_per_device: cfg.gpu.streams_per_device.max(1) },
             ring_capacity: b.ring_capacity,
             policy: BatchPolicy {
                 max_rows: b.max_batch_rows,
@@ -157,5 +233,25 @@ impl crate::models::cache::CacheSettings {
             ttl: c.enabled.then(|| inf.ttl()),
             warmup_rows: inf.batching.max_batch_rows.min(8),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn gpu_lanes_need_the_cuda_feature() {
+        let settings = EngineSettings { gpu: GpuLanes { devices: vec![0], streams_per_device: 2 }, ..EngineSettings::default() };
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let err = Engine::start(&settings, tx).err().expect("no GPU lanes without the cuda feature");
+        assert!(err.to_string().contains("--features cuda"), "{err}");
+    }
+
+    #[test]
+    fn gpu_lane_count_is_devices_times_streams() {
+        assert_eq!(GpuLanes { devices: vec![0, 1], streams_per_device: 3 }.count(), 6);
+        assert_eq!(GpuLanes::default().count(), 0);
     }
 }

@@ -100,10 +100,11 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
         b.priority_burst as u64,
         1,
     )?;
+    // 0 CPU lanes is allowed when GPU lanes take all the work.
     at_least(
         &format!("{INFERENCE}.lanes.cpu.count"),
         inf.lanes.cpu.count as u64,
-        1,
+        u64::from(c.gpu.devices.is_empty()),
     )?;
 
     let limits = &inf.limits;
@@ -199,5 +200,14 @@ mod tests {
         let mut c = Config::default();
         c.gpu.devices = vec![0, 1, 0];
         assert_eq!(check(&c).unwrap_err().0, "gpu.devices");
+    }
+
+    #[test]
+    fn zero_cpu_lanes_only_with_gpu_lanes() {
+        let mut c = Config::default();
+        c.streaming.inference.lanes.cpu.count = 0;
+        assert_eq!(check(&c).unwrap_err().0, "streaming.inference.lanes.cpu.count");
+        c.gpu.devices = vec![0];
+        assert!(check(&c).is_ok());
     }
 }

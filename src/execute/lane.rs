@@ -11,7 +11,7 @@ use super::stage::{stage_batch, StageScratch};
 use crate::emit::{ErrorClass, Failure, Outcome};
 use crate::ingest::request::now_epoch_ms;
 use crate::ingest::Request;
-use crate::models::LoadedModel;
+use crate::models::{LoadedModel, ModelError};
 use crate::queue::{BatchPolicy, Batcher, Rings};
 use crate::telemetry::EngineStats;
 
@@ -72,6 +72,11 @@ impl<E: Executor> Lane<E> {
         }
     }
 
+    /// The lane's executor (tests and benchmarks inspect it).
+    pub fn executor(&self) -> &E {
+        &self.executor
+    }
+
     /// Runs until the rings are closed and everything queued has an outcome.
     pub fn run(mut self) {
         tracing::info!(lane = self.settings.index, executor = %self.executor.describe(), "lane started");
@@ -124,7 +129,7 @@ impl<E: Executor> Lane<E> {
             }
             Err(e) => {
                 self.drain_inflight();
-                self.retry(job, 1, e.to_string());
+                self.retry(job, 1, e);
             }
         }
         true
@@ -143,7 +148,7 @@ impl<E: Executor> Lane<E> {
             Err(e) => {
                 // Finish the batches behind it first: retries run synchronously.
                 self.drain_inflight();
-                self.retry(job, 1, e.to_string());
+                self.retry(job, 1, e);
             }
         }
     }
@@ -163,10 +168,19 @@ impl<E: Executor> Lane<E> {
     }
 
     /// Retries a failed batch synchronously: the whole batch once more if it is a single
-    /// request, else each half (an out-of-memory batch usually fits when halved).
-    fn retry(&mut self, mut job: InFlight, attempt: u32, error: String) {
+    /// request, else each half (an out-of-memory batch usually fits when halved). Splitting
+    /// an out-of-memory batch of several requests does not spend a retry: halving ends after
+    /// log2(requests) rounds, and a batch too big for the device is never dead-lettered for
+    /// its size alone.
+    fn retry(&mut self, mut job: InFlight, attempt: u32, error: ModelError) {
         self.shared.stats.failed_batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if attempt > self.settings.max_retries {
+        let free_split = error.is_out_of_memory() && job.reqs.len() > 1;
+        if error.is_out_of_memory() {
+            self.shared.stats.oom_splits.fetch_add(u64::from(free_split), std::sync::atomic::Ordering::Relaxed);
+        }
+        let error = error.to_string();
+        let next_attempt = if free_split { attempt } else { attempt + 1 };
+        if !free_split && attempt > self.settings.max_retries {
             tracing::warn!(lane = self.settings.index, model = %job.model.name, requests = job.reqs.len(), attempts = attempt, %error, "batch failed; dead-lettering its requests");
             for mut req in job.reqs.drain(..) {
                 req.env.attempts = attempt;
@@ -186,7 +200,7 @@ impl<E: Executor> Lane<E> {
         };
         for mut reqs in halves {
             for r in reqs.iter_mut() {
-                r.env.attempts = attempt + 1;
+                r.env.attempts = r.env.attempts.max(attempt) + 1;
             }
             let started = job.started;
             if let Err((k, why)) = stage_batch(&job.model, &reqs, self.executor.staging(), &mut self.scratch) {
@@ -202,7 +216,7 @@ impl<E: Executor> Lane<E> {
             let result = self.executor.submit(&sub.model).and_then(|_| self.executor.collect());
             match result {
                 Ok(out) => self.emit_success(sub, out),
-                Err(e) => self.retry(sub, attempt + 1, e.to_string()),
+                Err(e) => self.retry(sub, next_attempt, e),
             }
         }
     }

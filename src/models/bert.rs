@@ -112,6 +112,28 @@ impl BertRunner {
         }
     }
 
+    /// Hidden size of the encoder.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// `(pooling, normalize)` of an embedding head; `None` for a classifier.
+    pub fn embedding_head(&self) -> Option<(Pooling, bool)> {
+        match &self.head {
+            Head::Embedding { pooling, normalize } => Some((*pooling, *normalize)),
+            Head::Classifier { .. } => None,
+        }
+    }
+
+    /// `[rows, seq, hidden]` token states of candle's encoder for inputs already on the
+    /// runner's device (a CUDA lane stages them there itself). Fails for the packed encoder.
+    pub fn encode_states(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+        match &self.encoder {
+            Encoder::Candle(model) => Ok(model.forward(ids, type_ids, Some(mask))?),
+            Encoder::Packed(_) => Err(ModelError::Inference("the packed encoder takes host staging, not device tensors".into())),
+        }
+    }
+
     /// Whether the padding-free encoder runs (it computes only the real tokens).
     pub fn is_packed(&self) -> bool {
         matches!(self.encoder, Encoder::Packed(_))
@@ -191,7 +213,7 @@ pub fn pool_rows(states: &[f32], row_tokens: &[u32], seq: usize, hidden: usize, 
             Pooling::Cls => dst.copy_from_slice(&states[base..base + hidden]),
             Pooling::Mean => {
                 dst.fill(0.0);
-                let n = (n as usize).max(1);
+                let n = (n as usize).min(seq).max(1);
                 for t in 0..n {
                     let src = &states[base + t * hidden..base + (t + 1) * hidden];
                     for (d, s) in dst.iter_mut().zip(src) {

@@ -89,6 +89,14 @@ impl LoadedModel {
         }
     }
 
+    /// The BERT runner of a text model (a CUDA lane drives its encoder on device tensors).
+    pub fn bert(&self) -> Option<&BertRunner> {
+        match &self.runner {
+            Runner::Bert(b) => Some(b),
+            Runner::Mlp(_) => None,
+        }
+    }
+
     /// Runs a staged batch.
     pub fn forward(&self, staging: &HostStaging) -> Result<BatchOutput, ModelError> {
         if staging.rows == 0 {

@@ -37,10 +37,32 @@ pub enum ModelError {
     Load { name: String, version: String, reason: String },
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The device ran out of memory for this batch. Lanes split such a batch until it fits
+    /// (down to single requests) without spending its retries.
+    #[error("out of device memory: {0}")]
+    OutOfMemory(String),
+}
+
+impl ModelError {
+    /// Whether this is a device out-of-memory failure.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, ModelError::OutOfMemory(_))
+    }
+}
+
+/// Whether an error message from candle, cudarc or cuBLAS reports an exhausted device
+/// memory (`CUDA_ERROR_OUT_OF_MEMORY`, `CUBLAS_STATUS_ALLOC_FAILED`).
+pub fn is_out_of_memory_message(msg: &str) -> bool {
+    msg.contains("CUDA_ERROR_OUT_OF_MEMORY") || msg.contains("CUBLAS_STATUS_ALLOC_FAILED")
 }
 
 impl From<candle_core::Error> for ModelError {
     fn from(e: candle_core::Error) -> Self {
-        ModelError::Inference(e.to_string())
+        let msg = e.to_string();
+        if is_out_of_memory_message(&msg) {
+            ModelError::OutOfMemory(msg)
+        } else {
+            ModelError::Inference(msg)
+        }
     }
 }

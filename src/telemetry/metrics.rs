@@ -256,6 +256,8 @@ pub struct Metrics {
     // Pipeline counters mirrored from its atomics, in `pipeline_counters` order.
     pipeline_counters: Vec<IntCounter>,
     lane_busy: CounterVec,
+    pub gpu_memory_used: IntGaugeVec,
+    pub gpu_memory_total: IntGaugeVec,
     pub padding_efficiency: Gauge,
     pub ring_depth: IntGaugeVec,
     pub ring_capacity: IntGauge,
@@ -353,6 +355,8 @@ impl Metrics {
             outcomes: outcomes.clone(),
             pipeline_counters,
             lane_busy,
+            gpu_memory_used: gauge_vec("sluice_gpu_memory_used_bytes", "Device memory in use (cuMemGetInfo total - free) as each GPU lane last saw it", &["lane", "device"]),
+            gpu_memory_total: gauge_vec("sluice_gpu_memory_total_bytes", "Device memory of each GPU lane's device", &["lane", "device"]),
             padding_efficiency: fgauge("sluice_padding_efficiency", "Real tokens / padded tokens over all text batches of the running pipeline (1 = no padding)"),
             ring_depth: gauge_vec("sluice_ring_depth", "Requests queued on each ring", &["ring"]),
             ring_capacity: gauge("sluice_ring_capacity", "Capacity of each ring"),
@@ -418,6 +422,15 @@ impl Metrics {
                 self.lane_busy.with_label_values(&[&i.to_string()]).inc_by(us_to_s(v - *last));
             }
             *last = v;
+        }
+        for (i, mem) in engine.lane_memory.iter().enumerate() {
+            let total = mem.total_bytes.load(Ordering::Relaxed);
+            if total > 0 {
+                let labels = [i.to_string(), mem.device.load(Ordering::Relaxed).to_string()];
+                let labels = [labels[0].as_str(), labels[1].as_str()];
+                self.gpu_memory_used.with_label_values(&labels).set(mem.used_bytes.load(Ordering::Relaxed) as i64);
+                self.gpu_memory_total.with_label_values(&labels).set(total as i64);
+            }
         }
         self.padding_efficiency.set(engine.padding_efficiency());
     }
@@ -490,6 +503,18 @@ mod tests {
         assert!(text.contains("sluice_pipeline_state{state=\"running\"} 1"), "{text}");
         assert!(text.contains("sluice_end_to_end_latency_seconds_count 1"), "{text}");
         assert!(text.contains("sluice_requests_total{class=\"parse\",outcome=\"dead_letter\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn gpu_lane_memory_becomes_gauges() {
+        let m = Metrics::new();
+        let engine = EngineStats::new(3);
+        engine.lane_memory[2].set(1, 6 << 30, 80 << 30);
+        m.observe_pipeline(1, &IngestStats::default(), &EmitStats::default(), &engine);
+        let text = m.render_text().unwrap();
+        assert!(text.contains("sluice_gpu_memory_used_bytes{device=\"1\",lane=\"2\"} 79456894976"), "{text}");
+        assert!(text.contains("sluice_gpu_memory_total_bytes{device=\"1\",lane=\"2\"} 85899345920"), "{text}");
+        assert!(!text.contains("lane=\"0\"}"), "CPU lanes report no device memory: {text}");
     }
 
     #[test]

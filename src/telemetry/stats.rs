@@ -15,6 +15,10 @@ pub struct EngineStats {
     pub padded_tokens: AtomicU64,
     pub failed_batches: AtomicU64,
     pub retried_batches: AtomicU64,
+    /// Out-of-memory batches split in halves (a subset of `failed_batches`).
+    pub oom_splits: AtomicU64,
+    /// Device memory seen by each lane (zero for CPU lanes), refreshed by GPU lanes.
+    pub lane_memory: Vec<LaneMemory>,
     /// Busy time of each lane, microseconds.
     pub lane_busy_us: Vec<AtomicU64>,
     /// Batch compute time (staging + model), microseconds.
@@ -32,6 +36,8 @@ impl EngineStats {
             padded_tokens: AtomicU64::new(0),
             failed_batches: AtomicU64::new(0),
             retried_batches: AtomicU64::new(0),
+            oom_splits: AtomicU64::new(0),
+            lane_memory: (0..lanes).map(|_| LaneMemory::default()).collect(),
             lane_busy_us: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
             batch_us: Mutex::new(new_histogram()),
         }
@@ -68,6 +74,27 @@ impl EngineStats {
         } else {
             self.rows.load(Ordering::Relaxed) as f64 / b as f64
         }
+    }
+}
+
+/// Device memory as one GPU lane last saw it (`cuMemGetInfo` of its device: the device's
+/// whole use, shared by the lanes on it). `total_bytes == 0` means a CPU lane.
+#[derive(Debug, Default)]
+pub struct LaneMemory {
+    /// CUDA device ordinal of the lane.
+    pub device: AtomicU64,
+    /// Bytes in use on the device (total − free).
+    pub used_bytes: AtomicU64,
+    /// Device memory in bytes.
+    pub total_bytes: AtomicU64,
+}
+
+impl LaneMemory {
+    /// Records one `(free, total)` reading of `device`.
+    pub fn set(&self, device: usize, free: usize, total: usize) {
+        self.device.store(device as u64, Ordering::Relaxed);
+        self.used_bytes.store(total.saturating_sub(free) as u64, Ordering::Relaxed);
+        self.total_bytes.store(total as u64, Ordering::Relaxed);
     }
 }
 
