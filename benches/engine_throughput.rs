@@ -58,7 +58,12 @@ fn options() -> Result<Options, String> {
         let bad = |e: &dyn std::fmt::Display| format!("--{key} {v:?}: {e}");
         match key {
             "batch-sizes" => {
-                o.batch_sizes = v.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|e| bad(&e))?;
+                o.batch_sizes = v
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(&e))?;
                 if o.batch_sizes.is_empty() || o.batch_sizes.contains(&0) {
                     return Err(bad(&"batch sizes must be >= 1"));
                 }
@@ -73,7 +78,8 @@ fn options() -> Result<Options, String> {
         }
         Ok(())
     };
-    for key in ["batch-sizes", "min-seconds", "json", "sentences", "models", "model", "peak-gflops"] {
+    for key in ["batch-sizes", "min-seconds", "json", "sentences", "models", "model", "peak-gflops"]
+    {
         if let Some(v) = env(&key.replace('-', "_").to_uppercase()) {
             set(key, v)?;
         }
@@ -83,7 +89,9 @@ fn options() -> Result<Options, String> {
         if a == "--bench" {
             continue; // passed by `cargo bench`
         }
-        let Some(key) = a.strip_prefix("--") else { return Err(format!("unexpected argument {a:?}")) };
+        let Some(key) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument {a:?}"));
+        };
         let (key, value) = match key.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
             None => (key.to_string(), args.next().ok_or_else(|| format!("--{key} needs a value"))?),
@@ -129,13 +137,21 @@ struct Row {
 }
 
 fn load_avg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok())).unwrap_or(f64::NAN)
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -161,20 +177,35 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let o = options()?;
-    let text = std::fs::read_to_string(&o.sentences).map_err(|e| format!("{}: {e}", o.sentences.display()))?;
-    let sentences: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
+    let text = std::fs::read_to_string(&o.sentences)
+        .map_err(|e| format!("{}: {e}", o.sentences.display()))?;
+    let sentences: Vec<&str> =
+        text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
     if sentences.is_empty() {
         return Err(format!("{}: no sentences", o.sentences.display()));
     }
-    let repo = Repository::open(&o.models).map_err(|e| format!("{}: {e} (run scripts/fetch-minilm.sh)", o.models.display()))?;
-    let cache = Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, CacheSettings { capacity: 2, ttl: None, warmup_rows: 8 }));
+    let repo = Repository::open(&o.models)
+        .map_err(|e| format!("{}: {e} (run scripts/fetch-minilm.sh)", o.models.display()))?;
+    let cache = Arc::new(ModelCache::new(
+        repo,
+        candle_core::Device::Cpu,
+        CacheSettings { capacity: 2, ttl: None, warmup_rows: 8 },
+    ));
     let model = cache.get(&o.model, None).map_err(|e| format!("model {}: {e}", o.model))?;
-    let shape: BertShape = serde_json::from_str(&std::fs::read_to_string(model.dir.join("config.json")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let shape: BertShape = serde_json::from_str(
+        &std::fs::read_to_string(model.dir.join("config.json")).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     let threads = rayon::current_num_threads();
     let payloads: Vec<Bytes> = sentences
         .iter()
         .enumerate()
-        .map(|(i, s)| Bytes::from(serde_json::json!({"id": format!("s{i}"), "model": o.model, "input": s}).to_string()))
+        .map(|(i, s)| {
+            Bytes::from(
+                serde_json::json!({"id": format!("s{i}"), "model": o.model, "input": s})
+                    .to_string(),
+            )
+        })
         .collect();
     let topic: Arc<str> = "bench".into();
 
@@ -184,7 +215,9 @@ fn run() -> Result<(), String> {
     let mut pass_tokens = 0u64;
     let mut pass_flops = 0f64;
     for (i, p) in payloads.iter().enumerate() {
-        let req = probe.decode(envelope(p.clone(), i as i64, &topic)).map_err(|(_, f)| format!("sentence {i} rejected: {f:?}"))?;
+        let req = probe
+            .decode(envelope(p.clone(), i as i64, &topic))
+            .map_err(|(_, f)| format!("sentence {i} rejected: {f:?}"))?;
         pass_tokens += req.max_tokens as u64;
         pass_flops += seq_flops(&shape, req.max_tokens as usize);
     }
@@ -205,8 +238,16 @@ fn run() -> Result<(), String> {
     for &b in &o.batch_sizes {
         let max_tokens = b * 512;
         let policy = BatchPolicy { max_rows: b, max_tokens, ..BatchPolicy::default() };
-        let settings = EngineSettings { cpu_lanes: 1, ring_capacity: 4096, policy, max_retries: 0, idle_wait: Duration::from_millis(1), ..EngineSettings::default() };
-        let limits = Limits { max_batch_rows: b, max_batch_tokens: max_tokens, ..Limits::default() };
+        let settings = EngineSettings {
+            cpu_lanes: 1,
+            ring_capacity: 4096,
+            policy,
+            max_retries: 0,
+            idle_wait: Duration::from_millis(1),
+            ..EngineSettings::default()
+        };
+        let limits =
+            Limits { max_batch_rows: b, max_batch_tokens: max_tokens, ..Limits::default() };
         let (tx, rx) = crossbeam_channel::bounded::<Outcome>(8192);
         let engine = Engine::start(&settings, tx).map_err(|e| e.to_string())?;
         let mut decoder = Decoder::new(cache.clone(), limits, None);
@@ -218,14 +259,18 @@ fn run() -> Result<(), String> {
             let failed = std::thread::scope(|s| -> Result<usize, String> {
                 let sub = s.spawn(|| -> Result<(), String> {
                     for (i, p) in payloads.iter().take(count).enumerate() {
-                        let req = decoder.decode(envelope(p.clone(), i as i64, &topic)).map_err(|(_, f)| format!("sentence {i} rejected: {f:?}"))?;
+                        let req = decoder
+                            .decode(envelope(p.clone(), i as i64, &topic))
+                            .map_err(|(_, f)| format!("sentence {i} rejected: {f:?}"))?;
                         engine.submit_wait(req);
                     }
                     Ok(())
                 });
                 let mut failed = 0;
                 for _ in 0..count {
-                    let o = rx.recv_timeout(Duration::from_secs(120)).map_err(|e| format!("waiting for outcomes: {e}"))?;
+                    let o = rx
+                        .recv_timeout(Duration::from_secs(120))
+                        .map_err(|e| format!("waiting for outcomes: {e}"))?;
                     if let Some(f) = o.failure() {
                         if failed == 0 {
                             eprintln!("failure: {f:?}");
@@ -246,7 +291,12 @@ fn run() -> Result<(), String> {
         pass(&mut decoder, (b * 4).min(payloads.len()))?;
         let stats = engine.stats().clone();
         let snap = |s: &sluice::telemetry::EngineStats| {
-            (s.batches.load(Ordering::Relaxed), s.rows.load(Ordering::Relaxed), s.real_tokens.load(Ordering::Relaxed), s.padded_tokens.load(Ordering::Relaxed))
+            (
+                s.batches.load(Ordering::Relaxed),
+                s.rows.load(Ordering::Relaxed),
+                s.real_tokens.load(Ordering::Relaxed),
+                s.padded_tokens.load(Ordering::Relaxed),
+            )
         };
         let before = snap(&stats);
         stats.batch_us.lock().reset();
@@ -264,7 +314,11 @@ fn run() -> Result<(), String> {
         let prof = packed_bert::profile::take();
         packed_bert::profile::enable(false);
         let prof_total: f64 = prof.iter().map(|p| p.1).sum();
-        let profile: Vec<(&'static str, f64)> = if prof_total > 0.0 { prof.iter().map(|&(n, t)| (n, t / prof_total)).collect() } else { Vec::new() };
+        let profile: Vec<(&'static str, f64)> = if prof_total > 0.0 {
+            prof.iter().map(|&(n, t)| (n, t / prof_total)).collect()
+        } else {
+            Vec::new()
+        };
         engine.shutdown();
         let secs = elapsed.as_secs_f64();
         let sents = (passes * payloads.len()) as u64;
@@ -279,7 +333,8 @@ fn run() -> Result<(), String> {
             sentences_per_s: sents as f64 / secs,
             tokens,
             tokens_per_s: tokens as f64 / secs,
-            padding_efficiency: (after.2 - before.2) as f64 / ((after.3 - before.3) as f64).max(1.0),
+            padding_efficiency: (after.2 - before.2) as f64
+                / ((after.3 - before.3) as f64).max(1.0),
             batches,
             mean_batch_rows: (after.1 - before.1) as f64 / (batches as f64).max(1.0),
             batch_ms_p50: h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -295,7 +350,14 @@ fn run() -> Result<(), String> {
             b, row.sentences, secs, row.sentences_per_s, row.tokens_per_s, row.gflop_per_s, row.peak_pct, row.mean_batch_rows, row.batch_ms_p50, row.load_avg_1m[0]
         );
         if !row.profile.is_empty() {
-            eprintln!("            encoder time: {}", row.profile.iter().map(|(n, f)| format!("{n} {:.1}%", f * 100.0)).collect::<Vec<_>>().join(", "));
+            eprintln!(
+                "            encoder time: {}",
+                row.profile
+                    .iter()
+                    .map(|(n, f)| format!("{n} {:.1}%", f * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         rows.push(row);
     }
@@ -333,7 +395,8 @@ fn run() -> Result<(), String> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        std::fs::write(path, doc.to_string() + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(path, doc.to_string() + "\n")
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }

@@ -95,14 +95,29 @@ fn options() -> Result<Options, String> {
         }
         Ok(())
     };
-    for key in ["batch-sizes", "streams", "min-seconds", "device", "json", "markdown", "sentences", "models", "model", "skip-e2e"] {
-        if let Ok(v) = std::env::var(format!("SLUICE_BENCH_{}", key.replace('-', "_").to_uppercase())) {
+    for key in [
+        "batch-sizes",
+        "streams",
+        "min-seconds",
+        "device",
+        "json",
+        "markdown",
+        "sentences",
+        "models",
+        "model",
+        "skip-e2e",
+    ] {
+        if let Ok(v) =
+            std::env::var(format!("SLUICE_BENCH_{}", key.replace('-', "_").to_uppercase()))
+        {
             set(key, v)?;
         }
     }
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(a) = args.next() {
-        let Some(key) = a.strip_prefix("--") else { return Err(format!("unexpected argument {a:?}")) };
+        let Some(key) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument {a:?}"));
+        };
         if key == "skip-e2e" {
             set(key, "1".into())?;
             continue;
@@ -110,7 +125,11 @@ fn options() -> Result<Options, String> {
         let v = args.next().ok_or_else(|| format!("--{key} needs a value"))?;
         set(key, v)?;
     }
-    if o.batch_sizes.is_empty() || o.streams.is_empty() || o.streams.contains(&0) || o.batch_sizes.contains(&0) {
+    if o.batch_sizes.is_empty()
+        || o.streams.is_empty()
+        || o.streams.contains(&0)
+        || o.batch_sizes.contains(&0)
+    {
         return Err("batch sizes and streams must be positive".into());
     }
     Ok(o)
@@ -145,7 +164,10 @@ fn repository(o: &Options, tmp: &Path) -> Res<(PathBuf, bool)> {
         pooling: "mean".into(),
         normalize: true,
     };
-    eprintln!("{} not found: generating a MiniLM-shaped model with random weights", o.models.join(&o.model).display());
+    eprintln!(
+        "{} not found: generating a MiniLM-shaped model with random weights",
+        o.models.join(&o.model).display()
+    );
     testkit::write_bert_embedding(tmp, &o.model, "1", &spec, 0x6B0B).map_err(s)?;
     testkit::set_serving(tmp, &o.model, "1").map_err(s)?;
     Ok((tmp.to_path_buf(), true))
@@ -166,7 +188,11 @@ struct CardLimits {
     gemm_gflop_s: f64,
 }
 
-fn time_stream(stream: &Arc<cudarc::driver::CudaStream>, reps: usize, mut f: impl FnMut() -> Res<()>) -> Res<f64> {
+fn time_stream(
+    stream: &Arc<cudarc::driver::CudaStream>,
+    reps: usize,
+    mut f: impl FnMut() -> Res<()>,
+) -> Res<f64> {
     f()?;
     stream.synchronize().map_err(s)?;
     let t = Instant::now();
@@ -235,20 +261,34 @@ fn kernel_rows(device: usize, d2d_gb_s: f64) -> Res<Vec<KernelRow>> {
     let mut out = Vec::new();
     let hidden = 384;
     for &(rows, seq) in &[(32usize, 64usize), (128, 64), (128, 128), (256, 256)] {
-        let lens: Vec<u32> = (0..rows).map(|_| (seq / 2 + rng.below(seq as u64 / 2 + 1) as usize) as u32).collect();
+        let lens: Vec<u32> =
+            (0..rows).map(|_| (seq / 2 + rng.below(seq as u64 / 2 + 1) as usize) as u32).collect();
         let real: usize = lens.iter().map(|&n| n as usize).sum();
         let states_t = Tensor::randn(0f32, 1.0, (rows, seq, hidden), &cd).map_err(s)?;
         let (storage, layout) = states_t.storage_and_layout();
-        let candle_core::Storage::Cuda(cs) = &*storage else { return Err("states not on GPU".into()) };
+        let candle_core::Storage::Cuda(cs) = &*storage else {
+            return Err("states not on GPU".into());
+        };
         let (start, end) = layout.contiguous_offsets().ok_or("not contiguous")?;
         let states = cs.as_cuda_slice::<f32>().map_err(s)?.slice(start..end);
         let d_lens = stream.clone_htod(&lens).map_err(s)?;
         let mut d_out = stream.alloc_zeros::<f32>(rows * hidden).map_err(s)?;
         let ours = time_stream(&stream, 200, || {
-            kernels.pool_normalize(&stream, &states, &d_lens.slice(..), &mut d_out, (rows, seq, hidden), true, true).map_err(s)
+            kernels
+                .pool_normalize(
+                    &stream,
+                    &states,
+                    &d_lens.slice(..),
+                    &mut d_out,
+                    (rows, seq, hidden),
+                    true,
+                    true,
+                )
+                .map_err(s)
         })?;
         // The candle sequence it replaces (mask built from the staged mask tensor).
-        let mask_host: Vec<u32> = (0..rows * seq).map(|i| u32::from(i % seq < lens[i / seq] as usize)).collect();
+        let mask_host: Vec<u32> =
+            (0..rows * seq).map(|i| u32::from(i % seq < lens[i / seq] as usize)).collect();
         let mask = Tensor::from_vec(mask_host, (rows, seq), &cd).map_err(s)?;
         let candle_seq = || -> candle_core::Result<Tensor> {
             let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
@@ -277,8 +317,13 @@ fn kernel_rows(device: usize, d2d_gb_s: f64) -> Res<Vec<KernelRow>> {
         // batch_mask vs copying the staged mask up and candle's zeros_like for type ids.
         let mut d_mask = stream.alloc_zeros::<u32>(rows * seq).map_err(s)?;
         let mut d_types = stream.alloc_zeros::<u32>(rows * seq).map_err(s)?;
-        let ours = time_stream(&stream, 200, || kernels.batch_mask(&stream, &d_lens.slice(..), &mut d_mask, &mut d_types, (rows, seq)).map_err(s))?;
-        let mut pinned_mask = PinnedHostBlock::<u32>::new(stream.context(), rows * seq).map_err(s)?;
+        let ours = time_stream(&stream, 200, || {
+            kernels
+                .batch_mask(&stream, &d_lens.slice(..), &mut d_mask, &mut d_types, (rows, seq))
+                .map_err(s)
+        })?;
+        let mut pinned_mask =
+            PinnedHostBlock::<u32>::new(stream.context(), rows * seq).map_err(s)?;
         pinned_mask.as_mut_slice().fill(1);
         let ids = Tensor::zeros((rows, seq), DType::U32, &cd).map_err(s)?;
         let candle = time_stream(&stream, 200, || {
@@ -334,19 +379,35 @@ impl Bench {
     fn settings(&self, b: usize, gpu: GpuLanes, cpu_lanes: usize) -> (EngineSettings, Limits) {
         let max_tokens = b * 512;
         let policy = BatchPolicy { max_rows: b, max_tokens, ..BatchPolicy::default() };
-        let settings = EngineSettings { cpu_lanes, gpu, ring_capacity: 4096, policy, max_retries: 0, idle_wait: Duration::from_millis(1) };
+        let settings = EngineSettings {
+            cpu_lanes,
+            gpu,
+            ring_capacity: 4096,
+            policy,
+            max_retries: 0,
+            idle_wait: Duration::from_millis(1),
+        };
         (settings, Limits { max_batch_rows: b, max_batch_tokens: max_tokens, ..Limits::default() })
     }
 
     /// One pass of the first `count` payloads through `engine`; keeps outputs when `keep`.
-    fn pass(&self, engine: &Engine, rx: &crossbeam_channel::Receiver<Outcome>, decoder: &mut Decoder, count: usize, keep: bool) -> Res<Pass> {
+    fn pass(
+        &self,
+        engine: &Engine,
+        rx: &crossbeam_channel::Receiver<Outcome>,
+        decoder: &mut Decoder,
+        count: usize,
+        keep: bool,
+    ) -> Res<Pass> {
         let started = Instant::now();
         let mut latency = sluice::telemetry::stats::new_histogram();
         let mut rows = Vec::new();
         std::thread::scope(|sc| -> Res<()> {
             let sub = sc.spawn(|| -> Res<()> {
                 for (i, p) in self.payloads.iter().take(count).enumerate() {
-                    let req = decoder.decode(envelope(p.clone(), i as i64, &self.topic)).map_err(|(_, f)| format!("sentence {i} rejected: {f:?}"))?;
+                    let req = decoder
+                        .decode(envelope(p.clone(), i as i64, &self.topic))
+                        .map_err(|(_, f)| format!("sentence {i} rejected: {f:?}"))?;
                     engine.submit_wait(req);
                 }
                 Ok(())
@@ -354,14 +415,19 @@ impl Bench {
             // Receive every outcome even after a failure, so the submitter never blocks.
             let mut first_failure = None;
             for _ in 0..count {
-                let o = rx.recv_timeout(Duration::from_secs(300)).map_err(|e| format!("waiting for outcomes: {e}"))?;
+                let o = rx
+                    .recv_timeout(Duration::from_secs(300))
+                    .map_err(|e| format!("waiting for outcomes: {e}"))?;
                 let _ = latency.record(o.timings.total_us.max(1));
                 match &o.verdict {
                     Verdict::Failure(f) => {
                         first_failure.get_or_insert_with(|| format!("request failed: {f:?}"));
                     }
                     Verdict::Success { output, first_row, .. } if keep => {
-                        rows.push((o.env.source.offset as usize, output.row(*first_row as usize).to_vec()));
+                        rows.push((
+                            o.env.source.offset as usize,
+                            output.row(*first_row as usize).to_vec(),
+                        ));
                     }
                     Verdict::Success { .. } => {}
                 }
@@ -410,21 +476,33 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 fn run() -> Res<()> {
     let o = options()?;
-    let n = device_count().map_err(|e| format!("no CUDA device ({e}); this benchmark needs a GPU"))?;
+    let n =
+        device_count().map_err(|e| format!("no CUDA device ({e}); this benchmark needs a GPU"))?;
     if o.device >= n {
         return Err(format!("--device {} but the driver reports {n} device(s)", o.device));
     }
     let tmp = tempfile::tempdir().map_err(s)?;
     let (models, generated) = repository(&o, tmp.path())?;
-    let text = std::fs::read_to_string(&o.sentences).map_err(|e| format!("{}: {e}", o.sentences.display()))?;
-    let sentences: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
+    let text = std::fs::read_to_string(&o.sentences)
+        .map_err(|e| format!("{}: {e}", o.sentences.display()))?;
+    let sentences: Vec<&str> =
+        text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
     let repo = Repository::open(&models).map_err(s)?;
-    let cache = Arc::new(ModelCache::new(repo, Device::Cpu, CacheSettings { capacity: 2, ttl: None, warmup_rows: 8 }));
+    let cache = Arc::new(ModelCache::new(
+        repo,
+        Device::Cpu,
+        CacheSettings { capacity: 2, ttl: None, warmup_rows: 8 },
+    ));
     cache.get(&o.model, None).map_err(|e| format!("model {}: {e}", o.model))?;
     let payloads: Vec<Bytes> = sentences
         .iter()
         .enumerate()
-        .map(|(i, t)| Bytes::from(serde_json::json!({"id": format!("s{i}"), "model": o.model, "input": t}).to_string()))
+        .map(|(i, t)| {
+            Bytes::from(
+                serde_json::json!({"id": format!("s{i}"), "model": o.model, "input": t})
+                    .to_string(),
+            )
+        })
         .collect();
     let bench = Bench { payloads, topic: "bench".into() };
 
@@ -453,13 +531,25 @@ fn run() -> Res<()> {
     };
     let cpu_rows = outputs(GpuLanes::default(), 1)?;
     let gpu_rows = outputs(GpuLanes { devices: vec![o.device], streams_per_device: 1 }, 0)?;
-    let worst_cosine = cpu_rows.iter().zip(&gpu_rows).map(|(a, b)| cosine(&a.1, &b.1)).fold(1f32, f32::min);
-    eprintln!("correctness: worst cosine(GPU lane, CPU lane) over {check} sentences = {worst_cosine:.6}");
+    let worst_cosine =
+        cpu_rows.iter().zip(&gpu_rows).map(|(a, b)| cosine(&a.1, &b.1)).fold(1f32, f32::min);
+    eprintln!(
+        "correctness: worst cosine(GPU lane, CPU lane) over {check} sentences = {worst_cosine:.6}"
+    );
 
     let mut engine_rows = Vec::new();
     let mut e2e_rows = Vec::new();
     let jsonl = tmp.path().join("input.jsonl");
-    std::fs::write(&jsonl, bench.payloads.iter().map(|p| String::from_utf8_lossy(p).into_owned() + "\n").collect::<String>().repeat(4)).map_err(s)?;
+    std::fs::write(
+        &jsonl,
+        bench
+            .payloads
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned() + "\n")
+            .collect::<String>()
+            .repeat(4),
+    )
+    .map_err(s)?;
     for &streams in &o.streams {
         for &b in &o.batch_sizes {
             let gpu = GpuLanes { devices: vec![o.device], streams_per_device: streams };
@@ -467,9 +557,21 @@ fn run() -> Res<()> {
             let (tx, rx) = crossbeam_channel::bounded::<Outcome>(8192);
             let engine = Engine::start(&settings, tx).map_err(s)?;
             let mut dec = Decoder::new(cache.clone(), lim, None);
-            bench.pass(&engine, &rx, &mut dec, (b * 4 * streams).min(bench.payloads.len()), false)?;
+            bench.pass(
+                &engine,
+                &rx,
+                &mut dec,
+                (b * 4 * streams).min(bench.payloads.len()),
+                false,
+            )?;
             let stats = engine.stats().clone();
-            let snap = |st: &sluice::telemetry::EngineStats| (st.batches.load(Ordering::Relaxed), st.rows.load(Ordering::Relaxed), st.real_tokens.load(Ordering::Relaxed));
+            let snap = |st: &sluice::telemetry::EngineStats| {
+                (
+                    st.batches.load(Ordering::Relaxed),
+                    st.rows.load(Ordering::Relaxed),
+                    st.real_tokens.load(Ordering::Relaxed),
+                )
+            };
             let before = snap(&stats);
             stats.batch_us.lock().reset();
             let mut latency = sluice::telemetry::stats::new_histogram();
@@ -482,7 +584,12 @@ fn run() -> Res<()> {
             }
             let after = snap(&stats);
             let h = stats.batch_us.lock().clone();
-            let mem = stats.lane_memory.iter().map(|m| m.used_bytes.load(Ordering::Relaxed)).max().unwrap_or(0);
+            let mem = stats
+                .lane_memory
+                .iter()
+                .map(|m| m.used_bytes.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
             engine.shutdown();
             let secs = elapsed.as_secs_f64();
             let sents = (passes * bench.payloads.len()) as u64;
@@ -524,22 +631,53 @@ fn run() -> Res<()> {
                 };
                 let sum = sluice::batch::run(job).map_err(|e| format!("{e:#}"))?;
                 if sum.dead_letters > 0 {
-                    return Err(format!("end to end: {} dead letters ({:?})", sum.dead_letters, sum.dead_letters_by_class));
+                    return Err(format!(
+                        "end to end: {} dead letters ({:?})",
+                        sum.dead_letters, sum.dead_letters_by_class
+                    ));
                 }
-                eprintln!("e2e    streams {streams} batch {b:4}: {:.0} records/s", sum.records_per_s);
-                e2e_rows.push(E2eRow { streams, batch_size: b, records: sum.results, seconds: sum.seconds, records_per_s: sum.records_per_s, batch_ms_p99: sum.batch_ms_p99 });
+                eprintln!(
+                    "e2e    streams {streams} batch {b:4}: {:.0} records/s",
+                    sum.records_per_s
+                );
+                e2e_rows.push(E2eRow {
+                    streams,
+                    batch_size: b,
+                    records: sum.results,
+                    seconds: sum.seconds,
+                    records_per_s: sum.records_per_s,
+                    batch_ms_p99: sum.batch_ms_p99,
+                });
             }
         }
     }
 
     let mut md = String::new();
-    md += &format!("# GPU benchmark: {} ({})\n\n", limits.device_name, if generated { "MiniLM-shaped model, random weights" } else { "model from the repository" });
+    md += &format!(
+        "# GPU benchmark: {} ({})\n\n",
+        limits.device_name,
+        if generated { "MiniLM-shaped model, random weights" } else { "model from the repository" }
+    );
     md += &format!("Correctness: worst cosine(GPU lane, CPU lane) over {check} sentences = {worst_cosine:.6}\n\n");
     md += "## Limits (measured)\n\n| H2D GB/s | D2H GB/s | D2D GB/s (r+w) | FP32 GEMM GFLOP/s |\n|---:|---:|---:|---:|\n";
-    md += &format!("| {:.1} | {:.1} | {:.0} | {:.0} |\n\n", limits.h2d_gb_s, limits.d2h_gb_s, limits.d2d_gb_s, limits.gemm_gflop_s);
+    md += &format!(
+        "| {:.1} | {:.1} | {:.0} | {:.0} |\n\n",
+        limits.h2d_gb_s, limits.d2h_gb_s, limits.d2d_gb_s, limits.gemm_gflop_s
+    );
     md += "## Kernels vs candle\n\n| kernel | rows×seq×hidden | ours µs | candle µs | speed-up | ours GB/s | % of D2D |\n|---|---|---:|---:|---:|---:|---:|\n";
     for k in &kernels {
-        md += &format!("| {} | {}×{}×{} | {:.1} | {:.1} | {:.1}× | {:.0} | {:.0}% |\n", k.kernel, k.rows, k.seq, k.hidden, k.ours_us, k.candle_us, k.speedup, k.ours_gb_s, 100.0 * k.of_copy_bandwidth);
+        md += &format!(
+            "| {} | {}×{}×{} | {:.1} | {:.1} | {:.1}× | {:.0} | {:.0}% |\n",
+            k.kernel,
+            k.rows,
+            k.seq,
+            k.hidden,
+            k.ours_us,
+            k.candle_us,
+            k.speedup,
+            k.ours_gb_s,
+            100.0 * k.of_copy_bandwidth
+        );
     }
     md += "\n## Engine only (decode + engine)\n\n| streams | batch | sentences/s | tokens/s | mean rows | batch p50 ms | batch p99 ms | p50 ms | p95 ms | p99 ms | p99.9 ms | GPU MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in &engine_rows {
@@ -551,7 +689,10 @@ fn run() -> Res<()> {
     if !e2e_rows.is_empty() {
         md += "\n## End to end (`sluice batch`: JSONL → JSONL)\n\n| streams | batch | records/s | batch p99 ms |\n|---:|---:|---:|---:|\n";
         for r in &e2e_rows {
-            md += &format!("| {} | {} | {:.0} | {:.2} |\n", r.streams, r.batch_size, r.records_per_s, r.batch_ms_p99);
+            md += &format!(
+                "| {} | {} | {:.0} | {:.2} |\n",
+                r.streams, r.batch_size, r.records_per_s, r.batch_ms_p99
+            );
         }
     }
     println!("{md}");
@@ -571,7 +712,8 @@ fn run() -> Res<()> {
             "engine": engine_rows,
             "end_to_end": e2e_rows,
         });
-        std::fs::write(path, doc.to_string() + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(path, doc.to_string() + "\n")
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }

@@ -58,7 +58,11 @@ pub struct BatchSummary {
 
 impl std::fmt::Display for BatchSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "lines {}  results {}  dead letters {}", self.lines, self.results, self.dead_letters)?;
+        writeln!(
+            f,
+            "lines {}  results {}  dead letters {}",
+            self.lines, self.results, self.dead_letters
+        )?;
         for (c, n) in &self.dead_letters_by_class {
             writeln!(f, "  {c}: {n}")?;
         }
@@ -108,7 +112,11 @@ fn write_dead_letter(o: &Outcome, f: &Failure, w: &mut impl Write) -> std::io::R
     };
     let line = DeadLetterLine {
         error: ErrorRef { class: f.class.as_str(), reason: &f.reason },
-        source: SourceRef { topic: &o.env.source.topic, partition: o.env.source.partition, offset: o.env.source.offset },
+        source: SourceRef {
+            topic: &o.env.source.topic,
+            partition: o.env.source.partition,
+            offset: o.env.source.offset,
+        },
         attempts: o.env.attempts,
         value,
         value_base64,
@@ -119,7 +127,10 @@ fn write_dead_letter(o: &Outcome, f: &Failure, w: &mut impl Write) -> std::io::R
 
 /// Reads one line of at most `limit` bytes (newline excluded). Returns `None` at EOF,
 /// `Some(Ok(line))`, or `Some(Err(prefix))` for a line over the limit (the rest is skipped).
-fn read_line(r: &mut impl BufRead, limit: usize) -> std::io::Result<Option<Result<Vec<u8>, Vec<u8>>>> {
+fn read_line(
+    r: &mut impl BufRead,
+    limit: usize,
+) -> std::io::Result<Option<Result<Vec<u8>, Vec<u8>>>> {
     let mut buf = Vec::new();
     let n = r.by_ref().take(limit as u64 + 2).read_until(b'\n', &mut buf)?;
     if n == 0 {
@@ -155,11 +166,23 @@ pub fn run(job: BatchJob) -> anyhow::Result<BatchSummary> {
     let started = Instant::now();
     // Fail fast on a missing model rather than dead-lettering every line.
     job.cache.get(&job.model, None).with_context(|| format!("model '{}'", job.model))?;
-    let input = File::open(&job.input).with_context(|| format!("opening input {}", job.input.display()))?;
+    let input =
+        File::open(&job.input).with_context(|| format!("opening input {}", job.input.display()))?;
     let input_len = input.metadata().map(|m| m.len()).unwrap_or(0);
-    let topic: Arc<str> = job.input.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "input".into()).into();
-    let mut out = BufWriter::new(File::create(&job.output).with_context(|| format!("creating output {}", job.output.display()))?);
-    let mut dlq = BufWriter::new(File::create(&job.dlq).with_context(|| format!("creating DLQ file {}", job.dlq.display()))?);
+    let topic: Arc<str> = job
+        .input
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into())
+        .into();
+    let mut out = BufWriter::new(
+        File::create(&job.output)
+            .with_context(|| format!("creating output {}", job.output.display()))?,
+    );
+    let mut dlq = BufWriter::new(
+        File::create(&job.dlq)
+            .with_context(|| format!("creating DLQ file {}", job.dlq.display()))?,
+    );
 
     let (tx, rx) = crossbeam_channel::bounded::<Outcome>(job.engine.ring_capacity.max(64));
     let engine = Engine::start(&job.engine, tx.clone()).context("starting lanes")?;
@@ -168,8 +191,10 @@ pub fn run(job: BatchJob) -> anyhow::Result<BatchSummary> {
     let bar = (job.progress && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(input_len);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
@@ -243,7 +268,8 @@ pub fn run(job: BatchJob) -> anyhow::Result<BatchSummary> {
                             }
                         }
                         Some(f) => {
-                            let idx = ErrorClass::ALL.iter().position(|c| *c == f.class).unwrap_or(0);
+                            let idx =
+                                ErrorClass::ALL.iter().position(|c| *c == f.class).unwrap_or(0);
                             by_class[idx] += 1;
                             write_dead_letter(&o, f, &mut dlq).context("writing DLQ")?;
                         }
@@ -280,7 +306,12 @@ pub fn run(job: BatchJob) -> anyhow::Result<BatchSummary> {
         lines,
         results,
         dead_letters: by_class.iter().sum(),
-        dead_letters_by_class: ErrorClass::ALL.iter().zip(by_class).filter(|(_, n)| *n > 0).map(|(c, n)| (c.as_str().to_string(), n)).collect(),
+        dead_letters_by_class: ErrorClass::ALL
+            .iter()
+            .zip(by_class)
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, n)| (c.as_str().to_string(), n))
+            .collect(),
         seconds,
         records_per_s: lines as f64 / seconds.max(1e-9),
         batches: stats.batches.load(Ordering::Relaxed),

@@ -54,13 +54,19 @@ fn now_us() -> u64 {
 fn demo_models(opt: &DemoOptions) -> anyhow::Result<(PathBuf, String)> {
     if let Some(dir) = &opt.models {
         let repo = Repository::open(dir)?;
-        let name = if repo.versions("minilm").is_ok_and(|v| !v.is_empty()) { "minilm" } else { "tiny-embed" };
+        let name = if repo.versions("minilm").is_ok_and(|v| !v.is_empty()) {
+            "minilm"
+        } else {
+            "tiny-embed"
+        };
         return Ok((dir.clone(), name.to_string()));
     }
     if Path::new("models/minilm/1/model.safetensors").is_file() {
         return Ok((PathBuf::from("models"), "minilm".into()));
     }
-    let cache = std::env::var_os("SLUICE_CACHE").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("sluice"));
+    let cache = std::env::var_os("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("sluice"));
     let dir = cache.join("demo-models");
     crate::testkit::write_demo_repository(&dir).context("writing the demo models")?;
     Ok((dir, "tiny-embed".into()))
@@ -83,11 +89,22 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     let (models, model) = demo_models(&opt)?;
     println!("sluice demo");
-    println!("  broker   {bootstrap}   (in-process; produce to '{}' or '{}' from another client)", topics.input, topics.priority);
+    println!(
+        "  broker   {bootstrap}   (in-process; produce to '{}' or '{}' from another client)",
+        topics.input, topics.priority
+    );
     println!("  model    {model} from {}", models.display());
-    println!("  producer {} req/s, {:.0}% deliberately bad records; Ctrl-C stops", opt.rate, opt.bad_share * 100.0);
+    println!(
+        "  producer {} req/s, {:.0}% deliberately bad records; Ctrl-C stops",
+        opt.rate,
+        opt.bad_share * 100.0
+    );
 
-    let cache = Arc::new(ModelCache::new(Repository::open(&models)?, candle_core::Device::Cpu, CacheSettings::from_config(&cfg)));
+    let cache = Arc::new(ModelCache::new(
+        Repository::open(&models)?,
+        candle_core::Device::Cpu,
+        CacheSettings::from_config(&cfg),
+    ));
     cache.get(&model, None).with_context(|| format!("loading {model}"))?;
     let pipeline = Pipeline::start(&cfg, cache)?;
 
@@ -105,7 +122,8 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         // The open-loop producer: each record is due at start + n / rate, whatever the
         // pipeline does; ids carry the intended send time for the latency view.
         let producer: BaseProducer = client(&[("linger.ms", "5")]).create()?;
-        let (prod_done, produced2, model2, input) = (done.clone(), produced.clone(), model.clone(), topics.input.clone());
+        let (prod_done, produced2, model2, input) =
+            (done.clone(), produced.clone(), model.clone(), topics.input.clone());
         let rate = opt.rate;
         let bad_share = opt.bad_share;
         let producer_thread = std::thread::Builder::new().name("demo-producer".into()).spawn_scoped(s, move || {
@@ -150,7 +168,13 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         })?;
 
         // The viewer: reads results and dead letters, prints a line per second.
-        let viewer: BaseConsumer = client(&[("group.id", "sluice-demo-viewer"), ("auto.offset.reset", "earliest"), ("enable.auto.commit", "false"), ("fetch.wait.max.ms", "5")]).create()?;
+        let viewer: BaseConsumer = client(&[
+            ("group.id", "sluice-demo-viewer"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.commit", "false"),
+            ("fetch.wait.max.ms", "5"),
+        ])
+        .create()?;
         viewer.subscribe(&[topics.output.as_str(), topics.dlq.as_str()])?;
         let mut lat = new_histogram();
         let mut total = new_histogram();
@@ -169,7 +193,10 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     out_n += 1;
                     if let Ok(r) = serde_json::from_slice::<serde_json::Value>(v) {
                         batch_sum += r["batch_size"].as_u64().unwrap_or(0);
-                        let sent = r["id"].as_str().and_then(|id| id.rsplit('-').next()).and_then(|t| t.parse::<u64>().ok());
+                        let sent = r["id"]
+                            .as_str()
+                            .and_then(|id| id.rsplit('-').next())
+                            .and_then(|t| t.parse::<u64>().ok());
                         if let Some(t) = sent {
                             let us = now_us().saturating_sub(t).max(1);
                             let _ = lat.record(us);
@@ -213,7 +240,10 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         Ok(())
     })?;
     let report = pipeline.stop();
-    println!("pipeline: consumed {}, results {}, dead letters {}", report.consumed, report.results, report.dead_letters);
+    println!(
+        "pipeline: consumed {}, results {}, dead letters {}",
+        report.consumed, report.results, report.dead_letters
+    );
     drop(cluster);
     Ok(())
 }

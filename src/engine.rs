@@ -48,7 +48,14 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings { cpu_lanes: 1, gpu: GpuLanes::default(), ring_capacity: 4096, policy: BatchPolicy::default(), max_retries: 3, idle_wait: Duration::from_millis(500) }
+        EngineSettings {
+            cpu_lanes: 1,
+            gpu: GpuLanes::default(),
+            ring_capacity: 4096,
+            policy: BatchPolicy::default(),
+            max_retries: 3,
+            idle_wait: Duration::from_millis(500),
+        }
     }
 }
 
@@ -64,7 +71,10 @@ impl Engine {
     /// `0..cpu_lanes`; at least one unless there are GPU lanes), then one lane per GPU
     /// device × stream. Fails with a message naming the
     /// lane when a configured GPU lane cannot start (no `cuda` feature, no driver, no device).
-    pub fn start(settings: &EngineSettings, completions: Sender<Outcome>) -> std::io::Result<Engine> {
+    pub fn start(
+        settings: &EngineSettings,
+        completions: Sender<Outcome>,
+    ) -> std::io::Result<Engine> {
         let gpu_lanes = settings.gpu.count();
         // With GPU lanes, `cpu_lanes` may be 0 (all work on the GPU); without, at least one.
         let cpu_lanes = if gpu_lanes > 0 { settings.cpu_lanes } else { settings.cpu_lanes.max(1) };
@@ -81,7 +91,9 @@ impl Engine {
         for index in 0..cpu_lanes {
             let executor = CpuExecutor::new(settings.policy.max_rows, settings.policy.max_tokens);
             let lane = Lane::new(executor, shared.clone(), settings.lane_settings(index));
-            let handle = std::thread::Builder::new().name(format!("sluice-lane-{index}")).spawn(move || lane.run());
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-lane-{index}"))
+                .spawn(move || lane.run());
             match handle {
                 Ok(h) => engine.lanes.push(h),
                 Err(e) => return Err(engine.abort(e)),
@@ -92,7 +104,8 @@ impl Engine {
             let mut index = cpu_lanes;
             for &device in &settings.gpu.devices {
                 for stream in 0..settings.gpu.streams_per_device {
-                    if let Err(e) = engine.spawn_gpu_lane(settings, &shared, index, device, stream) {
+                    if let Err(e) = engine.spawn_gpu_lane(settings, &shared, index, device, stream)
+                    {
                         return Err(engine.abort(e));
                     }
                     index += 1;
@@ -105,27 +118,40 @@ impl Engine {
     /// Starts a GPU lane on its own thread: the thread opens the device and builds its
     /// executor (so only it ever touches its stream), reports whether that worked, then runs.
     #[cfg(feature = "cuda")]
-    fn spawn_gpu_lane(&mut self, settings: &EngineSettings, shared: &LaneShared, index: usize, device: usize, stream: usize) -> std::io::Result<()> {
+    fn spawn_gpu_lane(
+        &mut self,
+        settings: &EngineSettings,
+        shared: &LaneShared,
+        index: usize,
+        device: usize,
+        stream: usize,
+    ) -> std::io::Result<()> {
         use crate::execute::cuda::CudaExecutor;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
         let (rows, tokens) = (settings.policy.max_rows, settings.policy.max_tokens);
-        let (shared, lane_settings, stats) = (shared.clone(), settings.lane_settings(index), self.stats.clone());
-        let handle = std::thread::Builder::new().name(format!("sluice-lane-{index}")).spawn(move || {
-            match CudaExecutor::new(device, stream, rows, tokens, stats, index) {
-                Ok(executor) => {
-                    let _ = ready_tx.send(Ok(()));
-                    Lane::new(executor, shared, lane_settings).run();
+        let (shared, lane_settings, stats) =
+            (shared.clone(), settings.lane_settings(index), self.stats.clone());
+        let handle =
+            std::thread::Builder::new().name(format!("sluice-lane-{index}")).spawn(move || {
+                match CudaExecutor::new(device, stream, rows, tokens, stats, index) {
+                    Ok(executor) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Lane::new(executor, shared, lane_settings).run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                    }
                 }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                }
-            }
-        })?;
+            })?;
         self.lanes.push(handle);
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(std::io::Error::other(format!("GPU lane {index} (cuda:{device}/stream{stream}): {e}"))),
-            Err(_) => Err(std::io::Error::other(format!("GPU lane {index} (cuda:{device}/stream{stream}) exited while starting"))),
+            Ok(Err(e)) => Err(std::io::Error::other(format!(
+                "GPU lane {index} (cuda:{device}/stream{stream}): {e}"
+            ))),
+            Err(_) => Err(std::io::Error::other(format!(
+                "GPU lane {index} (cuda:{device}/stream{stream}) exited while starting"
+            ))),
         }
     }
 
@@ -180,7 +206,12 @@ impl Drop for Engine {
 
 impl EngineSettings {
     fn lane_settings(&self, index: usize) -> LaneSettings {
-        LaneSettings { index, policy: self.policy.clone(), max_retries: self.max_retries, idle_wait: self.idle_wait }
+        LaneSettings {
+            index,
+            policy: self.policy.clone(),
+            max_retries: self.max_retries,
+            idle_wait: self.idle_wait,
+        }
     }
 
     /// Engine settings from the configuration file's `streaming.inference` section.
@@ -193,7 +224,10 @@ impl EngineSettings {
         };
         EngineSettings {
             cpu_lanes: inf.lanes.cpu.count,
-            gpu: GpuLanes { devices: cfg.gpu.devices.clone(), streams_per_device: cfg.gpu.streams_per_device.max(1) },
+            gpu: GpuLanes {
+                devices: cfg.gpu.devices.clone(),
+                streams_per_device: cfg.gpu.streams_per_device.max(1),
+            },
             ring_capacity: b.ring_capacity,
             policy: BatchPolicy {
                 max_rows: b.max_batch_rows,
@@ -243,9 +277,13 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn gpu_lanes_need_the_cuda_feature() {
-        let settings = EngineSettings { gpu: GpuLanes { devices: vec![0], streams_per_device: 2 }, ..EngineSettings::default() };
+        let settings = EngineSettings {
+            gpu: GpuLanes { devices: vec![0], streams_per_device: 2 },
+            ..EngineSettings::default()
+        };
         let (tx, _rx) = crossbeam_channel::unbounded();
-        let err = Engine::start(&settings, tx).err().expect("no GPU lanes without the cuda feature");
+        let err =
+            Engine::start(&settings, tx).err().expect("no GPU lanes without the cuda feature");
         assert!(err.to_string().contains("--features cuda"), "{err}");
     }
 

@@ -252,19 +252,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sluice::telemetry::logging::init(cfg.log.format == LogFormat::Json, &cfg.log.level);
             let stop = stop_flag()?;
             let repo_dir = &cfg.streaming.inference.model.repository;
-            let repo = Repository::open(repo_dir).with_context(|| format!("model repository {}", repo_dir.display()))?;
-            let cache = Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, CacheSettings::from_config(&cfg)));
+            let repo = Repository::open(repo_dir)
+                .with_context(|| format!("model repository {}", repo_dir.display()))?;
+            let cache = Arc::new(ModelCache::new(
+                repo,
+                candle_core::Device::Cpu,
+                CacheSettings::from_config(&cfg),
+            ));
             // The control plane owns the pipeline's lifecycle: it starts it now (unless
             // streaming.inference.enabled is false) and reports a failed start or a dead
             // thread as state `failed` instead of exiting, so an operator can see why.
-            let opts = ControlOptions { autostart: cfg.streaming.inference.enabled, ..ControlOptions::default() };
+            let opts = ControlOptions {
+                autostart: cfg.streaming.inference.enabled,
+                ..ControlOptions::default()
+            };
             let control = ControlPlane::start(cfg.clone(), cache, opts)?;
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             tracing::info!("signal received");
             if let Some(report) = control.shutdown() {
-                eprintln!("stopped: consumed {}, results {}, dead letters {}", report.consumed, report.results, report.dead_letters);
+                eprintln!(
+                    "stopped: consumed {}, results {}, dead letters {}",
+                    report.consumed, report.results, report.dead_letters
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -280,21 +291,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sluice::demo::run(opt, stop)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check { file } } => match sluice::config::check_file(&file) {
-            Ok(yaml) => {
-                print!("{yaml}");
-                eprintln!("{}: OK", file.display());
-                Ok(ExitCode::SUCCESS)
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            match sluice::config::check_file(&file) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    eprintln!("{}: OK", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    Ok(ExitCode::from(2))
+                }
             }
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                Ok(ExitCode::from(2))
-            }
-        },
+        }
         Command::Models { command: ModelsCommand::List { models } } => {
             let repo = Repository::open(&models)?;
             for m in repo.list()? {
-                println!("{}\tversions {}\tserving {}", m.name, m.versions.join(","), m.serving.as_deref().unwrap_or("-"));
+                println!(
+                    "{}\tversions {}\tserving {}",
+                    m.name,
+                    m.versions.join(","),
+                    m.serving.as_deref().unwrap_or("-")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -307,8 +325,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Batch { models, model, input, output, dlq, config, no_progress, json } => {
             let cfg = load_config(config.as_ref())?;
             sluice::telemetry::logging::init(cfg.log.format == LogFormat::Json, &cfg.log.level);
-            let repo = Repository::open(&models).with_context(|| format!("model repository {}", models.display()))?;
-            let cache = Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, CacheSettings::from_config(&cfg)));
+            let repo = Repository::open(&models)
+                .with_context(|| format!("model repository {}", models.display()))?;
+            let cache = Arc::new(ModelCache::new(
+                repo,
+                candle_core::Device::Cpu,
+                CacheSettings::from_config(&cfg),
+            ));
             let dlq = dlq.unwrap_or_else(|| batch::default_dlq_path(&output));
             let job = BatchJob {
                 cache,
@@ -351,26 +374,64 @@ fn loadgen(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
         LoadgenCommand::Run(a) => {
             sluice::telemetry::logging::init(false, "warn");
             let stop = stop_flag()?;
-            let rates = sweep::RatePlan::parse(&a.rates).map_err(|e| anyhow::anyhow!("--rates: {e}"))?;
-            for (name, v) in [("--long-share", a.long_share), ("--hostile-share", a.hostile_share), ("--priority-share", a.priority_share)] {
-                anyhow::ensure!((0.0..=1.0).contains(&v), "{name} must be between 0 and 1, got {v}");
+            let rates =
+                sweep::RatePlan::parse(&a.rates).map_err(|e| anyhow::anyhow!("--rates: {e}"))?;
+            for (name, v) in [
+                ("--long-share", a.long_share),
+                ("--hostile-share", a.hostile_share),
+                ("--priority-share", a.priority_share),
+            ] {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&v),
+                    "{name} must be between 0 and 1, got {v}"
+                );
             }
-            anyhow::ensure!(a.warmup < a.duration, "--warmup ({:?}) must be shorter than --duration ({:?})", a.warmup, a.duration);
+            anyhow::ensure!(
+                a.warmup < a.duration,
+                "--warmup ({:?}) must be shorter than --duration ({:?})",
+                a.warmup,
+                a.duration
+            );
             let payload = match a.payload {
                 PayloadArg::Text => workload::Payload::Text { long_share: a.long_share },
                 PayloadArg::Tabular => workload::Payload::Tabular { width: a.width.max(1) },
             };
-            let wl = workload::Workload { model: a.model.clone(), payload, hostile_share: a.hostile_share, priority_share: a.priority_share, seed: a.seed };
-            let target = step::Target { bootstrap: a.bootstrap.clone(), input_topic: a.input_topic.clone(), priority_topic: a.priority_topic.clone(), output_topic: a.output_topic.clone(), dlq_topic: a.dlq_topic.clone() };
-            let criteria = sweep::Criteria { p99_bound_ms: a.p99_bound_ms, min_achieved_ratio: a.min_achieved };
+            let wl = workload::Workload {
+                model: a.model.clone(),
+                payload,
+                hostile_share: a.hostile_share,
+                priority_share: a.priority_share,
+                seed: a.seed,
+            };
+            let target = step::Target {
+                bootstrap: a.bootstrap.clone(),
+                input_topic: a.input_topic.clone(),
+                priority_topic: a.priority_topic.clone(),
+                output_topic: a.output_topic.clone(),
+                dlq_topic: a.dlq_topic.clone(),
+            };
+            let criteria = sweep::Criteria {
+                p99_bound_ms: a.p99_bound_ms,
+                min_achieved_ratio: a.min_achieved,
+            };
             let spec = sweep::SweepSpec {
                 rates,
                 criteria,
                 patience: a.patience,
                 half_step: !a.no_half_step,
-                step: step::StepSpec { rate: 0.0, arrival: a.arrival, duration: a.duration, warmup: a.warmup, drain_timeout: a.drain_timeout, workload: wl.clone() },
+                step: step::StepSpec {
+                    rate: 0.0,
+                    arrival: a.arrival,
+                    duration: a.duration,
+                    warmup: a.warmup,
+                    drain_timeout: a.drain_timeout,
+                    workload: wl.clone(),
+                },
             };
-            eprintln!("loadgen: {} against {} ({}), model {}", a.system, a.bootstrap, a.rates, a.model);
+            eprintln!(
+                "loadgen: {} against {} ({}), model {}",
+                a.system, a.bootstrap, a.rates, a.model
+            );
             let load_before = report::load_avg_1m();
             let outcome = sweep::run_sweep(&target, &spec, &stop, |s| {
                 eprintln!(
@@ -399,7 +460,16 @@ fn loadgen(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
                 machine: report::Machine::detect(),
                 commit: a.commit.clone().unwrap_or_else(git_commit),
                 date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                command: std::env::args().map(|a| if a.contains([' ', '\'', '"', '(']) { format!("'{}'", a.replace('\'', "'\\''")) } else { a }).collect::<Vec<_>>().join(" "),
+                command: std::env::args()
+                    .map(|a| {
+                        if a.contains([' ', '\'', '"', '(']) {
+                            format!("'{}'", a.replace('\'', "'\\''"))
+                        } else {
+                            a
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 workload: Some(wl),
                 arrival: Some(a.arrival),
                 criteria: Some(criteria),
@@ -408,9 +478,11 @@ fn loadgen(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
             };
             if let Some(out) = &a.out {
                 if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
                 }
-                std::fs::write(out, serde_json::to_vec_pretty(&rep)?).with_context(|| format!("writing {}", out.display()))?;
+                std::fs::write(out, serde_json::to_vec_pretty(&rep)?)
+                    .with_context(|| format!("writing {}", out.display()))?;
                 eprintln!("loadgen: report written to {}", out.display());
             } else {
                 println!("{}", report::steps_table(&rep));
@@ -433,24 +505,47 @@ fn loadgen(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
             let mut reports = Vec::new();
             for p in &runs {
                 let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                let r: report::RunReport = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a loadgen run report", p.display()))?;
+                let r: report::RunReport = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not a loadgen run report", p.display()))?;
                 reports.push(r);
             }
-            std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+            std::fs::create_dir_all(&out_dir)
+                .with_context(|| format!("creating {}", out_dir.display()))?;
             let latency_svg = format!("{name}-latency.svg");
             let spectrum_svg = format!("{name}-spectrum.svg");
-            plot::latency_vs_rate(&reports, &format!("{title}: latency vs offered rate"), &out_dir.join(&latency_svg))?;
+            plot::latency_vs_rate(
+                &reports,
+                &format!("{title}: latency vs offered rate"),
+                &out_dir.join(&latency_svg),
+            )?;
             let picks: Vec<Option<&step::StepResult>> = reports
                 .iter()
                 .map(|r| match spectrum_rate {
-                    Some(rate) => r.all_steps().into_iter().filter(|s| s.latency.count > 0).min_by(|a, b| (a.offered_rps - rate).abs().total_cmp(&(b.offered_rps - rate).abs())),
+                    Some(rate) => {
+                        r.all_steps().into_iter().filter(|s| s.latency.count > 0).min_by(|a, b| {
+                            (a.offered_rps - rate).abs().total_cmp(&(b.offered_rps - rate).abs())
+                        })
+                    }
                     None => r.sweep.half_step.as_ref(),
                 })
                 .collect();
-            plot::spectrum(&reports, &picks, &format!("{title}: latency percentile spectrum"), &out_dir.join(&spectrum_svg))?;
-            let md = report::markdown(&title, &reports, &[("latency against offered rate", &latency_svg), ("percentile spectrum", &spectrum_svg)]);
+            plot::spectrum(
+                &reports,
+                &picks,
+                &format!("{title}: latency percentile spectrum"),
+                &out_dir.join(&spectrum_svg),
+            )?;
+            let md = report::markdown(
+                &title,
+                &reports,
+                &[
+                    ("latency against offered rate", &latency_svg),
+                    ("percentile spectrum", &spectrum_svg),
+                ],
+            );
             let md_path = out_dir.join(format!("{name}.md"));
-            std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+            std::fs::write(&md_path, md)
+                .with_context(|| format!("writing {}", md_path.display()))?;
             println!("{}", md_path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -20,7 +20,9 @@ use crate::config::{Config, DeliveryGuarantee};
 use crate::emit::ErrorClass;
 use crate::engine::{Engine, EngineSettings};
 use crate::ingest::{Decoder, Limits};
-use crate::kafka::consumer::{close_in_background, commit_points, IngestContext, IngestShared, IngestThread};
+use crate::kafka::consumer::{
+    close_in_background, commit_points, IngestContext, IngestShared, IngestThread,
+};
 use crate::kafka::producer::{EmitContext, EmitStats, EmitThread};
 use crate::kafka::{admin, base_client_config, consumer_config, producer_config, CommitTracker};
 use crate::models::ModelCache;
@@ -68,7 +70,13 @@ fn kafka_err(cfg: &Config, e: impl std::fmt::Display) -> PipelineError {
 }
 
 /// A JSON metrics snapshot (the metrics topic's record value).
-fn metrics_snapshot(instance: &str, ingest: &IngestShared, emit: &EmitStats, engine: &EngineStats, started: Instant) -> Vec<u8> {
+fn metrics_snapshot(
+    instance: &str,
+    ingest: &IngestShared,
+    emit: &EmitStats,
+    engine: &EngineStats,
+    started: Instant,
+) -> Vec<u8> {
     let h = engine.batch_us.lock().clone();
     let by_class: serde_json::Map<String, serde_json::Value> = ErrorClass::ALL
         .iter()
@@ -104,7 +112,11 @@ impl Pipeline {
 
     /// [`start`](Self::start), recording every outcome into `outcomes` (the control plane
     /// passes the ones of its registry, so they outlive restarts).
-    pub fn start_with_metrics(cfg: &Config, cache: Arc<ModelCache>, outcomes: Arc<OutcomeMetrics>) -> Result<Pipeline, PipelineError> {
+    pub fn start_with_metrics(
+        cfg: &Config,
+        cache: Arc<ModelCache>,
+        outcomes: Arc<OutcomeMetrics>,
+    ) -> Result<Pipeline, PipelineError> {
         if cfg.streaming.inference.processing.guarantee == DeliveryGuarantee::ExactlyOnce {
             return Err(PipelineError::Config(
                 "streaming.inference.processing.guarantee: exactly_once is not available in this version; use at_least_once".into(),
@@ -116,29 +128,44 @@ impl Pipeline {
 
         // Topics (and reachability).
         let admin_cfg = base_client_config(cfg, &format!("{instance}-admin"));
-        let all = [topics.input.as_str(), topics.priority.as_str(), topics.output.as_str(), topics.dlq.as_str(), topics.metrics.as_str()];
-        let created = admin::ensure_topics(&admin_cfg, &all, 1, Duration::from_secs(10)).map_err(|e| kafka_err(cfg, e))?;
+        let all = [
+            topics.input.as_str(),
+            topics.priority.as_str(),
+            topics.output.as_str(),
+            topics.dlq.as_str(),
+            topics.metrics.as_str(),
+        ];
+        let created = admin::ensure_topics(&admin_cfg, &all, 1, Duration::from_secs(10))
+            .map_err(|e| kafka_err(cfg, e))?;
         if !created.is_empty() {
             tracing::info!(topics = ?created, "created missing topics (1 partition each; create them yourself for more)");
         }
 
         let tracker = Arc::new(Mutex::new(CommitTracker::new()));
         let emit_stats = Arc::new(EmitStats { outcomes, ..EmitStats::default() });
-        let producer: BaseProducer<EmitContext> = producer_config(cfg, &format!("{instance}-producer"))
-            .create_with_context(EmitContext::new(tracker.clone(), emit_stats.clone()))
-            .map_err(|e| kafka_err(cfg, e))?;
+        let producer: BaseProducer<EmitContext> =
+            producer_config(cfg, &format!("{instance}-producer"))
+                .create_with_context(EmitContext::new(tracker.clone(), emit_stats.clone()))
+                .map_err(|e| kafka_err(cfg, e))?;
 
-        let ingest_shared = IngestShared::new(tracker.clone(), Duration::from_millis(cfg.kafka.consumer.revoke_timeout_ms));
-        let consumer: BaseConsumer<IngestContext> = consumer_config(cfg, &format!("{instance}-consumer"))
-            .create_with_context(IngestContext { shared: ingest_shared.clone() })
+        let ingest_shared = IngestShared::new(
+            tracker.clone(),
+            Duration::from_millis(cfg.kafka.consumer.revoke_timeout_ms),
+        );
+        let consumer: BaseConsumer<IngestContext> =
+            consumer_config(cfg, &format!("{instance}-consumer"))
+                .create_with_context(IngestContext { shared: ingest_shared.clone() })
+                .map_err(|e| kafka_err(cfg, e))?;
+        consumer
+            .subscribe(&[topics.priority.as_str(), topics.input.as_str()])
             .map_err(|e| kafka_err(cfg, e))?;
-        consumer.subscribe(&[topics.priority.as_str(), topics.input.as_str()]).map_err(|e| kafka_err(cfg, e))?;
         let consumer = Arc::new(consumer);
         let c = &cfg.kafka.consumer;
 
         let settings = EngineSettings::from_config(cfg);
         let (tx, rx) = crossbeam_channel::bounded(settings.ring_capacity.max(256));
-        let engine = Engine::start(&settings, tx.clone()).map_err(|e| PipelineError::Other(format!("starting lanes: {e}")))?;
+        let engine = Engine::start(&settings, tx.clone())
+            .map_err(|e| PipelineError::Other(format!("starting lanes: {e}")))?;
         let engine_stats = engine.stats().clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::new(AtomicBool::new(false));
@@ -147,7 +174,8 @@ impl Pipeline {
         let metrics = cfg.streaming.inference.metrics.enabled.then(|| {
             let (i, e, g) = (ingest_shared.clone(), emit_stats.clone(), engine_stats.clone());
             let name = instance.clone();
-            let render: crate::kafka::producer::MetricsRenderer = Box::new(move || metrics_snapshot(&name, &i, &e, &g, started));
+            let render: crate::kafka::producer::MetricsRenderer =
+                Box::new(move || metrics_snapshot(&name, &i, &e, &g, started));
             (cfg.streaming.inference.reporting_interval(), render)
         });
         let emit = EmitThread {
@@ -160,7 +188,10 @@ impl Pipeline {
             max_attempts: cfg.kafka.producer.max_attempts.max(1),
             stopping: stopping.clone(),
         };
-        let emit = std::thread::Builder::new().name("sluice-emit".into()).spawn(move || emit.run()).map_err(|e| PipelineError::Other(e.to_string()))?;
+        let emit = std::thread::Builder::new()
+            .name("sluice-emit".into())
+            .spawn(move || emit.run())
+            .map_err(|e| PipelineError::Other(e.to_string()))?;
 
         let ingest = IngestThread {
             consumer: consumer.clone(),
@@ -173,22 +204,40 @@ impl Pipeline {
             commit_interval: Duration::from_millis(c.commit_interval_ms.max(1)),
             stop: stop.clone(),
         };
-        let ingest = std::thread::Builder::new().name("sluice-ingest".into()).spawn(move || ingest.run()).map_err(|e| PipelineError::Other(e.to_string()))?;
+        let ingest = std::thread::Builder::new()
+            .name("sluice-ingest".into())
+            .spawn(move || ingest.run())
+            .map_err(|e| PipelineError::Other(e.to_string()))?;
         tracing::info!(%servers, group = %c.group, input = %topics.input, priority = %topics.priority, "pipeline started");
-        Ok(Pipeline { engine: Some(engine), consumer, ingest: Some(ingest), emit: Some(emit), stop, stopping, ingest_shared, emit_stats, engine_stats, started })
+        Ok(Pipeline {
+            engine: Some(engine),
+            consumer,
+            ingest: Some(ingest),
+            emit: Some(emit),
+            stop,
+            stopping,
+            ingest_shared,
+            emit_stats,
+            engine_stats,
+            started,
+        })
     }
 
     /// Whether every pipeline thread is still running.
     pub fn is_healthy(&self) -> bool {
-        self.ingest.as_ref().is_some_and(|h| !h.is_finished()) && self.emit.as_ref().is_some_and(|h| !h.is_finished())
+        self.ingest.as_ref().is_some_and(|h| !h.is_finished())
+            && self.emit.as_ref().is_some_and(|h| !h.is_finished())
     }
 
     /// Requests queued on the (priority, normal) rings, and each ring's capacity.
     pub fn ring_depths(&self) -> (usize, usize, usize) {
-        self.engine.as_ref().map(|e| {
-            let (p, n) = e.rings().depths();
-            (p, n, e.rings().capacity())
-        }).unwrap_or((0, 0, 0))
+        self.engine
+            .as_ref()
+            .map(|e| {
+                let (p, n) = e.rings().depths();
+                (p, n, e.rings().capacity())
+            })
+            .unwrap_or((0, 0, 0))
     }
 
     /// Consumer lag of every assigned partition: its high watermark (asked from the broker,
@@ -197,14 +246,18 @@ impl Pipeline {
     /// the position. Blocking: call it off the hot path, now and then.
     pub fn consumer_lag(&self, budget: Duration) -> Vec<PartitionLag> {
         let deadline = Instant::now() + budget;
-        let left = || deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        let left =
+            || deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
         let assigned = self.ingest_shared.assigned.lock().clone();
         let valid = |o: rdkafka::Offset| o.to_raw().filter(|o| *o >= 0);
         let positions = self.consumer.position().ok();
         let mut lags: Vec<PartitionLag> = assigned
             .into_iter()
             .map(|(topic, partition)| {
-                let position = positions.as_ref().and_then(|t| t.find_partition(&topic, partition)).and_then(|e| valid(e.offset()));
+                let position = positions
+                    .as_ref()
+                    .and_then(|t| t.find_partition(&topic, partition))
+                    .and_then(|e| valid(e.offset()));
                 PartitionLag { topic, partition, position, high_watermark: None, lag: None }
             })
             .collect();
@@ -217,7 +270,8 @@ impl Pipeline {
             if let Ok(got) = self.consumer.committed_offsets(tpl, left()) {
                 for i in unknown {
                     let l = &mut lags[i];
-                    l.position = got.find_partition(&l.topic, l.partition).and_then(|e| valid(e.offset()));
+                    l.position =
+                        got.find_partition(&l.topic, l.partition).and_then(|e| valid(e.offset()));
                 }
             }
         }
@@ -254,12 +308,20 @@ impl Pipeline {
         commit_points(&self.consumer, &points, CommitMode::Sync, &self.ingest_shared.stats);
         let blocked = self.ingest_shared.tracker.lock().blocked();
         if !blocked.is_empty() {
-            tracing::error!(?blocked, "partitions with undeliverable outcomes: not committed past them");
+            tracing::error!(
+                ?blocked,
+                "partitions with undeliverable outcomes: not committed past them"
+            );
         }
         self.consumer.unsubscribe();
         let report = self.report();
-        tracing::info!(drain_ms = t.elapsed().as_millis() as u64, consumed = report.consumed, results = report.results,
-            dead_letters = report.dead_letters, "pipeline stopped");
+        tracing::info!(
+            drain_ms = t.elapsed().as_millis() as u64,
+            consumed = report.consumed,
+            results = report.results,
+            dead_letters = report.dead_letters,
+            "pipeline stopped"
+        );
         report
     }
 
@@ -318,9 +380,10 @@ pub struct KafkaProbe {
 impl KafkaProbe {
     /// A probe for the brokers of `cfg` (connects lazily).
     pub fn new(cfg: &Config) -> Result<KafkaProbe, PipelineError> {
-        let client: BaseConsumer = base_client_config(cfg, &format!("sluice-{}-{}-probe", hostname(), std::process::id()))
-            .create()
-            .map_err(|e| kafka_err(cfg, e))?;
+        let client: BaseConsumer =
+            base_client_config(cfg, &format!("sluice-{}-{}-probe", hostname(), std::process::id()))
+                .create()
+                .map_err(|e| kafka_err(cfg, e))?;
         Ok(KafkaProbe { client: Some(client), topic: cfg.kafka.topics.streaming.input.clone() })
     }
 
@@ -345,5 +408,7 @@ impl Drop for KafkaProbe {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "host".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "host".into())
 }

@@ -164,10 +164,7 @@ impl TinyBertSpec {
             self.heads
         );
         ensure!(self.intermediate > 0, "intermediate must be > 0");
-        ensure!(
-            self.max_seq_len >= 2,
-            "max_seq_len must be >= 2 ([CLS] and [SEP])"
-        );
+        ensure!(self.max_seq_len >= 2, "max_seq_len must be >= 2 ([CLS] and [SEP])");
         ensure!(
             self.max_seq_len <= self.max_position,
             "max_seq_len ({}) must be <= max_position ({})",
@@ -292,10 +289,7 @@ pub fn bert_vocab(vocab_words: Option<usize>) -> Vec<String> {
     for &c in &letters_digits {
         push(&mut seen, &mut vocab, c.to_string());
     }
-    for c in (0x21u8..0x7f)
-        .map(char::from)
-        .filter(char::is_ascii_punctuation)
-    {
+    for c in (0x21u8..0x7f).map(char::from).filter(char::is_ascii_punctuation) {
         push(&mut seen, &mut vocab, c.to_string());
     }
     for &c in &letters_digits {
@@ -424,12 +418,7 @@ impl Tensors {
     /// activations keep their scale through the layer), bias `[out]` with std
     /// [`BERT_INIT_STD`].
     fn linear(&mut self, rng: &mut SeededRng, prefix: &str, inp: usize, out: usize) {
-        self.normal(
-            rng,
-            format!("{prefix}.weight"),
-            vec![out, inp],
-            1.0 / (inp as f32).sqrt(),
-        );
+        self.normal(rng, format!("{prefix}.weight"), vec![out, inp], 1.0 / (inp as f32).sqrt());
         self.normal(rng, format!("{prefix}.bias"), vec![out], BERT_INIT_STD);
     }
 
@@ -453,9 +442,7 @@ impl Tensors {
         for (name, shape, raw) in &bytes {
             views.push((*name, TensorView::new(Dtype::F32, shape.to_vec(), raw)?));
         }
-        let metadata = [("format".to_string(), "pt".to_string())]
-            .into_iter()
-            .collect();
+        let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
         Ok(safetensors::serialize(views, Some(metadata))?)
     }
 }
@@ -473,24 +460,14 @@ fn bert_body(
 ) {
     let h = spec.hidden;
     let p = |s: &str| format!("{prefix}{s}");
-    t.normal(
-        rng,
-        p("embeddings.word_embeddings.weight"),
-        vec![vocab_size, h],
-        BERT_INIT_STD,
-    );
+    t.normal(rng, p("embeddings.word_embeddings.weight"), vec![vocab_size, h], BERT_INIT_STD);
     t.normal(
         rng,
         p("embeddings.position_embeddings.weight"),
         vec![spec.max_position, h],
         BERT_INIT_STD,
     );
-    t.normal(
-        rng,
-        p("embeddings.token_type_embeddings.weight"),
-        vec![2, h],
-        BERT_INIT_STD,
-    );
+    t.normal(rng, p("embeddings.token_type_embeddings.weight"), vec![2, h], BERT_INIT_STD);
     t.layer_norm(&p("embeddings.LayerNorm"), h);
     for i in 0..spec.layers {
         let l = p(&format!("encoder.layer.{i}."));
@@ -528,11 +505,8 @@ fn bert_config_json(spec: &TinyBertSpec, vocab_size: usize, labels: Option<&[&st
         "classifier_dropout": null,
     });
     if let Some(labels) = labels {
-        let id2label: BTreeMap<String, &str> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i.to_string(), *l))
-            .collect();
+        let id2label: BTreeMap<String, &str> =
+            labels.iter().enumerate().map(|(i, l)| (i.to_string(), *l)).collect();
         let label2id: BTreeMap<&str, usize> =
             labels.iter().enumerate().map(|(i, l)| (*l, i)).collect();
         config["id2label"] = json!(id2label);
@@ -599,9 +573,8 @@ fn check_component(what: &str, value: &str) -> Result<()> {
 /// Writes `bytes` to `path` via a temporary sibling and a rename, so readers never see a
 /// half-written file.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
+    let file_name =
+        path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path)
@@ -700,10 +673,7 @@ pub fn write_bert_classifier(
     spec.validate()?;
     ensure!(!labels.is_empty(), "a classifier needs at least one label");
     let unique: HashSet<&str> = labels.iter().copied().collect();
-    ensure!(
-        unique.len() == labels.len(),
-        "labels must be unique: {labels:?}"
-    );
+    ensure!(unique.len() == labels.len(), "labels must be unique: {labels:?}");
     if let Some(empty) = labels.iter().position(|l| l.is_empty()) {
         bail!("label {empty} is empty");
     }
@@ -716,11 +686,7 @@ pub fn write_bert_classifier(
     tensors.linear(&mut rng, "classifier", spec.hidden, labels.len());
     let config = bert_config_json(spec, vocab.len(), Some(labels));
     write_bert_files(&dir, &tensors, &config, &vocab)?;
-    let doc = BertClassifierToml {
-        kind: "bert-classifier",
-        max_seq_len: spec.max_seq_len,
-        labels,
-    };
+    let doc = BertClassifierToml { kind: "bert-classifier", max_seq_len: spec.max_seq_len, labels };
     write_atomic(
         &dir.join("sluice.toml"),
         toml_doc(&header("bert-classifier", seed), &doc)?.as_bytes(),
@@ -745,10 +711,7 @@ pub fn write_mlp(
 ) -> Result<PathBuf> {
     ensure!(spec.inputs > 0, "inputs must be > 0");
     ensure!(spec.outputs > 0, "outputs must be > 0");
-    ensure!(
-        spec.hidden.iter().all(|&h| h > 0),
-        "hidden sizes must be > 0"
-    );
+    ensure!(spec.hidden.iter().all(|&h| h > 0), "hidden sizes must be > 0");
     ensure!(
         MLP_ACTIVATIONS.contains(&spec.activation.as_str()),
         "activation must be one of {MLP_ACTIVATIONS:?}, got {:?}",
@@ -766,21 +729,13 @@ pub fn write_mlp(
         let (inp, out) = (pair[0], pair[1]);
         let bound = 1.0 / (inp as f32).sqrt();
         let (weight, bias) = (format!("fc{}.weight", i + 1), format!("fc{}.bias", i + 1));
-        tensors.add(
-            weight.clone(),
-            vec![out, inp],
-            rng.uniform_vec(out * inp, -bound, bound),
-        );
+        tensors.add(weight.clone(), vec![out, inp], rng.uniform_vec(out * inp, -bound, bound));
         tensors.add(bias.clone(), vec![out], rng.uniform_vec(out, -bound, bound));
         let last = i + 2 == sizes.len();
         layers.push(MlpLayerToml {
             weight,
             bias,
-            activation: if last {
-                "none".to_string()
-            } else {
-                spec.activation.clone()
-            },
+            activation: if last { "none".to_string() } else { spec.activation.clone() },
         });
     }
     write_atomic(&dir.join("model.safetensors"), &tensors.to_safetensors()?)?;
@@ -790,10 +745,7 @@ pub fn write_mlp(
         output: if spec.softmax { "softmax" } else { "raw" },
         layers,
     };
-    write_atomic(
-        &dir.join("sluice.toml"),
-        toml_doc(&header("mlp", seed), &doc)?.as_bytes(),
-    )?;
+    write_atomic(&dir.join("sluice.toml"), toml_doc(&header("mlp", seed), &doc)?.as_bytes())?;
     default_serving(repo, name, version)?;
     Ok(dir)
 }
@@ -892,15 +844,11 @@ mod tests {
         assert_eq!(&v[..5], &SPECIAL_TOKENS.map(String::from));
         let unique: HashSet<&String> = v.iter().collect();
         assert_eq!(unique.len(), v.len());
-        for t in [
-            "a", "z", "0", "9", "!", "~", "##a", "##9", "the", "fox", "##ing", "##s",
-        ] {
+        for t in ["a", "z", "0", "9", "!", "~", "##a", "##9", "the", "fox", "##ing", "##s"] {
             assert!(v.iter().any(|x| x == t), "missing {t}");
         }
-        let words = v
-            .iter()
-            .filter(|t| t.len() > 1 && !t.starts_with('[') && !t.starts_with("##"))
-            .count();
+        let words =
+            v.iter().filter(|t| t.len() > 1 && !t.starts_with('[') && !t.starts_with("##")).count();
         assert!(words >= 300, "only {words} words");
         let small = bert_vocab(Some(10));
         assert_eq!(small.len(), v.len() - (words - 10));
@@ -910,21 +858,11 @@ mod tests {
     #[test]
     fn spec_validation() {
         assert!(TinyBertSpec::default().validate().is_ok());
-        let bad = TinyBertSpec {
-            hidden: 30,
-            heads: 4,
-            ..Default::default()
-        };
+        let bad = TinyBertSpec { hidden: 30, heads: 4, ..Default::default() };
         assert!(bad.validate().is_err());
-        let bad = TinyBertSpec {
-            max_seq_len: 200,
-            ..Default::default()
-        };
+        let bad = TinyBertSpec { max_seq_len: 200, ..Default::default() };
         assert!(bad.validate().is_err());
-        let bad = TinyBertSpec {
-            pooling: "max".into(),
-            ..Default::default()
-        };
+        let bad = TinyBertSpec { pooling: "max".into(), ..Default::default() };
         assert!(bad.validate().is_err());
         assert!(check_component("name", "../x").is_err());
         assert!(check_component("name", "").is_err());

@@ -25,9 +25,22 @@ fn every_line_has_exactly_one_outcome() {
         expect.insert(input.len(), what);
     };
     for i in 0..40 {
-        push(format!(r#"{{"id":"e{i}","model":"tiny-embed","input":"the quick brown fox number {i}"}}"#).into_bytes(), "ok");
-        push(format!(r#"{{"id":"d{i}","input":["default model", "two inputs {i}"]}}"#).into_bytes(), "ok");
-        push(format!(r#"{{"id":"s{i}","model":"tiny-sentiment","input":"what a day"}}"#).into_bytes(), "ok");
+        push(
+            format!(
+                r#"{{"id":"e{i}","model":"tiny-embed","input":"the quick brown fox number {i}"}}"#
+            )
+            .into_bytes(),
+            "ok",
+        );
+        push(
+            format!(r#"{{"id":"d{i}","input":["default model", "two inputs {i}"]}}"#).into_bytes(),
+            "ok",
+        );
+        push(
+            format!(r#"{{"id":"s{i}","model":"tiny-sentiment","input":"what a day"}}"#)
+                .into_bytes(),
+            "ok",
+        );
         push(format!(r#"{{"id":"t{i}","model":"tabular","input":[[{i},1,2,3,4,5,6,7],[0,0,0,0,0,0,0,0]]}}"#).into_bytes(), "ok");
     }
     push(b"{not json".to_vec(), "parse");
@@ -40,7 +53,10 @@ fn every_line_has_exactly_one_outcome() {
     push(br#"{"id":"u1","model":"no-such-model","input":"x"}"#.to_vec(), "unknown_model");
     push(format!(r#"{{"id":"big","input":"{}"}}"#, "x ".repeat(600_000)).into_bytes(), "too_large");
     push(br#"{"id":"old","model":"tiny-embed","input":"x","deadline_ms":1}"#.to_vec(), "expired");
-    push(br#"{"id":"after","model":"tiny-embed","input":"still served after all that"}"#.to_vec(), "ok");
+    push(
+        br#"{"id":"after","model":"tiny-embed","input":"still served after all that"}"#.to_vec(),
+        "ok",
+    );
     let mut body = Vec::new();
     for l in &input {
         body.extend_from_slice(l);
@@ -79,7 +95,8 @@ fn every_line_has_exactly_one_outcome() {
         match &id[..1] {
             "e" | "a" => {
                 assert_eq!(output.len(), 1);
-                let v: Vec<f64> = output[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+                let v: Vec<f64> =
+                    output[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
                 assert_eq!(v.len(), 32);
                 let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
                 assert!((norm - 1.0).abs() < 1e-4, "embeddings are L2-normalised");
@@ -89,7 +106,12 @@ fn every_line_has_exactly_one_outcome() {
             "s" => {
                 let label = output[0]["label"].as_str().unwrap();
                 assert!(["negative", "neutral", "positive"].contains(&label));
-                let s: f64 = output[0]["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).sum();
+                let s: f64 = output[0]["scores"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .sum();
                 assert!((s - 1.0).abs() < 1e-4);
             }
             "t" => {
@@ -98,12 +120,17 @@ fn every_line_has_exactly_one_outcome() {
             }
             other => panic!("unexpected id prefix {other}"),
         }
-        assert!(r["timing_us"]["total"].as_u64().unwrap() >= r["timing_us"]["infer"].as_u64().unwrap());
+        assert!(
+            r["timing_us"]["total"].as_u64().unwrap() >= r["timing_us"]["infer"].as_u64().unwrap()
+        );
         assert!(r["batch_size"].as_u64().unwrap() >= 1);
     }
     for d in lines(&dlq_path) {
         let line = d["source"]["offset"].as_u64().unwrap() as usize;
-        assert!(seen.insert(line, d["error"]["class"].as_str().unwrap().to_string()).is_none(), "line {line} has two outcomes");
+        assert!(
+            seen.insert(line, d["error"]["class"].as_str().unwrap().to_string()).is_none(),
+            "line {line} has two outcomes"
+        );
         assert!(!d["error"]["reason"].as_str().unwrap().is_empty());
         // The original bytes come back unchanged (text or base64), except oversized lines.
         if d["error"]["class"] != "too_large" {
@@ -112,12 +139,18 @@ fn every_line_has_exactly_one_outcome() {
                 (Some(v), None) => assert_eq!(v.as_str().unwrap().as_bytes(), &original[..]),
                 (None, Some(b)) => {
                     use base64::Engine as _;
-                    assert_eq!(base64::engine::general_purpose::STANDARD.decode(b.as_str().unwrap()).unwrap(), *original)
+                    assert_eq!(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b.as_str().unwrap())
+                            .unwrap(),
+                        *original
+                    )
                 }
                 other => panic!("dead letter without its value: {other:?}"),
             }
         }
     }
-    let expected: BTreeMap<usize, String> = expect.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    let expected: BTreeMap<usize, String> =
+        expect.into_iter().map(|(k, v)| (k, v.to_string())).collect();
     assert_eq!(seen, expected, "every line has exactly one outcome of the expected kind");
 }

@@ -13,7 +13,13 @@ use sluice::queue::batcher::Anchor;
 use sluice::queue::{BatchPolicy, Batcher};
 
 fn policy(max_rows: usize, max_tokens: usize) -> BatchPolicy {
-    BatchPolicy { max_rows, max_tokens, priority_burst: 4, length_grouping: true, expire_late_after: None }
+    BatchPolicy {
+        max_rows,
+        max_tokens,
+        priority_burst: 4,
+        length_grouping: true,
+        expire_late_after: None,
+    }
 }
 
 fn ids(batch: &[Request]) -> Vec<String> {
@@ -117,8 +123,18 @@ fn expired_requests_leave_without_being_batched() {
     let now = now_epoch_ms();
     let soon = now + 3_600_000;
     let mut b = Batcher::new(policy(8, 10_000));
-    b.push(request(&mut dec, &format!(r#"{{"id":"late","model":"tiny-embed","input":"x","deadline_ms":{soon}}}"#), Priority::Normal, 0));
-    b.push(request(&mut dec, r#"{"id":"fine","model":"tiny-embed","input":"y"}"#, Priority::Normal, 1));
+    b.push(request(
+        &mut dec,
+        &format!(r#"{{"id":"late","model":"tiny-embed","input":"x","deadline_ms":{soon}}}"#),
+        Priority::Normal,
+        0,
+    ));
+    b.push(request(
+        &mut dec,
+        r#"{"id":"fine","model":"tiny-embed","input":"y"}"#,
+        Priority::Normal,
+        1,
+    ));
     let mut expired = Vec::new();
     b.take_expired(now, &mut expired);
     assert!(expired.is_empty(), "nothing has expired yet");
@@ -135,8 +151,12 @@ fn expired_requests_leave_without_being_batched() {
 fn late_records_expire_under_the_expire_watermark_policy() {
     let repo = TestRepo::new();
     let mut dec = repo.decoder(Limits::default());
-    let mut b = Batcher::new(BatchPolicy { expire_late_after: Some(Duration::from_secs(2)), ..policy(8, 10_000) });
-    let mut r = request(&mut dec, r#"{"id":"old","model":"tiny-embed","input":"x"}"#, Priority::Normal, 0);
+    let mut b = Batcher::new(BatchPolicy {
+        expire_late_after: Some(Duration::from_secs(2)),
+        ..policy(8, 10_000)
+    });
+    let mut r =
+        request(&mut dec, r#"{"id":"old","model":"tiny-embed","input":"x"}"#, Priority::Normal, 0);
     r.env.event_time_ms = Some(1_000_000);
     b.push(r);
     let mut expired = Vec::new();
@@ -153,7 +173,12 @@ fn a_batch_holds_one_model() {
     let mut dec = repo.decoder(Limits::default());
     let mut b = Batcher::new(policy(8, 10_000));
     b.push(text_request(&mut dec, "t0", 3, Priority::Normal));
-    b.push(request(&mut dec, r#"{"id":"x0","model":"tabular","input":[1,2,3,4,5,6,7,8]}"#, Priority::Normal, 1));
+    b.push(request(
+        &mut dec,
+        r#"{"id":"x0","model":"tabular","input":[1,2,3,4,5,6,7,8]}"#,
+        Priority::Normal,
+        1,
+    ));
     b.push(text_request(&mut dec, "t1", 3, Priority::Normal));
     let mut out = Vec::new();
     b.next_batch(&mut out);

@@ -63,10 +63,8 @@ fn thousand_keyed_records_through_four_partitions() {
         assert_eq!(*offsets, want, "partition {p} offsets");
     }
     // End offsets agree with the acks (on Tansu this needs the workaround in `end_offsets`).
-    let counts: BTreeMap<i32, i64> = per_partition
-        .iter()
-        .map(|(p, o)| (*p, o.len() as i64))
-        .collect();
+    let counts: BTreeMap<i32, i64> =
+        per_partition.iter().map(|(p, o)| (*p, o.len() as i64)).collect();
     assert_eq!(b.end_offsets(&topic).unwrap(), counts);
 
     let t = Instant::now();
@@ -77,12 +75,7 @@ fn thousand_keyed_records_through_four_partitions() {
         acks.iter().enumerate().map(|(i, &po)| (po, i)).collect();
     let mut seen = HashSet::new();
     for c in &got {
-        assert!(
-            seen.insert((c.partition, c.offset)),
-            "({}, {}) read twice",
-            c.partition,
-            c.offset
-        );
+        assert!(seen.insert((c.partition, c.offset)), "({}, {}) read twice", c.partition, c.offset);
         let i = *by_position
             .get(&(c.partition, c.offset))
             .unwrap_or_else(|| panic!("({}, {}) was never produced", c.partition, c.offset));
@@ -95,12 +88,7 @@ fn thousand_keyed_records_through_four_partitions() {
     let mut last: HashMap<i32, i64> = HashMap::new();
     for c in &got {
         let prev = last.insert(c.partition, c.offset).unwrap_or(-1);
-        assert!(
-            c.offset > prev,
-            "partition {} went from {prev} to {}",
-            c.partition,
-            c.offset
-        );
+        assert!(c.offset > prev, "partition {} went from {prev} to {}", c.partition, c.offset);
     }
     // Nothing beyond what was produced.
     assert!(b.consume(&topic, 1001, Duration::from_millis(800)).len() == 1000);
@@ -130,15 +118,10 @@ fn group_commit_and_resume() {
     let got = poll_records(&first, 100, Instant::now() + Duration::from_secs(20));
     assert_eq!(got.len(), 100, "first member read {} of 100", got.len());
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(20))
-        .unwrap();
-    tpl.add_partition_offset(&topic, 1, Offset::Offset(35))
-        .unwrap();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(20)).unwrap();
+    tpl.add_partition_offset(&topic, 1, Offset::Offset(35)).unwrap();
     first.commit(&tpl, CommitMode::Sync).unwrap();
-    assert!(
-        close_in_background(first, Duration::from_secs(10)),
-        "first member did not close"
-    );
+    assert!(close_in_background(first, Duration::from_secs(10)), "first member did not close");
     let first_time = t.elapsed();
     assert_eq!(
         b.committed_offsets(&group, &topic).unwrap(),
@@ -150,31 +133,17 @@ fn group_commit_and_resume() {
     let second: BaseConsumer = b.consumer_config(&group).create().unwrap();
     second.subscribe(&[topic.as_str()]).unwrap();
     let mut got = poll_records(&second, 45, Instant::now() + Duration::from_secs(20));
-    got.extend(poll_records(
-        &second,
-        1,
-        Instant::now() + Duration::from_millis(500),
-    ));
+    got.extend(poll_records(&second, 1, Instant::now() + Duration::from_millis(500)));
     // It commits what it processed; a third look at the group shows the end.
     second.commit_consumer_state(CommitMode::Sync).unwrap();
-    assert!(
-        close_in_background(second, Duration::from_secs(10)),
-        "second member did not close"
-    );
+    assert!(close_in_background(second, Duration::from_secs(10)), "second member did not close");
     let second_time = t.elapsed();
     let mut positions: Vec<(i32, i64)> = got.iter().map(|c| (c.partition, c.offset)).collect();
     positions.sort_unstable();
-    let want: Vec<(i32, i64)> = (20..50)
-        .map(|o| (0, o))
-        .chain((35..50).map(|o| (1, o)))
-        .collect();
+    let want: Vec<(i32, i64)> = (20..50).map(|o| (0, o)).chain((35..50).map(|o| (1, o))).collect();
     assert_eq!(positions, want, "second member resumed elsewhere");
     for c in &got {
-        let i = if c.partition == 0 {
-            c.offset as usize
-        } else {
-            50 + c.offset as usize
-        };
+        let i = if c.partition == 0 { c.offset as usize } else { 50 + c.offset as usize };
         assert_eq!(c.value, records[i].1);
         assert_eq!(c.headers, records[i].2);
     }
@@ -190,21 +159,12 @@ fn produce_auto_creates_and_names_are_unique() {
     let b = broker();
     let a = TestBroker::unique("smoke auto/create");
     assert_ne!(a, TestBroker::unique("smoke auto/create"));
-    assert!(
-        a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-        "{a}"
-    );
-    let acks = b
-        .produce(&a, &[(None, b"hello".to_vec(), Vec::new())], None)
-        .unwrap();
+    assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{a}");
+    let acks = b.produce(&a, &[(None, b"hello".to_vec(), Vec::new())], None).unwrap();
     assert_eq!(acks.len(), 1);
     let got = b.consume(&a, 1, Duration::from_secs(10));
     assert_eq!(got.len(), 1);
-    assert_eq!(
-        (got[0].key.as_deref(), got[0].value.as_slice()),
-        (None, &b"hello"[..])
-    );
+    assert_eq!((got[0].key.as_deref(), got[0].value.as_slice()), (None, &b"hello"[..]));
     assert!(got[0].headers.is_empty());
     let parts = b.partitions(&a).unwrap();
     eprintln!("auto-created topic has {} partition(s)", parts.len());
@@ -212,9 +172,7 @@ fn produce_auto_creates_and_names_are_unique() {
 
     // Reading or looking up a topic that does not exist yields nothing and does not create it.
     let missing = TestBroker::unique("smoke-missing");
-    assert!(b
-        .consume(&missing, 1, Duration::from_millis(500))
-        .is_empty());
+    assert!(b.consume(&missing, 1, Duration::from_millis(500)).is_empty());
     assert_eq!(b.partitions(&missing).unwrap(), Vec::<i32>::new());
     assert_eq!(b.end_offsets(&missing).unwrap(), BTreeMap::new());
 }
@@ -225,10 +183,7 @@ fn probe_and_process_lifetime() {
     let info = broker::probe(&b.bootstrap, Duration::from_secs(2)).unwrap();
     assert!(!info.brokers.is_empty());
     if !b.owns_process() {
-        eprintln!(
-            "external broker {}: not checking the process lifetime",
-            b.bootstrap
-        );
+        eprintln!("external broker {}: not checking the process lifetime", b.bootstrap);
         return;
     }
     assert!(b.is_tansu() && b.read_committed_gap().is_some());

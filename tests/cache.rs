@@ -34,13 +34,21 @@ fn lru_evicts_the_least_recently_used() {
 
 #[test]
 fn ttl_unloads_idle_models() {
-    let repo = TestRepo::with_settings(CacheSettings { capacity: 10, ttl: Some(Duration::from_secs(60)), warmup_rows: 1 });
+    let repo = TestRepo::with_settings(CacheSettings {
+        capacity: 10,
+        ttl: Some(Duration::from_secs(60)),
+        warmup_rows: 1,
+    });
     let t0 = Instant::now();
     repo.cache.get_at("tabular", None, t0).unwrap();
     repo.cache.get_at("tiny-embed", None, t0).unwrap();
     repo.cache.get_at("tiny-embed", None, t0 + Duration::from_secs(50)).unwrap();
     repo.cache.sweep_at(t0 + Duration::from_secs(70));
-    assert_eq!(loaded(&repo), vec!["tiny-embed/1"], "tabular idle 70 s > ttl; tiny-embed used 20 s ago");
+    assert_eq!(
+        loaded(&repo),
+        vec!["tiny-embed/1"],
+        "tabular idle 70 s > ttl; tiny-embed used 20 s ago"
+    );
     repo.cache.sweep_at(t0 + Duration::from_secs(111));
     assert!(loaded(&repo).is_empty());
 }
@@ -65,7 +73,13 @@ fn an_evicted_model_in_use_keeps_working() {
 #[test]
 fn serving_version_and_explicit_versions() {
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec { inputs: 8, hidden: vec![4], outputs: 2, activation: "relu".into(), softmax: false };
+    let spec = sluice::testkit::MlpSpec {
+        inputs: 8,
+        hidden: vec![4],
+        outputs: 2,
+        activation: "relu".into(),
+        softmax: false,
+    };
     sluice::testkit::write_mlp(repo.dir.path(), "tabular", "2", &spec, 7).unwrap();
     // model.toml still says 1.
     assert_eq!(&*repo.cache.get("tabular", None).unwrap().version, "1");

@@ -82,21 +82,13 @@ fn defaults_match_the_documented_values() {
     assert_eq!(inf.processing.max_retries, 3);
     let b = &inf.batching;
     assert_eq!(
-        (
-            b.max_batch_rows,
-            b.max_batch_tokens,
-            b.ring_capacity,
-            b.priority_burst
-        ),
+        (b.max_batch_rows, b.max_batch_tokens, b.ring_capacity, b.priority_burst),
         (64, 8192, 4096, 4)
     );
     assert!(b.length_grouping);
     assert_eq!((inf.lanes.cpu.count, inf.lanes.cpu.threads), (1, 0));
     let l = &inf.limits;
-    assert_eq!(
-        (l.max_record_bytes, l.max_items_per_request, l.max_id_bytes),
-        (1048576, 64, 256)
-    );
+    assert_eq!((l.max_record_bytes, l.max_items_per_request, l.max_id_bytes), (1048576, 64, 256));
     assert_eq!(inf.model.repository, PathBuf::from("./models"));
     assert!(inf.model.cache.enabled);
     assert_eq!(inf.model.cache.size, 10);
@@ -135,10 +127,7 @@ fn no_file_loads_as_the_defaults() {
 fn example_file_is_exactly_the_defaults() {
     let text = std::fs::read_to_string(example_path()).unwrap();
     assert_eq!(parse(&text).unwrap(), Config::default());
-    assert_eq!(
-        Config::load(Some(&example_path())).unwrap(),
-        Config::default()
-    );
+    assert_eq!(Config::load(Some(&example_path())).unwrap(), Config::default());
 }
 
 #[test]
@@ -148,11 +137,7 @@ fn example_file_spells_out_every_key() {
             serde_yaml::Value::Mapping(m) if !m.is_empty() => {
                 for (k, child) in m {
                     let k = k.as_str().unwrap();
-                    let p = if prefix.is_empty() {
-                        k.to_owned()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
+                    let p = if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
                     walk(child, &p, out);
                 }
             }
@@ -162,23 +147,14 @@ fn example_file_spells_out_every_key() {
     let text = std::fs::read_to_string(example_path()).unwrap();
     let mut in_example = Vec::new();
     walk(&serde_yaml::from_str(&text).unwrap(), "", &mut in_example);
-    let all: Vec<String> = Config::env_keys()
-        .into_iter()
-        .map(|(_, path)| path)
-        .collect();
+    let all: Vec<String> = Config::env_keys().into_iter().map(|(_, path)| path).collect();
     assert_eq!(in_example, all);
     // ...and documents each one with a comment right above it.
     let lines: Vec<&str> = text.lines().collect();
     for path in &all {
         let key = path.rsplit('.').next().unwrap();
-        let i = lines
-            .iter()
-            .position(|l| l.trim_start().starts_with(&format!("{key}:")))
-            .unwrap();
-        assert!(
-            lines[i - 1].trim_start().starts_with('#'),
-            "{path} has no comment"
-        );
+        let i = lines.iter().position(|l| l.trim_start().starts_with(&format!("{key}:"))).unwrap();
+        assert!(lines[i - 1].trim_start().starts_with('#'), "{path} has no comment");
     }
 }
 
@@ -199,10 +175,7 @@ fn partial_file_keeps_other_defaults() {
 #[test]
 fn durations_accept_humantime_strings() {
     let c = parse("streaming: {inference: {watermark: {delayThreshold: 1m 30s}}}").unwrap();
-    assert_eq!(
-        c.streaming.inference.delay_threshold(),
-        Duration::from_secs(90)
-    );
+    assert_eq!(c.streaming.inference.delay_threshold(), Duration::from_secs(90));
 }
 
 #[test]
@@ -211,20 +184,14 @@ fn missing_file_is_named() {
     let path = dir.path().join("nope.yaml");
     let e = Config::load(Some(&path)).unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }));
-    assert_contains(
-        &e.to_string(),
-        &["cannot read config file", &path.display().to_string()],
-    );
+    assert_contains(&e.to_string(), &["cannot read config file", &path.display().to_string()]);
 }
 
 #[test]
 fn yaml_syntax_error_names_the_file() {
     let f = temp_yaml("kafka:\n  bootstrap: {servers: [\n");
     let e = Config::load(Some(f.path())).unwrap_err();
-    assert_contains(
-        &e.to_string(),
-        &[&f.path().display().to_string(), "invalid YAML"],
-    );
+    assert_contains(&e.to_string(), &[&f.path().display().to_string(), "invalid YAML"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,10 +217,7 @@ fn unknown_key_without_a_close_match() {
     let e = err("kafka:\n  consumer:\n    group: g\n    autoOffsetReset: latest\n");
     assert_eq!(e, "unknown key 'kafka.consumer.autoOffsetReset'");
     assert_eq!(err("telemetry: {}"), "unknown key 'telemetry'");
-    assert_eq!(
-        err("kafak: {}"),
-        "unknown key 'kafak' (did you mean 'kafka'?)"
-    );
+    assert_eq!(err("kafak: {}"), "unknown key 'kafak' (did you mean 'kafka'?)");
 }
 
 #[test]
@@ -270,32 +234,17 @@ fn bad_duration_names_the_key() {
         &["streaming.inference.watermark.delayThreshold: invalid duration \"2 parsecs\": "],
     );
     let e = err("streaming: {inference: {watermark: {delayThreshold: 2}}}");
-    assert_contains(
-        &e,
-        &["streaming.inference.watermark.delayThreshold: invalid duration \"2\""],
-    );
+    assert_contains(&e, &["streaming.inference.watermark.delayThreshold: invalid duration \"2\""]);
 }
 
 #[test]
 fn bad_enum_values_name_the_key() {
     let e = err("streaming: {inference: {watermark: {policy: drop}}}");
-    assert_contains(
-        &e,
-        &[
-            "streaming.inference.watermark.policy: ",
-            "drop",
-            "process",
-            "expire",
-        ],
-    );
+    assert_contains(&e, &["streaming.inference.watermark.policy: ", "drop", "process", "expire"]);
     let e = err("streaming: {inference: {processing: {guarantee: at_most_once}}}");
     assert_contains(
         &e,
-        &[
-            "streaming.inference.processing.guarantee: ",
-            "at_most_once",
-            "exactly_once",
-        ],
+        &["streaming.inference.processing.guarantee: ", "at_most_once", "exactly_once"],
     );
     let e = err("log: {format: xml}");
     assert_contains(&e, &["log.format: ", "xml", "json"]);
@@ -320,15 +269,9 @@ fn wrong_types_name_the_key() {
         "streaming.inference.batching.maxBatchRows: invalid value: integer `-1`, expected a non-negative integer"
     );
     let e = err("streaming: {inference: {processing: {maxRetries: 5000000000}}}");
-    assert_contains(
-        &e,
-        &["streaming.inference.processing.maxRetries: ", "5000000000"],
-    );
+    assert_contains(&e, &["streaming.inference.processing.maxRetries: ", "5000000000"]);
     let e = err("kafka: {bootstrap: localhost}");
-    assert_eq!(
-        e,
-        "kafka.bootstrap: expected a mapping, got string \"localhost\""
-    );
+    assert_eq!(e, "kafka.bootstrap: expected a mapping, got string \"localhost\"");
     let e = err("control: {token: [a]}");
     assert_contains(&e, &["control.token: "]);
     assert_contains(&err("- a\n- b\n"), &["(root): expected a mapping"]);
@@ -380,14 +323,8 @@ fn range_violations_name_the_key() {
             "streaming: {inference: {processing: {timeout: 0}}}",
             "streaming.inference.processing.timeout: must be >= 1, got 0",
         ),
-        (
-            "gpu: {streamsPerDevice: 0}",
-            "gpu.streamsPerDevice: must be >= 1, got 0",
-        ),
-        (
-            "gpu: {devices: [1, 1]}",
-            "gpu.devices: device 1 is listed twice",
-        ),
+        ("gpu: {streamsPerDevice: 0}", "gpu.streamsPerDevice: must be >= 1, got 0"),
+        ("gpu: {devices: [1, 1]}", "gpu.devices: device 1 is listed twice"),
     ];
     for (yaml, expected) in cases {
         assert_eq!(&err(yaml), expected, "for {yaml}");
@@ -397,9 +334,7 @@ fn range_violations_name_the_key() {
 #[test]
 fn max_record_bytes_bounds() {
     for bad in [0u64, 1023, 256 * 1024 * 1024 + 1] {
-        let e = err(&format!(
-            "streaming: {{inference: {{limits: {{maxRecordBytes: {bad}}}}}}}"
-        ));
+        let e = err(&format!("streaming: {{inference: {{limits: {{maxRecordBytes: {bad}}}}}}}"));
         assert_contains(
             &e,
             &[
@@ -409,10 +344,8 @@ fn max_record_bytes_bounds() {
         );
     }
     for good in [1024u64, 256 * 1024 * 1024] {
-        parse(&format!(
-            "streaming: {{inference: {{limits: {{maxRecordBytes: {good}}}}}}}"
-        ))
-        .unwrap();
+        parse(&format!("streaming: {{inference: {{limits: {{maxRecordBytes: {good}}}}}}}"))
+            .unwrap();
     }
 }
 
@@ -421,20 +354,11 @@ fn topic_names_are_validated() {
     let e = err("kafka: {topics: {streaming: {output: ''}}}");
     assert_eq!(e, "kafka.topics.streaming.output: must not be empty");
     let e = err("kafka: {topics: {streaming: {dlq: 'dead letters'}}}");
-    assert_contains(
-        &e,
-        &["kafka.topics.streaming.dlq: invalid topic name \"dead letters\""],
-    );
+    assert_contains(&e, &["kafka.topics.streaming.dlq: invalid topic name \"dead letters\""]);
     let long = "t".repeat(250);
-    let e = err(&format!(
-        "kafka: {{topics: {{streaming: {{metrics: {long}}}}}}}"
-    ));
+    let e = err(&format!("kafka: {{topics: {{streaming: {{metrics: {long}}}}}}}"));
     assert_contains(&e, &["kafka.topics.streaming.metrics: ", "249"]);
-    parse(&format!(
-        "kafka: {{topics: {{streaming: {{metrics: {}}}}}}}",
-        "t".repeat(249)
-    ))
-    .unwrap();
+    parse(&format!("kafka: {{topics: {{streaming: {{metrics: {}}}}}}}", "t".repeat(249))).unwrap();
 }
 
 #[test]
@@ -450,10 +374,7 @@ fn duplicate_topics_are_rejected() {
 #[test]
 fn listen_must_be_a_socket_address() {
     let e = err("control: {listen: 'localhost:80'}");
-    assert_contains(
-        &e,
-        &["control.listen: invalid socket address \"localhost:80\""],
-    );
+    assert_contains(&e, &["control.listen: invalid socket address \"localhost:80\""]);
     let e = err("control: {listen: '127.0.0.1'}");
     assert_contains(&e, &["control.listen: "]);
     let c = parse("control: {listen: '[::1]:9000'}").unwrap();
@@ -467,10 +388,7 @@ fn other_validation_rules() {
         err("kafka: {bootstrap: {servers: ''}}").split(':').next(),
         Some("kafka.bootstrap.servers")
     );
-    assert_eq!(
-        err("kafka: {consumer: {group: ' '}}"),
-        "kafka.consumer.group: must not be empty"
-    );
+    assert_eq!(err("kafka: {consumer: {group: ' '}}"), "kafka.consumer.group: must not be empty");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,40 +402,21 @@ fn env_overrides_nested_camel_case_key() {
         &[
             ("SLUICE_STREAMING_INFERENCE_TRIGGER_INTERVAL_MS", "250"),
             ("SLUICE_STREAMING_INFERENCE_BATCHING_MAX_BATCH_ROWS", "16"),
-            (
-                "SLUICE_STREAMING_INFERENCE_WATERMARK_DELAY_THRESHOLD",
-                "750ms",
-            ),
-            (
-                "SLUICE_STREAMING_INFERENCE_PROCESSING_GUARANTEE",
-                "exactly_once",
-            ),
-            (
-                "SLUICE_STREAMING_INFERENCE_BATCHING_LENGTH_GROUPING",
-                "false",
-            ),
-            (
-                "SLUICE_KAFKA_BOOTSTRAP_SERVERS",
-                "broker-1:9092,broker-2:9092",
-            ),
+            ("SLUICE_STREAMING_INFERENCE_WATERMARK_DELAY_THRESHOLD", "750ms"),
+            ("SLUICE_STREAMING_INFERENCE_PROCESSING_GUARANTEE", "exactly_once"),
+            ("SLUICE_STREAMING_INFERENCE_BATCHING_LENGTH_GROUPING", "false"),
+            ("SLUICE_KAFKA_BOOTSTRAP_SERVERS", "broker-1:9092,broker-2:9092"),
             ("SLUICE_LOG_FORMAT", "json"),
         ],
     )
     .unwrap();
     let inf = &c.streaming.inference;
-    assert_eq!(
-        inf.trigger_interval(),
-        Duration::from_millis(250),
-        "env wins over the file"
-    );
+    assert_eq!(inf.trigger_interval(), Duration::from_millis(250), "env wins over the file");
     assert_eq!(inf.batching.max_batch_rows, 16);
     assert_eq!(inf.delay_threshold(), Duration::from_millis(750));
     assert_eq!(inf.processing.guarantee, DeliveryGuarantee::ExactlyOnce);
     assert!(!inf.batching.length_grouping);
-    assert_eq!(
-        c.kafka.bootstrap.server_list(),
-        ["broker-1:9092", "broker-2:9092"]
-    );
+    assert_eq!(c.kafka.bootstrap.server_list(), ["broker-1:9092", "broker-2:9092"]);
     assert_eq!(c.log.format, LogFormat::Json);
 }
 
@@ -527,11 +426,7 @@ fn env_overrides_null_key() {
     assert_eq!(c.control.token.as_deref(), Some("s3cret"));
     let c = parse_env("", &[("SLUICE_CONTROL_TOKEN", "123")]).unwrap();
     assert_eq!(c.control.token.as_deref(), Some("123"));
-    let c = parse_env(
-        "control: {token: from-file}",
-        &[("SLUICE_CONTROL_TOKEN", "")],
-    )
-    .unwrap();
+    let c = parse_env("control: {token: from-file}", &[("SLUICE_CONTROL_TOKEN", "")]).unwrap();
     assert_eq!(c.control.token, None, "an empty value unsets it");
 }
 
@@ -544,10 +439,7 @@ fn env_overrides_list() {
     let c = parse_env("gpu: {devices: [3]}", &[("SLUICE_GPU_DEVICES", "[]")]).unwrap();
     assert!(c.gpu.devices.is_empty());
     let e = env_err("", &[("SLUICE_GPU_DEVICES", "[a]")]);
-    assert_contains(
-        &e,
-        &["SLUICE_GPU_DEVICES (gpu.devices): invalid value \"[a]\""],
-    );
+    assert_contains(&e, &["SLUICE_GPU_DEVICES (gpu.devices): invalid value \"[a]\""]);
 }
 
 #[test]
@@ -559,10 +451,7 @@ fn env_through_a_lookup_function() {
 
 #[test]
 fn env_invalid_value_names_variable_and_key() {
-    let e = env_err(
-        "",
-        &[("SLUICE_STREAMING_INFERENCE_BATCHING_MAX_BATCH_ROWS", "abc")],
-    );
+    let e = env_err("", &[("SLUICE_STREAMING_INFERENCE_BATCHING_MAX_BATCH_ROWS", "abc")]);
     assert_eq!(
         e,
         "SLUICE_STREAMING_INFERENCE_BATCHING_MAX_BATCH_ROWS \
@@ -573,10 +462,7 @@ fn env_invalid_value_names_variable_and_key() {
         &e,
         &["SLUICE_STREAMING_INFERENCE_ENABLED (streaming.inference.enabled): invalid value \"maybe\""],
     );
-    let e = env_err(
-        "",
-        &[("SLUICE_STREAMING_INFERENCE_WATERMARK_POLICY", "drop")],
-    );
+    let e = env_err("", &[("SLUICE_STREAMING_INFERENCE_WATERMARK_POLICY", "drop")]);
     assert_contains(
         &e,
         &["SLUICE_STREAMING_INFERENCE_WATERMARK_POLICY (streaming.inference.watermark.policy): invalid value \"drop\""],
@@ -585,10 +471,7 @@ fn env_invalid_value_names_variable_and_key() {
 
 #[test]
 fn env_validation_error_names_variable_and_key() {
-    let e = env_err(
-        "",
-        &[("SLUICE_STREAMING_INFERENCE_BATCHING_MAX_BATCH_ROWS", "0")],
-    );
+    let e = env_err("", &[("SLUICE_STREAMING_INFERENCE_BATCHING_MAX_BATCH_ROWS", "0")]);
     assert_eq!(
         e,
         "SLUICE_STREAMING_INFERENCE_BATCHING_MAX_BATCH_ROWS \
@@ -685,14 +568,7 @@ fn check_file_prints_the_effective_configuration() {
         "streaming: {inference: {batching: {maxBatchRows: 12}}}\ncontrol: {token: abc}\n",
     );
     let out = check_file(f.path()).unwrap();
-    assert_contains(
-        &out,
-        &[
-            "maxBatchRows: 12",
-            "maxBatchTokens: 8192",
-            "token: <redacted>",
-        ],
-    );
+    assert_contains(&out, &["maxBatchRows: 12", "maxBatchTokens: 8192", "token: <redacted>"]);
     assert!(!out.contains("abc"));
     let e = check_file(Path::new("/nonexistent/sluice.yaml")).unwrap_err();
     assert_contains(&e.to_string(), &["/nonexistent/sluice.yaml"]);

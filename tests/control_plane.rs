@@ -40,10 +40,19 @@ impl Reply {
     }
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -53,10 +62,18 @@ fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], bo
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let text = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end: {text}"));
+    let (head, body) =
+        text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end: {text}"));
     let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status line");
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
     Reply { status, headers, body: body.to_string() }
 }
 
@@ -137,14 +154,25 @@ fn config(bootstrap: &str, t: &Topics, repo: &TestRepo) -> Config {
 }
 
 fn control(cfg: &Config, repo: &TestRepo, autostart: bool) -> ControlPlane {
-    ControlPlane::start(cfg.clone(), repo.cache.clone(), ControlOptions { autostart, lag_interval: Duration::from_secs(1) }).expect("control plane")
+    ControlPlane::start(
+        cfg.clone(),
+        repo.cache.clone(),
+        ControlOptions { autostart, lag_interval: Duration::from_secs(1) },
+    )
+    .expect("control plane")
 }
 
 /// A repository with the demo models plus `slowish` (an MLP that takes 20 ms per batch), so
 /// there is work in flight when the pipeline is stopped.
 fn slowish_repo() -> TestRepo {
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec { inputs: 8, hidden: vec![4], outputs: 2, activation: "relu".into(), softmax: false };
+    let spec = sluice::testkit::MlpSpec {
+        inputs: 8,
+        hidden: vec![4],
+        outputs: 2,
+        activation: "relu".into(),
+        softmax: false,
+    };
     let dir = sluice::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
     let p = dir.join("sluice.toml");
     let toml = std::fs::read_to_string(&p).unwrap();
@@ -154,12 +182,22 @@ fn slowish_repo() -> TestRepo {
 
 fn requests(model: &str, from: usize, to: usize) -> Vec<Record> {
     (from..to)
-        .map(|i| (None, format!(r#"{{"id":"r{i}","model":"{model}","input":[{i},0,0,0,0,0,0,1]}}"#).into_bytes(), vec![]))
+        .map(|i| {
+            (
+                None,
+                format!(r#"{{"id":"r{i}","model":"{model}","input":[{i},0,0,0,0,0,0,1]}}"#)
+                    .into_bytes(),
+                vec![],
+            )
+        })
         .collect()
 }
 
 fn state(addr: SocketAddr) -> String {
-    get(addr, "/batch-inference/streaming/status").json()["state"].as_str().unwrap_or_default().to_string()
+    get(addr, "/batch-inference/streaming/status").json()["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn wait_running(addr: SocketAddr) {
@@ -183,7 +221,8 @@ fn outcome_ids(b: &TestBroker, t: &Topics, n: usize, timeout: Duration) -> HashM
         let mut count: HashMap<String, usize> = HashMap::new();
         for topic in [&t.output, &t.dlq] {
             for c in b.consume(topic, usize::MAX, Duration::from_secs(3)) {
-                *count.entry(id_of(&c).unwrap_or_else(|| format!("?{}", c.offset))).or_default() += 1;
+                *count.entry(id_of(&c).unwrap_or_else(|| format!("?{}", c.offset))).or_default() +=
+                    1;
             }
         }
         if count.len() >= n || Instant::now() >= deadline {
@@ -223,7 +262,9 @@ fn lifecycle_under_traffic_stop_drains_and_restart_resumes() {
     let n1 = 1500;
     b.produce(&t.input, &requests("slowish", 0, n1), None).unwrap();
     wait_for("some results", Duration::from_secs(120), || {
-        let c = get(addr, "/batch-inference/streaming/status").json()["counters"]["results"].as_u64().unwrap_or(0);
+        let c = get(addr, "/batch-inference/streaming/status").json()["counters"]["results"]
+            .as_u64()
+            .unwrap_or(0);
         (c >= 100).then_some(())
     });
 
@@ -236,27 +277,47 @@ fn lifecycle_under_traffic_stop_drains_and_restart_resumes() {
     let report = &v["report"];
     let consumed = report["consumed"].as_u64().unwrap();
     assert!(consumed > 0);
-    assert_eq!(consumed, report["results"].as_u64().unwrap() + report["dead_letters"].as_u64().unwrap(), "{report}");
+    assert_eq!(
+        consumed,
+        report["results"].as_u64().unwrap() + report["dead_letters"].as_u64().unwrap(),
+        "{report}"
+    );
     assert_eq!(report["undeliverable"], 0);
     // Every consumed record's outcome is already on the broker, and its offset committed.
     let ids = outcome_ids(&b, &t, consumed as usize, Duration::from_secs(60));
     assert_eq!(ids.len() as u64, consumed, "outcomes on the broker right after stop");
-    let committed: i64 = b.committed_offsets(&t.group, &t.input).unwrap().values().map(|o| o.unwrap_or(0)).sum();
+    let committed: i64 =
+        b.committed_offsets(&t.group, &t.input).unwrap().values().map(|o| o.unwrap_or(0)).sum();
     assert_eq!(committed as u64, consumed, "committed offsets cover exactly what was consumed");
     // Idempotent.
     let r = post(addr, "/batch-inference/streaming/stop", None, "");
     assert_eq!((r.status, r.json()["changed"].clone()), (200, json!(false)), "{}", r.body);
-    assert_eq!(get(addr, "/batch-inference/streaming/status").json()["last_stop"]["consumed"], consumed);
+    assert_eq!(
+        get(addr, "/batch-inference/streaming/status").json()["last_stop"]["consumed"],
+        consumed
+    );
 
     // Concurrent lifecycle calls do not race: they run one after the other, and three
     // concurrent starts start once.
     let calls: Vec<_> = ["start", "start", "start"]
         .into_iter()
-        .map(|op| std::thread::spawn(move || post(addr, &format!("/batch-inference/streaming/{op}"), None, "")))
+        .map(|op| {
+            std::thread::spawn(move || {
+                post(addr, &format!("/batch-inference/streaming/{op}"), None, "")
+            })
+        })
         .collect();
     let replies: Vec<Reply> = calls.into_iter().map(|c| c.join().unwrap()).collect();
-    assert!(replies.iter().all(|r| r.status == 200), "{:?}", replies.iter().map(|r| &r.body).collect::<Vec<_>>());
-    assert_eq!(get(addr, "/batch-inference/streaming/status").json()["generation"], 2, "one start for three calls");
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "{:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        get(addr, "/batch-inference/streaming/status").json()["generation"],
+        2,
+        "one start for three calls"
+    );
     assert_eq!(replies.iter().filter(|r| r.json()["changed"] == true).count(), 1);
 
     // It resumes where it stopped (the rest of the first batch of records, then more).
@@ -269,14 +330,20 @@ fn lifecycle_under_traffic_stop_drains_and_restart_resumes() {
     let n3 = 500;
     b.produce(&t.input, &requests("slowish", n1 + n2, n1 + n2 + n3), None).unwrap();
     wait_for("the new records being served", Duration::from_secs(120), || {
-        let c = get(addr, "/batch-inference/streaming/status").json()["counters"]["results"].as_u64().unwrap_or(0);
+        let c = get(addr, "/batch-inference/streaming/status").json()["counters"]["results"]
+            .as_u64()
+            .unwrap_or(0);
         (c >= 20).then_some(())
     });
     let r = post(addr, "/batch-inference/streaming/restart", None, "");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["status"]["state"], "running");
     let drained = &r.json()["report"];
-    assert_eq!(drained["consumed"], drained["results"].as_u64().unwrap() + drained["dead_letters"].as_u64().unwrap(), "{drained}");
+    assert_eq!(
+        drained["consumed"],
+        drained["results"].as_u64().unwrap() + drained["dead_letters"].as_u64().unwrap(),
+        "{drained}"
+    );
     let n = n1 + n2 + n3;
     let ids = outcome_ids(&b, &t, n, Duration::from_secs(240));
     assert_eq!(ids.len(), n, "every produced record has an outcome");
@@ -313,7 +380,12 @@ impl ScriptBroker {
         }
         let out = cmd.output().expect("run scripts/broker.sh");
         assert!(out.status.success(), "broker.sh start: {}", String::from_utf8_lossy(&out.stderr));
-        let addr = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+        let addr = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         ScriptBroker { port: addr.rsplit(':').next().unwrap().to_string() }
     }
 
@@ -397,7 +469,14 @@ fn mutating_calls_need_the_token_and_bodies_are_checked() {
     let addr = cp.local_addr();
     let tok = Some("s3cret-token");
 
-    for path in ["/batch-inference/streaming/start", "/batch-inference/streaming/stop", "/batch-inference/streaming/restart", "/batch-inference/models/tabular/load", "/batch-inference/models/tabular/unload", "/batch-inference/models/dual/serving"] {
+    for path in [
+        "/batch-inference/streaming/start",
+        "/batch-inference/streaming/stop",
+        "/batch-inference/streaming/restart",
+        "/batch-inference/models/tabular/load",
+        "/batch-inference/models/tabular/unload",
+        "/batch-inference/models/dual/serving",
+    ] {
         let r = post(addr, path, None, "");
         assert_eq!(r.status, 401, "{path} without a token: {}", r.body);
         assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
@@ -418,7 +497,13 @@ fn mutating_calls_need_the_token_and_bodies_are_checked() {
     let r = post(addr, "/batch-inference/streaming/start", tok, "");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["status"]["state"], "running");
-    let r = http(addr, "POST", "/batch-inference/streaming/stop", &[("authorization", "bearer s3cret-token")], b"");
+    let r = http(
+        addr,
+        "POST",
+        "/batch-inference/streaming/stop",
+        &[("authorization", "bearer s3cret-token")],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["status"]["state"], "stopped");
 
@@ -440,8 +525,16 @@ fn mutating_calls_need_the_token_and_bodies_are_checked() {
     // Model management.
     let r = get(addr, "/batch-inference/models");
     assert_eq!(r.status, 200);
-    let names: Vec<String> = r.json()["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
-    assert!(names.contains(&"dual".to_string()) && names.contains(&"tabular".to_string()), "{names:?}");
+    let names: Vec<String> = r.json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names.contains(&"dual".to_string()) && names.contains(&"tabular".to_string()),
+        "{names:?}"
+    );
     let r = post(addr, "/batch-inference/models/tabular/load", tok, "");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["loaded"]["version"], "1");
@@ -451,24 +544,45 @@ fn mutating_calls_need_the_token_and_bodies_are_checked() {
     assert_eq!((r.status, r.json()["unloaded"].clone()), (200, json!(0)), "idempotent: {}", r.body);
     assert_eq!(post(addr, "/batch-inference/models/nosuch/load", tok, "").status, 404);
     assert_eq!(post(addr, "/batch-inference/models/..%2Fetc/load", tok, "").status, 400);
-    assert_eq!(post(addr, "/batch-inference/models/dual/serving", tok, "{\"version\": \"7\"}").status, 404);
+    assert_eq!(
+        post(addr, "/batch-inference/models/dual/serving", tok, "{\"version\": \"7\"}").status,
+        404
+    );
     let r = post(addr, "/batch-inference/models/dual/serving", tok, "{\"version\": \"2\"}");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!((r.json()["serving"].clone(), r.json()["previous"].clone()), (json!("2"), json!("1")));
+    assert_eq!(
+        (r.json()["serving"].clone(), r.json()["previous"].clone()),
+        (json!("2"), json!("1"))
+    );
     let models = get(addr, "/batch-inference/models").json();
-    let dual = models["models"].as_array().unwrap().iter().find(|m| m["name"] == "dual").unwrap().clone();
+    let dual =
+        models["models"].as_array().unwrap().iter().find(|m| m["name"] == "dual").unwrap().clone();
     assert_eq!(dual["serving"], "2");
-    assert!(dual["loaded_versions"].as_array().unwrap().contains(&json!("2")), "the new version is warm: {dual}");
+    assert!(
+        dual["loaded_versions"].as_array().unwrap().contains(&json!("2")),
+        "the new version is warm: {dual}"
+    );
     drop(cp);
 }
 
-fn sample<'a>(scrape: &'a prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<&'a prometheus_parse::Sample> {
-    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+fn sample<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a prometheus_parse::Sample> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
 }
 
 fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     match sample(scrape, name, labels).map(|s| &s.value) {
-        Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v)) => *v,
+        Some(
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v),
+        ) => *v,
         other => panic!("{name}{labels:?}: {other:?}"),
     }
 }
@@ -476,8 +590,13 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
     let r = get(addr, "/metrics");
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain")), "{:?}", r.headers);
-    prometheus_parse::Scrape::parse(r.body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
+    assert!(
+        r.header("content-type").is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        r.headers
+    );
+    prometheus_parse::Scrape::parse(r.body.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format")
 }
 
 #[test]
@@ -492,8 +611,12 @@ fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval
 
     let (good, bad_json, unknown) = (300usize, 20usize, 10usize);
     let mut records = requests("tabular", 0, good);
-    records.extend((0..bad_json).map(|i| (None, format!("{{\"id\": \"bad{i}\", ").into_bytes(), vec![])));
-    records.extend((0..unknown).map(|i| (None, format!(r#"{{"id":"u{i}","model":"nosuch","input":[1]}}"#).into_bytes(), vec![])));
+    records.extend(
+        (0..bad_json).map(|i| (None, format!("{{\"id\": \"bad{i}\", ").into_bytes(), vec![])),
+    );
+    records.extend((0..unknown).map(|i| {
+        (None, format!(r#"{{"id":"u{i}","model":"nosuch","input":[1]}}"#).into_bytes(), vec![])
+    }));
     b.produce(&t.input, &records, None).unwrap();
     let total = good + bad_json + unknown;
 
@@ -502,14 +625,32 @@ fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval
         let done = value(&s, "sluice_requests_total", &[("outcome", "result")])
             + ["parse", "validation", "unknown_model", "too_large", "expired", "inference"]
                 .iter()
-                .map(|c| value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", c)]))
+                .map(|c| {
+                    value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", c)])
+                })
                 .sum::<f64>();
         (done as usize >= total).then_some(s)
     });
-    assert_eq!(value(&s, "sluice_requests_total", &[("outcome", "result"), ("class", "none")]), good as f64);
-    assert_eq!(value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", "parse")]), bad_json as f64);
-    assert_eq!(value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", "unknown_model")]), unknown as f64);
-    assert_eq!(value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", "inference")]), 0.0);
+    assert_eq!(
+        value(&s, "sluice_requests_total", &[("outcome", "result"), ("class", "none")]),
+        good as f64
+    );
+    assert_eq!(
+        value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", "parse")]),
+        bad_json as f64
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sluice_requests_total",
+            &[("outcome", "dead_letter"), ("class", "unknown_model")]
+        ),
+        unknown as f64
+    );
+    assert_eq!(
+        value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", "inference")]),
+        0.0
+    );
     assert_eq!(value(&s, "sluice_records_consumed_total", &[]), total as f64);
     assert_eq!(value(&s, "sluice_pipeline_state", &[("state", "running")]), 1.0);
     assert_eq!(value(&s, "sluice_pipeline_state", &[("state", "stopped")]), 0.0);
@@ -527,7 +668,8 @@ fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval
     assert!(sample(&s, "sluice_ring_depth", &[("ring", "normal")]).is_some());
     wait_for("per-partition consumer lag", Duration::from_secs(60), || {
         let s = scrape(addr);
-        sample(&s, "sluice_consumer_lag", &[("topic", t.input.as_str()), ("partition", "1")]).map(|_| ())
+        sample(&s, "sluice_consumer_lag", &[("topic", t.input.as_str()), ("partition", "1")])
+            .map(|_| ())
     });
 
     // The JSON view agrees.
@@ -549,7 +691,10 @@ fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval
     let after_records = b.consume(&t.metrics, usize::MAX, Duration::from_secs(3));
     let elapsed = t0.elapsed().as_secs_f64();
     let arrived = after_records.len() - before;
-    assert!(arrived >= 3 && (arrived as f64) <= elapsed + 6.0, "{arrived} snapshots in {elapsed:.1} s at a 1 s interval");
+    assert!(
+        arrived >= 3 && (arrived as f64) <= elapsed + 6.0,
+        "{arrived} snapshots in {elapsed:.1} s at a 1 s interval"
+    );
     let last: Value = serde_json::from_slice(&after_records.last().unwrap().value).unwrap();
     assert_eq!(last["consumed"], total, "{last}");
     assert!(last["latency_ms"]["end_to_end"]["count"].as_u64().is_some(), "{last}");

@@ -74,10 +74,24 @@ impl<E: Executor> Rig<E> {
     fn new(repo: &TestRepo, executor: E) -> Self {
         let rings = Arc::new(Rings::new(256));
         let (tx, rx) = crossbeam_channel::bounded(256);
-        let shared = LaneShared { rings: rings.clone(), completions: tx, stats: Arc::new(EngineStats::new(1)) };
+        let shared = LaneShared {
+            rings: rings.clone(),
+            completions: tx,
+            stats: Arc::new(EngineStats::new(1)),
+        };
         let policy = BatchPolicy { max_rows: 64, max_tokens: 64 * 64, ..BatchPolicy::default() };
-        let settings = LaneSettings { index: 0, policy, max_retries: 0, idle_wait: std::time::Duration::from_millis(1) };
-        Rig { lane: Lane::new(executor, shared, settings), rings, rx, decoder: repo.decoder(Limits::default()) }
+        let settings = LaneSettings {
+            index: 0,
+            policy,
+            max_retries: 0,
+            idle_wait: std::time::Duration::from_millis(1),
+        };
+        Rig {
+            lane: Lane::new(executor, shared, settings),
+            rings,
+            rx,
+            decoder: repo.decoder(Limits::default()),
+        }
     }
 
     /// Decodes, queues and serves `payloads` as one batch.
@@ -102,14 +116,23 @@ impl<E: Executor> Rig<E> {
 fn text_payloads(n: usize, round: usize) -> Vec<Bytes> {
     (0..n)
         .map(|i| {
-            let words = ["the cat", "a quick brown fox jumps", "the the the the the the the"][i % 3];
-            Bytes::from(format!(r#"{{"id":"r{round}-{i}","model":"tiny-embed","input":"{words}"}}"#))
+            let words =
+                ["the cat", "a quick brown fox jumps", "the the the the the the the"][i % 3];
+            Bytes::from(format!(
+                r#"{{"id":"r{round}-{i}","model":"tiny-embed","input":"{words}"}}"#
+            ))
         })
         .collect()
 }
 
 fn tabular_payloads(n: usize, round: usize) -> Vec<Bytes> {
-    (0..n).map(|i| Bytes::from(format!(r#"{{"id":"t{round}-{i}","model":"tabular","input":[{i},1,2,3,4,5,6,7.5]}}"#))).collect()
+    (0..n)
+        .map(|i| {
+            Bytes::from(format!(
+                r#"{{"id":"t{round}-{i}","model":"tabular","input":[{i},1,2,3,4,5,6,7.5]}}"#
+            ))
+        })
+        .collect()
 }
 
 #[test]
@@ -154,4 +177,3 @@ fn candle_mlp_allocates_per_batch_not_per_request() {
         assert!(a64 < a8 + 28, "allocations grew with the number of requests: {a8} -> {a64}");
     }
 }
-

@@ -58,7 +58,14 @@ struct Req {
 }
 
 fn req(model: &str, input: In) -> Req {
-    Req { id: Some("req-1".into()), model: Some(model.into()), version: None, deadline_ms: None, input, identifier: Some("SLU1") }
+    Req {
+        id: Some("req-1".into()),
+        model: Some(model.into()),
+        version: None,
+        deadline_ms: None,
+        input,
+        identifier: Some("SLU1"),
+    }
 }
 
 fn tokens(rows: &[Vec<u32>]) -> In {
@@ -190,7 +197,10 @@ fn token_ids_decode_and_stage_in_place() {
     let q = decode(&mut d, &payload).unwrap();
     assert_eq!(q.id(), "tok-7");
     assert!(matches!(q.id, sluice::ingest::IdText::Span(_)), "id borrowed from the payload");
-    assert_eq!((q.input_kind, q.items, q.max_tokens, q.deadline_ms), (InputKind::FbTokens, 3, 6, None));
+    assert_eq!(
+        (q.input_kind, q.items, q.max_tokens, q.deadline_ms),
+        (InputKind::FbTokens, 3, 6, None)
+    );
 
     let st = stage(&m, &[q]);
     assert_eq!((st.rows, st.seq_len), (3, 6));
@@ -201,7 +211,9 @@ fn token_ids_decode_and_stage_in_place() {
         assert_eq!(&got[..row.len()], &row[..], "row {i} ids");
         assert!(got[row.len()..].iter().all(|&x| x == pad), "row {i} padding");
         let mask = &st.mask[i * 6..(i + 1) * 6];
-        assert!(mask[..row.len()].iter().all(|&x| x == 1) && mask[row.len()..].iter().all(|&x| x == 0));
+        assert!(
+            mask[..row.len()].iter().all(|&x| x == 1) && mask[row.len()..].iter().all(|&x| x == 0)
+        );
         assert_eq!(st.row_tokens[i] as usize, row.len());
     }
 
@@ -210,11 +222,17 @@ fn token_ids_decode_and_stage_in_place() {
     let a = tokenize(&m, "the cat sat");
     let b = tokenize(&m, "a quick brown fox");
     let fb = accept(&mut d, &req("tiny-embed", tokens(&[a, b])));
-    let js = json(&mut d, r#"{"id":"j","model":"tiny-embed","input":["the cat sat","a quick brown fox"]}"#);
+    let js = json(
+        &mut d,
+        r#"{"id":"j","model":"tiny-embed","input":["the cat sat","a quick brown fox"]}"#,
+    );
     assert_eq!((fb.items, fb.max_tokens), (js.items, js.max_tokens));
     let st_fb = stage(&m, &[fb]);
     let st_js = stage(&m, &[js]);
-    assert_eq!((&st_fb.ids, &st_fb.mask, &st_fb.row_tokens, st_fb.seq_len), (&st_js.ids, &st_js.mask, &st_js.row_tokens, st_js.seq_len));
+    assert_eq!(
+        (&st_fb.ids, &st_fb.mask, &st_fb.row_tokens, st_fb.seq_len),
+        (&st_js.ids, &st_js.mask, &st_js.row_tokens, st_js.seq_len)
+    );
 }
 
 #[test]
@@ -222,15 +240,24 @@ fn texts_stage_like_json() {
     let repo = TestRepo::new();
     let mut d = repo.decoder(Limits::default());
     let m = model(&repo, "tiny-embed");
-    let items = ["the cat", "a quick brown fox jumps over the lazy dog", "Ünïcödé, punctuation!? and\nnewlines", "x"];
+    let items = [
+        "the cat",
+        "a quick brown fox jumps over the lazy dog",
+        "Ünïcödé, punctuation!? and\nnewlines",
+        "x",
+    ];
     let fb = accept(&mut d, &req("tiny-embed", texts(&items)));
     assert_eq!(fb.input_kind, InputKind::FbTexts);
-    let js_payload = serde_json::json!({"id": "j", "model": "tiny-embed", "input": items}).to_string();
+    let js_payload =
+        serde_json::json!({"id": "j", "model": "tiny-embed", "input": items}).to_string();
     let js = json(&mut d, &js_payload);
     assert_eq!((fb.items, fb.max_tokens), (js.items, js.max_tokens));
     let st_fb = stage(&m, &[fb]);
     let st_js = stage(&m, &[js]);
-    assert_eq!((&st_fb.ids, &st_fb.mask, &st_fb.row_tokens, st_fb.seq_len), (&st_js.ids, &st_js.mask, &st_js.row_tokens, st_js.seq_len));
+    assert_eq!(
+        (&st_fb.ids, &st_fb.mask, &st_fb.row_tokens, st_fb.seq_len),
+        (&st_js.ids, &st_js.mask, &st_js.row_tokens, st_js.seq_len)
+    );
 
     // Truncation at max_seq_len, like JSON.
     let long = vec!["the"; 1000].join(" ");
@@ -243,7 +270,13 @@ fn texts_stage_like_json() {
     let k = accept(&mut d, &req("tiny-embed", tokens(&[tokenize(&m, "the the the")])));
     let st = stage(&m, &[j, t, k]);
     let single = |text: &str| {
-        let s = stage(&m, &[json(&mut repo.decoder(Limits::default()), &format!(r#"{{"id":"s","model":"tiny-embed","input":"{text}"}}"#))]);
+        let s = stage(
+            &m,
+            &[json(
+                &mut repo.decoder(Limits::default()),
+                &format!(r#"{{"id":"s","model":"tiny-embed","input":"{text}"}}"#),
+            )],
+        );
         s.ids[..s.row_tokens[0] as usize].to_vec()
     };
     assert_eq!(st.rows, 3);
@@ -258,18 +291,28 @@ fn features_decode_and_stage() {
     let repo = TestRepo::new();
     let mut d = repo.decoder(Limits::default());
     let m = model(&repo, "tabular");
-    let rows = vec![vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.5], vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1e3], vec![-0.25; 8]];
+    let rows = vec![
+        vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.5],
+        vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1e3],
+        vec![-0.25; 8],
+    ];
     let mut r = req("tabular", features(&rows));
     r.version = Some("1".into());
     r.deadline_ms = Some(4_102_444_800_000); // 2100-01-01
     let q = accept(&mut d, &r);
-    assert_eq!((q.input_kind, q.items, q.max_tokens, q.deadline_ms), (InputKind::FbFeatures, 3, 1, Some(4_102_444_800_000)));
+    assert_eq!(
+        (q.input_kind, q.items, q.max_tokens, q.deadline_ms),
+        (InputKind::FbFeatures, 3, 1, Some(4_102_444_800_000))
+    );
     let st = stage(&m, &[q]);
     assert_eq!((st.rows, st.width), (3, 8));
     assert_eq!(st.features[..24], rows.concat()[..]);
 
     // Same values as JSON stage identically, also mixed in one batch.
-    let js = json(&mut d, r#"{"id":"j","model":"tabular","input":[[1,2,3,4,5,6,7,8.5],[0,0,0,0,0,0,0,-1e3]]}"#);
+    let js = json(
+        &mut d,
+        r#"{"id":"j","model":"tabular","input":[[1,2,3,4,5,6,7,8.5],[0,0,0,0,0,0,0,-1e3]]}"#,
+    );
     let fb = accept(&mut d, &req("tabular", features(&rows[..2])));
     let st = stage(&m, &[js, fb]);
     assert_eq!(st.features[..16], st.features[16..32]);
@@ -280,13 +323,21 @@ fn features_decode_and_stage() {
 fn python_built_buffers() {
     let repo = TestRepo::new();
     let mut d = repo.decoder(Limits::default());
-    let hex = |s: &str| (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<u8>>();
+    let hex = |s: &str| {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
     let tok = hex("18000000534c55311000140010000c00000000000b00040010000000380000000000000208000000140000000a00000074696e792d656d6265640000080000006f726465722d34320000000008000c00080004000800000008000000100000000200000004000000030000000700000002000000110000002800000003000000020000006300000003000000");
     let txt = hex("1c000000534c553100000000100020001c00180014000c000b00040010000000440000000000000100d8c32cbb0300000c000000100000001c00000001000000310000000a00000074696e792d656d626564000003000000742d310000000600080004000600000004000000020000001400000004000000050000006120646f67000000070000007468652063617400");
     let feat = hex("18000000534c55311000140010000c00000000000b000400100000002c00000000000003080000001000000007000000746162756c61720003000000662d310008000c0008000400080000000200000004000000100000000000803f0000004000004040000080400000a0400000c0400000e0400000084100000000000000000000000000000000000000000000000000000000000080bf");
 
     let fb = flatbuf::parse(&tok).unwrap();
-    assert_eq!((fb.id(), fb.model(), fb.version(), fb.deadline_ms()), ("order-42", "tiny-embed", None, None));
+    assert_eq!(
+        (fb.id(), fb.model(), fb.version(), fb.deadline_ms()),
+        ("order-42", "tiny-embed", None, None)
+    );
     let mut rows = Vec::new();
     fb.for_each_token_row(|_, r| {
         rows.push(r.iter().collect::<Vec<_>>());
@@ -295,10 +346,16 @@ fn python_built_buffers() {
     .unwrap();
     assert_eq!(rows, vec![vec![2, 17, 40, 3], vec![2, 99, 3]]);
     let q = decode(&mut d, &tok).unwrap();
-    assert_eq!((q.id(), q.input_kind, q.items, q.max_tokens), ("order-42", InputKind::FbTokens, 2, 4));
+    assert_eq!(
+        (q.id(), q.input_kind, q.items, q.max_tokens),
+        ("order-42", InputKind::FbTokens, 2, 4)
+    );
 
     let fb = flatbuf::parse(&txt).unwrap();
-    assert_eq!((fb.id(), fb.version(), fb.deadline_ms()), ("t-1", Some("1"), Some(4_102_444_800_000)));
+    assert_eq!(
+        (fb.id(), fb.version(), fb.deadline_ms()),
+        ("t-1", Some("1"), Some(4_102_444_800_000))
+    );
     let mut items = Vec::new();
     fb.for_each_text(|_, s| {
         items.push(s.to_string());
@@ -311,7 +368,10 @@ fn python_built_buffers() {
     let q = decode(&mut d, &feat).unwrap();
     assert_eq!((q.input_kind, q.items), (InputKind::FbFeatures, 2));
     let st = stage(&model(&repo, "tabular"), &[q]);
-    assert_eq!(st.features[..16], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]);
+    assert_eq!(
+        st.features[..16],
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    );
 }
 
 #[test]
@@ -330,12 +390,33 @@ fn library_builder_round_trips() {
     };
     let p = build_request(&mut fbb, &args).to_vec();
     let q = decode(&mut d, &p).unwrap();
-    assert_eq!((q.id(), q.input_kind, q.items, q.max_tokens, q.deadline_ms), ("lib-1", InputKind::FbTokens, 2, 4, Some(4_102_444_800_000)));
+    assert_eq!(
+        (q.id(), q.input_kind, q.items, q.max_tokens, q.deadline_ms),
+        ("lib-1", InputKind::FbTokens, 2, 4, Some(4_102_444_800_000))
+    );
     // The builder is reusable (reset on each call).
-    let p2 = build_request(&mut fbb, &RequestArgs { id: "lib-2", model: "tabular", input: Some(InputArg::Features { values: &[0.5; 8], rows: 1 }), ..Default::default() }).to_vec();
+    let p2 = build_request(
+        &mut fbb,
+        &RequestArgs {
+            id: "lib-2",
+            model: "tabular",
+            input: Some(InputArg::Features { values: &[0.5; 8], rows: 1 }),
+            ..Default::default()
+        },
+    )
+    .to_vec();
     let q = decode(&mut d, &p2).unwrap();
     assert_eq!((q.id(), q.input_kind, q.items), ("lib-2", InputKind::FbFeatures, 1));
-    let p3 = build_request(&mut fbb, &RequestArgs { id: "lib-3", model: "tiny-embed", input: Some(InputArg::Texts(&["the cat", "a dog"])), ..Default::default() }).to_vec();
+    let p3 = build_request(
+        &mut fbb,
+        &RequestArgs {
+            id: "lib-3",
+            model: "tiny-embed",
+            input: Some(InputArg::Texts(&["the cat", "a dog"])),
+            ..Default::default()
+        },
+    )
+    .to_vec();
     let q = decode(&mut d, &p3).unwrap();
     assert_eq!((q.input_kind, q.items), (InputKind::FbTexts, 2));
 }
@@ -349,31 +430,37 @@ fn readme_rust_examples() {
         use flatbuf::{build_request, InputArg, RequestArgs};
 
         let mut fbb = FlatBufferBuilder::new();
-        let payload: &[u8] = build_request(&mut fbb, &RequestArgs {
-            id: "order-42",
-            model: "tiny-embed",
-            version: None,
-            deadline_ms: Some(4102444800000),
-            input: Some(InputArg::TokenIds { ids: &[2, 17, 40, 3, 2, 99, 3], lengths: &[4, 3] }),
-        });
+        let payload: &[u8] = build_request(
+            &mut fbb,
+            &RequestArgs {
+                id: "order-42",
+                model: "tiny-embed",
+                version: None,
+                deadline_ms: Some(4102444800000),
+                input: Some(InputArg::TokenIds {
+                    ids: &[2, 17, 40, 3, 2, 99, 3],
+                    lengths: &[4, 3],
+                }),
+            },
+        );
         payload.to_vec()
     };
     let bare = {
         let mut b = FlatBufferBuilder::new();
         let ids = b.create_vector(&[2u32, 17, 40, 3, 2, 99, 3]);
         let lengths = b.create_vector(&[4u32, 3]);
-        let t = b.start_table();                      // table TokenIds
-        b.push_slot_always(4, ids);                   //   ids
-        b.push_slot_always(6, lengths);               //   lengths
+        let t = b.start_table(); // table TokenIds
+        b.push_slot_always(4, ids); //   ids
+        b.push_slot_always(6, lengths); //   lengths
         let input = b.end_table(t);
         let id = b.create_string("order-42");
         let model = b.create_string("tiny-embed");
-        let t = b.start_table();                      // table Request
+        let t = b.start_table(); // table Request
         b.push_slot_always::<u64>(10, 4102444800000); //   deadline_ms (optional: omit for none)
-        b.push_slot_always(14, input);                //   input
-        b.push_slot_always(4, id);                    //   id
-        b.push_slot_always(6, model);                 //   model
-        b.push_slot::<u8>(12, 2, 0);                  //   input_type = TokenIds
+        b.push_slot_always(14, input); //   input
+        b.push_slot_always(4, id); //   id
+        b.push_slot_always(6, model); //   model
+        b.push_slot::<u8>(12, 2, 0); //   input_type = TokenIds
         let root = b.end_table(t);
         b.finish(root, Some("SLU1"));
         let payload: &[u8] = b.finished_data();
@@ -381,7 +468,10 @@ fn readme_rust_examples() {
     };
     for p in [from_lib, bare] {
         let q = decode(&mut d, &p).unwrap();
-        assert_eq!((q.id(), q.input_kind, q.items, q.max_tokens, q.deadline_ms), ("order-42", InputKind::FbTokens, 2, 4, Some(4102444800000)));
+        assert_eq!(
+            (q.id(), q.input_kind, q.items, q.max_tokens, q.deadline_ms),
+            ("order-42", InputKind::FbTokens, 2, 4, Some(4102444800000))
+        );
     }
 }
 
@@ -435,9 +525,21 @@ fn validation_errors_have_their_class() {
         ("row of 1 token", req("tiny-embed", tokens(&[vec![2]])), Validation),
         ("row of 0 tokens", req("tiny-embed", In::Tokens(vec![2, 3], vec![2, 0])), Validation),
         ("row over max_seq_len", req("tiny-embed", tokens(&[row(65)])), Validation),
-        ("lengths sum short of ids", req("tiny-embed", In::Tokens(vec![2, 5, 3, 9], vec![3])), Validation),
-        ("lengths sum past ids", req("tiny-embed", In::Tokens(vec![2, 5, 3], vec![3, 2])), Validation),
-        ("lengths overflow", req("tiny-embed", In::Tokens(vec![2, 5, 3], vec![3, u32::MAX])), Validation),
+        (
+            "lengths sum short of ids",
+            req("tiny-embed", In::Tokens(vec![2, 5, 3, 9], vec![3])),
+            Validation,
+        ),
+        (
+            "lengths sum past ids",
+            req("tiny-embed", In::Tokens(vec![2, 5, 3], vec![3, 2])),
+            Validation,
+        ),
+        (
+            "lengths overflow",
+            req("tiny-embed", In::Tokens(vec![2, 5, 3], vec![3, u32::MAX])),
+            Validation,
+        ),
         ("ids without lengths", req("tiny-embed", In::Tokens(vec![2, 5, 3], vec![])), Validation),
         ("65 token rows", req("tiny-embed", tokens(&vec![vec![2, 3]; 65])), TooLarge),
         // Features.
@@ -447,9 +549,42 @@ fn validation_errors_have_their_class() {
         ("7 features", req("tabular", In::Features(vec![1.0; 7], 1)), Validation),
         ("9 features", req("tabular", In::Features(vec![1.0; 9], 1)), Validation),
         ("rows × width mismatch", req("tabular", In::Features(vec![1.0; 16], 3)), Validation),
-        ("NaN", req("tabular", features(&[vec![1.0; 8], { let mut v = vec![1.0; 8]; v[3] = f32::NAN; v }])), Validation),
-        ("infinity", req("tabular", features(&[{ let mut v = vec![1.0; 8]; v[7] = f32::INFINITY; v }])), Validation),
-        ("-infinity", req("tabular", features(&[{ let mut v = vec![1.0; 8]; v[0] = f32::NEG_INFINITY; v }])), Validation),
+        (
+            "NaN",
+            req(
+                "tabular",
+                features(&[vec![1.0; 8], {
+                    let mut v = vec![1.0; 8];
+                    v[3] = f32::NAN;
+                    v
+                }]),
+            ),
+            Validation,
+        ),
+        (
+            "infinity",
+            req(
+                "tabular",
+                features(&[{
+                    let mut v = vec![1.0; 8];
+                    v[7] = f32::INFINITY;
+                    v
+                }]),
+            ),
+            Validation,
+        ),
+        (
+            "-infinity",
+            req(
+                "tabular",
+                features(&[{
+                    let mut v = vec![1.0; 8];
+                    v[0] = f32::NEG_INFINITY;
+                    v
+                }]),
+            ),
+            Validation,
+        ),
         ("65 feature rows", req("tabular", features(&vec![vec![0.0; 8]; 65])), TooLarge),
     ];
     for (what, r, want) in cases {
@@ -464,10 +599,23 @@ fn validation_errors_have_their_class() {
 
     // Boundaries that are fine.
     assert_eq!(verdict(&mut d, &req("tiny-embed", tokens(&[vec![2, 3]]))).unwrap(), (1, 2));
-    assert_eq!(verdict(&mut d, &req("tiny-embed", tokens(&[row(64), vec![0, 450]]))).unwrap(), (2, 64));
-    assert_eq!(verdict(&mut d, &req("tiny-embed", tokens(&vec![vec![2, 3]; 64]))).unwrap(), (64, 2));
-    assert_eq!(verdict(&mut d, &req("tabular", features(&vec![vec![f32::MAX; 8]; 64]))).unwrap(), (64, 1));
-    assert_eq!(verdict(&mut d, &with(&|r| r.id = Some("é".repeat(128)))).unwrap(), (1, 3), "256-byte id");
+    assert_eq!(
+        verdict(&mut d, &req("tiny-embed", tokens(&[row(64), vec![0, 450]]))).unwrap(),
+        (2, 64)
+    );
+    assert_eq!(
+        verdict(&mut d, &req("tiny-embed", tokens(&vec![vec![2, 3]; 64]))).unwrap(),
+        (64, 2)
+    );
+    assert_eq!(
+        verdict(&mut d, &req("tabular", features(&vec![vec![f32::MAX; 8]; 64]))).unwrap(),
+        (64, 1)
+    );
+    assert_eq!(
+        verdict(&mut d, &with(&|r| r.id = Some("é".repeat(128)))).unwrap(),
+        (1, 3),
+        "256-byte id"
+    );
     assert_eq!(verdict(&mut d, &with(&|r| r.version = Some("1".into()))).unwrap(), (1, 3));
     let q = decode(&mut d, &with(&|r| r.id = Some("é".repeat(128))).build()).unwrap();
     assert_eq!(q.id(), "é".repeat(128));
@@ -477,27 +625,59 @@ fn validation_errors_have_their_class() {
 fn limits_apply_like_json() {
     use ErrorClass::*;
     let repo = TestRepo::new();
-    let limits = Limits { max_record_bytes: 2048, max_items: 3, max_id_bytes: 8, max_batch_rows: 64, max_batch_tokens: 100 };
+    let limits = Limits {
+        max_record_bytes: 2048,
+        max_items: 3,
+        max_id_bytes: 8,
+        max_batch_rows: 64,
+        max_batch_tokens: 100,
+    };
     let mut d = repo.decoder(limits);
     let long_row = (0..64u32).collect::<Vec<_>>();
     let cases: Vec<(&str, Req, ErrorClass)> = vec![
         ("4 texts over max_items 3", req("tiny-embed", texts(&["a", "b", "c", "d"])), TooLarge),
         ("4 token rows", req("tiny-embed", tokens(&vec![vec![2, 3]; 4])), TooLarge),
         ("4 feature rows", req("tabular", features(&vec![vec![0.0; 8]; 4])), TooLarge),
-        ("2 × 64 padded tokens over 100", req("tiny-embed", tokens(&[long_row.clone(), long_row.clone()])), TooLarge),
-        ("2 × 64 padded tokens of text", req("tiny-embed", In::Texts(vec![vec!["the"; 100].join(" "); 2])), TooLarge),
-        ("record over maxRecordBytes", req("tabular", In::Features(vec![0.0; 8 * 80], 80)), TooLarge),
-        ("id over max_id_bytes", { let mut r = req("tiny-embed", tokens(&[vec![2, 3]])); r.id = Some("123456789".into()); r }, Validation),
+        (
+            "2 × 64 padded tokens over 100",
+            req("tiny-embed", tokens(&[long_row.clone(), long_row.clone()])),
+            TooLarge,
+        ),
+        (
+            "2 × 64 padded tokens of text",
+            req("tiny-embed", In::Texts(vec![vec!["the"; 100].join(" "); 2])),
+            TooLarge,
+        ),
+        (
+            "record over maxRecordBytes",
+            req("tabular", In::Features(vec![0.0; 8 * 80], 80)),
+            TooLarge,
+        ),
+        (
+            "id over max_id_bytes",
+            {
+                let mut r = req("tiny-embed", tokens(&[vec![2, 3]]));
+                r.id = Some("123456789".into());
+                r
+            },
+            Validation,
+        ),
     ];
     for (what, r, want) in cases {
         let (got, reason) = verdict(&mut d, &r).expect_err(what);
         assert_eq!(got, want, "{what}: {reason}");
     }
-    let (_, reason) = verdict(&mut d, &req("tabular", In::Features(vec![0.0; 8 * 80], 80))).unwrap_err();
+    let (_, reason) =
+        verdict(&mut d, &req("tabular", In::Features(vec![0.0; 8 * 80], 80))).unwrap_err();
     assert!(reason.contains("maxRecordBytes"), "{reason}");
-    let (_, reason) = verdict(&mut d, &req("tiny-embed", tokens(&[long_row.clone(), long_row]))).unwrap_err();
+    let (_, reason) =
+        verdict(&mut d, &req("tiny-embed", tokens(&[long_row.clone(), long_row]))).unwrap_err();
     assert!(reason.contains("maxBatchTokens"), "{reason}");
-    assert_eq!(verdict(&mut d, &req("tiny-embed", tokens(&[(0..33).collect(), vec![2, 3], vec![2, 3]]))).unwrap(), (3, 33));
+    assert_eq!(
+        verdict(&mut d, &req("tiny-embed", tokens(&[(0..33).collect(), vec![2, 3], vec![2, 3]])))
+            .unwrap(),
+        (3, 33)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -510,7 +690,8 @@ fn survive(dec: &mut Decoder, repo: &TestRepo, payload: Vec<u8>) -> Result<(), E
         Ok(q) => {
             let m = q.model.clone();
             let mut st = HostStaging::default();
-            stage_batch(&m, std::slice::from_ref(&q), &mut st, &mut StageScratch::default()).expect("an accepted request stages");
+            stage_batch(&m, std::slice::from_ref(&q), &mut st, &mut StageScratch::default())
+                .expect("an accepted request stages");
             assert_eq!(st.rows, q.items as usize);
             let _ = repo;
             Ok(())
@@ -554,7 +735,10 @@ fn garbage_never_panics() {
             p[..4].copy_from_slice(&root.to_le_bytes());
         }
         let v = survive(&mut d, &repo, p);
-        assert!(matches!(v, Err(ErrorClass::Parse | ErrorClass::Validation)), "random bytes: {v:?}");
+        assert!(
+            matches!(v, Err(ErrorClass::Parse | ErrorClass::Validation)),
+            "random bytes: {v:?}"
+        );
         *tally.entry(format!("random {v:?}")).or_default() += 1;
         cases += 1;
     }
@@ -562,7 +746,10 @@ fn garbage_never_panics() {
     for v in &valid {
         for n in 0..v.len() {
             let verdict = survive(&mut d, &repo, v[..n].to_vec());
-            assert!(matches!(verdict, Err(ErrorClass::Parse | ErrorClass::Validation)), "truncated to {n}: {verdict:?}");
+            assert!(
+                matches!(verdict, Err(ErrorClass::Parse | ErrorClass::Validation)),
+                "truncated to {n}: {verdict:?}"
+            );
             *tally.entry(format!("truncated {verdict:?}")).or_default() += 1;
             cases += 1;
         }
@@ -580,7 +767,15 @@ fn garbage_never_panics() {
         }
         let verdict = survive(&mut d, &repo, p);
         assert!(
-            matches!(verdict, Ok(()) | Err(ErrorClass::Parse | ErrorClass::Validation | ErrorClass::UnknownModel | ErrorClass::Expired | ErrorClass::TooLarge)),
+            matches!(
+                verdict,
+                Ok(())
+                    | Err(ErrorClass::Parse
+                        | ErrorClass::Validation
+                        | ErrorClass::UnknownModel
+                        | ErrorClass::Expired
+                        | ErrorClass::TooLarge)
+            ),
             "bit flip: {verdict:?}"
         );
         *tally.entry(format!("flipped {verdict:?}")).or_default() += 1;
@@ -588,7 +783,10 @@ fn garbage_never_panics() {
     }
     println!("{cases} hostile cases: {tally:?}");
     assert!(tally.keys().any(|k| k.starts_with("flipped Err(Parse")), "flips reach the verifier");
-    assert!(tally.keys().any(|k| k.starts_with("flipped Err(Validation")), "flips reach validation");
+    assert!(
+        tally.keys().any(|k| k.starts_with("flipped Err(Validation")),
+        "flips reach validation"
+    );
 }
 
 #[test]
@@ -622,7 +820,10 @@ fn hostile_shapes_within_valid_buffers() {
     let p = req("tiny-embed", tokens(&[vec![2, 3]])).build();
     let e = d.decode(envelope(p, Priority::Normal, 0)).unwrap_err().1;
     assert_eq!(e.class, ErrorClass::Parse);
-    let e = d.decode(fb_envelope(&br#"{"id":"a","model":"tiny-embed","input":"x"}"#[..], 0)).unwrap_err().1;
+    let e = d
+        .decode(fb_envelope(&br#"{"id":"a","model":"tiny-embed","input":"x"}"#[..], 0))
+        .unwrap_err()
+        .1;
     assert_eq!(e.class, ErrorClass::Parse);
 }
 

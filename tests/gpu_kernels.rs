@@ -52,10 +52,14 @@ mod cuda {
     #[test]
     fn kernels_compile_with_nvrtc() {
         for arch in [Some("compute_75"), Some("compute_90")] {
-            let ptx = sluice::execute::cuda::kernels::compile_ptx(arch).unwrap_or_else(|e| panic!("{arch:?}: {e}"));
+            let ptx = sluice::execute::cuda::kernels::compile_ptx(arch)
+                .unwrap_or_else(|e| panic!("{arch:?}: {e}"));
             for (func, p) in &ptx {
                 let text = p.to_src();
-                assert!(text.contains(&format!(".entry {func}")), "{func} missing from the PTX for {arch:?}");
+                assert!(
+                    text.contains(&format!(".entry {func}")),
+                    "{func} missing from the PTX for {arch:?}"
+                );
             }
             println!("NVRTC compiled {} kernels for {arch:?}", ptx.len());
         }
@@ -66,7 +70,9 @@ mod cuda {
         let Some((ctx, stream)) = gpu() else { return };
         let kernels = Kernels::compile(&ctx).expect("NVRTC compiles the kernels");
         let mut rng = SeededRng::new(7);
-        for &(rows, seq, hidden) in &[(1, 2, 8), (3, 7, 384), (17, 33, 1000), (64, 128, 384), (5, 256, 768)] {
+        for &(rows, seq, hidden) in
+            &[(1, 2, 8), (3, 7, 384), (17, 33, 1000), (64, 128, 384), (5, 256, 768)]
+        {
             let states = rng.normal_vec(rows * seq * hidden, 1.0);
             let lens = lengths(&mut rng, rows, seq);
             let d_states = stream.clone_htod(&states).unwrap();
@@ -75,14 +81,26 @@ mod cuda {
                 for normalize in [false, true] {
                     let mut d_out = stream.alloc_zeros::<f32>(rows * hidden).unwrap();
                     kernels
-                        .pool_normalize(&stream, &d_states.slice(..), &d_lens.slice(..), &mut d_out, (rows, seq, hidden), pooling == Pooling::Mean, normalize)
+                        .pool_normalize(
+                            &stream,
+                            &d_states.slice(..),
+                            &d_lens.slice(..),
+                            &mut d_out,
+                            (rows, seq, hidden),
+                            pooling == Pooling::Mean,
+                            normalize,
+                        )
                         .unwrap();
                     let got = stream.clone_dtoh(&d_out).unwrap();
                     let mut want = vec![0f32; rows * hidden];
                     pool_rows(&states, &lens, seq, hidden, pooling, normalize, &mut want);
-                    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    let worst =
+                        got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                     println!("pool {rows}x{seq}x{hidden} {pooling:?} normalize={normalize}: max |gpu - cpu| = {worst:e}");
-                    assert!(worst <= 1e-5, "{rows}x{seq}x{hidden} {pooling:?} normalize={normalize}: max diff {worst}");
+                    assert!(
+                        worst <= 1e-5,
+                        "{rows}x{seq}x{hidden} {pooling:?} normalize={normalize}: max diff {worst}"
+                    );
                 }
             }
         }
@@ -98,7 +116,9 @@ mod cuda {
             let d_lens = stream.clone_htod(&lens).unwrap();
             let mut d_mask = stream.alloc_zeros::<u32>(rows * seq).unwrap();
             let mut d_types = stream.clone_htod(&vec![7u32; rows * seq]).unwrap();
-            kernels.batch_mask(&stream, &d_lens.slice(..), &mut d_mask, &mut d_types, (rows, seq)).unwrap();
+            kernels
+                .batch_mask(&stream, &d_lens.slice(..), &mut d_mask, &mut d_types, (rows, seq))
+                .unwrap();
             let (mut mask, mut types) = (vec![9u32; rows * seq], vec![9u32; rows * seq]);
             mask_from_lengths(&lens, seq, &mut mask, &mut types);
             assert_eq!(stream.clone_dtoh(&d_mask).unwrap(), mask, "{rows}x{seq}");
@@ -113,6 +133,16 @@ mod cuda {
         let states = stream.alloc_zeros::<f32>(10).unwrap();
         let lens = stream.alloc_zeros::<u32>(2).unwrap();
         let mut out = stream.alloc_zeros::<f32>(8).unwrap();
-        assert!(kernels.pool_normalize(&stream, &states.slice(..), &lens.slice(..), &mut out, (2, 2, 4), true, true).is_err());
+        assert!(kernels
+            .pool_normalize(
+                &stream,
+                &states.slice(..),
+                &lens.slice(..),
+                &mut out,
+                (2, 2, 4),
+                true,
+                true
+            )
+            .is_err());
     }
 }

@@ -20,8 +20,8 @@ mod cuda {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use bytes::Bytes;
     use super::common::{envelope, TestRepo};
+    use bytes::Bytes;
     use sluice::emit::{Outcome, Verdict};
     use sluice::engine::{Engine, EngineSettings, GpuLanes};
     use sluice::execute::cuda::{device_count, CudaExecutor};
@@ -47,7 +47,13 @@ mod cuda {
     }
 
     fn payloads(model: &str) -> Vec<Bytes> {
-        let texts = ["the cat", "a quick brown fox jumps over the lazy dog", "hello", "the the the the the the the the the", "sluice moves records"];
+        let texts = [
+            "the cat",
+            "a quick brown fox jumps over the lazy dog",
+            "hello",
+            "the the the the the the the the the",
+            "sluice moves records",
+        ];
         (0..40)
             .map(|i| {
                 let input = if model == "tabular" {
@@ -61,16 +67,24 @@ mod cuda {
     }
 
     /// Runs every payload through one lane over `executor`; returns (id, output row) by id.
-    fn serve<E: Executor>(repo: &TestRepo, executor: E, stats: Arc<EngineStats>, payloads: &[Bytes]) -> Vec<(String, Vec<f32>)> {
+    fn serve<E: Executor>(
+        repo: &TestRepo,
+        executor: E,
+        stats: Arc<EngineStats>,
+        payloads: &[Bytes],
+    ) -> Vec<(String, Vec<f32>)> {
         let rings = Arc::new(Rings::new(256));
         let (tx, rx) = crossbeam_channel::unbounded::<Outcome>();
         let shared = LaneShared { rings: rings.clone(), completions: tx, stats };
         // Small batches: several in flight, so both staging slots are used in turn.
         let policy = BatchPolicy { max_rows: 6, max_tokens: 6 * 64, ..BatchPolicy::default() };
-        let settings = LaneSettings { index: 0, policy, max_retries: 1, idle_wait: Duration::from_millis(1) };
+        let settings =
+            LaneSettings { index: 0, policy, max_retries: 1, idle_wait: Duration::from_millis(1) };
         let mut decoder = repo.decoder(Limits::default());
         for (i, p) in payloads.iter().enumerate() {
-            let req = decoder.decode(envelope(p.clone(), Priority::Normal, i as i64)).unwrap_or_else(|(_, f)| panic!("rejected: {f:?}"));
+            let req = decoder
+                .decode(envelope(p.clone(), Priority::Normal, i as i64))
+                .unwrap_or_else(|(_, f)| panic!("rejected: {f:?}"));
             assert!(rings.push(req).is_ok());
         }
         rings.close();
@@ -80,7 +94,9 @@ mod cuda {
             .map(|o| {
                 let id = o.id().unwrap_or_default().to_string();
                 match &o.verdict {
-                    Verdict::Success { output, first_row, .. } => (id, output.row(*first_row as usize).to_vec()),
+                    Verdict::Success { output, first_row, .. } => {
+                        (id, output.row(*first_row as usize).to_vec())
+                    }
                     Verdict::Failure(f) => panic!("{id} failed: {f:?}"),
                 }
             })
@@ -107,7 +123,8 @@ mod cuda {
             let p = payloads(model);
             let cpu = serve(&repo, CpuExecutor::new(6, 6 * 64), Arc::new(EngineStats::new(1)), &p);
             let stats = Arc::new(EngineStats::new(1));
-            let gpu = CudaExecutor::new(0, 0, 6, 6 * 64, stats.clone(), 0).expect("CUDA lane starts on device 0");
+            let gpu = CudaExecutor::new(0, 0, 6, 6 * 64, stats.clone(), 0)
+                .expect("CUDA lane starts on device 0");
             let gpu = serve(&repo, gpu, stats.clone(), &p);
             let worst = cpu.iter().zip(&gpu).map(|((ia, a), (ib, b))| {
                 assert_eq!(ia, ib);
@@ -118,13 +135,21 @@ mod cuda {
             println!("{model}: worst cosine(gpu, cpu) over {} requests = {worst}", p.len());
             assert!(worst >= 0.9999, "{model}: GPU and CPU outputs differ (cosine {worst})");
             let mem = &stats.lane_memory[0];
-            assert!(mem.total_bytes.load(Ordering::Relaxed) > 0 && mem.used_bytes.load(Ordering::Relaxed) > 0, "the lane reports device memory");
+            assert!(
+                mem.total_bytes.load(Ordering::Relaxed) > 0
+                    && mem.used_bytes.load(Ordering::Relaxed) > 0,
+                "the lane reports device memory"
+            );
         }
     }
 
     #[test]
     fn engine_runs_cpu_and_gpu_lanes_together_or_fails_clearly() {
-        let settings = EngineSettings { cpu_lanes: 1, gpu: GpuLanes { devices: vec![0], streams_per_device: 2 }, ..EngineSettings::default() };
+        let settings = EngineSettings {
+            cpu_lanes: 1,
+            gpu: GpuLanes { devices: vec![0], streams_per_device: 2 },
+            ..EngineSettings::default()
+        };
         let (tx, _rx) = crossbeam_channel::unbounded();
         match Engine::start(&settings, tx) {
             Ok(engine) => {
@@ -136,7 +161,11 @@ mod cuda {
                 assert!(!have_gpu(), "a machine with a GPU must start GPU lanes: {e}");
                 let msg = e.to_string();
                 println!("engine start without a GPU: {msg}");
-                assert!(msg.contains("GPU lane 1 (cuda:0/stream0)") && msg.contains("cannot open CUDA device 0"), "{msg}");
+                assert!(
+                    msg.contains("GPU lane 1 (cuda:0/stream0)")
+                        && msg.contains("cannot open CUDA device 0"),
+                    "{msg}"
+                );
             }
         }
     }

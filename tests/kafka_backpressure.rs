@@ -16,7 +16,11 @@ use sluice::pipeline::Pipeline;
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -24,7 +28,13 @@ fn rss_kib() -> u64 {
 fn a_slow_model_and_a_fast_producer_keep_memory_bounded_without_loss() {
     let b = TestBroker::start().expect("broker");
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec { inputs: 8, hidden: vec![4], outputs: 2, activation: "relu".into(), softmax: false };
+    let spec = sluice::testkit::MlpSpec {
+        inputs: 8,
+        hidden: vec![4],
+        outputs: 2,
+        activation: "relu".into(),
+        softmax: false,
+    };
     let dir = sluice::testkit::write_mlp(repo.dir.path(), "slow", "1", &spec, 3).unwrap();
     let toml_path = dir.join("sluice.toml");
     let toml = std::fs::read_to_string(&toml_path).unwrap();
@@ -56,7 +66,15 @@ fn a_slow_model_and_a_fast_producer_keep_memory_bounded_without_loss() {
         let (out, dlq) = outcomes(&b, &t, n, Duration::from_secs(240));
         stop.store(true, Ordering::SeqCst);
         assert!(dlq.is_empty());
-        let mut ids: Vec<String> = out.iter().map(|o| serde_json::from_slice::<serde_json::Value>(&o.value).unwrap()["id"].as_str().unwrap().to_string()).collect();
+        let mut ids: Vec<String> = out
+            .iter()
+            .map(|o| {
+                serde_json::from_slice::<serde_json::Value>(&o.value).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n, "no loss");
@@ -66,6 +84,10 @@ fn a_slow_model_and_a_fast_producer_keep_memory_bounded_without_loss() {
     pipeline.stop();
     assert!(pauses > 0, "the consumer paused its partitions while the rings were full");
     let growth_mib = peak.saturating_sub(baseline) / 1024;
-    println!("baseline {} MiB, peak {} MiB, growth {growth_mib} MiB, pauses {pauses}", baseline / 1024, peak / 1024);
+    println!(
+        "baseline {} MiB, peak {} MiB, growth {growth_mib} MiB, pauses {pauses}",
+        baseline / 1024,
+        peak / 1024
+    );
     assert!(growth_mib < 48, "resident memory grew by {growth_mib} MiB with 64 MiB of backlog");
 }

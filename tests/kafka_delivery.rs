@@ -19,7 +19,11 @@ use sluice::models::cache::CacheSettings;
 use sluice::models::{ModelCache, Repository};
 use sluice::pipeline::Pipeline;
 
-fn setup(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, repo: &TestRepo, max_attempts: u32) -> Config {
+fn setup(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    repo: &TestRepo,
+    max_attempts: u32,
+) -> Config {
     let mut cfg = Config::default();
     cfg.kafka.bootstrap.servers = cluster.bootstrap_servers();
     cfg.kafka.consumer.group = "delivery-test".into();
@@ -37,7 +41,10 @@ fn setup(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, r
 }
 
 fn produce_inputs(cfg: &Config, n: usize) {
-    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &cfg.kafka.bootstrap.servers).create().unwrap();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.bootstrap.servers)
+        .create()
+        .unwrap();
     for i in 0..n {
         let v = format!(r#"{{"id":"r{i}","model":"tabular","input":[1,2,3,4,5,6,7,8]}}"#);
         p.send(BaseRecord::<(), _>::to(&cfg.kafka.topics.streaming.input).payload(&v)).unwrap();
@@ -68,7 +75,11 @@ fn committed_input_offset(cfg: &Config) -> i64 {
 }
 
 fn cache(cfg: &Config) -> Arc<ModelCache> {
-    Arc::new(ModelCache::new(Repository::open(&cfg.streaming.inference.model.repository).unwrap(), candle_core::Device::Cpu, CacheSettings::from_config(cfg)))
+    Arc::new(ModelCache::new(
+        Repository::open(&cfg.streaming.inference.model.repository).unwrap(),
+        candle_core::Device::Cpu,
+        CacheSettings::from_config(cfg),
+    ))
 }
 
 #[test]
@@ -79,10 +90,15 @@ fn failed_deliveries_are_retried_and_then_committed() {
     produce_inputs(&cfg, 3);
     // The next two produce requests (the pipeline's first) fail with a non-retriable error:
     // librdkafka gives up at once and Sluice's own retry (with backoff) has to deliver.
-    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2]);
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2],
+    );
     let pipeline = Pipeline::start(&cfg, cache(&cfg)).unwrap();
     let stats = pipeline.emit_stats.clone();
-    wait_for("3 deliveries", Duration::from_secs(60), || stats.delivered.load(Ordering::Relaxed) >= 3);
+    wait_for("3 deliveries", Duration::from_secs(60), || {
+        stats.delivered.load(Ordering::Relaxed) >= 3
+    });
     assert!(stats.delivery_retries.load(Ordering::Relaxed) >= 1, "the failed sends were retried");
     assert_eq!(stats.undeliverable.load(Ordering::Relaxed), 0);
     pipeline.stop();
@@ -95,10 +111,15 @@ fn an_undeliverable_outcome_stops_its_partitions_commits() {
     let repo = TestRepo::new();
     let cfg = setup(&cluster, &repo, 2);
     produce_inputs(&cfg, 3);
-    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1000]);
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1000],
+    );
     let pipeline = Pipeline::start(&cfg, cache(&cfg)).unwrap();
     let stats = pipeline.emit_stats.clone();
-    wait_for("3 undeliverable outcomes", Duration::from_secs(60), || stats.undeliverable.load(Ordering::Relaxed) >= 3);
+    wait_for("3 undeliverable outcomes", Duration::from_secs(60), || {
+        stats.undeliverable.load(Ordering::Relaxed) >= 3
+    });
     let blocked = pipeline.ingest_shared.tracker.lock().blocked();
     assert_eq!(blocked.len(), 1, "the input partition is blocked: {blocked:?}");
     assert_eq!(blocked[0].2, 0, "at the first undeliverable offset");

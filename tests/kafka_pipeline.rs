@@ -67,7 +67,12 @@ fn ten_thousand_requests_each_get_exactly_one_outcome_and_priority_goes_first() 
     let total = n_normal + n_prio;
     let (out, dlq) = outcomes(&b, &t, total, Duration::from_secs(240));
     let report = pipeline.stop();
-    assert!(dlq.is_empty(), "no dead letters expected, got {}: {:?}", dlq.len(), dlq.first().map(|d| &d.headers));
+    assert!(
+        dlq.is_empty(),
+        "no dead letters expected, got {}: {:?}",
+        dlq.len(),
+        dlq.first().map(|d| &d.headers)
+    );
     assert_eq!(out.len(), total, "one result per request (report {report:?})");
 
     let mut seen: HashMap<(String, i32, i64), usize> = HashMap::new();
@@ -77,7 +82,11 @@ fn ten_thousand_requests_each_get_exactly_one_outcome_and_priority_goes_first() 
         let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
         let src = source_of(c, false);
         let id = v["id"].as_str().unwrap();
-        assert_eq!(expected.get(&src).map(String::as_str), Some(id), "result {id} carries its request's source");
+        assert_eq!(
+            expected.get(&src).map(String::as_str),
+            Some(id),
+            "result {id} carries its request's source"
+        );
         *seen.entry(src).or_default() += 1;
         // Key: the request key, or the id when there was none.
         let key = c.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned());
@@ -97,9 +106,14 @@ fn ten_thousand_requests_each_get_exactly_one_outcome_and_priority_goes_first() 
     prio_positions.sort_unstable();
     let p95 = prio_positions[prio_positions.len() * 95 / 100];
     let normal_median = normal_positions[normal_positions.len() / 2];
-    assert!(p95 < normal_median, "priority results should come early: p95 position {p95}, normal median {normal_median}");
+    assert!(
+        p95 < normal_median,
+        "priority results should come early: p95 position {p95}, normal median {normal_median}"
+    );
     // Everything was committed on the way out.
-    let ends: Vec<i64> = (0..4).map(|p| sent.iter().filter(|(pp, _)| *pp == p).map(|(_, o)| o + 1).max().unwrap_or(0)).collect();
+    let ends: Vec<i64> = (0..4)
+        .map(|p| sent.iter().filter(|(pp, _)| *pp == p).map(|(_, o)| o + 1).max().unwrap_or(0))
+        .collect();
     assert_eq!(committed(&b, &t, 4), ends, "committed offsets reach the end of each partition");
 }
 
@@ -110,22 +124,71 @@ fn every_dead_letter_class_lands_in_the_dlq_and_neighbours_are_unaffected() {
     // A model that cannot load: its failure is an `inference` dead letter.
     let broken = repo.path().join("broken/1");
     std::fs::create_dir_all(&broken).unwrap();
-    std::fs::write(broken.join("sluice.toml"), "kind = \"mlp\"\ninputs = 2\n[[layers]]\nweight = \"w\"\n").unwrap();
+    std::fs::write(
+        broken.join("sluice.toml"),
+        "kind = \"mlp\"\ninputs = 2\n[[layers]]\nweight = \"w\"\n",
+    )
+    .unwrap();
     let t = setup(&b, "dlq", 2);
-    let ok = |i: usize| (None, json(serde_json::json!({"id": format!("ok{i}"), "model": "tabular", "input": [1, 2, 3, 4, 5, 6, 7, 8]})), vec![]);
+    let ok = |i: usize| {
+        (
+            None,
+            json(
+                serde_json::json!({"id": format!("ok{i}"), "model": "tabular", "input": [1, 2, 3, 4, 5, 6, 7, 8]}),
+            ),
+            vec![],
+        )
+    };
     let fb = vec![("content-type".to_string(), b"application/x-flatbuffers".to_vec())];
     let bad: Vec<(&str, Record)> = vec![
         ("parse", (None, b"{not json".to_vec(), vec![])),
         ("parse", (None, b"\xff\xfe invalid utf-8".to_vec(), vec![])),
-        ("parse", (None, br#"{"id":"n","model":"tabular","input":[NaN,1,2,3,4,5,6,7]}"#.to_vec(), vec![])),
+        (
+            "parse",
+            (None, br#"{"id":"n","model":"tabular","input":[NaN,1,2,3,4,5,6,7]}"#.to_vec(), vec![]),
+        ),
         ("parse", (None, b"\x10\x00\x00\x00garbage-flatbuffer".to_vec(), fb)),
         ("parse", (None, b"{}".to_vec(), vec![("content-type".into(), b"text/csv".to_vec())])),
         ("validation", (None, br#"{"id":"v","model":"tabular","input":[1,2]}"#.to_vec(), vec![])),
-        ("validation", (None, br#"{"id":null,"model":"tabular","input":[1,2,3,4,5,6,7,8]}"#.to_vec(), vec![])),
-        ("validation", (None, format!(r#"{{"id":"deep","model":"tiny-embed","input":{}{}}}"#, "[".repeat(1500), "]".repeat(1500)).into_bytes(), vec![])),
-        ("unknown_model", (Some(b"key-u".to_vec()), br#"{"id":"u","model":"nope","input":"x"}"#.to_vec(), vec![])),
-        ("too_large", (None, format!(r#"{{"id":"big","model":"tiny-embed","input":"{}"}}"#, "x".repeat(5000)).into_bytes(), vec![])),
-        ("expired", (None, br#"{"id":"e","model":"tabular","input":[1,2,3,4,5,6,7,8],"deadline_ms":1}"#.to_vec(), vec![])),
+        (
+            "validation",
+            (None, br#"{"id":null,"model":"tabular","input":[1,2,3,4,5,6,7,8]}"#.to_vec(), vec![]),
+        ),
+        (
+            "validation",
+            (
+                None,
+                format!(
+                    r#"{{"id":"deep","model":"tiny-embed","input":{}{}}}"#,
+                    "[".repeat(1500),
+                    "]".repeat(1500)
+                )
+                .into_bytes(),
+                vec![],
+            ),
+        ),
+        (
+            "unknown_model",
+            (Some(b"key-u".to_vec()), br#"{"id":"u","model":"nope","input":"x"}"#.to_vec(), vec![]),
+        ),
+        (
+            "too_large",
+            (
+                None,
+                format!(r#"{{"id":"big","model":"tiny-embed","input":"{}"}}"#, "x".repeat(5000))
+                    .into_bytes(),
+                vec![],
+            ),
+        ),
+        (
+            "expired",
+            (
+                None,
+                br#"{"id":"e","model":"tabular","input":[1,2,3,4,5,6,7,8],"deadline_ms":1}"#
+                    .to_vec(),
+                vec![],
+            ),
+        ),
         ("inference", (None, br#"{"id":"i","model":"broken","input":[1,2]}"#.to_vec(), vec![])),
     ];
     let mut records = Vec::new();
@@ -148,7 +211,8 @@ fn every_dead_letter_class_lands_in_the_dlq_and_neighbours_are_unaffected() {
     pipeline.stop();
     assert_eq!(out.len(), records.len() - n_bad);
     assert_eq!(dlq.len(), n_bad);
-    let by_offset: BTreeMap<i64, usize> = sent.iter().enumerate().map(|(i, (_, o))| (*o, i)).collect();
+    let by_offset: BTreeMap<i64, usize> =
+        sent.iter().enumerate().map(|(i, (_, o))| (*o, i)).collect();
     for d in &dlq {
         let (topic, partition, offset) = source_of(d, true);
         assert_eq!((topic.as_str(), partition), (t.input.as_str(), 0));
@@ -170,11 +234,21 @@ fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_truncated_and_commit
     let b = TestBroker::start().expect("broker");
     let repo = TestRepo::new();
     let t = setup(&b, "huge", 1);
-    let ok = |i: usize| (None, json(serde_json::json!({"id": format!("ok{i}"), "model": "tabular", "input": [1, 2, 3, 4, 5, 6, 7, 8]})), vec![]);
+    let ok = |i: usize| {
+        (
+            None,
+            json(
+                serde_json::json!({"id": format!("ok{i}"), "model": "tabular", "input": [1, 2, 3, 4, 5, 6, 7, 8]}),
+            ),
+            vec![],
+        )
+    };
     // 1.5 MB: over maxRecordBytes (1 MiB by default) and over what the producer may send
     // (maxRecordBytes + 256 KiB), so its dead letter cannot carry it whole.
-    let huge = format!(r#"{{"id":"huge","model":"tabular","input":"{}"}}"#, "h".repeat(1_500_000)).into_bytes();
-    let records: Vec<Record> = vec![ok(0), (Some(b"huge-key".to_vec()), huge.clone(), vec![]), ok(1)];
+    let huge = format!(r#"{{"id":"huge","model":"tabular","input":"{}"}}"#, "h".repeat(1_500_000))
+        .into_bytes();
+    let records: Vec<Record> =
+        vec![ok(0), (Some(b"huge-key".to_vec()), huge.clone(), vec![]), ok(1)];
     b.produce(&t.input, &records, Some(0)).unwrap();
     let cfg = config(&b, &t, &repo.path());
     let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
@@ -187,9 +261,17 @@ fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_truncated_and_commit
     let reason = header(d, "sluice.error.reason").unwrap_or_default();
     assert!(reason.contains("truncated to its first 65536 of"), "{reason}");
     assert_eq!(d.value.len(), sluice::kafka::producer::DLQ_TRUNCATED_BYTES);
-    assert_eq!(d.value[..], huge[..d.value.len()], "the dead letter starts with the original bytes");
+    assert_eq!(
+        d.value[..],
+        huge[..d.value.len()],
+        "the dead letter starts with the original bytes"
+    );
     assert_eq!(d.key.as_deref(), Some(&b"huge-key"[..]));
-    assert_eq!(committed(&b, &t, 1), vec![3], "the partition's commits were not blocked ({report:?})");
+    assert_eq!(
+        committed(&b, &t, 1),
+        vec![3],
+        "the partition's commits were not blocked ({report:?})"
+    );
 }
 
 #[test]
@@ -218,6 +300,9 @@ fn graceful_restart_loses_nothing_and_duplicates_nothing() {
         *count.entry(v["id"].as_str().unwrap().to_string()).or_default() += 1;
     }
     assert_eq!(count.len(), n, "nothing lost (runs: {r1:?}, {r2:?})");
-    assert!(count.values().all(|c| *c == 1), "a graceful stop commits everything it emitted: no duplicates");
+    assert!(
+        count.values().all(|c| *c == 1),
+        "a graceful stop commits everything it emitted: no duplicates"
+    );
     assert!(r1.consumed > 0 && r2.consumed > 0, "both runs did work");
 }

@@ -99,7 +99,16 @@ fn setup(b: &TestBroker, repo: &TestRepo, prefix: &str, partitions: i32) -> Setu
 }
 
 fn records(from: usize, to: usize) -> Vec<common::kafka::Record> {
-    (from..to).map(|i| (None, format!(r#"{{"id":"r{i}","model":"slowish","input":[{i},0,0,0,0,0,0,0]}}"#).into_bytes(), vec![])).collect()
+    (from..to)
+        .map(|i| {
+            (
+                None,
+                format!(r#"{{"id":"r{i}","model":"slowish","input":[{i},0,0,0,0,0,0,0]}}"#)
+                    .into_bytes(),
+                vec![],
+            )
+        })
+        .collect()
 }
 
 /// Counts of each request id among the results, reading until `n` distinct ids are seen.
@@ -121,7 +130,13 @@ fn result_ids(b: &TestBroker, topic: &str, n: usize, timeout: Duration) -> HashM
 
 fn slowish_repo() -> TestRepo {
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec { inputs: 8, hidden: vec![4], outputs: 2, activation: "relu".into(), softmax: false };
+    let spec = sluice::testkit::MlpSpec {
+        inputs: 8,
+        hidden: vec![4],
+        outputs: 2,
+        activation: "relu".into(),
+        softmax: false,
+    };
     let dir = sluice::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
     let p = dir.join("sluice.toml");
     let toml = std::fs::read_to_string(&p).unwrap();
@@ -164,8 +179,15 @@ fn two_processes_split_the_partitions_and_one_takes_over() {
     // Keep records flowing while the group rebalances onto two members.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut next = 500;
-    while !(a.log().matches("partitions assigned").count() >= 2 && c.log().contains("partitions assigned")) {
-        assert!(Instant::now() < deadline, "no rebalance onto two members:\nA:\n{}\nC:\n{}", a.log(), c.log());
+    while !(a.log().matches("partitions assigned").count() >= 2
+        && c.log().contains("partitions assigned"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no rebalance onto two members:\nA:\n{}\nC:\n{}",
+            a.log(),
+            c.log()
+        );
         b.produce(&s.input, &records(next, next + 100), None).unwrap();
         next += 100;
         std::thread::sleep(Duration::from_millis(300));
@@ -181,7 +203,12 @@ fn two_processes_split_the_partitions_and_one_takes_over() {
     assert!(status.success(), "{}", a.log());
     let all = result_ids(&b, &s.output, next, Duration::from_secs(180));
     let dups: usize = all.values().map(|n| n - 1).sum();
-    assert_eq!(all.len(), next, "the two processes together account for every record\nC:\n{}", c.log());
+    assert_eq!(
+        all.len(),
+        next,
+        "the two processes together account for every record\nC:\n{}",
+        c.log()
+    );
     assert_eq!(dups, 0, "graceful hand-overs drain and commit: no duplicates");
     c.signal("-TERM");
     assert!(c.wait(Duration::from_secs(60)).is_some_and(|s| s.success()));

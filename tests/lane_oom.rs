@@ -43,10 +43,17 @@ impl Executor for TightMemory {
     fn submit(&mut self, _model: &Arc<LoadedModel>) -> Result<(), ModelError> {
         let st = &self.staging;
         self.out = Some(if st.rows > self.fits {
-            Err(ModelError::OutOfMemory(format!("DriverError(CUDA_ERROR_OUT_OF_MEMORY) for {} rows", st.rows)))
+            Err(ModelError::OutOfMemory(format!(
+                "DriverError(CUDA_ERROR_OUT_OF_MEMORY) for {} rows",
+                st.rows
+            )))
         } else {
             self.largest_ok = self.largest_ok.max(st.rows);
-            Ok(BatchOutput { data: st.row_tokens[..st.rows].iter().map(|&n| n as f32).collect(), width: 1, kind: OutputKind::Vector })
+            Ok(BatchOutput {
+                data: st.row_tokens[..st.rows].iter().map(|&n| n as f32).collect(),
+                width: 1,
+                kind: OutputKind::Vector,
+            })
         });
         Ok(())
     }
@@ -62,13 +69,22 @@ fn run(requests: usize, fits: usize, max_retries: u32) -> (Vec<Outcome>, Arc<Eng
     let stats = Arc::new(EngineStats::new(1));
     let shared = LaneShared { rings: rings.clone(), completions: tx, stats: stats.clone() };
     let policy = BatchPolicy { max_rows: 64, max_tokens: 64 * 64, ..BatchPolicy::default() };
-    let settings = LaneSettings { index: 0, policy, max_retries, idle_wait: std::time::Duration::from_millis(1) };
+    let settings = LaneSettings {
+        index: 0,
+        policy,
+        max_retries,
+        idle_wait: std::time::Duration::from_millis(1),
+    };
     let exec = TightMemory { staging: HostStaging::default(), fits, out: None, largest_ok: 0 };
     let mut lane = Lane::new(exec, shared, settings);
     let mut decoder = repo.decoder(Limits::default());
     for i in 0..requests {
-        let p = Bytes::from(format!(r#"{{"id":"r{i}","model":"tiny-embed","input":"the quick brown fox"}}"#));
-        let req = decoder.decode(envelope(p, Priority::Normal, i as i64)).unwrap_or_else(|(_, f)| panic!("rejected: {f:?}"));
+        let p = Bytes::from(format!(
+            r#"{{"id":"r{i}","model":"tiny-embed","input":"the quick brown fox"}}"#
+        ));
+        let req = decoder
+            .decode(envelope(p, Priority::Normal, i as i64))
+            .unwrap_or_else(|(_, f)| panic!("rejected: {f:?}"));
         assert!(rings.push(req).is_ok());
     }
     while lane.step() {}
@@ -89,7 +105,10 @@ fn an_out_of_memory_batch_is_split_until_it_fits_without_spending_retries() {
     assert_eq!(outcomes.len(), 64, "one outcome per request");
     let failed: Vec<_> = outcomes.iter().filter_map(|o| o.failure()).collect();
     assert!(failed.is_empty(), "no request may be lost to out-of-memory: {failed:?}");
-    assert!((4..=5).contains(&largest), "batches were halved down to what fits, largest ran: {largest}");
+    assert!(
+        (4..=5).contains(&largest),
+        "batches were halved down to what fits, largest ran: {largest}"
+    );
     assert!(stats.oom_splits.load(Ordering::Relaxed) >= 4, "splits are counted");
 }
 

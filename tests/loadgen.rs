@@ -15,12 +15,22 @@ const SEC: u64 = 1_000_000_000;
 /// A system that answers in 1 ms, except that it stalls (answers nothing) from `stall_from`
 /// for `stall_len`; what arrives during the stall is answered when it ends.
 fn completion(arrival: u64, stall_from: u64, stall_len: u64) -> u64 {
-    let start = if (stall_from..stall_from + stall_len).contains(&arrival) { stall_from + stall_len } else { arrival };
+    let start = if (stall_from..stall_from + stall_len).contains(&arrival) {
+        stall_from + stall_len
+    } else {
+        arrival
+    };
     start + MS
 }
 
 fn plan(n: usize) -> Arc<[Planned]> {
-    let w = Workload { model: "m".into(), payload: Payload::Tabular { width: 2 }, hostile_share: 0.0, priority_share: 0.0, seed: 1 };
+    let w = Workload {
+        model: "m".into(),
+        payload: Payload::Tabular { width: 2 },
+        hostile_share: 0.0,
+        priority_share: 0.0,
+        seed: 1,
+    };
     w.plan(n).into()
 }
 
@@ -38,7 +48,12 @@ impl Sink for StallingSystem<'_> {
     fn try_send(&mut self, seq: usize, _intended_ns: u64) -> bool {
         let now = self.clock.now_ns();
         let done = completion(now, self.stall_from, self.stall_len);
-        self.rec.on_outcome(seq, OutcomeKind::Result, done, ResultFacts { batch_size: Some(1), infer_us: Some(1000) });
+        self.rec.on_outcome(
+            seq,
+            OutcomeKind::Result,
+            done,
+            ResultFacts { batch_size: Some(1), infer_us: Some(1000) },
+        );
         let _ = self.from_actual_send.record(((done - now) / 1000).max(1));
         true
     }
@@ -52,7 +67,13 @@ fn a_stalled_system_shows_in_open_loop_p99_and_is_hidden_by_a_closed_loop() {
     let n = intended.len();
     let mut rec = Recorder::new(intended.clone(), plan(n), 0);
     let clock = SimClock::default();
-    let mut sys = StallingSystem { clock: &clock, rec: &mut rec, stall_from: 5 * SEC, stall_len: 500 * MS, from_actual_send: sluice::telemetry::stats::new_histogram() };
+    let mut sys = StallingSystem {
+        clock: &clock,
+        rec: &mut rec,
+        stall_from: 5 * SEC,
+        stall_len: 500 * MS,
+        from_actual_send: sluice::telemetry::stats::new_histogram(),
+    };
     let stats = run_open_loop(&clock, &intended, &mut sys, &AtomicBool::new(false));
     assert_eq!(stats.sent, n);
     let open = Percentiles::of(&rec.results);
@@ -106,7 +127,13 @@ fn a_stalled_producer_charges_the_records_it_sent_late() {
     let n = intended.len();
     let mut rec = Recorder::new(intended.clone(), plan(n), 0);
     let clock = SimClock::default();
-    let mut client = BlockingClient { clock: &clock, rec: &mut rec, at: 4000, block: 300 * MS, from_actual_send: sluice::telemetry::stats::new_histogram() };
+    let mut client = BlockingClient {
+        clock: &clock,
+        rec: &mut rec,
+        at: 4000,
+        block: 300 * MS,
+        from_actual_send: sluice::telemetry::stats::new_histogram(),
+    };
     let stats = run_open_loop(&clock, &intended, &mut client, &AtomicBool::new(false));
     assert_eq!(stats.sent, n);
     // The records due during the 300 ms block (600 of them) went out at once after it, late.
@@ -135,12 +162,24 @@ fn warm_up_is_checked_but_not_measured() {
 fn the_checker_counts_missing_duplicate_foreign_and_misrouted_outcomes() {
     let intended: Arc<[u64]> = intended_times(1000.0, Arrival::Fixed, SEC, 1).into();
     let n = intended.len();
-    let w = Workload { model: "m".into(), payload: Payload::Text { long_share: 0.0 }, hostile_share: 0.2, priority_share: 0.3, seed: 9 };
+    let w = Workload {
+        model: "m".into(),
+        payload: Payload::Text { long_share: 0.0 },
+        hostile_share: 0.2,
+        priority_share: 0.3,
+        seed: 9,
+    };
     let plan: Arc<[Planned]> = w.plan(n).into();
     let mut rec = Recorder::new(intended.clone(), plan.clone(), 0);
     for seq in 0..n - 3 {
-        let kind = if plan[seq].hostile.is_some() { OutcomeKind::DeadLetter } else { OutcomeKind::Result };
-        rec.on_outcome(seq, kind, intended[seq] + 2 * MS, ResultFacts { batch_size: Some(4), infer_us: Some(3000) });
+        let kind =
+            if plan[seq].hostile.is_some() { OutcomeKind::DeadLetter } else { OutcomeKind::Result };
+        rec.on_outcome(
+            seq,
+            kind,
+            intended[seq] + 2 * MS,
+            ResultFacts { batch_size: Some(4), infer_us: Some(3000) },
+        );
     }
     assert!(!rec.complete());
     assert_eq!(rec.missing(), 3);

@@ -18,7 +18,13 @@ use sluice::loadgen::workload::{Payload, Workload};
 use sluice::pipeline::Pipeline;
 
 fn target(b: &TestBroker, t: &Topics) -> Target {
-    Target { bootstrap: b.bootstrap.clone(), input_topic: t.input.clone(), priority_topic: t.priority.clone(), output_topic: t.output.clone(), dlq_topic: t.dlq.clone() }
+    Target {
+        bootstrap: b.bootstrap.clone(),
+        input_topic: t.input.clone(),
+        priority_topic: t.priority.clone(),
+        output_topic: t.output.clone(),
+        dlq_topic: t.dlq.clone(),
+    }
 }
 
 fn sweep(target: &Target, hostile_share: f64) -> SweepOutcome {
@@ -34,7 +40,13 @@ fn sweep(target: &Target, hostile_share: f64) -> SweepOutcome {
             duration: Duration::from_secs(2),
             warmup: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(60),
-            workload: Workload { model: "tabular".into(), payload: Payload::Tabular { width: 8 }, hostile_share, priority_share: 0.2, seed: 5 },
+            workload: Workload {
+                model: "tabular".into(),
+                payload: Payload::Tabular { width: 8 },
+                hostile_share,
+                priority_share: 0.2,
+                seed: 5,
+            },
         },
     };
     run_sweep(target, &spec, &AtomicBool::new(false), |_| {}).expect("sweep runs")
@@ -50,7 +62,10 @@ fn check_every_record_came_back(o: &SweepOutcome, hostile_expected: bool) {
         assert_eq!(s.send_failed, 0);
         assert_eq!(s.results + s.dead_letters, s.sent, "{s:?}");
         if hostile_expected {
-            assert_eq!(s.dead_letters, s.hostile_sent, "exactly the hostile records were dead-lettered");
+            assert_eq!(
+                s.dead_letters, s.hostile_sent,
+                "exactly the hostile records were dead-lettered"
+            );
             assert_eq!(s.unexpected_dead_letters + s.unexpected_results, 0);
             assert!(s.mean_batch.is_some(), "Sluice's results say their batch size");
         }
@@ -61,7 +76,14 @@ fn check_every_record_came_back(o: &SweepOutcome, hostile_expected: bool) {
 }
 
 fn report(system: &str, o: SweepOutcome, b: &TestBroker) -> RunReport {
-    RunReport { system: system.into(), broker: format!("test broker at {}", b.bootstrap), machine: Machine::detect(), commit: "test".into(), sweep: o, ..Default::default() }
+    RunReport {
+        system: system.into(),
+        broker: format!("test broker at {}", b.bootstrap),
+        machine: Machine::detect(),
+        commit: "test".into(),
+        sweep: o,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -119,6 +141,9 @@ fn loadgen_against_sluice_and_passthrough_then_report() {
     assert!(md.contains("| sluice | 100 |") && md.contains("| passthrough | 100 |"), "{md}");
     for svg in ["smoke-latency.svg", "smoke-spectrum.svg"] {
         let body = std::fs::read_to_string(dir.path().join(svg)).unwrap();
-        assert!(body.contains("<svg") && body.contains("sluice") && body.contains("passthrough"), "{svg}");
+        assert!(
+            body.contains("<svg") && body.contains("sluice") && body.contains("passthrough"),
+            "{svg}"
+        );
     }
 }

@@ -42,24 +42,32 @@ fn minilm_matches_sentence_transformers() {
         if std::env::var("SLUICE_TEST_REQUIRE_MINILM").as_deref() == Ok("1") {
             panic!("models/minilm/1 is missing; run scripts/fetch-minilm.sh");
         }
-        eprintln!("skipping: models/minilm/1 not found; run scripts/fetch-minilm.sh to enable this test");
+        eprintln!(
+            "skipping: models/minilm/1 not found; run scripts/fetch-minilm.sh to enable this test"
+        );
         return;
     }
-    let refs: Vec<Reference> = std::fs::read_to_string(root.join("tests/data/minilm_reference.jsonl"))
-        .expect("reference file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("reference line"))
-        .collect();
+    let refs: Vec<Reference> =
+        std::fs::read_to_string(root.join("tests/data/minilm_reference.jsonl"))
+            .expect("reference file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("reference line"))
+            .collect();
     assert!(refs.len() >= 100, "at least 100 reference sentences");
     assert!(refs.iter().any(|r| r.tokens == 256), "some sentences are truncated at 256 tokens");
 
-    let cache = Arc::new(ModelCache::new(Repository::open(&models).unwrap(), candle_core::Device::Cpu, CacheSettings { capacity: 2, ttl: None, warmup_rows: 1 }));
+    let cache = Arc::new(ModelCache::new(
+        Repository::open(&models).unwrap(),
+        candle_core::Device::Cpu,
+        CacheSettings { capacity: 2, ttl: None, warmup_rows: 1 },
+    ));
     let limits = Limits { max_batch_tokens: 16 * 256, max_batch_rows: 16, ..Limits::default() };
     let mut dec = Decoder::new(cache.clone(), limits, None);
     let requests: Vec<Request> = refs
         .iter()
         .map(|r| {
-            let body = serde_json::json!({"id": r.line.to_string(), "model": "minilm", "input": r.text});
+            let body =
+                serde_json::json!({"id": r.line.to_string(), "model": "minilm", "input": r.text});
             let env = Envelope {
                 payload: Bytes::from(body.to_string()),
                 key: None,
@@ -90,7 +98,12 @@ fn minilm_matches_sentence_transformers() {
             if c < worst.0 {
                 worst = (c, r.line);
             }
-            assert!(c >= 0.9999, "line {}: cosine {c} < 0.9999 ({:?})", r.line, &r.text[..r.text.len().min(60)]);
+            assert!(
+                c >= 0.9999,
+                "line {}: cosine {c} < 0.9999 ({:?})",
+                r.line,
+                &r.text[..r.text.len().min(60)]
+            );
         }
     }
     println!("{} sentences, worst cosine {:.7} (line {})", refs.len(), worst.0, worst.1);

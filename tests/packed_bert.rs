@@ -67,7 +67,15 @@ fn erf64(x: f64) -> f64 {
 fn linear_kernel_matches_reference_on_every_edge() {
     for (portable, par) in [(false, true), (true, true), (false, false)] {
         kernels::force_portable(portable);
-        for &(m, k, n) in &[(1, 1, 1), (7, 5, 3), (19, 384, 40), (200, 600, 17), (13, 37, 33), (97, 260, 64), (250, 1536, 48)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 5, 3),
+            (19, 384, 40),
+            (200, 600, 17),
+            (13, 37, 33),
+            (97, 260, 64),
+            (250, 1536, 48),
+        ] {
             let a = data(m * k, 1);
             let w = data(n * k, 2);
             let b = data(n, 3);
@@ -77,19 +85,28 @@ fn linear_kernel_matches_reference_on_every_edge() {
             let mut c = vec![f32::NAN; m * n];
             kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::None), par);
             for (x, y) in c.iter().zip(&want) {
-                assert!((*x as f64 - y).abs() <= tol(*y), "portable={portable} par={par} m{m} k{k} n{n}: {x} vs {y}");
+                assert!(
+                    (*x as f64 - y).abs() <= tol(*y),
+                    "portable={portable} par={par} m{m} k{k} n{n}: {x} vs {y}"
+                );
             }
             let old = data(m * n, 4);
             let mut c = old.clone();
             kernels::linear(&a, m, &pl, &mut c, Store::Add, par);
             for ((x, y), o) in c.iter().zip(&want).zip(&old) {
-                assert!((*x as f64 - (y + *o as f64)).abs() <= tol(*y), "add: portable={portable} m{m} k{k} n{n}");
+                assert!(
+                    (*x as f64 - (y + *o as f64)).abs() <= tol(*y),
+                    "add: portable={portable} m{m} k{k} n{n}"
+                );
             }
             let mut c = vec![0f32; m * n];
             kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::GeluErf), par);
             for (x, y) in c.iter().zip(&want) {
                 let g = 0.5 * y * (1.0 + erf64(y / 2f64.sqrt()));
-                assert!((*x as f64 - g).abs() <= tol(*y), "gelu: portable={portable} m{m} k{k} n{n}: {x} vs {g}");
+                assert!(
+                    (*x as f64 - g).abs() <= tol(*y),
+                    "gelu: portable={portable} m{m} k{k} n{n}: {x} vs {g}"
+                );
             }
         }
     }
@@ -133,7 +150,11 @@ fn staging(lens: &[usize], vocab: u32, seed: u64) -> HostStaging {
     for (r, &n) in lens.iter().enumerate() {
         let row = st.row_ids_mut(r);
         for (t, id) in row.iter_mut().take(n).enumerate() {
-            *id = if t == 0 { 101.min(vocab - 1) } else { 1 + (rng.next_u64() % (vocab as u64 - 1)) as u32 };
+            *id = if t == 0 {
+                101.min(vocab - 1)
+            } else {
+                1 + (rng.next_u64() % (vocab as u64 - 1)) as u32
+            };
         }
         st.set_row_len(r, n);
     }
@@ -141,7 +162,8 @@ fn staging(lens: &[usize], vocab: u32, seed: u64) -> HostStaging {
 }
 
 fn vocab_size(dir: &Path) -> u32 {
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     cfg["vocab_size"].as_u64().unwrap() as u32
 }
 
@@ -167,7 +189,11 @@ fn compare(dir: &Path, batches: &[Vec<usize>]) -> (f64, f32) {
             let c = cosine(a.row(r), b.row(r));
             let d = a.row(r).iter().zip(b.row(r)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(c >= 0.99999, "{}: batch {i} row {r} (len {len}): cosine {c}", dir.display());
-            assert!(d <= 2e-4, "{}: batch {i} row {r} (len {len}): max abs diff {d}", dir.display());
+            assert!(
+                d <= 2e-4,
+                "{}: batch {i} row {r} (len {len}): max abs diff {d}",
+                dir.display()
+            );
             worst = (worst.0.min(c), worst.1.max(d));
         }
     }
@@ -208,7 +234,8 @@ fn tiny_sentiment_packed_matches_candle() {
 fn portable_kernels_match_candle() {
     let repo = demo_repo();
     kernels::force_portable(true);
-    let r = std::panic::catch_unwind(|| compare(&repo.path().join("tiny-embed/1"), &mixed_batches(64)));
+    let r =
+        std::panic::catch_unwind(|| compare(&repo.path().join("tiny-embed/1"), &mixed_batches(64)));
     kernels::force_portable(false);
     let (c, d) = r.unwrap();
     println!("tiny-embed, portable kernels: worst cosine {c:.8}, max abs diff {d:.2e}");
@@ -237,12 +264,18 @@ fn wide_model(root: &Path) -> PathBuf {
             let n = t.elem_count();
             let noise: Vec<f32> = rng.normal_vec(n, 0.3);
             let base = if name.ends_with("weight") { 1.0 } else { 0.0 };
-            *t = Tensor::from_vec(noise.iter().map(|x| base + x).collect::<Vec<_>>(), t.shape(), &Device::Cpu).unwrap();
+            *t = Tensor::from_vec(
+                noise.iter().map(|x| base + x).collect::<Vec<_>>(),
+                t.shape(),
+                &Device::Cpu,
+            )
+            .unwrap();
         }
     }
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let cfg_path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["hidden_act"] = "geluapproximate".into(); // candle's name for the tanh GELU
     cfg["layer_norm_eps"] = 1e-5.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
@@ -253,7 +286,8 @@ fn wide_model(root: &Path) -> PathBuf {
 fn wide_model_with_layer_norm_params_matches_candle() {
     let root = tempfile::tempdir().unwrap();
     let dir = wide_model(root.path());
-    let batches = vec![vec![200, 3, 120, 64, 7], (0..24).map(|i| 2 + (i * 53) % 199).collect(), vec![1]];
+    let batches =
+        vec![vec![200, 3, 120, 64, 7], (0..24).map(|i| 2 + (i * 53) % 199).collect(), vec![1]];
     let (c, d) = compare(&dir, &batches);
     println!("wide: worst cosine {c:.8}, max abs diff {d:.2e}");
 }
@@ -275,10 +309,16 @@ fn packed_output_does_not_depend_on_batch_composition() {
         for (r, &n) in lens.iter().enumerate() {
             let mut one = HostStaging::default();
             one.begin_text(1, n, 0);
-            one.row_ids_mut(0).copy_from_slice(&batch.ids[r * batch.seq_len..r * batch.seq_len + n]);
+            one.row_ids_mut(0)
+                .copy_from_slice(&batch.ids[r * batch.seq_len..r * batch.seq_len + n]);
             one.set_row_len(0, n);
             let alone = packed.forward(&one).unwrap();
-            let d = alone.row(0).iter().zip(all.row(r)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let d = alone
+                .row(0)
+                .iter()
+                .zip(all.row(r))
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             assert!(d < 1e-6, "batch of {} rows, row {r}: {d}", lens.len());
         }
     }
@@ -288,10 +328,13 @@ fn packed_output_does_not_depend_on_batch_composition() {
 fn minilm_packed_matches_candle() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/minilm/1");
     if !dir.join("model.safetensors").is_file() {
-        eprintln!("skipping: models/minilm/1 not found; run scripts/fetch-minilm.sh to enable this test");
+        eprintln!(
+            "skipping: models/minilm/1 not found; run scripts/fetch-minilm.sh to enable this test"
+        );
         return;
     }
-    let batches = vec![vec![19, 3, 256, 40, 12, 17, 25, 2], (0..32).map(|i| 8 + (i * 7) % 30).collect()];
+    let batches =
+        vec![vec![19, 3, 256, 40, 12, 17, 25, 2], (0..32).map(|i| 8 + (i * 7) % 30).collect()];
     let (c, d) = compare(&dir, &batches);
     println!("minilm: worst cosine {c:.8}, max abs diff {d:.2e}");
 }

@@ -25,11 +25,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 walk(root, &path, out);
             } else {
-                let rel = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .replace('\\', "/");
+                let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
                 out.insert(rel, fs::read(&path).unwrap());
             }
         }
@@ -49,10 +45,7 @@ fn load_config(dir: &Path) -> Config {
 
 /// Encodes two sentences and pads / truncates them to 7 tokens: (ids, mask), each [2, 7].
 fn batch_2x7(tokenizer: &Tokenizer) -> (Tensor, Tensor) {
-    let sentences = [
-        "The quick brown fox jumps over the lazy dog",
-        "good service",
-    ];
+    let sentences = ["The quick brown fox jumps over the lazy dog", "good service"];
     let mut ids = Vec::new();
     let mut mask = Vec::new();
     for s in sentences {
@@ -131,12 +124,7 @@ fn bert_embedding_loads_and_runs_in_candle() {
     let spec = TinyBertSpec::default();
     let dir = write_bert_embedding(repo.path(), "tiny-embed", "1", &spec, 1).unwrap();
     assert_eq!(dir, repo.path().join("tiny-embed").join("1"));
-    for f in [
-        "sluice.toml",
-        "config.json",
-        "tokenizer.json",
-        "model.safetensors",
-    ] {
+    for f in ["sluice.toml", "config.json", "tokenizer.json", "model.safetensors"] {
         assert!(dir.join(f).is_file(), "missing {f}");
     }
 
@@ -164,9 +152,7 @@ fn bert_embedding_loads_and_runs_in_candle() {
     };
     let model = BertModel::load(vb, &config).unwrap();
     let (ids, mask) = batch_2x7(&tokenizer);
-    let out = model
-        .forward(&ids, &ids.zeros_like().unwrap(), Some(&mask))
-        .unwrap();
+    let out = model.forward(&ids, &ids.zeros_like().unwrap(), Some(&mask)).unwrap();
     assert_eq!(out.dims(), &[2, 7, spec.hidden]);
     assert_finite(&out);
     // Different inputs give different outputs (not degenerate).
@@ -182,24 +168,15 @@ fn bert_embedding_loads_and_runs_in_candle() {
 #[test]
 fn bert_classifier_loads_with_prefix_and_has_head() {
     let repo = tempfile::tempdir().unwrap();
-    let spec = TinyBertSpec {
-        layers: 1,
-        hidden: 24,
-        heads: 3,
-        intermediate: 48,
-        ..Default::default()
-    };
+    let spec =
+        TinyBertSpec { layers: 1, hidden: 24, heads: 3, intermediate: 48, ..Default::default() };
     let dir = write_bert_classifier(repo.path(), "tiny-sentiment", "3", &spec, &LABELS, 2).unwrap();
 
     let doc = read_toml(&dir.join("sluice.toml"));
     assert_eq!(doc["kind"].as_str(), Some("bert-classifier"));
     assert_eq!(doc["max_seq_len"].as_integer(), Some(64));
-    let labels: Vec<&str> = doc["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let labels: Vec<&str> =
+        doc["labels"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(labels, LABELS);
 
     let shapes = tensor_shapes(&dir.join("model.safetensors"));
@@ -211,9 +188,7 @@ fn bert_classifier_loads_with_prefix_and_has_head() {
     assert!(shapes.contains_key("bert.embeddings.word_embeddings.weight"));
     assert!(shapes.contains_key("bert.encoder.layer.0.attention.self.query.weight"));
     assert!(!shapes.contains_key("embeddings.word_embeddings.weight"));
-    assert!(shapes
-        .keys()
-        .all(|k| k.starts_with("bert.") || k.starts_with("classifier.")));
+    assert!(shapes.keys().all(|k| k.starts_with("bert.") || k.starts_with("classifier.")));
 
     let config = load_config(&dir);
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
@@ -227,9 +202,7 @@ fn bert_classifier_loads_with_prefix_and_has_head() {
     };
     let model = BertModel::load(vb.clone(), &config).unwrap();
     let (ids, mask) = batch_2x7(&tokenizer);
-    let out = model
-        .forward(&ids, &ids.zeros_like().unwrap(), Some(&mask))
-        .unwrap();
+    let out = model.forward(&ids, &ids.zeros_like().unwrap(), Some(&mask)).unwrap();
     assert_eq!(out.dims(), &[2, 7, h]);
     assert_finite(&out);
 
@@ -237,22 +210,13 @@ fn bert_classifier_loads_with_prefix_and_has_head() {
     let pooler = candle_nn::linear(h, h, vb.pp("bert.pooler.dense")).unwrap();
     let classifier = candle_nn::linear(h, LABELS.len(), vb.pp("classifier")).unwrap();
     let cls = out.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
-    let logits = classifier
-        .forward(&pooler.forward(&cls).unwrap().tanh().unwrap())
-        .unwrap();
+    let logits = classifier.forward(&pooler.forward(&cls).unwrap().tanh().unwrap()).unwrap();
     assert_eq!(logits.dims(), &[2, LABELS.len()]);
     assert_finite(&logits);
     let probs = candle_nn::ops::softmax(&logits, D::Minus1).unwrap();
     let rows: Vec<Vec<f32>> = probs.to_vec2().unwrap();
-    let spread = rows[0]
-        .iter()
-        .zip(&rows[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        spread > 1e-3,
-        "class probabilities barely depend on the input: {rows:?}"
-    );
+    let spread = rows[0].iter().zip(&rows[1]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(spread > 1e-3, "class probabilities barely depend on the input: {rows:?}");
     for row in rows {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
@@ -388,20 +352,10 @@ fn model_toml_is_kept_until_set_serving() {
     assert_eq!(read_toml(&model_toml)["serving"].as_str(), Some("2"));
     assert!(set_serving(repo.path(), "../escape", "1").is_err());
     assert!(write_mlp(repo.path(), "m", "", &spec, 1).is_err());
-    let bad = MlpSpec {
-        activation: "swish".into(),
-        ..MlpSpec::default()
-    };
+    let bad = MlpSpec { activation: "swish".into(), ..MlpSpec::default() };
     assert!(write_mlp(repo.path(), "m", "3", &bad, 1).is_err());
-    assert!(write_bert_classifier(
-        repo.path(),
-        "c",
-        "1",
-        &TinyBertSpec::default(),
-        &["a", "a"],
-        1
-    )
-    .is_err());
+    assert!(write_bert_classifier(repo.path(), "c", "1", &TinyBertSpec::default(), &["a", "a"], 1)
+        .is_err());
 }
 
 #[test]
@@ -409,24 +363,16 @@ fn tokenizer_knows_common_words() {
     let repo = tempfile::tempdir().unwrap();
     let dir = write_bert_embedding(repo.path(), "e", "1", &TinyBertSpec::default(), 1).unwrap();
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let enc = tokenizer
-        .encode("The quick brown fox jumps over the lazy dog", true)
-        .unwrap();
+    let enc = tokenizer.encode("The quick brown fox jumps over the lazy dog", true).unwrap();
     let tokens = enc.get_tokens();
     assert_eq!(tokens.first().map(String::as_str), Some("[CLS]"));
     assert_eq!(tokens.last().map(String::as_str), Some("[SEP]"));
     assert!(!tokens.iter().any(|t| t == "[UNK]"), "{tokens:?}");
     for word in ["the", "quick", "brown", "fox", "over", "lazy", "dog"] {
-        assert!(
-            tokens.iter().any(|t| t == word),
-            "{word} not a whole token in {tokens:?}"
-        );
+        assert!(tokens.iter().any(|t| t == word), "{word} not a whole token in {tokens:?}");
     }
     // "jumps" = "jump" + "##s"; special ids are fixed.
-    assert!(
-        tokens.windows(2).any(|w| w[0] == "jump" && w[1] == "##s"),
-        "{tokens:?}"
-    );
+    assert!(tokens.windows(2).any(|w| w[0] == "jump" && w[1] == "##s"), "{tokens:?}");
     assert_eq!(enc.get_ids()[0], 2);
     assert_eq!(*enc.get_ids().last().unwrap(), 3);
     assert_eq!(tokenizer.token_to_id("[PAD]"), Some(0));
@@ -435,36 +381,18 @@ fn tokenizer_knows_common_words() {
 
     // Unknown words fall back to characters, not [UNK]; punctuation is split off.
     let enc = tokenizer.encode("Zyxq, 42!", true).unwrap();
-    assert!(
-        !enc.get_tokens().iter().any(|t| t == "[UNK]"),
-        "{:?}",
-        enc.get_tokens()
-    );
+    assert!(!enc.get_tokens().iter().any(|t| t == "[UNK]"), "{:?}", enc.get_tokens());
     assert!(enc.get_tokens().iter().any(|t| t == ","));
     // Mostly known words for ordinary English.
     let enc = tokenizer
-        .encode(
-            "I think the service was really good, but the delivery was slow.",
-            false,
-        )
+        .encode("I think the service was really good, but the delivery was slow.", false)
         .unwrap();
-    let known = enc
-        .get_tokens()
-        .iter()
-        .filter(|t| !t.starts_with("##"))
-        .count();
-    assert!(
-        known * 10 >= enc.get_tokens().len() * 8,
-        "{:?}",
-        enc.get_tokens()
-    );
+    let known = enc.get_tokens().iter().filter(|t| !t.starts_with("##")).count();
+    assert!(known * 10 >= enc.get_tokens().len() * 8, "{:?}", enc.get_tokens());
     assert_eq!(
         tokenizer
             .decode(
-                &[testkit::bert_vocab(None)
-                    .iter()
-                    .position(|t| t == "fox")
-                    .unwrap() as u32],
+                &[testkit::bert_vocab(None).iter().position(|t| t == "fox").unwrap() as u32],
                 true
             )
             .unwrap(),

@@ -173,10 +173,7 @@ fn nasty() -> Vec<String> {
     v.push("a".repeat(101));
     v.push("é".repeat(101));
     v.push("x".repeat(5000));
-    v.push(format!(
-        "short {} short",
-        "pneumonoultramicroscopicsilicovolcanoconiosis".repeat(3)
-    ));
+    v.push(format!("short {} short", "pneumonoultramicroscopicsilicovolcanoconiosis".repeat(3)));
     v.push(two_thousand_words());
     v
 }
@@ -228,9 +225,8 @@ const FUZZ_ASCII: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 const FUZZ_LATIN1: &str = "éèêëÉÈüÜöÖäÄßÅåñÑçÇøØæÆÿ¿¡«»°×÷µ¶§©®";
 const FUZZ_CJK: &str = "中国你好世界日本語丽𠀀한글カタカナひらがな";
 const FUZZ_PUNCT: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~—–…“”‘’、。，！？";
-const FUZZ_SPACE: &[char] = &[
-    ' ', ' ', ' ', '\t', '\n', '\r', '\u{a0}', '\u{3000}', '\u{b}', '\u{2028}',
-];
+const FUZZ_SPACE: &[char] =
+    &[' ', ' ', ' ', '\t', '\n', '\r', '\u{a0}', '\u{3000}', '\u{b}', '\u{2028}'];
 const FUZZ_ODD: &[char] = &[
     '\0',
     '\u{1}',
@@ -329,10 +325,8 @@ fn fuzz_corpus(seed: u64, n: usize) -> Vec<String> {
 /// after lowercasing and accent stripping), and some words and suffixes; anything else
 /// becomes `[UNK]`, so both the matching and the failure paths get exercised.
 fn synthetic_vocab() -> Vec<String> {
-    let mut v: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> =
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
     let push = |t: String, v: &mut Vec<String>| {
         if !v.contains(&t) {
             v.push(t);
@@ -397,11 +391,8 @@ struct Variant {
 
 fn synthetic_json(var: Variant) -> String {
     let vocab = synthetic_vocab();
-    let vocab_map: serde_json::Map<String, serde_json::Value> = vocab
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
+    let vocab_map: serde_json::Map<String, serde_json::Value> =
+        vocab.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
     let mut added = vec![
         special(0, "[PAD]"),
         special(1, "[UNK]"),
@@ -470,12 +461,7 @@ fn synthetic_json(var: Variant) -> String {
 const BERT: Option<(bool, bool, Option<bool>, bool)> = Some((true, true, None, true));
 
 const VARIANTS: &[Variant] = &[
-    Variant {
-        name: "bert-uncased",
-        normalizer: BERT,
-        bert_processing: false,
-        extra_added: false,
-    },
+    Variant { name: "bert-uncased", normalizer: BERT, bert_processing: false, extra_added: false },
     Variant {
         name: "cased",
         normalizer: Some((true, true, None, false)),
@@ -500,12 +486,7 @@ const VARIANTS: &[Variant] = &[
         bert_processing: false,
         extra_added: false,
     },
-    Variant {
-        name: "no-normalizer",
-        normalizer: None,
-        bert_processing: true,
-        extra_added: false,
-    },
+    Variant { name: "no-normalizer", normalizer: None, bert_processing: true, extra_added: false },
     Variant {
         name: "extra-added-tokens",
         normalizer: BERT,
@@ -519,10 +500,9 @@ const VARIANTS: &[Variant] = &[
 
 fn with_max_len(hf: &mut Tokenizer, max_len: Option<usize>) {
     hf.with_padding(None);
-    hf.with_truncation(max_len.map(|max_length| TruncationParams {
-        max_length,
-        ..TruncationParams::default()
-    }))
+    hf.with_truncation(
+        max_len.map(|max_length| TruncationParams { max_length, ..TruncationParams::default() }),
+    )
     .expect("truncation params");
 }
 
@@ -545,11 +525,7 @@ fn compare_all(
         out.clear();
         out.resize(limit.max(2), 0);
         let n = wp.encode_into(text, limit, &mut scratch, &mut out);
-        assert_eq!(
-            &out[..n],
-            want,
-            "[{label}] ids differ (max_len {max_len:?}) for {text:?}"
-        );
+        assert_eq!(&out[..n], want, "[{label}] ids differ (max_len {max_len:?}) for {text:?}");
         assert_eq!(
             wp.count_tokens(text, limit, &mut scratch),
             n,
@@ -571,13 +547,7 @@ fn minilm_parity() {
     assert_eq!(wp.vocab_size(), hf.get_vocab_size(false));
 
     let mut n = 0;
-    n += compare_all(
-        "minilm sentences",
-        &wp,
-        &mut hf,
-        &sentences(),
-        Some(MAX_LEN),
-    );
+    n += compare_all("minilm sentences", &wp, &mut hf, &sentences(), Some(MAX_LEN));
     n += compare_all("minilm nasty", &wp, &mut hf, &nasty(), Some(MAX_LEN));
     n += compare_all(
         "minilm fuzz",
@@ -589,10 +559,7 @@ fn minilm_parity() {
     // Short limits, and no limit at all on long inputs (exercises chunking).
     let long: Vec<String> = {
         let mut rng = XorShift(42);
-        (0..40)
-            .map(|_| fuzz_string(&mut rng, 3000))
-            .chain([two_thousand_words()])
-            .collect()
+        (0..40).map(|_| fuzz_string(&mut rng, 3000)).chain([two_thousand_words()]).collect()
     };
     n += compare_all("minilm long", &wp, &mut hf, &long, None);
     for max_len in [2, 3, 8, 128] {
@@ -641,10 +608,7 @@ fn assert_no_steady_state_allocs(label: &str, wp: &WordPiece, texts: &[String]) 
         }
     });
     assert!(total > 0);
-    assert_eq!(
-        allocs, 0,
-        "[{label}] {allocs} allocations over {calls} warm calls"
-    );
+    assert_eq!(allocs, 0, "[{label}] {allocs} allocations over {calls} warm calls");
     eprintln!("[{label}] 0 allocations over {calls} warm encode_into+count_tokens calls");
 }
 

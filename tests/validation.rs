@@ -25,19 +25,33 @@ fn class(dec: &mut Decoder, payload: &str) -> ErrorClass {
 fn text_inputs() {
     let repo = TestRepo::new();
     let mut d = repo.decoder(Limits::default());
-    let (items, tokens) = verdict(&mut d, br#"{"id":"a","model":"tiny-embed","input":"the cat"}"#).unwrap();
+    let (items, tokens) =
+        verdict(&mut d, br#"{"id":"a","model":"tiny-embed","input":"the cat"}"#).unwrap();
     assert_eq!((items, tokens), (1, 4), "[CLS] the cat [SEP]");
-    let (items, tokens) = verdict(&mut d, br#"{"id":"a","model":"tiny-embed","input":["the","the the the"]}"#).unwrap();
+    let (items, tokens) =
+        verdict(&mut d, br#"{"id":"a","model":"tiny-embed","input":["the","the the the"]}"#)
+            .unwrap();
     assert_eq!((items, tokens), (2, 5));
     // Escaped ids are decoded and echoed exactly.
-    let r = d.decode(envelope(br#"{"id":"a\"b\u00e9","model":"tiny-embed","input":"x"}"#.to_vec(), Priority::Normal, 0)).unwrap();
+    let r = d
+        .decode(envelope(
+            br#"{"id":"a\"b\u00e9","model":"tiny-embed","input":"x"}"#.to_vec(),
+            Priority::Normal,
+            0,
+        ))
+        .unwrap();
     assert_eq!(r.id(), "a\"bé");
     // Truncation at the model's max_seq_len.
     let long = vec!["the"; 1000].join(" ");
-    let (_, tokens) = verdict(&mut d, format!(r#"{{"id":"a","model":"tiny-embed","input":"{long}"}}"#).as_bytes()).unwrap();
+    let (_, tokens) = verdict(
+        &mut d,
+        format!(r#"{{"id":"a","model":"tiny-embed","input":"{long}"}}"#).as_bytes(),
+    )
+    .unwrap();
     assert_eq!(tokens, 64);
     // Unknown fields are ignored (forward compatibility).
-    assert!(verdict(&mut d, br#"{"id":"a","model":"tiny-embed","input":"x","extra":{"n":[1,2]}}"#).is_ok());
+    assert!(verdict(&mut d, br#"{"id":"a","model":"tiny-embed","input":"x","extra":{"n":[1,2]}}"#)
+        .is_ok());
 
     for bad in [
         r#"{"id":"a","model":"tiny-embed","input":3}"#,
@@ -57,8 +71,18 @@ fn text_inputs() {
 fn tabular_inputs() {
     let repo = TestRepo::new();
     let mut d = repo.decoder(Limits::default());
-    assert_eq!(verdict(&mut d, br#"{"id":"a","model":"tabular","input":[1,2,3,4,5,6,7,8.5]}"#).unwrap(), (1, 1));
-    assert_eq!(verdict(&mut d, br#"{"id":"a","model":"tabular","input":[[1,2,3,4,5,6,7,8],[0,0,0,0,0,0,0,-1e3]]}"#).unwrap(), (2, 1));
+    assert_eq!(
+        verdict(&mut d, br#"{"id":"a","model":"tabular","input":[1,2,3,4,5,6,7,8.5]}"#).unwrap(),
+        (1, 1)
+    );
+    assert_eq!(
+        verdict(
+            &mut d,
+            br#"{"id":"a","model":"tabular","input":[[1,2,3,4,5,6,7,8],[0,0,0,0,0,0,0,-1e3]]}"#
+        )
+        .unwrap(),
+        (2, 1)
+    );
     for bad in [
         r#"{"id":"a","model":"tabular","input":[1,2,3]}"#,
         r#"{"id":"a","model":"tabular","input":[1,2,3,4,5,6,7,8,9]}"#,
@@ -94,7 +118,10 @@ fn envelope_fields() {
         assert_eq!(class(&mut d, bad), ErrorClass::Validation, "{bad}");
     }
     let long_id = "x".repeat(257);
-    assert_eq!(class(&mut d, &format!(r#"{{"id":"{long_id}","model":"tiny-embed","input":"x"}}"#)), ErrorClass::Validation);
+    assert_eq!(
+        class(&mut d, &format!(r#"{{"id":"{long_id}","model":"tiny-embed","input":"x"}}"#)),
+        ErrorClass::Validation
+    );
 }
 
 #[test]
@@ -118,14 +145,21 @@ fn parse_errors_and_hostile_bytes() {
         match verdict(&mut d, &c) {
             Ok(_) => panic!("{:?} accepted", String::from_utf8_lossy(&c)),
             Err((cl, reason)) => {
-                assert!(matches!(cl, ErrorClass::Parse | ErrorClass::Validation), "{cl:?} for {:?}", String::from_utf8_lossy(&c));
+                assert!(
+                    matches!(cl, ErrorClass::Parse | ErrorClass::Validation),
+                    "{cl:?} for {:?}",
+                    String::from_utf8_lossy(&c)
+                );
                 assert!(!reason.is_empty());
             }
         }
     }
     // Invalid UTF-8 and non-JSON are parse errors specifically.
     assert_eq!(verdict(&mut d, b"\xc3\x28 not utf-8").unwrap_err().0, ErrorClass::Parse);
-    assert_eq!(verdict(&mut d, b"{\"id\":\"a\",\"model\":\"tabular\",\"input\":[NaN]}").unwrap_err().0, ErrorClass::Parse);
+    assert_eq!(
+        verdict(&mut d, b"{\"id\":\"a\",\"model\":\"tabular\",\"input\":[NaN]}").unwrap_err().0,
+        ErrorClass::Parse
+    );
     // A FlatBuffers content type with garbage is rejected, not crashed on.
     let mut env = envelope(b"\x04\x00\x00\x00garbage".to_vec(), Priority::Normal, 0);
     env.content_type = ContentType::FlatBuffers;
@@ -135,18 +169,41 @@ fn parse_errors_and_hostile_bytes() {
 #[test]
 fn unknown_models_and_limits() {
     let repo = TestRepo::new();
-    let limits = Limits { max_record_bytes: 2048, max_items: 3, max_id_bytes: 256, max_batch_rows: 64, max_batch_tokens: 100 };
+    let limits = Limits {
+        max_record_bytes: 2048,
+        max_items: 3,
+        max_id_bytes: 256,
+        max_batch_rows: 64,
+        max_batch_tokens: 100,
+    };
     let mut d = repo.decoder(limits);
     assert_eq!(class(&mut d, r#"{"id":"a","model":"nope","input":"x"}"#), ErrorClass::UnknownModel);
-    assert_eq!(class(&mut d, r#"{"id":"a","model":"tiny-embed","version":"9","input":"x"}"#), ErrorClass::UnknownModel);
-    assert_eq!(class(&mut d, r#"{"id":"a","model":"../tiny-embed","input":"x"}"#), ErrorClass::UnknownModel);
-    assert_eq!(class(&mut d, r#"{"id":"a","model":"tiny-embed","input":["a","b","c","d"]}"#), ErrorClass::TooLarge);
+    assert_eq!(
+        class(&mut d, r#"{"id":"a","model":"tiny-embed","version":"9","input":"x"}"#),
+        ErrorClass::UnknownModel
+    );
+    assert_eq!(
+        class(&mut d, r#"{"id":"a","model":"../tiny-embed","input":"x"}"#),
+        ErrorClass::UnknownModel
+    );
+    assert_eq!(
+        class(&mut d, r#"{"id":"a","model":"tiny-embed","input":["a","b","c","d"]}"#),
+        ErrorClass::TooLarge
+    );
     let big = "x".repeat(3000);
-    let (c, reason) = verdict(&mut d, format!(r#"{{"id":"a","model":"tiny-embed","input":"{big}"}}"#).as_bytes()).unwrap_err();
+    let (c, reason) =
+        verdict(&mut d, format!(r#"{{"id":"a","model":"tiny-embed","input":"{big}"}}"#).as_bytes())
+            .unwrap_err();
     assert_eq!(c, ErrorClass::TooLarge);
     assert!(reason.contains("maxRecordBytes"), "{reason}");
     // 3 inputs × 64 tokens = 192 padded tokens > the 100-token batch budget.
     let long = vec!["the"; 100].join(" ");
-    assert_eq!(class(&mut d, &format!(r#"{{"id":"a","model":"tiny-embed","input":["{long}","{long}"]}}"#)), ErrorClass::TooLarge);
-    assert_eq!(class(&mut d, r#"{"id":"a","model":"tiny-embed","input":"x","deadline_ms":1000}"#), ErrorClass::Expired);
+    assert_eq!(
+        class(&mut d, &format!(r#"{{"id":"a","model":"tiny-embed","input":["{long}","{long}"]}}"#)),
+        ErrorClass::TooLarge
+    );
+    assert_eq!(
+        class(&mut d, r#"{"id":"a","model":"tiny-embed","input":"x","deadline_ms":1000}"#),
+        ErrorClass::Expired
+    );
 }

@@ -79,11 +79,7 @@ impl ConfigError {
         env_var: Option<String>,
         message: impl Into<String>,
     ) -> Self {
-        Self::Invalid {
-            path: path.into(),
-            env_var,
-            message: message.into(),
-        }
+        Self::Invalid { path: path.into(), env_var, message: message.into() }
     }
 
     /// The dotted YAML path of the key this error is about, if it is about one.
@@ -102,10 +98,8 @@ impl Config {
         let vars = process_env();
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_owned(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
                 Self::build(&text, &p.display().to_string(), vars)
             }
             None => Self::build("", "<defaults>", vars),
@@ -136,10 +130,7 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        let vars = vars
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let vars = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         Self::build(yaml, "<string>", vars)
     }
 
@@ -147,11 +138,7 @@ impl Config {
         let (config, origins) = overlay::build(yaml, origin, vars)?;
         validate::check(&config).map_err(|(path, message)| {
             let env_var = origins.get(&path).cloned();
-            ConfigError::Invalid {
-                path,
-                env_var,
-                message,
-            }
+            ConfigError::Invalid { path, env_var, message }
         })?;
         Ok(config)
     }
@@ -196,12 +183,7 @@ pub fn check_file(path: &Path) -> Result<String, ConfigError> {
 
 fn process_env() -> Vec<(String, String)> {
     std::env::vars_os()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
         .collect()
 }
 
@@ -224,40 +206,16 @@ mod tests {
     fn accessors() {
         let c = Config::default();
         let inf = &c.streaming.inference;
-        assert_eq!(
-            inf.trigger_interval(),
-            std::time::Duration::from_millis(500)
-        );
+        assert_eq!(inf.trigger_interval(), std::time::Duration::from_millis(500));
         assert_eq!(inf.delay_threshold(), std::time::Duration::from_secs(2));
         assert_eq!(inf.batch_timeout(), std::time::Duration::from_secs(10));
         assert_eq!(inf.ttl(), std::time::Duration::from_secs(30 * 60));
         assert_eq!(inf.reporting_interval(), std::time::Duration::from_secs(30));
         assert_eq!(c.control.listen.to_string(), "127.0.0.1:8086");
         assert_eq!(inf.lanes.cpu.threads_per_lane_for(8), 8);
-        assert_eq!(
-            CpuLanesConfig {
-                count: 3,
-                threads: 0
-            }
-            .threads_per_lane_for(8),
-            2
-        );
-        assert_eq!(
-            CpuLanesConfig {
-                count: 16,
-                threads: 0
-            }
-            .threads_per_lane_for(8),
-            1
-        );
-        assert_eq!(
-            CpuLanesConfig {
-                count: 2,
-                threads: 5
-            }
-            .threads_per_lane_for(8),
-            5
-        );
+        assert_eq!(CpuLanesConfig { count: 3, threads: 0 }.threads_per_lane_for(8), 2);
+        assert_eq!(CpuLanesConfig { count: 16, threads: 0 }.threads_per_lane_for(8), 1);
+        assert_eq!(CpuLanesConfig { count: 2, threads: 5 }.threads_per_lane_for(8), 5);
     }
 
     #[test]

@@ -77,10 +77,7 @@ pub(crate) fn leaves(shape: &Value) -> Vec<Leaf> {
                     path.pop();
                 }
             }
-            _ => out.push(Leaf {
-                path: path.clone(),
-                default: v.clone(),
-            }),
+            _ => out.push(Leaf { path: path.clone(), default: v.clone() }),
         }
     }
     let mut out = Vec::new();
@@ -225,10 +222,7 @@ fn collect_document_leaves(
                 let suggestion = suggest(&key, section.keys().filter_map(Value::as_str));
                 let mut full = path.clone();
                 full.push(key);
-                return Err(ConfigError::UnknownKey {
-                    path: full.join("."),
-                    suggestion,
-                });
+                return Err(ConfigError::UnknownKey { path: full.join("."), suggestion });
             }
         }
     }
@@ -337,9 +331,7 @@ fn env_candidates(default: &Value, raw: &str) -> Result<Vec<Value>, String> {
                 Ok(Value::Null) => Ok(vec![Value::Sequence(Vec::new())]),
                 _ if t.starts_with('[') => invalid("a sequence such as [0, 1]"),
                 // `0,1` or `0`: a comma-separated list of scalars.
-                _ => Ok(vec![Value::Sequence(
-                    t.split(',').map(|s| scalar(s.trim())).collect(),
-                )]),
+                _ => Ok(vec![Value::Sequence(t.split(',').map(|s| scalar(s.trim())).collect())]),
             }
         }
         Value::Mapping(_) => match serde_yaml::from_str::<Value>(t) {
@@ -394,10 +386,7 @@ fn plain_type_names(message: &str) -> String {
     for (rust, plain) in [
         ("expected usize", "expected a non-negative integer"),
         ("expected u64", "expected a non-negative integer"),
-        (
-            "expected u32",
-            "expected an integer between 0 and 4294967295",
-        ),
+        ("expected u32", "expected an integer between 0 and 4294967295"),
         ("expected u16", "expected an integer between 0 and 65535"),
     ] {
         if let Some(rest) = m.strip_suffix(rust) {
@@ -422,26 +411,19 @@ pub(crate) fn build(
     let all_leaves = leaves(&defaults);
 
     // 1. The document.
-    let mut document: Value = serde_yaml::from_str(yaml).map_err(|e| ConfigError::Syntax {
-        origin: origin.to_owned(),
-        message: e.to_string(),
-    })?;
-    document.apply_merge().map_err(|e| ConfigError::Syntax {
-        origin: origin.to_owned(),
-        message: e.to_string(),
-    })?;
+    let mut document: Value = serde_yaml::from_str(yaml)
+        .map_err(|e| ConfigError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
+    document
+        .apply_merge()
+        .map_err(|e| ConfigError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
     let mut document_leaves = Vec::new();
     collect_document_leaves(&defaults, &document, &mut Vec::new(), &mut document_leaves)?;
 
     // 2. The environment.
-    let by_env: HashMap<String, &Leaf> = all_leaves
-        .iter()
-        .map(|l| (env_var_name(&l.dotted()), l))
-        .collect();
-    let mut vars: Vec<(String, String)> = vars
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
+    let by_env: HashMap<String, &Leaf> =
+        all_leaves.iter().map(|l| (env_var_name(&l.dotted()), l)).collect();
+    let mut vars: Vec<(String, String)> =
+        vars.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     vars.sort();
     let mut env_leaves = Vec::new();
     for (name, value) in vars {
@@ -458,11 +440,7 @@ pub(crate) fn build(
     // 3. Check every set leaf on its own and merge it over the defaults.
     let mut merged = defaults.clone();
     let default_of = |path: &[String]| -> &Value {
-        &all_leaves
-            .iter()
-            .find(|l| l.path == path)
-            .expect("document leaves are known")
-            .default
+        &all_leaves.iter().find(|l| l.path == path).expect("document leaves are known").default
     };
     for (path, given) in document_leaves {
         let key = display_path(&path);
@@ -496,10 +474,7 @@ mod tests {
 
     #[test]
     fn env_names_split_camel_case() {
-        assert_eq!(
-            env_var_name("kafka.bootstrap.servers"),
-            "SLUICE_KAFKA_BOOTSTRAP_SERVERS"
-        );
+        assert_eq!(env_var_name("kafka.bootstrap.servers"), "SLUICE_KAFKA_BOOTSTRAP_SERVERS");
         assert_eq!(
             env_var_name("streaming.inference.trigger.intervalMs"),
             "SLUICE_STREAMING_INFERENCE_TRIGGER_INTERVAL_MS"
@@ -508,10 +483,7 @@ mod tests {
             env_var_name("streaming.inference.metrics.reportingIntervalSeconds"),
             "SLUICE_STREAMING_INFERENCE_METRICS_REPORTING_INTERVAL_SECONDS"
         );
-        assert_eq!(
-            env_var_name("gpu.streamsPerDevice"),
-            "SLUICE_GPU_STREAMS_PER_DEVICE"
-        );
+        assert_eq!(env_var_name("gpu.streamsPerDevice"), "SLUICE_GPU_STREAMS_PER_DEVICE");
         assert_eq!(env_var_name("control.token"), "SLUICE_CONTROL_TOKEN");
     }
 
@@ -522,10 +494,7 @@ mod tests {
             all.iter().map(|l| env_var_name(&l.dotted())).collect();
         assert_eq!(names.len(), all.len());
         for n in &names {
-            assert!(
-                !is_non_config_env_var(n),
-                "{n} is shadowed by the allow-list"
-            );
+            assert!(!is_non_config_env_var(n), "{n} is shadowed by the allow-list");
         }
     }
 
@@ -540,13 +509,8 @@ mod tests {
 
     #[test]
     fn allow_list() {
-        for n in [
-            "SLUICE_CONFIG",
-            "SLUICE_LOG",
-            "SLUICE_CACHE",
-            "SLUICE_TEST_X",
-            "SLUICE_BENCH_N",
-        ] {
+        for n in ["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_CACHE", "SLUICE_TEST_X", "SLUICE_BENCH_N"]
+        {
             assert!(is_non_config_env_var(n), "{n}");
         }
         assert!(is_non_config_env_var("SLUICE_BROKERS"));
@@ -557,10 +521,7 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(
-            suggest("intervalMS", ["intervalMs"]),
-            Some("intervalMs".into())
-        );
+        assert_eq!(suggest("intervalMS", ["intervalMs"]), Some("intervalMs".into()));
         assert_eq!(
             suggest("maxBachRows", ["maxBatchRows", "ringCapacity"]),
             Some("maxBatchRows".into())

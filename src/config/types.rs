@@ -56,20 +56,14 @@ pub struct KafkaBootstrap {
 
 impl Default for KafkaBootstrap {
     fn default() -> Self {
-        Self {
-            servers: "127.0.0.1:9092".to_owned(),
-        }
+        Self { servers: "127.0.0.1:9092".to_owned() }
     }
 }
 
 impl KafkaBootstrap {
     /// The individual `host:port` entries of [`servers`](Self::servers), trimmed, empties dropped.
     pub fn server_list(&self) -> Vec<&str> {
-        self.servers
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect()
+        self.servers.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
     }
 }
 
@@ -295,10 +289,7 @@ pub struct WatermarkConfig {
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        Self {
-            delay_threshold: Duration::from_secs(2),
-            policy: WatermarkPolicy::Process,
-        }
+        Self { delay_threshold: Duration::from_secs(2), policy: WatermarkPolicy::Process }
     }
 }
 
@@ -345,11 +336,7 @@ pub struct ProcessingConfig {
 
 impl Default for ProcessingConfig {
     fn default() -> Self {
-        Self {
-            guarantee: DeliveryGuarantee::AtLeastOnce,
-            timeout_secs: 10,
-            max_retries: 3,
-        }
+        Self { guarantee: DeliveryGuarantee::AtLeastOnce, timeout_secs: 10, max_retries: 3 }
     }
 }
 
@@ -441,10 +428,7 @@ pub struct CpuLanesConfig {
 
 impl Default for CpuLanesConfig {
     fn default() -> Self {
-        Self {
-            count: 1,
-            threads: 0,
-        }
+        Self { count: 1, threads: 0 }
     }
 }
 
@@ -462,9 +446,7 @@ impl CpuLanesConfig {
     /// [`threads_per_lane_for`](Self::threads_per_lane_for) with this machine's available
     /// parallelism.
     pub fn threads_per_lane(&self) -> usize {
-        let available = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         self.threads_per_lane_for(available)
     }
 }
@@ -486,11 +468,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self {
-            max_record_bytes: 1_048_576,
-            max_items_per_request: 64,
-            max_id_bytes: 256,
-        }
+        Self { max_record_bytes: 1_048_576, max_items_per_request: 64, max_id_bytes: 256 }
     }
 }
 
@@ -506,10 +484,7 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self {
-            repository: PathBuf::from("./models"),
-            cache: ModelCacheConfig::default(),
-        }
+        Self { repository: PathBuf::from("./models"), cache: ModelCacheConfig::default() }
     }
 }
 
@@ -528,11 +503,7 @@ pub struct ModelCacheConfig {
 
 impl Default for ModelCacheConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            size: 10,
-            ttl_minutes: 30,
-        }
+        Self { enabled: true, size: 10, ttl_minutes: 30 }
     }
 }
 
@@ -556,10 +527,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            reporting_interval_seconds: 30,
-        }
+        Self { enabled: true, reporting_interval_seconds: 30 }
     }
 }
 
@@ -587,10 +555,7 @@ pub struct GpuConfig {
 
 impl Default for GpuConfig {
     fn default() -> Self {
-        Self {
-            devices: Vec::new(),
-            streams_per_device: 2,
-        }
+        Self { devices: Vec::new(), streams_per_device: 2 }
     }
 }
 
@@ -607,10 +572,7 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8086)),
-            token: None,
-        }
+        Self { listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8086)), token: None }
     }
 }
 
@@ -639,10 +601,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            level: "info".to_owned(),
-        }
+        Self { format: LogFormat::Text, level: "info".to_owned() }
     }
 }
 

@@ -36,10 +36,7 @@ pub fn topic_name_problem(name: &str) -> Option<String> {
     if name == "." || name == ".." {
         return Some(format!("{name:?} is not a valid topic name"));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
         return Some(format!(
             "invalid topic name {name:?}: character {bad:?} is not allowed (use A-Z, a-z, 0-9, '.', '_', '-')"
         ));
@@ -51,10 +48,7 @@ pub fn topic_name_problem(name: &str) -> Option<String> {
 pub(crate) fn check(c: &Config) -> Result<(), Violation> {
     let kafka = &c.kafka;
     if kafka.bootstrap.server_list().is_empty() {
-        return Err((
-            "kafka.bootstrap.servers".into(),
-            "must list at least one broker".into(),
-        ));
+        return Err(("kafka.bootstrap.servers".into(), "must list at least one broker".into()));
     }
     if kafka.consumer.group.trim().is_empty() {
         return Err(("kafka.consumer.group".into(), "must not be empty".into()));
@@ -75,31 +69,11 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
 
     let inf = &c.streaming.inference;
     let b = &inf.batching;
-    at_least(
-        &format!("{INFERENCE}.processing.timeout"),
-        inf.processing.timeout_secs,
-        1,
-    )?;
-    at_least(
-        &format!("{INFERENCE}.batching.maxBatchRows"),
-        b.max_batch_rows as u64,
-        1,
-    )?;
-    at_least(
-        &format!("{INFERENCE}.batching.maxBatchTokens"),
-        b.max_batch_tokens as u64,
-        2,
-    )?;
-    at_least(
-        &format!("{INFERENCE}.batching.ringCapacity"),
-        b.ring_capacity as u64,
-        1,
-    )?;
-    at_least(
-        &format!("{INFERENCE}.batching.priorityBurst"),
-        b.priority_burst as u64,
-        1,
-    )?;
+    at_least(&format!("{INFERENCE}.processing.timeout"), inf.processing.timeout_secs, 1)?;
+    at_least(&format!("{INFERENCE}.batching.maxBatchRows"), b.max_batch_rows as u64, 1)?;
+    at_least(&format!("{INFERENCE}.batching.maxBatchTokens"), b.max_batch_tokens as u64, 2)?;
+    at_least(&format!("{INFERENCE}.batching.ringCapacity"), b.ring_capacity as u64, 1)?;
+    at_least(&format!("{INFERENCE}.batching.priorityBurst"), b.priority_burst as u64, 1)?;
     // 0 CPU lanes is allowed when GPU lanes take all the work.
     at_least(
         &format!("{INFERENCE}.lanes.cpu.count"),
@@ -120,23 +94,12 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
         limits.max_items_per_request as u64,
         1,
     )?;
-    at_least(
-        &format!("{INFERENCE}.limits.maxIdBytes"),
-        limits.max_id_bytes as u64,
-        1,
-    )?;
+    at_least(&format!("{INFERENCE}.limits.maxIdBytes"), limits.max_id_bytes as u64, 1)?;
 
     if inf.model.repository.as_os_str().is_empty() {
-        return Err((
-            format!("{INFERENCE}.model.repository"),
-            "must not be empty".into(),
-        ));
+        return Err((format!("{INFERENCE}.model.repository"), "must not be empty".into()));
     }
-    at_least(
-        &format!("{INFERENCE}.model.cache.size"),
-        inf.model.cache.size as u64,
-        1,
-    )?;
+    at_least(&format!("{INFERENCE}.model.cache.size"), inf.model.cache.size as u64, 1)?;
     at_least(
         &format!("{INFERENCE}.metrics.reportingIntervalSeconds"),
         inf.metrics.reporting_interval_seconds,
@@ -176,20 +139,15 @@ mod tests {
         assert!(topic_name_problem("a b").unwrap().contains("' '"));
         assert!(topic_name_problem("..").is_some());
         assert!(topic_name_problem(&"a".repeat(249)).is_none());
-        assert!(topic_name_problem(&"a".repeat(250))
-            .unwrap()
-            .contains("249"));
+        assert!(topic_name_problem(&"a".repeat(250)).unwrap().contains("249"));
     }
 
     #[test]
     fn record_bytes_bounds() {
         let mut c = Config::default();
-        for (v, ok) in [
-            (1023, false),
-            (1024, true),
-            (MAX_RECORD_BYTES, true),
-            (MAX_RECORD_BYTES + 1, false),
-        ] {
+        for (v, ok) in
+            [(1023, false), (1024, true), (MAX_RECORD_BYTES, true), (MAX_RECORD_BYTES + 1, false)]
+        {
             c.streaming.inference.limits.max_record_bytes = v;
             assert_eq!(check(&c).is_ok(), ok, "{v}");
         }

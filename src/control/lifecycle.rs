@@ -106,7 +106,10 @@ fn prepare_models(cfg: &Config, cache: &ModelCache) -> Result<usize, String> {
         }
     }
     if loaded == 0 {
-        return Err(format!("model repository {root}: no model could be loaded ({})", first_error.unwrap_or_default()));
+        return Err(format!(
+            "model repository {root}: no model could be loaded ({})",
+            first_error.unwrap_or_default()
+        ));
     }
     Ok(loaded)
 }
@@ -154,10 +157,18 @@ impl Lifecycle {
         info.cause = cause;
         self.metrics.set_state(state.as_str());
         match &info.cause {
-            Some(cause) => tracing::error!(event = "pipeline_lifecycle", from = from.as_str(), to = state.as_str(),
-                generation = info.generation, cause = %cause, "pipeline {}", state.as_str()),
-            None => tracing::info!(event = "pipeline_lifecycle", from = from.as_str(), to = state.as_str(),
-                generation = info.generation, "pipeline {}", state.as_str()),
+            Some(cause) => {
+                tracing::error!(event = "pipeline_lifecycle", from = from.as_str(), to = state.as_str(),
+                generation = info.generation, cause = %cause, "pipeline {}", state.as_str())
+            }
+            None => tracing::info!(
+                event = "pipeline_lifecycle",
+                from = from.as_str(),
+                to = state.as_str(),
+                generation = info.generation,
+                "pipeline {}",
+                state.as_str()
+            ),
         }
     }
 
@@ -192,15 +203,21 @@ impl Lifecycle {
             self.stop_locked().await;
         }
         self.set_state(PipelineState::Starting, None);
-        let (cfg, cache, outcomes) = (self.cfg.clone(), self.cache.clone(), self.metrics.outcomes.clone());
+        let (cfg, cache, outcomes) =
+            (self.cfg.clone(), self.cache.clone(), self.metrics.outcomes.clone());
         let result = tokio::task::spawn_blocking(move || {
-            let models = prepare_models(&cfg, &cache).map_err(|cause| StartError { cause, kafka: false })?;
+            let models =
+                prepare_models(&cfg, &cache).map_err(|cause| StartError { cause, kafka: false })?;
             tracing::info!(models, "models warmed up");
-            Pipeline::start_with_metrics(&cfg, cache, outcomes)
-                .map_err(|e| StartError { kafka: matches!(e, PipelineError::Kafka { .. }), cause: e.to_string() })
+            Pipeline::start_with_metrics(&cfg, cache, outcomes).map_err(|e| StartError {
+                kafka: matches!(e, PipelineError::Kafka { .. }),
+                cause: e.to_string(),
+            })
         })
         .await
-        .unwrap_or_else(|e| Err(StartError { cause: format!("pipeline start panicked: {e}"), kafka: false }));
+        .unwrap_or_else(|e| {
+            Err(StartError { cause: format!("pipeline start panicked: {e}"), kafka: false })
+        });
         match result {
             Ok(pipeline) => {
                 let generation = {
@@ -234,7 +251,11 @@ impl Lifecycle {
         let threads_died = self.info.lock().threads_died;
         self.set_state(PipelineState::Stopping, None);
         let started = Instant::now();
-        let (ingest, emit, engine) = (pipeline.ingest_shared.clone(), pipeline.emit_stats.clone(), pipeline.engine_stats.clone());
+        let (ingest, emit, engine) = (
+            pipeline.ingest_shared.clone(),
+            pipeline.emit_stats.clone(),
+            pipeline.engine_stats.clone(),
+        );
         let report = tokio::task::spawn_blocking(move || {
             // Readers hold the Arc only for a moment (the lag sampler for at most a few seconds).
             let mut pipeline = pipeline;
@@ -259,9 +280,17 @@ impl Lifecycle {
         self.metrics.observe_pipeline(generation, &ingest.stats, &emit, &engine);
         match report {
             Ok(report) => {
-                tracing::info!(event = "pipeline_drained", generation, drain_ms = started.elapsed().as_millis() as u64,
-                    consumed = report.consumed, results = report.results, dead_letters = report.dead_letters,
-                    undeliverable = report.undeliverable, threads_died, "pipeline drained and committed");
+                tracing::info!(
+                    event = "pipeline_drained",
+                    generation,
+                    drain_ms = started.elapsed().as_millis() as u64,
+                    consumed = report.consumed,
+                    results = report.results,
+                    dead_letters = report.dead_letters,
+                    undeliverable = report.undeliverable,
+                    threads_died,
+                    "pipeline drained and committed"
+                );
                 self.info.lock().last_stop = Some(report.clone());
                 self.set_state(PipelineState::Stopped, None);
                 (true, Some(report))
@@ -282,7 +311,13 @@ impl Lifecycle {
         }
         let healthy = self.current.lock().as_ref().is_none_or(|c| c.pipeline.is_healthy());
         if !healthy {
-            self.set_state(PipelineState::Failed, Some("a pipeline thread stopped unexpectedly (see the log); restart the pipeline".into()));
+            self.set_state(
+                PipelineState::Failed,
+                Some(
+                    "a pipeline thread stopped unexpectedly (see the log); restart the pipeline"
+                        .into(),
+                ),
+            );
             self.info.lock().threads_died = true;
         }
     }

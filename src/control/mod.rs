@@ -85,14 +85,19 @@ impl ControlPlane {
     /// Binds `cfg.control.listen` (port 0 picks a free port; see [`local_addr`](Self::local_addr))
     /// and serves on a thread of its own. With `opts.autostart` the pipeline starts in the
     /// background (state `starting`, then `running` or `failed`).
-    pub fn start(cfg: Config, cache: Arc<ModelCache>, opts: ControlOptions) -> Result<ControlPlane, ControlError> {
+    pub fn start(
+        cfg: Config,
+        cache: Arc<ModelCache>,
+        opts: ControlOptions,
+    ) -> Result<ControlPlane, ControlError> {
         let token = match cfg.control.token.as_deref() {
             Some(t) if t.trim().is_empty() => return Err(ControlError::EmptyToken),
             Some(t) => Some(t.as_bytes().to_vec()),
             None => None,
         };
         let listen = cfg.control.listen;
-        let listener = std::net::TcpListener::bind(listen).map_err(|reason| ControlError::Bind { addr: listen, reason })?;
+        let listener = std::net::TcpListener::bind(listen)
+            .map_err(|reason| ControlError::Bind { addr: listen, reason })?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -114,27 +119,28 @@ impl ControlPlane {
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let ctl = control.clone();
-        let thread = std::thread::Builder::new().name("sluice-control".into()).spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "control plane: cannot use its listener");
-                        return;
+        let thread =
+            std::thread::Builder::new().name("sluice-control".into()).spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "control plane: cannot use its listener");
+                            return;
+                        }
+                    };
+                    tokio::spawn(observe::run(ctl.clone(), opts.lag_interval, shutdown_rx.clone()));
+                    if opts.autostart {
+                        let c = ctl.clone();
+                        tokio::spawn(async move {
+                            let _ = c.lifecycle.start().await;
+                        });
                     }
-                };
-                tokio::spawn(observe::run(ctl.clone(), opts.lag_interval, shutdown_rx.clone()));
-                if opts.autostart {
-                    let c = ctl.clone();
-                    tokio::spawn(async move {
-                        let _ = c.lifecycle.start().await;
-                    });
-                }
-                serve(listener, ctl, shutdown_rx).await;
-            });
-            // Connections still open are dropped; blocking work gets a moment to finish.
-            runtime.shutdown_timeout(Duration::from_secs(5));
-        })?;
+                    serve(listener, ctl, shutdown_rx).await;
+                });
+                // Connections still open are dropped; blocking work gets a moment to finish.
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            })?;
         tracing::info!(event = "control_plane_listening", %addr, auth = control.token.is_some(), "control plane listening");
         Ok(ControlPlane { addr, control, handle, shutdown, thread: Some(thread) })
     }
@@ -183,7 +189,11 @@ impl Drop for ControlPlane {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, ctl: Arc<Control>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    ctl: Arc<Control>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {

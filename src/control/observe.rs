@@ -129,7 +129,11 @@ impl Observer {
     pub fn window(&self) -> (Sample, Sample) {
         let now = Sample::take(&self.metrics);
         let w = self.window.lock();
-        let oldest = w.iter().find(|s| now.at.duration_since(s.at) <= WINDOW + SAMPLE_EVERY).or(w.back()).cloned();
+        let oldest = w
+            .iter()
+            .find(|s| now.at.duration_since(s.at) <= WINDOW + SAMPLE_EVERY)
+            .or(w.back())
+            .cloned();
         (oldest.unwrap_or_else(|| now.clone()), now)
     }
 
@@ -180,7 +184,8 @@ pub fn refresh(ctl: &Control) {
         m.ring_depth.with_label_values(&["priority"]).set(prio as i64);
         m.ring_depth.with_label_values(&["normal"]).set(normal as i64);
         m.ring_capacity.set(cap as i64);
-        m.consumer_paused.set(i64::from(p.ingest_shared.paused.load(std::sync::atomic::Ordering::Relaxed)));
+        m.consumer_paused
+            .set(i64::from(p.ingest_shared.paused.load(std::sync::atomic::Ordering::Relaxed)));
         m.assigned_partitions.set(p.ingest_shared.assigned.lock().len() as i64);
     } else {
         m.ring_depth.with_label_values(&["priority"]).set(0);
@@ -195,7 +200,8 @@ pub fn refresh(ctl: &Control) {
 
 async fn sample_lag(ctl: &Arc<Control>) {
     let Some((generation, p)) = ctl.lifecycle.pipeline() else { return };
-    let lags = tokio::task::spawn_blocking(move || p.consumer_lag(LAG_BUDGET)).await.unwrap_or_default();
+    let lags =
+        tokio::task::spawn_blocking(move || p.consumer_lag(LAG_BUDGET)).await.unwrap_or_default();
     let m = &ctl.metrics;
     m.consumer_lag.reset();
     for l in &lags {
@@ -210,7 +216,11 @@ async fn sample_lag(ctl: &Arc<Control>) {
 
 /// The sampler: every second checks the pipeline's threads and mirrors the metrics; every
 /// [`SAMPLE_EVERY`] takes a window sample; every `lag_every` samples consumer lag.
-pub async fn run(ctl: Arc<Control>, lag_every: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    ctl: Arc<Control>,
+    lag_every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sample = Instant::now();
@@ -250,21 +260,48 @@ pub async fn checks(ctl: &Control) -> Vec<Check> {
             "ring_depth": {"priority": prio, "normal": normal, "capacity": cap},
         });
     }
-    let pipeline = Check { name: "pipeline", ok: info.state == PipelineState::Running, detail: pipeline_detail };
-    let kafka = match ctl.observer.kafka().await {
-        Ok(brokers) => Check { name: "kafka", ok: true, detail: json!({"servers": ctl.cfg.kafka.bootstrap.servers, "brokers": brokers}) },
-        Err(e) => Check { name: "kafka", ok: false, detail: json!({"servers": ctl.cfg.kafka.bootstrap.servers, "error": e}) },
+    let pipeline = Check {
+        name: "pipeline",
+        ok: info.state == PipelineState::Running,
+        detail: pipeline_detail,
     };
-    let loaded: Vec<Value> = ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
+    let kafka = match ctl.observer.kafka().await {
+        Ok(brokers) => Check {
+            name: "kafka",
+            ok: true,
+            detail: json!({"servers": ctl.cfg.kafka.bootstrap.servers, "brokers": brokers}),
+        },
+        Err(e) => Check {
+            name: "kafka",
+            ok: false,
+            detail: json!({"servers": ctl.cfg.kafka.bootstrap.servers, "error": e}),
+        },
+    };
+    let loaded: Vec<Value> =
+        ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
     let loads = ctl.cache.stats.loads.load(std::sync::atomic::Ordering::Relaxed);
     let models = match ctl.cache.repository().list() {
-        Err(e) => Check { name: "models", ok: false, detail: json!({"error": format!("model repository {}: {e}", ctl.cache.repository().root().display())}) },
-        Ok(list) if list.is_empty() => {
-            Check { name: "models", ok: false, detail: json!({"error": format!("model repository {} holds no models", ctl.cache.repository().root().display())}) }
-        }
+        Err(e) => Check {
+            name: "models",
+            ok: false,
+            detail: json!({"error": format!("model repository {}: {e}", ctl.cache.repository().root().display())}),
+        },
+        Ok(list) if list.is_empty() => Check {
+            name: "models",
+            ok: false,
+            detail: json!({"error": format!("model repository {} holds no models", ctl.cache.repository().root().display())}),
+        },
         // Loaded at start; a model evicted later (TTL) is loaded again on its next request.
-        Ok(_) if loaded.is_empty() && loads == 0 => Check { name: "models", ok: false, detail: json!({"error": "no model loaded yet", "loaded": loaded}) },
-        Ok(list) => Check { name: "models", ok: true, detail: json!({"loaded": loaded, "in_repository": list.len()}) },
+        Ok(_) if loaded.is_empty() && loads == 0 => Check {
+            name: "models",
+            ok: false,
+            detail: json!({"error": "no model loaded yet", "loaded": loaded}),
+        },
+        Ok(list) => Check {
+            name: "models",
+            ok: true,
+            detail: json!({"loaded": loaded, "in_repository": list.len()}),
+        },
     };
     vec![kafka, models, pipeline]
 }
@@ -273,6 +310,10 @@ pub async fn checks(ctl: &Control) -> Vec<Check> {
 pub fn health_body(checks: &[Check]) -> (bool, Value) {
     let ok = checks.iter().all(|c| c.ok);
     let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
-    let map: serde_json::Map<String, Value> = checks.iter().map(|c| (c.name.to_string(), c.json())).collect();
-    (ok, json!({"status": if ok { "ok" } else { "unavailable" }, "checks": map, "failing": failing}))
+    let map: serde_json::Map<String, Value> =
+        checks.iter().map(|c| (c.name.to_string(), c.json())).collect();
+    (
+        ok,
+        json!({"status": if ok { "ok" } else { "unavailable" }, "checks": map, "failing": failing}),
+    )
 }

@@ -10,7 +10,10 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+    WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
@@ -67,7 +70,15 @@ enum Route<'a> {
 
 impl Route<'_> {
     fn mutating(self) -> bool {
-        matches!(self, Route::Start | Route::Stop | Route::Restart | Route::Load(_) | Route::Unload(_) | Route::Serving(_))
+        matches!(
+            self,
+            Route::Start
+                | Route::Stop
+                | Route::Restart
+                | Route::Load(_)
+                | Route::Unload(_)
+                | Route::Serving(_)
+        )
     }
 }
 
@@ -105,16 +116,28 @@ fn authorized(ctl: &Control, req: &Request<Incoming>) -> bool {
 
 /// The body as a JSON object (`None` when empty), or the error response.
 async fn json_body(req: Request<Incoming>) -> Result<Option<Map<String, Value>>, Resp> {
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY_BYTES} bytes")));
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {MAX_BODY_BYTES} bytes"),
+        ));
     }
     let bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY_BYTES} bytes")))
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {MAX_BODY_BYTES} bytes"),
+            ))
         }
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+        Err(e) => {
+            return Err(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")))
+        }
     };
     if bytes.trim_ascii().is_empty() {
         return Ok(None);
@@ -122,7 +145,9 @@ async fn json_body(req: Request<Incoming>) -> Result<Option<Map<String, Value>>,
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(Some(m)),
         Ok(_) => Err(error(StatusCode::BAD_REQUEST, "the request body must be a JSON object")),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("invalid JSON in the request body: {e}"))),
+        Err(e) => {
+            Err(error(StatusCode::BAD_REQUEST, format!("invalid JSON in the request body: {e}")))
+        }
     }
 }
 
@@ -131,7 +156,9 @@ fn string_field(body: &Option<Map<String, Value>>, key: &str) -> Result<Option<S
     match body.as_ref().and_then(|m| m.get(key)) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(_) => Err(error(StatusCode::BAD_REQUEST, format!("'{key}' must be a non-empty string"))),
+        Some(_) => {
+            Err(error(StatusCode::BAD_REQUEST, format!("'{key}' must be a non-empty string")))
+        }
     }
 }
 
@@ -143,13 +170,18 @@ async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
     let allowed = if route.mutating() { Method::POST } else { Method::GET };
     if req.method() != allowed {
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{path} accepts {allowed} only"));
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static(if route.mutating() { "POST" } else { "GET" }));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(if route.mutating() { "POST" } else { "GET" }));
         return r;
     }
     if route.mutating() {
         if !authorized(ctl, &req) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "this call needs Authorization: Bearer <control.token>");
-            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\""));
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "this call needs Authorization: Bearer <control.token>",
+            );
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\""));
             return r;
         }
         let body = match json_body(req).await {
@@ -176,7 +208,11 @@ async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
         Route::Prometheus => {
             observe::refresh(ctl);
             match ctl.metrics.render_text() {
-                Ok(text) => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()),
+                Ok(text) => respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                ),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             }
         }
@@ -199,14 +235,21 @@ fn round(v: f64, decimals: i32) -> f64 {
 /// `GET /batch-inference/streaming/status`.
 pub(crate) fn status(ctl: &Control) -> Value {
     let info = ctl.lifecycle.info();
-    let loaded: Vec<Value> = ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
+    let loaded: Vec<Value> =
+        ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
     let (assigned, paused, counters, lag) = match ctl.lifecycle.pipeline() {
         Some((generation, p)) => {
             let mut assigned: Vec<(String, i32)> = p.ingest_shared.assigned.lock().clone();
             assigned.sort();
-            let assigned: Vec<Value> = assigned.into_iter().map(|(t, n)| json!({"topic": t, "partition": n})).collect();
+            let assigned: Vec<Value> =
+                assigned.into_iter().map(|(t, n)| json!({"topic": t, "partition": n})).collect();
             let paused = p.ingest_shared.paused.load(Ordering::Relaxed);
-            (assigned, paused, serde_json::to_value(p.report()).unwrap_or(Value::Null), ctl.observer.lag(generation).to_json())
+            (
+                assigned,
+                paused,
+                serde_json::to_value(p.report()).unwrap_or(Value::Null),
+                ctl.observer.lag(generation).to_json(),
+            )
         }
         None => (Vec::new(), false, Value::Null, LagSample::default().to_json()),
     };
@@ -228,8 +271,13 @@ pub(crate) fn status(ctl: &Control) -> Value {
 
 async fn start(ctl: &Control) -> Resp {
     match ctl.lifecycle.start().await {
-        Ok(changed) => json_resp(StatusCode::OK, &json!({"changed": changed, "status": status(ctl)})),
-        Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"changed": true, "error": e.cause, "status": status(ctl)})),
+        Ok(changed) => {
+            json_resp(StatusCode::OK, &json!({"changed": changed, "status": status(ctl)}))
+        }
+        Err(e) => json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"changed": true, "error": e.cause, "status": status(ctl)}),
+        ),
     }
 }
 
@@ -240,8 +288,14 @@ async fn stop(ctl: &Control) -> Resp {
 
 async fn restart(ctl: &Control) -> Resp {
     match ctl.lifecycle.restart().await {
-        Ok(report) => json_resp(StatusCode::OK, &json!({"changed": true, "report": report, "status": status(ctl)})),
-        Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"changed": true, "error": e.cause, "status": status(ctl)})),
+        Ok(report) => json_resp(
+            StatusCode::OK,
+            &json!({"changed": true, "report": report, "status": status(ctl)}),
+        ),
+        Err(e) => json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"changed": true, "error": e.cause, "status": status(ctl)}),
+        ),
     }
 }
 
@@ -262,19 +316,39 @@ pub(crate) fn metrics(ctl: &Control) -> Value {
     let m = &ctl.metrics;
     let (old, now) = ctl.observer.window();
     let secs = now.at.duration_since(old.at).as_secs_f64();
-    let rate = |a: u64, b: u64| if secs > 0.0 { round(a.saturating_sub(b) as f64 / secs, 2) } else { 0.0 };
-    let errors: Map<String, Value> = ErrorClass::ALL.iter().zip(m.outcomes.dead_letters()).map(|(c, n)| (c.as_str().to_string(), n.into())).collect();
-    let (hits, misses) = (m.counter("sluice_model_cache_hits_total"), m.counter("sluice_model_cache_misses_total"));
+    let rate =
+        |a: u64, b: u64| if secs > 0.0 { round(a.saturating_sub(b) as f64 / secs, 2) } else { 0.0 };
+    let errors: Map<String, Value> = ErrorClass::ALL
+        .iter()
+        .zip(m.outcomes.dead_letters())
+        .map(|(c, n)| (c.as_str().to_string(), n.into()))
+        .collect();
+    let (hits, misses) =
+        (m.counter("sluice_model_cache_hits_total"), m.counter("sluice_model_cache_misses_total"));
     let batches = m.counter("sluice_batches_total");
-    let per_batch = |n: u64| if batches == 0 { Value::Null } else { round(n as f64 / batches as f64, 2).into() };
+    let per_batch = |n: u64| {
+        if batches == 0 {
+            Value::Null
+        } else {
+            round(n as f64 / batches as f64, 2).into()
+        }
+    };
     let (rings, lag) = match ctl.lifecycle.pipeline() {
         Some((generation, p)) => {
             let (prio, normal, cap) = p.ring_depths();
-            (json!({"priority": prio, "normal": normal, "capacity": cap}), ctl.observer.lag(generation).to_json())
+            (
+                json!({"priority": prio, "normal": normal, "capacity": cap}),
+                ctl.observer.lag(generation).to_json(),
+            )
         }
         None => (Value::Null, LagSample::default().to_json()),
     };
-    let lanes: Vec<Value> = m.lane_busy_seconds().into_iter().enumerate().map(|(i, s)| json!({"lane": i, "busy_seconds": round(s, 3)})).collect();
+    let lanes: Vec<Value> = m
+        .lane_busy_seconds()
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| json!({"lane": i, "busy_seconds": round(s, 3)}))
+        .collect();
     json!({
         "state": ctl.lifecycle.info().state.as_str(),
         "window_seconds": round(secs, 1),
@@ -346,7 +420,10 @@ fn models(ctl: &Control) -> Resp {
             json!({"name": m.name, "versions": m.versions, "serving": m.serving, "loaded_versions": loaded_versions})
         })
         .collect();
-    json_resp(StatusCode::OK, &json!({"repository": ctl.cache.repository().root().display().to_string(), "models": models}))
+    json_resp(
+        StatusCode::OK,
+        &json!({"repository": ctl.cache.repository().root().display().to_string(), "models": models}),
+    )
 }
 
 fn check_name(name: &str) -> Result<(), Resp> {
@@ -360,9 +437,10 @@ fn check_name(name: &str) -> Result<(), Resp> {
 /// Loads and warms up one version (outside the cache's lock: other models keep serving).
 async fn load_version(ctl: &Control, name: &str, version: &str) -> Result<Value, Resp> {
     let (cache, n, v) = (ctl.cache.clone(), name.to_string(), version.to_string());
-    let loaded = tokio::task::spawn_blocking(move || cache.load_at(&n, &v, Instant::now()))
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("model load panicked: {e}")))?;
+    let loaded =
+        tokio::task::spawn_blocking(move || cache.load_at(&n, &v, Instant::now())).await.map_err(
+            |e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("model load panicked: {e}")),
+        )?;
     let m = loaded.map_err(|e| model_error(&e))?;
     Ok(json!({
         "name": &*m.name,
@@ -435,7 +513,10 @@ async fn serving(ctl: &Control, name: &str, body: &Option<Map<String, Value>>) -
         return model_error(&e);
     }
     tracing::info!(event = "model_serving", model = name, version = %version, previous = %previous, "serving version changed");
-    json_resp(StatusCode::OK, &json!({"name": name, "serving": version, "previous": previous, "loaded": loaded}))
+    json_resp(
+        StatusCode::OK,
+        &json!({"name": name, "serving": version, "previous": previous, "loaded": loaded}),
+    )
 }
 
 #[cfg(test)]
@@ -447,7 +528,10 @@ mod tests {
         assert_eq!(find_route("/health/live"), Some(Route::Live));
         assert_eq!(find_route("/batch-inference/streaming/status/"), Some(Route::Status));
         assert_eq!(find_route("/batch-inference/models/minilm/load"), Some(Route::Load("minilm")));
-        assert_eq!(find_route("/batch-inference/models/minilm/serving"), Some(Route::Serving("minilm")));
+        assert_eq!(
+            find_route("/batch-inference/models/minilm/serving"),
+            Some(Route::Serving("minilm"))
+        );
         assert_eq!(find_route("/batch-inference/models/a/b/load"), None);
         assert_eq!(find_route("/nope"), None);
         assert!(Route::Stop.mutating() && !Route::Metrics.mutating());

@@ -99,7 +99,13 @@ impl Outcome {
     /// A failure for a record that never became a request.
     pub fn rejected(env: Envelope, failure: Failure) -> Self {
         let total = us(env.arrived.elapsed());
-        Outcome { env, id: None, model: None, verdict: Verdict::Failure(failure), timings: Timings { queue_us: 0, infer_us: 0, total_us: total } }
+        Outcome {
+            env,
+            id: None,
+            model: None,
+            verdict: Verdict::Failure(failure),
+            timings: Timings { queue_us: 0, infer_us: 0, total_us: total },
+        }
     }
 
     /// A failure for a queued request (expired, or inference failed).
@@ -107,11 +113,24 @@ impl Outcome {
         let now = Instant::now();
         let queue_us = us(started.unwrap_or(now).saturating_duration_since(req.env.arrived));
         let total_us = us(now.saturating_duration_since(req.env.arrived));
-        Outcome { id: Some(req.id), model: Some(req.model), env: req.env, verdict: Verdict::Failure(failure), timings: Timings { queue_us, infer_us, total_us } }
+        Outcome {
+            id: Some(req.id),
+            model: Some(req.model),
+            env: req.env,
+            verdict: Verdict::Failure(failure),
+            timings: Timings { queue_us, infer_us, total_us },
+        }
     }
 
     /// A computed result.
-    pub fn success(req: Request, output: Arc<BatchOutput>, first_row: u32, batch_size: u32, started: Instant, infer_us: u64) -> Self {
+    pub fn success(
+        req: Request,
+        output: Arc<BatchOutput>,
+        first_row: u32,
+        batch_size: u32,
+        started: Instant,
+        infer_us: u64,
+    ) -> Self {
         let now = Instant::now();
         let rows = req.items;
         let timings = Timings {
@@ -119,7 +138,13 @@ impl Outcome {
             infer_us,
             total_us: us(now.saturating_duration_since(req.env.arrived)),
         };
-        Outcome { id: Some(req.id), model: Some(req.model), env: req.env, verdict: Verdict::Success { output, first_row, rows, batch_size }, timings }
+        Outcome {
+            id: Some(req.id),
+            model: Some(req.model),
+            env: req.env,
+            verdict: Verdict::Success { output, first_row, rows, batch_size },
+            timings,
+        }
     }
 
     /// The request id, if the record got far enough to have one.

@@ -25,7 +25,10 @@ impl Serialize for Row<'_> {
                     .values
                     .iter()
                     .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc })
+                    .fold(
+                        (0usize, f32::NEG_INFINITY),
+                        |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                    )
                     .0;
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("label", labels.get(best).map(String::as_str).unwrap_or(""))?;
@@ -82,8 +85,16 @@ pub fn write_result(o: &Outcome, buf: &mut Vec<u8>) -> bool {
         model: &model.name,
         version: &model.version,
         output: OutputRows { out: output, first: *first_row as usize, rows: *rows as usize },
-        source: SourceRef { topic: &o.env.source.topic, partition: o.env.source.partition, offset: o.env.source.offset },
-        timing_us: TimingRef { queue: o.timings.queue_us, infer: o.timings.infer_us, total: o.timings.total_us },
+        source: SourceRef {
+            topic: &o.env.source.topic,
+            partition: o.env.source.partition,
+            offset: o.env.source.offset,
+        },
+        timing_us: TimingRef {
+            queue: o.timings.queue_us,
+            infer: o.timings.infer_us,
+            total: o.timings.total_us,
+        },
         batch_size: *batch_size,
     };
     // Writing into a Vec cannot fail for I/O reasons, and every field serializes.

@@ -35,7 +35,10 @@ pub struct CpuExecutor {
 impl CpuExecutor {
     /// A CPU executor with staging sized for `rows` rows and `tokens` padded tokens.
     pub fn new(rows: usize, tokens: usize) -> Self {
-        CpuExecutor { staging: HostStaging::with_capacity(rows, tokens, rows * 64), done: VecDeque::with_capacity(1) }
+        CpuExecutor {
+            staging: HostStaging::with_capacity(rows, tokens, rows * 64),
+            done: VecDeque::with_capacity(1),
+        }
     }
 }
 
@@ -59,6 +62,8 @@ impl Executor for CpuExecutor {
     }
 
     fn collect(&mut self) -> Result<BatchOutput, ModelError> {
-        self.done.pop_front().unwrap_or_else(|| Err(ModelError::Inference("collect without a submitted batch".into())))
+        self.done.pop_front().unwrap_or_else(|| {
+            Err(ModelError::Inference("collect without a submitted batch".into()))
+        })
     }
 }

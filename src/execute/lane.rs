@@ -107,9 +107,19 @@ impl<E: Executor> Lane<E> {
         }
         let started = Instant::now();
         let model = reqs[0].model.clone();
-        if let Err((k, why)) = stage_batch(&model, &reqs, self.executor.staging(), &mut self.scratch) {
+        if let Err((k, why)) =
+            stage_batch(&model, &reqs, self.executor.staging(), &mut self.scratch)
+        {
             let bad = reqs.swap_remove(k);
-            send(&self.shared.completions, Outcome::failed(bad, Failure::new(ErrorClass::Inference, format!("staging failed: {why}")), Some(started), 0));
+            send(
+                &self.shared.completions,
+                Outcome::failed(
+                    bad,
+                    Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
+                    Some(started),
+                    0,
+                ),
+            );
             for r in reqs.drain(..) {
                 self.batcher.push(r);
             }
@@ -155,13 +165,23 @@ impl<E: Executor> Lane<E> {
 
     fn emit_success(&mut self, mut job: InFlight, out: crate::models::BatchOutput) {
         let infer_us = job.started.elapsed().as_micros() as u64;
-        self.shared.stats.record_batch(self.settings.index, job.reqs.len(), job.rows, job.real_tokens, job.padded_tokens, infer_us);
+        self.shared.stats.record_batch(
+            self.settings.index,
+            job.reqs.len(),
+            job.rows,
+            job.real_tokens,
+            job.padded_tokens,
+            infer_us,
+        );
         let out = Arc::new(out);
         let batch_size = job.rows as u32;
         let mut row = 0u32;
         for req in job.reqs.drain(..) {
             let items = req.items;
-            send(&self.shared.completions, Outcome::success(req, out.clone(), row, batch_size, job.started, infer_us));
+            send(
+                &self.shared.completions,
+                Outcome::success(req, out.clone(), row, batch_size, job.started, infer_us),
+            );
             row += items;
         }
         self.pool.push(job.reqs);
@@ -176,7 +196,10 @@ impl<E: Executor> Lane<E> {
         self.shared.stats.failed_batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let free_split = error.is_out_of_memory() && job.reqs.len() > 1;
         if error.is_out_of_memory() {
-            self.shared.stats.oom_splits.fetch_add(u64::from(free_split), std::sync::atomic::Ordering::Relaxed);
+            self.shared
+                .stats
+                .oom_splits
+                .fetch_add(u64::from(free_split), std::sync::atomic::Ordering::Relaxed);
         }
         let error = error.to_string();
         let next_attempt = if free_split { attempt } else { attempt + 1 };
@@ -184,7 +207,10 @@ impl<E: Executor> Lane<E> {
             tracing::warn!(lane = self.settings.index, model = %job.model.name, requests = job.reqs.len(), attempts = attempt, %error, "batch failed; dead-lettering its requests");
             for mut req in job.reqs.drain(..) {
                 req.env.attempts = attempt;
-                let f = Failure::new(ErrorClass::Inference, format!("inference failed after {attempt} attempts: {error}"));
+                let f = Failure::new(
+                    ErrorClass::Inference,
+                    format!("inference failed after {attempt} attempts: {error}"),
+                );
                 send(&self.shared.completions, Outcome::failed(req, f, Some(job.started), 0));
             }
             self.pool.push(job.reqs);
@@ -203,16 +229,33 @@ impl<E: Executor> Lane<E> {
                 r.env.attempts = r.env.attempts.max(attempt) + 1;
             }
             let started = job.started;
-            if let Err((k, why)) = stage_batch(&job.model, &reqs, self.executor.staging(), &mut self.scratch) {
+            if let Err((k, why)) =
+                stage_batch(&job.model, &reqs, self.executor.staging(), &mut self.scratch)
+            {
                 let bad = reqs.swap_remove(k);
-                send(&self.shared.completions, Outcome::failed(bad, Failure::new(ErrorClass::Inference, format!("staging failed: {why}")), Some(started), 0));
+                send(
+                    &self.shared.completions,
+                    Outcome::failed(
+                        bad,
+                        Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
+                        Some(started),
+                        0,
+                    ),
+                );
             }
             if reqs.is_empty() {
                 continue;
             }
             let st = self.executor.staging();
             let (rows, real, padded) = (st.rows, st.real_tokens(), st.padded_tokens());
-            let sub = InFlight { reqs, model: job.model.clone(), started, rows, real_tokens: real, padded_tokens: padded };
+            let sub = InFlight {
+                reqs,
+                model: job.model.clone(),
+                started,
+                rows,
+                real_tokens: real,
+                padded_tokens: padded,
+            };
             let result = self.executor.submit(&sub.model).and_then(|_| self.executor.collect());
             match result {
                 Ok(out) => self.emit_success(sub, out),

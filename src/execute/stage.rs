@@ -21,11 +21,21 @@ pub struct StageScratch {
 /// Stages `reqs` (all for `model`) into `st`. On failure returns the index of the request
 /// that could not be staged and why (it passed validation, so this means a bug or a model
 /// swapped underneath; the lane turns it into an `inference` dead letter).
-pub fn stage_batch(model: &LoadedModel, reqs: &[Request], st: &mut HostStaging, scratch: &mut StageScratch) -> Result<(), (usize, String)> {
+pub fn stage_batch(
+    model: &LoadedModel,
+    reqs: &[Request],
+    st: &mut HostStaging,
+    scratch: &mut StageScratch,
+) -> Result<(), (usize, String)> {
     let rows: usize = reqs.iter().map(|r| r.items as usize).sum();
     match &model.input {
         ModelInput::Text { tokenizer, max_seq_len } => {
-            let seq = reqs.iter().map(|r| r.max_tokens as usize).max().unwrap_or(2).clamp(2, *max_seq_len);
+            let seq = reqs
+                .iter()
+                .map(|r| r.max_tokens as usize)
+                .max()
+                .unwrap_or(2)
+                .clamp(2, *max_seq_len);
             st.begin_text(rows, seq, tokenizer.pad_id());
             let mut row = 0usize;
             for (k, r) in reqs.iter().enumerate() {
@@ -64,11 +74,13 @@ pub fn stage_batch(model: &LoadedModel, reqs: &[Request], st: &mut HostStaging, 
             let mut row = 0usize;
             for (k, r) in reqs.iter().enumerate() {
                 match r.input_kind {
-                    InputKind::Json => for_each_feature_row(r.raw_input(), *width, &mut scratch.row, |_, vals| {
-                        st.row_features_mut(row).copy_from_slice(vals);
-                        row += 1;
-                        Ok(())
-                    }),
+                    InputKind::Json => {
+                        for_each_feature_row(r.raw_input(), *width, &mut scratch.row, |_, vals| {
+                            st.row_features_mut(row).copy_from_slice(vals);
+                            row += 1;
+                            Ok(())
+                        })
+                    }
                     InputKind::FbFeatures => flatbuf::parse(&r.env.payload).and_then(|fb| {
                         fb.for_each_feature_row(*width, |_, vals| {
                             vals.copy_to(st.row_features_mut(row))?;
@@ -76,7 +88,9 @@ pub fn stage_batch(model: &LoadedModel, reqs: &[Request], st: &mut HostStaging, 
                             Ok(())
                         })
                     }),
-                    InputKind::FbTexts | InputKind::FbTokens => Err("text input staged for a tabular model".into()),
+                    InputKind::FbTexts | InputKind::FbTokens => {
+                        Err("text input staged for a tabular model".into())
+                    }
                 }
                 .map_err(|e| (k, e))?;
             }

@@ -64,11 +64,15 @@ impl<T: Copy> StagingBuf<T> {
         if n > block.as_slice().len() {
             match block.reallocate(n) {
                 Some(mut bigger) => {
-                    bigger.as_mut_slice()[..self.len].copy_from_slice(&block.as_slice()[..self.len]);
+                    bigger.as_mut_slice()[..self.len]
+                        .copy_from_slice(&block.as_slice()[..self.len]);
                     *block = bigger;
                 }
                 None => {
-                    tracing::warn!(elements = n, "page-locked staging could not grow; using pageable memory");
+                    tracing::warn!(
+                        elements = n,
+                        "page-locked staging could not grow; using pageable memory"
+                    );
                     let mut heap = Vec::with_capacity(n);
                     heap.extend_from_slice(&block.as_slice()[..self.len]);
                     self.heap = heap;
@@ -161,7 +165,12 @@ impl HostStaging {
 
     /// A staging area over page-locked blocks (a CUDA lane's slot): the lane writes the batch
     /// straight into memory the device can copy from asynchronously, with no extra copy.
-    pub fn pinned(ids: Box<dyn PinnedBlock<u32>>, mask: Box<dyn PinnedBlock<u32>>, row_tokens: Box<dyn PinnedBlock<u32>>, features: Box<dyn PinnedBlock<f32>>) -> Self {
+    pub fn pinned(
+        ids: Box<dyn PinnedBlock<u32>>,
+        mask: Box<dyn PinnedBlock<u32>>,
+        row_tokens: Box<dyn PinnedBlock<u32>>,
+        features: Box<dyn PinnedBlock<f32>>,
+    ) -> Self {
         HostStaging {
             ids: StagingBuf::pinned(ids),
             mask: StagingBuf::pinned(mask),

@@ -30,7 +30,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_record_bytes: 1 << 20, max_items: 64, max_id_bytes: 256, max_batch_rows: 64, max_batch_tokens: 8192 }
+        Limits {
+            max_record_bytes: 1 << 20,
+            max_items: 64,
+            max_id_bytes: 256,
+            max_batch_rows: 64,
+            max_batch_tokens: 8192,
+        }
     }
 }
 
@@ -46,7 +52,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
                 Ok(JsonStr(Cow::Borrowed(v)))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
@@ -99,7 +108,9 @@ fn json_failure(e: serde_json::Error) -> Failure {
     use serde_json::error::Category;
     let msg = e.to_string();
     match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => fail(ErrorClass::Parse, format!("invalid JSON: {msg}")),
+        Category::Syntax | Category::Eof | Category::Io => {
+            fail(ErrorClass::Parse, format!("invalid JSON: {msg}"))
+        }
         Category::Data => {
             if msg.contains("expected struct RawRequest") {
                 fail(ErrorClass::Validation, "request must be a JSON object")
@@ -114,7 +125,14 @@ impl Decoder {
     /// A decoder resolving models through `cache`. `default_model` serves requests without a
     /// `model` field (batch mode's `--model`); the Kafka path requires the field.
     pub fn new(cache: Arc<ModelCache>, limits: Limits, default_model: Option<String>) -> Self {
-        Decoder { cache, limits, default_model, scratch: Scratch::default(), row_buf: Vec::new(), seq: 0 }
+        Decoder {
+            cache,
+            limits,
+            default_model,
+            scratch: Scratch::default(),
+            row_buf: Vec::new(),
+            seq: 0,
+        }
     }
 
     /// The limits in force.
@@ -163,7 +181,8 @@ impl Decoder {
         let id = match &id_text {
             // Borrowed means no escapes: the text is the raw value without its quotes.
             Cow::Borrowed(_) => {
-                let r = span_in(payload, id_raw.get().as_bytes()).ok_or_else(|| fail(ErrorClass::Parse, "id outside payload"))?;
+                let r = span_in(payload, id_raw.get().as_bytes())
+                    .ok_or_else(|| fail(ErrorClass::Parse, "id outside payload"))?;
                 IdText::Span(r.start + 1..r.end - 1)
             }
             Cow::Owned(s) => IdText::Owned(s.clone().into_boxed_str()),
@@ -177,10 +196,20 @@ impl Decoder {
         let model = self.resolve_model(model_name, raw.version.as_ref().map(|v| &*v.0))?;
         check_deadline(raw.deadline_ms)?;
 
-        let input_raw = raw.input.ok_or_else(|| fail(ErrorClass::Validation, "missing field 'input'"))?;
-        let input = span_in(payload, input_raw.get().as_bytes()).ok_or_else(|| fail(ErrorClass::Parse, "input outside payload"))?;
+        let input_raw =
+            raw.input.ok_or_else(|| fail(ErrorClass::Validation, "missing field 'input'"))?;
+        let input = span_in(payload, input_raw.get().as_bytes())
+            .ok_or_else(|| fail(ErrorClass::Parse, "input outside payload"))?;
         let (items, max_tokens) = self.check_input(&model, input_raw.get().as_bytes())?;
-        Ok(Parts { id, model, input, input_kind: InputKind::Json, items, max_tokens, deadline_ms: raw.deadline_ms })
+        Ok(Parts {
+            id,
+            model,
+            input,
+            input_kind: InputKind::Json,
+            items,
+            max_tokens,
+            deadline_ms: raw.deadline_ms,
+        })
     }
 
     /// The FlatBuffers path (`ingest::flatbuf`): same envelope checks in the same order.
@@ -189,7 +218,8 @@ impl Decoder {
         self.check_id(fb.id())?;
         let model = self.resolve_model(fb.model(), fb.version())?;
         check_deadline(fb.deadline_ms())?;
-        let (input_kind, items, longest) = flatbuf::check_input(&fb, &model, &self.limits, &mut self.scratch)?;
+        let (input_kind, items, longest) =
+            flatbuf::check_input(&fb, &model, &self.limits, &mut self.scratch)?;
         self.check_padded(items, longest)?;
         Ok(Parts {
             id: IdText::Span(fb.id_span()),
@@ -207,15 +237,27 @@ impl Decoder {
             return Err(fail(ErrorClass::Validation, "'id' must not be empty"));
         }
         if id.len() > self.limits.max_id_bytes {
-            return Err(fail(ErrorClass::Validation, format!("'id' is {} bytes, at most {} allowed", id.len(), self.limits.max_id_bytes)));
+            return Err(fail(
+                ErrorClass::Validation,
+                format!("'id' is {} bytes, at most {} allowed", id.len(), self.limits.max_id_bytes),
+            ));
         }
         Ok(())
     }
 
-    fn resolve_model(&self, model_name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, Failure> {
+    fn resolve_model(
+        &self,
+        model_name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<LoadedModel>, Failure> {
         self.cache.get(model_name, version).map_err(|e| match e {
-            ModelError::UnknownModel { .. } | ModelError::InvalidName(_) => fail(ErrorClass::UnknownModel, e.to_string()),
-            other => fail(ErrorClass::Inference, format!("model '{model_name}' could not be loaded: {other}")),
+            ModelError::UnknownModel { .. } | ModelError::InvalidName(_) => {
+                fail(ErrorClass::UnknownModel, e.to_string())
+            }
+            other => fail(
+                ErrorClass::Inference,
+                format!("model '{model_name}' could not be loaded: {other}"),
+            ),
         })
     }
 
@@ -241,7 +283,9 @@ impl Decoder {
                 let scratch = &mut self.scratch;
                 let n = for_each_text(raw, |i, text| {
                     if i >= max_items {
-                        return Err(format!("too_large: more than {max_items} inputs in one request"));
+                        return Err(format!(
+                            "too_large: more than {max_items} inputs in one request"
+                        ));
                     }
                     let t = tokenizer.count_tokens(text, *max_seq_len, scratch)?;
                     longest = longest.max(t);
@@ -256,7 +300,9 @@ impl Decoder {
                 }
                 let n = for_each_feature_row(raw, *width, &mut self.row_buf, |i, _| {
                     if i >= max_items {
-                        return Err(format!("too_large: more than {max_items} inputs in one request"));
+                        return Err(format!(
+                            "too_large: more than {max_items} inputs in one request"
+                        ));
                     }
                     Ok(())
                 })
@@ -275,7 +321,10 @@ impl Decoder {
 fn check_deadline(deadline_ms: Option<u64>) -> Result<(), Failure> {
     if let Some(d) = deadline_ms {
         if d < now_epoch_ms() {
-            return Err(fail(ErrorClass::Expired, format!("deadline_ms {d} had already passed on arrival")));
+            return Err(fail(
+                ErrorClass::Expired,
+                format!("deadline_ms {d} had already passed on arrival"),
+            ));
         }
     }
     Ok(())

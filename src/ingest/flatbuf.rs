@@ -25,7 +25,10 @@
 use std::marker::PhantomData;
 use std::ops::Range;
 
-use flatbuffers::{FlatBufferBuilder, Follow, ForwardsUOffset, InvalidFlatbuffer, Table, Vector, Verifiable, Verifier, VerifierOptions, WIPOffset};
+use flatbuffers::{
+    FlatBufferBuilder, Follow, ForwardsUOffset, InvalidFlatbuffer, Table, Vector, Verifiable,
+    Verifier, VerifierOptions, WIPOffset,
+};
 
 use super::decode::Limits;
 use super::request::InputKind;
@@ -99,13 +102,26 @@ impl Verifiable for RequestT<'_> {
             .visit_field::<ForwardsUOffset<&str>>("model", slot::REQ_MODEL, true)?
             .visit_field::<ForwardsUOffset<&str>>("version", slot::REQ_VERSION, false)?
             .visit_field::<u64>("deadline_ms", slot::REQ_DEADLINE_MS, false)?
-            .visit_union::<u8, _>("input_type", slot::REQ_INPUT_TYPE, "input", slot::REQ_INPUT, false, |key, v, pos| match key {
-                input_type::TEXTS => v.verify_union_variant::<ForwardsUOffset<TextsT>>("Input::Texts", pos),
-                input_type::TOKEN_IDS => v.verify_union_variant::<ForwardsUOffset<TokenIdsT>>("Input::TokenIds", pos),
-                input_type::FEATURES => v.verify_union_variant::<ForwardsUOffset<FeaturesT>>("Input::Features", pos),
-                // A variant from a newer schema: verified as present, rejected at validation.
-                _ => Ok(()),
-            })?
+            .visit_union::<u8, _>(
+                "input_type",
+                slot::REQ_INPUT_TYPE,
+                "input",
+                slot::REQ_INPUT,
+                false,
+                |key, v, pos| match key {
+                    input_type::TEXTS => {
+                        v.verify_union_variant::<ForwardsUOffset<TextsT>>("Input::Texts", pos)
+                    }
+                    input_type::TOKEN_IDS => {
+                        v.verify_union_variant::<ForwardsUOffset<TokenIdsT>>("Input::TokenIds", pos)
+                    }
+                    input_type::FEATURES => {
+                        v.verify_union_variant::<ForwardsUOffset<FeaturesT>>("Input::Features", pos)
+                    }
+                    // A variant from a newer schema: verified as present, rejected at validation.
+                    _ => Ok(()),
+                },
+            )?
             .finish();
         Ok(())
     }
@@ -114,7 +130,11 @@ impl Verifiable for RequestT<'_> {
 impl Verifiable for TextsT<'_> {
     fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
         v.visit_table(pos)?
-            .visit_field::<ForwardsUOffset<Vector<ForwardsUOffset<&str>>>>("items", slot::TEXTS_ITEMS, false)?
+            .visit_field::<ForwardsUOffset<Vector<ForwardsUOffset<&str>>>>(
+                "items",
+                slot::TEXTS_ITEMS,
+                false,
+            )?
             .finish();
         Ok(())
     }
@@ -211,7 +231,11 @@ impl<'a, T: LeScalar> LeSlice<'a, T> {
     /// Copies the values into `dst` (which must be exactly as long) and returns their number.
     pub fn copy_to(&self, dst: &mut [T]) -> Result<usize, String> {
         if dst.len() != self.len() {
-            return Err(format!("row of {} values does not fit a slot of {}", self.len(), dst.len()));
+            return Err(format!(
+                "row of {} values does not fit a slot of {}",
+                self.len(),
+                dst.len()
+            ));
         }
         for (d, c) in dst.iter_mut().zip(self.bytes.chunks_exact(4)) {
             *d = T::from_le([c[0], c[1], c[2], c[3]]);
@@ -337,7 +361,10 @@ fn verifier_options(payload_len: usize) -> VerifierOptions {
 /// what is wrong (every `Err` is a `parse` failure). Allocates only on failure.
 pub fn parse(payload: &[u8]) -> Result<FbRequest<'_>, String> {
     if payload.len() < 8 {
-        return Err(format!("FlatBuffer of {} bytes is too short to hold a root offset and identifier", payload.len()));
+        return Err(format!(
+            "FlatBuffer of {} bytes is too short to hold a root offset and identifier",
+            payload.len()
+        ));
     }
     if payload.len() > u32::MAX as usize {
         return Err("FlatBuffer larger than 4 GiB".into());
@@ -349,7 +376,8 @@ pub fn parse(payload: &[u8]) -> Result<FbRequest<'_>, String> {
         ));
     }
     let opts = verifier_options(payload.len());
-    let root = flatbuffers::root_with_opts::<RequestT>(&opts, payload).map_err(|e| format!("invalid FlatBuffer: {e}"))?;
+    let root = flatbuffers::root_with_opts::<RequestT>(&opts, payload)
+        .map_err(|e| format!("invalid FlatBuffer: {e}"))?;
     Ok(FbRequest { buf: payload, root })
 }
 
@@ -389,7 +417,8 @@ impl<'a> FbRequest<'a> {
     /// The union discriminant (`input_type::*`).
     pub fn input_type(&self) -> u8 {
         // SAFETY: verified by `visit_union` in `parse`.
-        unsafe { self.root.tab.get::<u8>(slot::REQ_INPUT_TYPE, Some(input_type::NONE)) }.unwrap_or(input_type::NONE)
+        unsafe { self.root.tab.get::<u8>(slot::REQ_INPUT_TYPE, Some(input_type::NONE)) }
+            .unwrap_or(input_type::NONE)
     }
 
     /// The input.
@@ -400,26 +429,45 @@ impl<'a> FbRequest<'a> {
         unsafe {
             match self.input_type() {
                 input_type::NONE => FbInput::None,
-                input_type::TEXTS => match tab.get::<ForwardsUOffset<TextsT>>(slot::REQ_INPUT, None) {
-                    None => FbInput::None,
-                    Some(t) => FbInput::Texts(Texts {
-                        items: t.tab.get::<ForwardsUOffset<Vector<ForwardsUOffset<&str>>>>(slot::TEXTS_ITEMS, None),
-                    }),
-                },
-                input_type::TOKEN_IDS => match tab.get::<ForwardsUOffset<TokenIdsT>>(slot::REQ_INPUT, None) {
-                    None => FbInput::None,
-                    Some(t) => {
-                        let vec = |s| t.tab.get::<ForwardsUOffset<Vector<u32>>>(s, None).map_or(LeSlice::empty(), |v| LeSlice::new(v.bytes()));
-                        FbInput::TokenIds(TokenIds { ids: vec(slot::TOK_IDS), lengths: vec(slot::TOK_LENGTHS) })
+                input_type::TEXTS => {
+                    match tab.get::<ForwardsUOffset<TextsT>>(slot::REQ_INPUT, None) {
+                        None => FbInput::None,
+                        Some(t) => FbInput::Texts(Texts {
+                            items: t.tab.get::<ForwardsUOffset<Vector<ForwardsUOffset<&str>>>>(
+                                slot::TEXTS_ITEMS,
+                                None,
+                            ),
+                        }),
                     }
-                },
-                input_type::FEATURES => match tab.get::<ForwardsUOffset<FeaturesT>>(slot::REQ_INPUT, None) {
-                    None => FbInput::None,
-                    Some(t) => FbInput::Features(Features {
-                        values: t.tab.get::<ForwardsUOffset<Vector<f32>>>(slot::FEAT_VALUES, None).map_or(LeSlice::empty(), |v| LeSlice::new(v.bytes())),
-                        rows: t.tab.get::<u32>(slot::FEAT_ROWS, Some(0)).unwrap_or(0),
-                    }),
-                },
+                }
+                input_type::TOKEN_IDS => {
+                    match tab.get::<ForwardsUOffset<TokenIdsT>>(slot::REQ_INPUT, None) {
+                        None => FbInput::None,
+                        Some(t) => {
+                            let vec = |s| {
+                                t.tab
+                                    .get::<ForwardsUOffset<Vector<u32>>>(s, None)
+                                    .map_or(LeSlice::empty(), |v| LeSlice::new(v.bytes()))
+                            };
+                            FbInput::TokenIds(TokenIds {
+                                ids: vec(slot::TOK_IDS),
+                                lengths: vec(slot::TOK_LENGTHS),
+                            })
+                        }
+                    }
+                }
+                input_type::FEATURES => {
+                    match tab.get::<ForwardsUOffset<FeaturesT>>(slot::REQ_INPUT, None) {
+                        None => FbInput::None,
+                        Some(t) => FbInput::Features(Features {
+                            values: t
+                                .tab
+                                .get::<ForwardsUOffset<Vector<f32>>>(slot::FEAT_VALUES, None)
+                                .map_or(LeSlice::empty(), |v| LeSlice::new(v.bytes())),
+                            rows: t.tab.get::<u32>(slot::FEAT_ROWS, Some(0)).unwrap_or(0),
+                        }),
+                    }
+                }
                 other => FbInput::Unknown(other),
             }
         }
@@ -432,7 +480,9 @@ impl<'a> FbRequest<'a> {
             FbInput::TokenIds(_) => Ok(InputKind::FbTokens),
             FbInput::Features(_) => Ok(InputKind::FbFeatures),
             FbInput::None => Err("missing field 'input'".into()),
-            FbInput::Unknown(t) => Err(format!("input: unknown Input union type {t} (this build knows Texts, TokenIds, Features)")),
+            FbInput::Unknown(t) => Err(format!(
+                "input: unknown Input union type {t} (this build knows Texts, TokenIds, Features)"
+            )),
         }
     }
 
@@ -469,7 +519,10 @@ impl<'a> FbRequest<'a> {
             at = end;
         }
         if at != t.ids.len() {
-            return Err(format!("input: lengths add up to {at} tokens but ids holds {}", t.ids.len()));
+            return Err(format!(
+                "input: lengths add up to {at} tokens but ids holds {}",
+                t.ids.len()
+            ));
         }
         Ok(t.lengths.len())
     }
@@ -486,7 +539,10 @@ impl<'a> FbRequest<'a> {
         };
         let rows = t.rows as usize;
         if rows.checked_mul(width) != Some(t.values.len()) {
-            return Err(format!("input: {} values for {rows} rows × {width} features", t.values.len()));
+            return Err(format!(
+                "input: {} values for {rows} rows × {width} features",
+                t.values.len()
+            ));
         }
         for r in 0..rows {
             f(r, t.values.slice(r * width..(r + 1) * width).unwrap_or(LeSlice::empty()))?;
@@ -500,15 +556,25 @@ fn validation(reason: impl Into<String>) -> Failure {
 }
 
 fn too_many(n: usize, max_items: usize) -> Failure {
-    Failure::new(ErrorClass::TooLarge, format!("{n} inputs in one request, at most {max_items} allowed"))
+    Failure::new(
+        ErrorClass::TooLarge,
+        format!("{n} inputs in one request, at most {max_items} allowed"),
+    )
 }
 
 /// Validates the input's shape against `model`; returns (kind, items, longest in tokens).
 /// The padded-token budget is checked by the caller (shared with the JSON path).
-pub fn check_input(fb: &FbRequest<'_>, model: &LoadedModel, limits: &Limits, scratch: &mut Scratch) -> Result<(InputKind, usize, usize), Failure> {
+pub fn check_input(
+    fb: &FbRequest<'_>,
+    model: &LoadedModel,
+    limits: &Limits,
+    scratch: &mut Scratch,
+) -> Result<(InputKind, usize, usize), Failure> {
     let max_items = limits.max_items.min(limits.max_batch_rows);
     let kind = fb.input_kind().map_err(validation)?;
-    let wrong = |what: &str, reads: &str| validation(format!("input: {what} given, but model '{}' reads {reads}", model.name));
+    let wrong = |what: &str, reads: &str| {
+        validation(format!("input: {what} given, but model '{}' reads {reads}", model.name))
+    };
     match (&model.input, fb.input()) {
         (ModelInput::Text { tokenizer, max_seq_len }, FbInput::Texts(t)) => {
             let n = t.len();
@@ -559,14 +625,23 @@ pub fn check_input(fb: &FbRequest<'_>, model: &LoadedModel, limits: &Limits, scr
                 return Err(too_many(n, max_items));
             }
             if n.checked_mul(*width) != Some(t.values.len()) {
-                return Err(validation(format!("input: {} values for {n} rows × {width} features", t.values.len())));
+                return Err(validation(format!(
+                    "input: {} values for {n} rows × {width} features",
+                    t.values.len()
+                )));
             }
             if let Some((i, x)) = t.values.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-                return Err(validation(format!("input[{}][{}]: {x} is not a finite 32-bit float", i / width, i % width)));
+                return Err(validation(format!(
+                    "input[{}][{}]: {x} is not a finite 32-bit float",
+                    i / width,
+                    i % width
+                )));
             }
             Ok((kind, n, 1))
         }
-        (ModelInput::Text { .. }, FbInput::Features(_)) => Err(wrong("Features", "text (Texts or TokenIds)")),
+        (ModelInput::Text { .. }, FbInput::Features(_)) => {
+            Err(wrong("Features", "text (Texts or TokenIds)"))
+        }
         (ModelInput::Features { .. }, FbInput::Texts(_)) => Err(wrong("Texts", "Features")),
         (ModelInput::Features { .. }, FbInput::TokenIds(_)) => Err(wrong("TokenIds", "Features")),
         // `input_kind` above already refused None and Unknown.
@@ -656,11 +731,20 @@ mod tests {
         let ids = [101u32, 7, 102, 101, 102];
         let buf = build_request(
             &mut fbb,
-            &RequestArgs { id: "r1", model: "m", version: Some("2"), deadline_ms: Some(0), input: Some(InputArg::TokenIds { ids: &ids, lengths: &[3, 2] }) },
+            &RequestArgs {
+                id: "r1",
+                model: "m",
+                version: Some("2"),
+                deadline_ms: Some(0),
+                input: Some(InputArg::TokenIds { ids: &ids, lengths: &[3, 2] }),
+            },
         )
         .to_vec();
         let fb = parse(&buf).unwrap();
-        assert_eq!((fb.id(), fb.model(), fb.version(), fb.deadline_ms()), ("r1", "m", Some("2"), Some(0)));
+        assert_eq!(
+            (fb.id(), fb.model(), fb.version(), fb.deadline_ms()),
+            ("r1", "m", Some("2"), Some(0))
+        );
         assert_eq!(&buf[fb.id_span().start as usize..fb.id_span().end as usize], b"r1");
         let mut rows = Vec::new();
         fb.for_each_token_row(|_, r| {
@@ -678,9 +762,14 @@ mod tests {
     #[test]
     fn absent_optional_fields() {
         let mut fbb = FlatBufferBuilder::new();
-        let buf = build_request(&mut fbb, &RequestArgs { id: "a", model: "m", ..Default::default() }).to_vec();
+        let buf =
+            build_request(&mut fbb, &RequestArgs { id: "a", model: "m", ..Default::default() })
+                .to_vec();
         let fb = parse(&buf).unwrap();
-        assert_eq!((fb.version(), fb.deadline_ms(), fb.input_type()), (None, None, input_type::NONE));
+        assert_eq!(
+            (fb.version(), fb.deadline_ms(), fb.input_type()),
+            (None, None, input_type::NONE)
+        );
         assert!(matches!(fb.input(), FbInput::None));
         assert!(fb.input_kind().is_err());
     }

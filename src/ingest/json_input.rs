@@ -26,7 +26,12 @@ where
 /// array of such arrays). Every row must have exactly `width` finite values. `row_buf` is reused
 /// scratch space (it must have capacity for `width` values to avoid allocating). Returns the
 /// number of rows.
-pub fn for_each_feature_row<F>(raw: &[u8], width: usize, row_buf: &mut Vec<f32>, mut f: F) -> Result<usize, String>
+pub fn for_each_feature_row<F>(
+    raw: &[u8],
+    width: usize,
+    row_buf: &mut Vec<f32>,
+    mut f: F,
+) -> Result<usize, String>
 where
     F: FnMut(usize, &[f32]) -> Result<(), String>,
 {
@@ -71,10 +76,7 @@ where
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0usize;
-        while seq
-            .next_element_seed(TextItem { f: &mut *self.f, index: i })?
-            .is_some()
-        {
+        while seq.next_element_seed(TextItem { f: &mut *self.f, index: i })?.is_some() {
             i += 1;
         }
         *self.count = i;
@@ -191,7 +193,12 @@ impl<'de> DeserializeSeed<'de> for FeatureItem<'_> {
     }
 }
 
-fn push_value<E: de::Error>(buf: &mut Vec<f32>, width: usize, v: f64, at: fmt::Arguments) -> Result<(), E> {
+fn push_value<E: de::Error>(
+    buf: &mut Vec<f32>,
+    width: usize,
+    v: f64,
+    at: fmt::Arguments,
+) -> Result<(), E> {
     let x = v as f32;
     if !x.is_finite() {
         return Err(E::custom(format!("{at}: {v} is not a finite 32-bit float")));
@@ -206,11 +213,18 @@ fn push_value<E: de::Error>(buf: &mut Vec<f32>, width: usize, v: f64, at: fmt::A
 impl<'de> Visitor<'de> for FeatureItem<'_> {
     type Value = FeatureKind;
     fn expecting(&self, fm: &mut fmt::Formatter) -> fmt::Result {
-        write!(fm, "input[{}]: a number or an array of numbers", if *self.nested == Some(true) { self.row } else { self.col })
+        write!(
+            fm,
+            "input[{}]: a number or an array of numbers",
+            if *self.nested == Some(true) { self.row } else { self.col }
+        )
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<FeatureKind, E> {
         if *self.nested == Some(true) {
-            return Err(E::custom(format!("input[{}]: expected an array of numbers, got a number", self.row)));
+            return Err(E::custom(format!(
+                "input[{}]: expected an array of numbers, got a number",
+                self.row
+            )));
         }
         *self.nested = Some(false);
         push_value(self.buf, self.width, v, format_args!("input[{}]", self.col))?;
@@ -224,7 +238,10 @@ impl<'de> Visitor<'de> for FeatureItem<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FeatureKind, A::Error> {
         if *self.nested == Some(false) {
-            return Err(de::Error::custom(format!("input[{}]: expected a number, got an array", self.col)));
+            return Err(de::Error::custom(format!(
+                "input[{}]: expected a number, got an array",
+                self.col
+            )));
         }
         *self.nested = Some(true);
         let row = self.row;
@@ -234,7 +251,10 @@ impl<'de> Visitor<'de> for FeatureItem<'_> {
             col += 1;
         }
         if col != self.width {
-            return Err(de::Error::custom(format!("input[{row}]: expected {} features, got {col}", self.width)));
+            return Err(de::Error::custom(format!(
+                "input[{row}]: expected {} features, got {col}",
+                self.width
+            )));
         }
         Ok(FeatureKind::Row)
     }

@@ -38,12 +38,21 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
 }
 
 /// Partition count of each existing topic among `topics` (None when it does not exist).
-pub fn partition_counts(cfg: &ClientConfig, topics: &[&str], timeout: Duration) -> Result<Vec<Option<usize>>, KafkaLayerError> {
+pub fn partition_counts(
+    cfg: &ClientConfig,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<Option<usize>>, KafkaLayerError> {
     let consumer: BaseConsumer = cfg.create()?;
     let md = consumer.fetch_metadata(None, timeout)?;
     let out = topics
         .iter()
-        .map(|t| md.topics().iter().find(|mt| mt.name() == *t && mt.error().is_none()).map(|mt| mt.partitions().len()))
+        .map(|t| {
+            md.topics()
+                .iter()
+                .find(|mt| mt.name() == *t && mt.error().is_none())
+                .map(|mt| mt.partitions().len())
+        })
         .collect();
     super::consumer::close_in_background(consumer);
     Ok(out)
@@ -51,22 +60,33 @@ pub fn partition_counts(cfg: &ClientConfig, topics: &[&str], timeout: Duration) 
 
 /// Creates the topics of `topics` that do not exist yet, with `partitions` partitions each.
 /// Returns the names it created.
-pub fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, timeout: Duration) -> Result<Vec<String>, KafkaLayerError> {
+pub fn ensure_topics(
+    cfg: &ClientConfig,
+    topics: &[&str],
+    partitions: i32,
+    timeout: Duration,
+) -> Result<Vec<String>, KafkaLayerError> {
     let existing = partition_counts(cfg, topics, timeout)?;
-    let missing: Vec<&str> = topics.iter().zip(existing).filter(|(_, n)| n.is_none()).map(|(t, _)| *t).collect();
+    let missing: Vec<&str> =
+        topics.iter().zip(existing).filter(|(_, n)| n.is_none()).map(|(t, _)| *t).collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
     let admin: AdminClient<DefaultClientContext> = cfg.create()?;
-    let new: Vec<NewTopic> = missing.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic> =
+        missing.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
     let results = block_on(admin.create_topics(new.iter(), &opts))?;
     let mut created = Vec::new();
     for r in results {
         match r {
             Ok(name) => created.push(name),
-            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %name, "topic exists"),
-            Err((name, code)) => return Err(KafkaLayerError::Other(format!("creating topic {name}: {code}"))),
+            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %name, "topic exists")
+            }
+            Err((name, code)) => {
+                return Err(KafkaLayerError::Other(format!("creating topic {name}: {code}")))
+            }
         }
     }
     Ok(created)

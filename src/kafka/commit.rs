@@ -91,7 +91,11 @@ impl CommitTracker {
             if let Some(c) = p.committable {
                 if p.committed != Some(c) {
                     p.committed = Some(c);
-                    out.push(CommitPoint { topic: topic.clone(), partition: *partition, offset: c });
+                    out.push(CommitPoint {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: c,
+                    });
                 }
             }
         }
@@ -115,7 +119,10 @@ impl CommitTracker {
 
     /// Whether a partition has a permanently failed delivery.
     pub fn blocked(&self) -> Vec<(Arc<str>, i32, i64)> {
-        self.parts.iter().filter_map(|((t, p), s)| s.blocked_at.map(|b| (t.clone(), *p, b))).collect()
+        self.parts
+            .iter()
+            .filter_map(|((t, p), s)| s.blocked_at.map(|b| (t.clone(), *p, b)))
+            .collect()
     }
 
     /// Stops tracking a partition (revoked); returns its final commit point, if any.
@@ -196,7 +203,8 @@ mod tests {
         // A fixed-seed shuffle of 2,000 acks over 3 partitions: the committed offset is always
         // exactly the length of the acknowledged prefix.
         let mut c = CommitTracker::new();
-        let mut order: Vec<(i32, i64)> = (0..3).flat_map(|p| (0..2000).map(move |o| (p, o))).collect();
+        let mut order: Vec<(i32, i64)> =
+            (0..3).flat_map(|p| (0..2000).map(move |o| (p, o))).collect();
         for &(p, o) in &order {
             c.track(&t(), p, o);
         }
@@ -214,7 +222,8 @@ mod tests {
             acked[p as usize][o as usize] = true;
             if n % 97 == 0 || n == order.len() - 1 {
                 for cp in c.take_commits() {
-                    let prefix = acked[cp.partition as usize].iter().take_while(|a| **a).count() as i64;
+                    let prefix =
+                        acked[cp.partition as usize].iter().take_while(|a| **a).count() as i64;
                     assert_eq!(cp.offset, prefix);
                     assert!(cp.offset > last[cp.partition as usize]);
                     last[cp.partition as usize] = cp.offset;

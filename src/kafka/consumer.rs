@@ -71,14 +71,21 @@ impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else { return };
         self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
-        let parts: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let parts: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         {
             let mut pending = self.shared.pending.lock();
             let mut tracker = self.shared.tracker.lock();
             pending.retain(|r| {
-                let revoked = parts.iter().any(|(t, p)| **t == *r.env.source.topic && *p == r.env.source.partition);
+                let revoked = parts
+                    .iter()
+                    .any(|(t, p)| **t == *r.env.source.topic && *p == r.env.source.partition);
                 if revoked {
-                    tracker.forget(&r.env.source.topic, r.env.source.partition, r.env.source.offset);
+                    tracker.forget(
+                        &r.env.source.topic,
+                        r.env.source.partition,
+                        r.env.source.offset,
+                    );
                 }
                 !revoked
             });
@@ -110,7 +117,8 @@ impl ConsumerContext for IngestContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let parts: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let parts: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                 tracing::info!(partitions = ?parts, "partitions assigned");
                 self.shared.assigned.lock().extend(parts);
                 if self.shared.paused.load(Ordering::SeqCst) {
@@ -124,7 +132,12 @@ impl ConsumerContext for IngestContext {
 }
 
 /// Commits `points` (next offsets to read).
-pub fn commit_points(consumer: &BaseConsumer<IngestContext>, points: &[CommitPoint], mode: CommitMode, stats: &IngestStats) {
+pub fn commit_points(
+    consumer: &BaseConsumer<IngestContext>,
+    points: &[CommitPoint],
+    mode: CommitMode,
+    stats: &IngestStats,
+) {
     if points.is_empty() {
         return;
     }
@@ -193,13 +206,16 @@ impl IngestThread {
             }
             match consumer.poll(Duration::from_millis(if backlog { 0 } else { 50 })) {
                 None => {}
-                Some(Err(e)) if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) => {
+                Some(Err(e))
+                    if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) =>
+                {
                     tracing::warn!(error = %e, "consumer error");
                     last_poll_error = Some(Instant::now());
                 }
                 Some(Err(_)) => {}
                 Some(Ok(msg)) => {
-                    let topic = if msg.topic() == &*priority { priority.clone() } else { input.clone() };
+                    let topic =
+                        if msg.topic() == &*priority { priority.clone() } else { input.clone() };
                     self.handle(msg, topic);
                 }
             }
@@ -219,7 +235,8 @@ impl IngestThread {
 
     fn handle(&mut self, msg: rdkafka::message::BorrowedMessage<'_>, topic: Arc<str>) {
         self.shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
-        let priority = if *topic == *self.priority_topic { Priority::High } else { Priority::Normal };
+        let priority =
+            if *topic == *self.priority_topic { Priority::High } else { Priority::Normal };
         let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
         self.shared.tracker.lock().track(&source.topic, source.partition, source.offset);
         let key = msg.key().map(Bytes::copy_from_slice);
@@ -238,7 +255,9 @@ impl IngestThread {
         };
         let decoded = match ct {
             Err(reason) => Err((env, Failure::new(ErrorClass::Parse, reason))),
-            Ok(_) if env.payload.is_empty() => Err((env, Failure::new(ErrorClass::Parse, "empty record value"))),
+            Ok(_) if env.payload.is_empty() => {
+                Err((env, Failure::new(ErrorClass::Parse, "empty record value")))
+            }
             Ok(_) => self.decoder.decode(env),
         };
         match decoded {
@@ -276,14 +295,22 @@ impl IngestThread {
             return;
         }
         let Ok(assignment) = self.consumer.assignment() else { return };
-        let r = if paused { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
+        let r = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
         match r {
             Ok(()) => {
                 self.shared.paused.store(paused, Ordering::SeqCst);
                 if paused {
                     self.shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
                 }
-                tracing::debug!(paused, "backpressure: partitions {}", if paused { "paused" } else { "resumed" });
+                tracing::debug!(
+                    paused,
+                    "backpressure: partitions {}",
+                    if paused { "paused" } else { "resumed" }
+                );
             }
             Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
         }

@@ -34,7 +34,8 @@ pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
     let mut c = base_client_config(cfg, client_id);
     // librdkafka's own default is 1,000,000 bytes, below the default maxRecordBytes (1 MiB);
     // its ceiling is 1,000,000,000.
-    let max_message = (cfg.streaming.inference.limits.max_record_bytes + 256 * 1024).clamp(1_000_000, 1_000_000_000);
+    let max_message = (cfg.streaming.inference.limits.max_record_bytes + 256 * 1024)
+        .clamp(1_000_000, 1_000_000_000);
     c.set("message.max.bytes", max_message.to_string())
         .set("enable.idempotence", "true")
         .set("acks", "all")

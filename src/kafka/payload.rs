@@ -26,7 +26,10 @@ impl AsRef<[u8]> for OwnedPayload {
 }
 
 /// Wraps `msg` (borrowed from `consumer`) as `Bytes` without copying its value.
-pub fn payload_bytes(consumer: &Arc<BaseConsumer<IngestContext>>, msg: BorrowedMessage<'_>) -> Bytes {
+pub fn payload_bytes(
+    consumer: &Arc<BaseConsumer<IngestContext>>,
+    msg: BorrowedMessage<'_>,
+) -> Bytes {
     if msg.payload().is_none_or(|p| p.is_empty()) {
         return Bytes::new();
     }
@@ -35,6 +38,7 @@ pub fn payload_bytes(consumer: &Arc<BaseConsumer<IngestContext>>, msg: BorrowedM
     // after the message, by field order), which gives the same guarantee at run time.
     // librdkafka messages are safe to read and destroy from any thread (`BorrowedMessage`
     // is `Send + Sync`).
-    let msg: BorrowedMessage<'static> = unsafe { std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(msg) };
+    let msg: BorrowedMessage<'static> =
+        unsafe { std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(msg) };
     Bytes::from_owner(OwnedPayload { msg, _consumer: consumer.clone() })
 }

@@ -2,8 +2,8 @@
 //! request to the DLQ topic, metrics snapshots to the metrics topic; acknowledgements feed
 //! the commit tracker.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,10 +138,16 @@ impl EmitThread {
             // Take outcomes in bursts, blocking briefly only when idle.
             let mut took = 0;
             while took < 512 {
-                let r = if took == 0 { self.completions.recv_timeout(Duration::from_millis(2)) } else { self.completions.try_recv().map_err(|e| match e {
-                    crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                }) };
+                let r = if took == 0 {
+                    self.completions.recv_timeout(Duration::from_millis(2))
+                } else {
+                    self.completions.try_recv().map_err(|e| match e {
+                        crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        crossbeam_channel::TryRecvError::Disconnected => {
+                            RecvTimeoutError::Disconnected
+                        }
+                    })
+                };
                 match r {
                     Ok(o) => {
                         took += 1;
@@ -167,7 +173,14 @@ impl EmitThread {
                     last_metrics = Instant::now();
                     let value = Bytes::from(render());
                     self.stats().metrics_reports.fetch_add(1, Ordering::Relaxed);
-                    let rec = PendingRecord { topic: self.metrics_topic.clone(), key: None, value, headers: None, source: None, attempts: 1 };
+                    let rec = PendingRecord {
+                        topic: self.metrics_topic.clone(),
+                        key: None,
+                        value,
+                        headers: None,
+                        source: None,
+                        attempts: 1,
+                    };
                     self.send(Box::new(rec), &mut retries);
                 }
             }
@@ -234,7 +247,9 @@ impl EmitThread {
             let key = rec.key.clone();
             let value = rec.value.clone();
             let headers = rec.headers.as_ref().map(|hs| {
-                hs.iter().fold(OwnedHeaders::new_with_capacity(hs.len()), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }))
+                hs.iter().fold(OwnedHeaders::new_with_capacity(hs.len()), |h, (k, v)| {
+                    h.insert(Header { key: k, value: Some(v.as_bytes()) })
+                })
             });
             let mut record = BaseRecord::with_opaque_to(&topic, rec).payload(&value[..]);
             if let Some(k) = &key {
@@ -265,8 +280,17 @@ impl EmitThread {
         }
     }
 
-    fn fail(&self, mut rec: Box<PendingRecord>, e: KafkaError, retries: &mut BinaryHeap<Reverse<Retry>>) {
-        if let (KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), Some(headers)) = (&e, rec.headers.as_mut()) {
+    fn fail(
+        &self,
+        mut rec: Box<PendingRecord>,
+        e: KafkaError,
+        retries: &mut BinaryHeap<Reverse<Retry>>,
+    ) {
+        if let (
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+            Some(headers),
+        ) = (&e, rec.headers.as_mut())
+        {
             if rec.value.len() > DLQ_TRUNCATED_BYTES {
                 // The record itself is what is too large (a `too_large` request, typically):
                 // a dead letter of its first bytes beats one that can never be written and
@@ -288,7 +312,9 @@ impl EmitThread {
                         "outcome could not be delivered; commits of its partition stop here until restart");
                     self.producer.context().tracker.lock().block(&s.topic, s.partition, s.offset);
                 }
-                None => tracing::warn!(topic = %rec.topic, error = %e, "metrics report could not be delivered"),
+                None => {
+                    tracing::warn!(topic = %rec.topic, error = %e, "metrics report could not be delivered")
+                }
             }
             return;
         }

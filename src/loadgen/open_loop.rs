@@ -89,7 +89,12 @@ pub struct SendStats {
 
 /// Sends record `i` at `intended_ns[i]`, never waiting for responses: when the loop falls
 /// behind it sends what is due at once, and the records keep their intended times.
-pub fn run_open_loop(clock: &dyn Clock, intended_ns: &[u64], sink: &mut dyn Sink, stop: &AtomicBool) -> SendStats {
+pub fn run_open_loop(
+    clock: &dyn Clock,
+    intended_ns: &[u64],
+    sink: &mut dyn Sink,
+    stop: &AtomicBool,
+) -> SendStats {
     let mut stats = SendStats::default();
     for (seq, &due) in intended_ns.iter().enumerate() {
         loop {

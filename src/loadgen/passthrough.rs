@@ -54,18 +54,33 @@ impl ProducerContext for AckContext {
 /// tracked, acknowledged by delivery reports, and the contiguous acknowledged prefix is
 /// committed every `commitIntervalMs` (the same `CommitTracker`). `on_ready` runs once the
 /// consumer has its first partitions.
-pub fn run(cfg: &Config, stop: &AtomicBool, mut on_ready: impl FnMut()) -> anyhow::Result<PassthroughReport> {
+pub fn run(
+    cfg: &Config,
+    stop: &AtomicBool,
+    mut on_ready: impl FnMut(),
+) -> anyhow::Result<PassthroughReport> {
     let topics = &cfg.kafka.topics.streaming;
     let instance = format!("sluice-passthrough-{}", std::process::id());
     let all = [topics.input.as_str(), topics.priority.as_str(), topics.output.as_str()];
-    admin::ensure_topics(&base_client_config(cfg, &format!("{instance}-admin")), &all, 1, Duration::from_secs(10)).context("creating topics")?;
+    admin::ensure_topics(
+        &base_client_config(cfg, &format!("{instance}-admin")),
+        &all,
+        1,
+        Duration::from_secs(10),
+    )
+    .context("creating topics")?;
     let tracker = Arc::new(Mutex::new(CommitTracker::new()));
     let producer: BaseProducer<AckContext> = producer_config(cfg, &format!("{instance}-producer"))
         .create_with_context(AckContext { tracker: tracker.clone(), failures: AtomicU64::new(0) })
         .context("creating the producer")?;
-    let consumer: BaseConsumer = consumer_config(cfg, &format!("{instance}-consumer")).create().context("creating the consumer")?;
-    consumer.subscribe(&[topics.priority.as_str(), topics.input.as_str()]).context("subscribing")?;
-    let names: [Arc<str>; 2] = [Arc::from(topics.input.as_str()), Arc::from(topics.priority.as_str())];
+    let consumer: BaseConsumer = consumer_config(cfg, &format!("{instance}-consumer"))
+        .create()
+        .context("creating the consumer")?;
+    consumer
+        .subscribe(&[topics.priority.as_str(), topics.input.as_str()])
+        .context("subscribing")?;
+    let names: [Arc<str>; 2] =
+        [Arc::from(topics.input.as_str()), Arc::from(topics.priority.as_str())];
     let commit_every = Duration::from_millis(cfg.kafka.consumer.commit_interval_ms.max(1));
     let mut report = PassthroughReport::default();
     let mut last_commit = Instant::now();
@@ -90,9 +105,15 @@ pub fn run(cfg: &Config, stop: &AtomicBool, mut on_ready: impl FnMut()) -> anyho
         }
         match consumer.poll(Duration::from_millis(10)) {
             Some(Ok(m)) => {
-                let Some(topic) = names.iter().find(|n| &***n == m.topic()).cloned() else { continue };
+                let Some(topic) = names.iter().find(|n| &***n == m.topic()).cloned() else {
+                    continue;
+                };
                 tracker.lock().track(&topic, m.partition(), m.offset());
-                let mut rec = BaseRecord::with_opaque_to(&topics.output, Box::new((topic, m.partition(), m.offset()))).payload(m.payload().unwrap_or_default());
+                let mut rec = BaseRecord::with_opaque_to(
+                    &topics.output,
+                    Box::new((topic, m.partition(), m.offset())),
+                )
+                .payload(m.payload().unwrap_or_default());
                 if let Some(k) = m.key() {
                     rec = rec.key(k);
                 }
@@ -102,7 +123,12 @@ pub fn run(cfg: &Config, stop: &AtomicBool, mut on_ready: impl FnMut()) -> anyho
                 loop {
                     match producer.send(rec) {
                         Ok(()) => break,
-                        Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull,
+                            ),
+                            back,
+                        )) => {
                             rec = back;
                             producer.poll(Duration::from_millis(1));
                         }

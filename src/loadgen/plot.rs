@@ -8,14 +8,23 @@ use plotters::prelude::*;
 use super::report::RunReport;
 use super::step::StepResult;
 
-const COLOURS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
 
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing: {e}")
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| v.is_finite() && *v > 0.0).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         (0.1, 10.0)
     } else {
@@ -50,7 +59,12 @@ fn label(v: &f64) -> String {
 /// p50 (thin) and p99 (thick) end-to-end latency against offered rate, one colour per system,
 /// both axes logarithmic.
 pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> anyhow::Result<()> {
-    let steps: Vec<(usize, &StepResult)> = reports.iter().enumerate().flat_map(|(i, r)| r.all_steps().into_iter().map(move |s| (i, s))).filter(|(_, s)| s.latency.count > 0).collect();
+    let steps: Vec<(usize, &StepResult)> = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.all_steps().into_iter().map(move |s| (i, s)))
+        .filter(|(_, s)| s.latency.count > 0)
+        .collect();
     let (x0, x1) = bounds(steps.iter().map(|(_, s)| s.offered_rps));
     let (y0, y1) = bounds(steps.iter().flat_map(|(_, s)| [s.latency.p50_ms, s.latency.p99_ms]));
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
@@ -60,7 +74,10 @@ pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> anyho
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d((x0..x1).log_scale().with_key_points(ticks_125(x0, x1)), (y0..y1).log_scale().with_key_points(ticks_125(y0, y1)))
+        .build_cartesian_2d(
+            (x0..x1).log_scale().with_key_points(ticks_125(x0, x1)),
+            (y0..y1).log_scale().with_key_points(ticks_125(y0, y1)),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -72,7 +89,14 @@ pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> anyho
         .map_err(err)?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
-        let pts = |f: fn(&StepResult) -> f64| -> Vec<(f64, f64)> { steps.iter().filter(|(j, _)| *j == i).map(|(_, s)| (s.offered_rps, f(s))).filter(|(_, y)| *y > 0.0).collect() };
+        let pts = |f: fn(&StepResult) -> f64| -> Vec<(f64, f64)> {
+            steps
+                .iter()
+                .filter(|(j, _)| *j == i)
+                .map(|(_, s)| (s.offered_rps, f(s)))
+                .filter(|(_, y)| *y > 0.0)
+                .collect()
+        };
         let p99 = pts(|s| s.latency.p99_ms);
         let p50 = pts(|s| s.latency.p50_ms);
         chart
@@ -88,7 +112,13 @@ pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> anyho
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
         chart.draw_series(p50.iter().map(|&p| Circle::new(p, 2, c.filled()))).map_err(err)?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -100,8 +130,14 @@ fn nines(q: f64) -> f64 {
 
 /// The percentile spectrum (latency at each quantile) of one step per system: `picks[i]` is
 /// the step of `reports[i]` to draw.
-pub fn spectrum(reports: &[RunReport], picks: &[Option<&StepResult>], title: &str, path: &Path) -> anyhow::Result<()> {
-    let (y0, y1) = bounds(picks.iter().flatten().flat_map(|s| s.spectrum.iter().map(|(_, ms)| *ms)));
+pub fn spectrum(
+    reports: &[RunReport],
+    picks: &[Option<&StepResult>],
+    title: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let (y0, y1) =
+        bounds(picks.iter().flatten().flat_map(|s| s.spectrum.iter().map(|(_, ms)| *ms)));
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -130,7 +166,12 @@ pub fn spectrum(reports: &[RunReport], picks: &[Option<&StepResult>], title: &st
     for (i, (r, pick)) in reports.iter().zip(picks).enumerate() {
         let Some(step) = pick else { continue };
         let c = COLOURS[i % COLOURS.len()];
-        let pts: Vec<(f64, f64)> = step.spectrum.iter().map(|&(q, ms)| (if q >= 1.0 { 5.0 } else { nines(q) }, ms)).filter(|(_, ms)| *ms > 0.0).collect();
+        let pts: Vec<(f64, f64)> = step
+            .spectrum
+            .iter()
+            .map(|&(q, ms)| (if q >= 1.0 { 5.0 } else { nines(q) }, ms))
+            .filter(|(_, ms)| *ms > 0.0)
+            .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
             .map_err(err)?
@@ -138,7 +179,13 @@ pub fn spectrum(reports: &[RunReport], picks: &[Option<&StepResult>], title: &st
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -154,11 +201,24 @@ mod tests {
         let step = |rate: f64, p99: f64| StepResult {
             rate,
             offered_rps: rate,
-            latency: Percentiles { count: 10, p50_ms: p99 / 3.0, p99_ms: p99, ..Default::default() },
+            latency: Percentiles {
+                count: 10,
+                p50_ms: p99 / 3.0,
+                p99_ms: p99,
+                ..Default::default()
+            },
             spectrum: vec![(0.0, 1.0), (0.5, p99 / 3.0), (0.99, p99), (1.0, p99 * 2.0)],
             ..Default::default()
         };
-        let r = RunReport { system: "sluice".into(), sweep: SweepOutcome { steps: vec![step(100.0, 5.0), step(200.0, 9.0)], max_sustained_rps: Some(200.0), half_step: Some(step(100.0, 4.0)) }, ..Default::default() };
+        let r = RunReport {
+            system: "sluice".into(),
+            sweep: SweepOutcome {
+                steps: vec![step(100.0, 5.0), step(200.0, 9.0)],
+                max_sustained_rps: Some(200.0),
+                half_step: Some(step(100.0, 4.0)),
+            },
+            ..Default::default()
+        };
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.svg");
         latency_vs_rate(std::slice::from_ref(&r), "t", &a).unwrap();

@@ -32,12 +32,21 @@ impl Percentiles {
             return Percentiles::default();
         }
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
-        Percentiles { count: h.len(), mean_ms: h.mean() / 1e3, p50_ms: ms(0.5), p95_ms: ms(0.95), p99_ms: ms(0.99), p999_ms: ms(0.999), max_ms: h.max() as f64 / 1e3 }
+        Percentiles {
+            count: h.len(),
+            mean_ms: h.mean() / 1e3,
+            p50_ms: ms(0.5),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1e3,
+        }
     }
 }
 
 /// Quantiles of the percentile-spectrum picture.
-pub const SPECTRUM_QUANTILES: [f64; 12] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0];
+pub const SPECTRUM_QUANTILES: [f64; 12] =
+    [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0];
 
 /// `(quantile, milliseconds)` at each of [`SPECTRUM_QUANTILES`].
 pub fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64)> {
@@ -106,7 +115,11 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder for the planned records of a run with these intended send times (ns from the
     /// start of the run). Records due before `warmup_ns` are checked but not measured.
-    pub fn new(intended_ns: std::sync::Arc<[u64]>, plan: std::sync::Arc<[Planned]>, warmup_ns: u64) -> Recorder {
+    pub fn new(
+        intended_ns: std::sync::Arc<[u64]>,
+        plan: std::sync::Arc<[Planned]>,
+        warmup_ns: u64,
+    ) -> Recorder {
         let n = intended_ns.len();
         let send_end_ns = intended_ns.last().map_or(0, |t| t + 1);
         Recorder {
@@ -171,7 +184,9 @@ impl Recorder {
         if let Some(b) = facts.batch_size {
             self.batch_rows_sum += u64::from(b);
             self.batch_n += 1;
-            if let (Some(us), Some(slot)) = (facts.infer_us, self.infer_by_batch.get_mut(b as usize)) {
+            if let (Some(us), Some(slot)) =
+                (facts.infer_us, self.infer_by_batch.get_mut(b as usize))
+            {
                 slot.0 += us;
                 slot.1 += 1;
             }
@@ -223,7 +238,12 @@ impl Recorder {
 
     /// `(batch size, mean inference ms)` of the largest batch size seen with an inference time.
     pub fn largest_batch_infer(&self) -> Option<(u32, f64)> {
-        self.infer_by_batch.iter().enumerate().rev().find(|(_, (_, n))| *n > 0).map(|(b, (sum, n))| (b as u32, *sum as f64 / *n as f64 / 1e3))
+        self.infer_by_batch
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, (_, n))| *n > 0)
+            .map(|(b, (sum, n))| (b as u32, *sum as f64 / *n as f64 / 1e3))
     }
 
     /// Length of the measurement window (warm-up end .. last intended send), in seconds.

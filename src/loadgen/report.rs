@@ -23,8 +23,18 @@ impl Machine {
     /// Reads `/proc` (fields stay empty where it is not there).
     pub fn detect() -> Machine {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-        let cpu = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()).unwrap_or_default();
-        let mem_kib: f64 = read("/proc/meminfo").lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        let mem_kib: f64 = read("/proc/meminfo")
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
         Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -70,7 +80,8 @@ pub fn load_avg_1m() -> Option<f64> {
 impl RunReport {
     /// The sweep's steps plus the half-rate step, in rate order.
     pub fn all_steps(&self) -> Vec<&StepResult> {
-        let mut v: Vec<&StepResult> = self.sweep.steps.iter().chain(self.sweep.half_step.iter()).collect();
+        let mut v: Vec<&StepResult> =
+            self.sweep.steps.iter().chain(self.sweep.half_step.iter()).collect();
         v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
         v
     }
@@ -116,7 +127,11 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
     let _ = writeln!(s, "# {title}\n");
     if let Some(r) = reports.first() {
         let m = &r.machine;
-        let _ = writeln!(s, "- **Machine:** {} ({} cores, {} GiB), Linux {}", m.cpu, m.cores, m.memory_gib, m.kernel);
+        let _ = writeln!(
+            s,
+            "- **Machine:** {} ({} cores, {} GiB), Linux {}",
+            m.cpu, m.cores, m.memory_gib, m.kernel
+        );
         let _ = writeln!(s, "- **Broker:** {}", r.broker);
         let _ = writeln!(s, "- **Sluice commit:** `{}`", r.commit);
         let _ = writeln!(s, "- **Date:** {}", r.date);
@@ -167,7 +182,9 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
     let mut ratios = String::new();
     for a in reports {
         for b in reports {
-            if let (false, Some(x), Some(y)) = (std::ptr::eq(a, b), a.sweep.max_sustained_rps, b.sweep.max_sustained_rps) {
+            if let (false, Some(x), Some(y)) =
+                (std::ptr::eq(a, b), a.sweep.max_sustained_rps, b.sweep.max_sustained_rps)
+            {
                 let _ = writeln!(ratios, "- {} / {} = {:.2}", a.system, b.system, x / y);
             }
         }
@@ -199,18 +216,45 @@ mod tests {
 
     #[test]
     fn markdown_names_the_conditions_and_every_step() {
-        let step = |rate: f64, ok: bool| StepResult { rate, offered_rps: rate, achieved_rps: rate, sustained: Some(ok), verdict: if ok { "sustained".into() } else { "p99 passed".into() }, latency: Percentiles { count: 10, p99_ms: 12.5, ..Default::default() }, mean_batch: Some(3.0), ..Default::default() };
+        let step = |rate: f64, ok: bool| StepResult {
+            rate,
+            offered_rps: rate,
+            achieved_rps: rate,
+            sustained: Some(ok),
+            verdict: if ok { "sustained".into() } else { "p99 passed".into() },
+            latency: Percentiles { count: 10, p99_ms: 12.5, ..Default::default() },
+            mean_batch: Some(3.0),
+            ..Default::default()
+        };
         let r = RunReport {
             system: "sluice".into(),
             broker: "Tansu".into(),
             commit: "abc123".into(),
             machine: Machine { cpu: "Test CPU".into(), cores: 2, ..Default::default() },
-            sweep: SweepOutcome { steps: vec![step(100.0, true), step(200.0, false)], max_sustained_rps: Some(100.0), half_step: Some(step(50.0, true)) },
+            sweep: SweepOutcome {
+                steps: vec![step(100.0, true), step(200.0, false)],
+                max_sustained_rps: Some(100.0),
+                half_step: Some(step(50.0, true)),
+            },
             ..Default::default()
         };
-        let p = RunReport { system: "passthrough".into(), sweep: SweepOutcome { max_sustained_rps: Some(400.0), ..Default::default() }, ..r.clone() };
+        let p = RunReport {
+            system: "passthrough".into(),
+            sweep: SweepOutcome { max_sustained_rps: Some(400.0), ..Default::default() },
+            ..r.clone()
+        };
         let md = markdown("T", &[r, p], &[("p99", "p99.svg")]);
-        for want in ["Test CPU (2 cores", "Tansu", "abc123", "| sluice | 100 | 50 (½ max) |", "| 50 (½ max) |", "| 200 |", "p99 passed", "sluice / passthrough = 0.25", "![p99](p99.svg)"] {
+        for want in [
+            "Test CPU (2 cores",
+            "Tansu",
+            "abc123",
+            "| sluice | 100 | 50 (½ max) |",
+            "| 50 (½ max) |",
+            "| 200 |",
+            "p99 passed",
+            "sluice / passthrough = 0.25",
+            "![p99](p99.svg)",
+        ] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");
         }
     }

@@ -124,7 +124,8 @@ fn epoch_ns() -> u64 {
 
 /// A fresh run id (8 hex digits): keys are `<run>-<seq>`, so records of earlier runs are told apart.
 fn run_id() -> String {
-    let mut rng = super::schedule::SplitMix64::new(epoch_ns() ^ u64::from(std::process::id()) << 32);
+    let mut rng =
+        super::schedule::SplitMix64::new(epoch_ns() ^ u64::from(std::process::id()) << 32);
     format!("{:08x}", rng.next_u64() as u32)
 }
 
@@ -167,12 +168,21 @@ impl Sink for KafkaSink<'_> {
         let _ = write!(self.key, "{}-{seq}", self.run);
         self.workload.render(p, &self.key, &mut self.value);
         let stamp = (self.origin_epoch_ns + intended_ns).to_string();
-        let headers = OwnedHeaders::new().insert(Header { key: INTENDED_HEADER, value: Some(stamp.as_str()) });
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: INTENDED_HEADER, value: Some(stamp.as_str()) });
         let topic = if p.priority { &self.target.priority_topic } else { &self.target.input_topic };
-        let rec = BaseRecord::with_opaque_to(topic, seq).key(self.key.as_str()).payload(&self.value).headers(headers);
+        let rec = BaseRecord::with_opaque_to(topic, seq)
+            .key(self.key.as_str())
+            .payload(&self.value)
+            .headers(headers);
         match self.producer.send(rec) {
             Ok(()) => true,
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => false,
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => false,
             Err((e, _)) => {
                 tracing::warn!(seq, error = %e, "load record refused by the client");
                 if let Ok(mut f) = self.producer.context().failed.lock() {
@@ -192,20 +202,28 @@ impl Sink for KafkaSink<'_> {
 /// dead-letter topics at their current end, so that only what comes after is read.
 fn collector(target: &Target, run: &str) -> anyhow::Result<BaseConsumer> {
     let admin_cfg = client(&target.bootstrap, &format!("sluice-loadgen-{run}-admin"));
-    let mut topics = vec![target.input_topic.as_str(), target.priority_topic.as_str(), target.output_topic.as_str(), target.dlq_topic.as_str()];
+    let mut topics = vec![
+        target.input_topic.as_str(),
+        target.priority_topic.as_str(),
+        target.output_topic.as_str(),
+        target.dlq_topic.as_str(),
+    ];
     // The same topic may serve twice (output = input measures the broker alone).
     topics.sort_unstable();
     topics.dedup();
-    admin::ensure_topics(&admin_cfg, &topics, 4, Duration::from_secs(10)).context("creating the topics")?;
-    let consumer: BaseConsumer = client(&target.bootstrap, &format!("sluice-loadgen-{run}-collector"))
-        .set("group.id", format!("sluice-loadgen-{run}"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .set("enable.partition.eof", "false")
-        .create()
-        .context("creating the collector")?;
-    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).context("reading topic metadata")?;
+    admin::ensure_topics(&admin_cfg, &topics, 4, Duration::from_secs(10))
+        .context("creating the topics")?;
+    let consumer: BaseConsumer =
+        client(&target.bootstrap, &format!("sluice-loadgen-{run}-collector"))
+            .set("group.id", format!("sluice-loadgen-{run}"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "5")
+            .set("enable.partition.eof", "false")
+            .create()
+            .context("creating the collector")?;
+    let md =
+        consumer.fetch_metadata(None, Duration::from_secs(10)).context("reading topic metadata")?;
     let mut tpl = TopicPartitionList::new();
     let mut outs = vec![&target.output_topic, &target.dlq_topic];
     outs.dedup();
@@ -216,7 +234,9 @@ fn collector(target: &Target, run: &str) -> anyhow::Result<BaseConsumer> {
         for p in mt.partitions() {
             // Start at the high watermark (a broker that reports it too low only makes the
             // collector skip a few old records as foreign).
-            let (_, high) = consumer.fetch_watermarks(t, p.id(), Duration::from_secs(10)).with_context(|| format!("watermarks of {t}/{}", p.id()))?;
+            let (_, high) = consumer
+                .fetch_watermarks(t, p.id(), Duration::from_secs(10))
+                .with_context(|| format!("watermarks of {t}/{}", p.id()))?;
             tpl.add_partition_offset(t, p.id(), Offset::Offset(high))?;
         }
     }
@@ -229,18 +249,25 @@ fn collector(target: &Target, run: &str) -> anyhow::Result<BaseConsumer> {
 pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::Result<StepResult> {
     let run = run_id();
     let duration_ns = spec.duration.as_nanos() as u64;
-    let intended: Arc<[u64]> = intended_times(spec.rate, spec.arrival, duration_ns, spec.workload.seed ^ spec.rate.to_bits()).into();
+    let intended: Arc<[u64]> = intended_times(
+        spec.rate,
+        spec.arrival,
+        duration_ns,
+        spec.workload.seed ^ spec.rate.to_bits(),
+    )
+    .into();
     let plan: Arc<[Planned]> = spec.workload.plan(intended.len()).into();
     let consumer = collector(target, &run)?;
-    let producer: BaseProducer<SendContext> = client(&target.bootstrap, &format!("sluice-loadgen-{run}-producer"))
-        .set("linger.ms", "5")
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
-        .set("message.max.bytes", "8388608")
-        .create_with_context(SendContext { failed: Mutex::new(Vec::new()) })
-        .context("creating the load producer")?;
+    let producer: BaseProducer<SendContext> =
+        client(&target.bootstrap, &format!("sluice-loadgen-{run}-producer"))
+            .set("linger.ms", "5")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("message.max.bytes", "8388608")
+            .create_with_context(SendContext { failed: Mutex::new(Vec::new()) })
+            .context("creating the load producer")?;
 
     // Start a little in the future so both threads are running at t = 0.
     let origin = Instant::now() + Duration::from_millis(200);
@@ -252,41 +279,58 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::
     let send_end_ns = intended.last().map_or(0, |t| t + 1);
 
     let (send_stats, drain_s) = std::thread::scope(|s| -> anyhow::Result<(SendStats, f64)> {
-        let collector = std::thread::Builder::new().name("loadgen-collector".into()).spawn_scoped(s, || {
-            let clock = RealClock::new(origin);
-            loop {
-                match consumer.poll(Duration::from_millis(20)) {
-                    Some(Ok(m)) => {
-                        let now = clock.now_ns();
-                        match m.key().and_then(|k| parse_key(k, &run)) {
-                            None => rec.on_foreign(),
-                            Some(seq) => {
-                                let (kind, facts) = if m.topic() == target.dlq_topic {
-                                    (OutcomeKind::DeadLetter, ResultFacts::default())
-                                } else {
-                                    let v = m.payload().unwrap_or_default();
-                                    let facts = ResultFacts { batch_size: json_uint(v, "batch_size").map(|b| b as u32), infer_us: json_uint(v, "infer") };
-                                    (OutcomeKind::Result, facts)
-                                };
-                                rec.on_outcome(seq, kind, now, facts);
+        let collector =
+            std::thread::Builder::new().name("loadgen-collector".into()).spawn_scoped(s, || {
+                let clock = RealClock::new(origin);
+                loop {
+                    match consumer.poll(Duration::from_millis(20)) {
+                        Some(Ok(m)) => {
+                            let now = clock.now_ns();
+                            match m.key().and_then(|k| parse_key(k, &run)) {
+                                None => rec.on_foreign(),
+                                Some(seq) => {
+                                    let (kind, facts) = if m.topic() == target.dlq_topic {
+                                        (OutcomeKind::DeadLetter, ResultFacts::default())
+                                    } else {
+                                        let v = m.payload().unwrap_or_default();
+                                        let facts = ResultFacts {
+                                            batch_size: json_uint(v, "batch_size")
+                                                .map(|b| b as u32),
+                                            infer_us: json_uint(v, "infer"),
+                                        };
+                                        (OutcomeKind::Result, facts)
+                                    };
+                                    rec.on_outcome(seq, kind, now, facts);
+                                }
                             }
                         }
+                        Some(Err(e)) => tracing::warn!(error = %e, "collector"),
+                        None => {}
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "collector"),
-                    None => {}
-                }
-                if done.load(Ordering::SeqCst) {
-                    rec.set_sent(sent.load(Ordering::SeqCst));
-                    let now = clock.now_ns();
-                    let since_end = now.saturating_sub(send_end_ns.min(now));
-                    if rec.complete() || since_end >= spec.drain_timeout.as_nanos() as u64 || (stop.load(Ordering::Relaxed) && since_end > 2_000_000_000) {
-                        break since_end as f64 / 1e9;
+                    if done.load(Ordering::SeqCst) {
+                        rec.set_sent(sent.load(Ordering::SeqCst));
+                        let now = clock.now_ns();
+                        let since_end = now.saturating_sub(send_end_ns.min(now));
+                        if rec.complete()
+                            || since_end >= spec.drain_timeout.as_nanos() as u64
+                            || (stop.load(Ordering::Relaxed) && since_end > 2_000_000_000)
+                        {
+                            break since_end as f64 / 1e9;
+                        }
                     }
                 }
-            }
-        })?;
+            })?;
         let clock = RealClock::new(origin);
-        let mut sink = KafkaSink { producer: &producer, workload: &spec.workload, plan: &plan, target, run: &run, origin_epoch_ns, key: String::new(), value: Vec::new() };
+        let mut sink = KafkaSink {
+            producer: &producer,
+            workload: &spec.workload,
+            plan: &plan,
+            target,
+            run: &run,
+            origin_epoch_ns,
+            key: String::new(),
+            value: Vec::new(),
+        };
         let stats = run_open_loop(&clock, &intended, &mut sink, stop);
         let _ = producer.flush(Duration::from_secs(30));
         sent.store(stats.sent, Ordering::SeqCst);
@@ -299,7 +343,8 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::
 
     let window = rec.window_secs().max(1e-9);
     let sent_n = send_stats.sent;
-    let missing = rec.missing().saturating_sub(failed.iter().filter(|&&s| s < sent_n).count() as u64);
+    let missing =
+        rec.missing().saturating_sub(failed.iter().filter(|&&s| s < sent_n).count() as u64);
     Ok(StepResult {
         rate: spec.rate,
         duration_s: spec.duration.as_secs_f64(),

@@ -31,7 +31,13 @@ impl RatePlan {
 
     /// Parses `a,b,c` or `start:factor:max`.
     pub fn parse(s: &str) -> Result<RatePlan, String> {
-        let num = |x: &str| x.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0).ok_or_else(|| format!("'{x}' is not a positive number"));
+        let num = |x: &str| {
+            x.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| format!("'{x}' is not a positive number"))
+        };
         if s.contains(':') {
             let parts: Vec<&str> = s.split(':').collect();
             let [a, f, m] = parts.as_slice() else {
@@ -67,13 +73,22 @@ impl Default for Criteria {
 pub fn judge(step: &StepResult, c: &Criteria) -> (bool, String) {
     let mut why = Vec::new();
     if step.missing > 0 {
-        why.push(format!("{} records without an outcome after {:.0} s of draining", step.missing, step.drain_s));
+        why.push(format!(
+            "{} records without an outcome after {:.0} s of draining",
+            step.missing, step.drain_s
+        ));
     }
     if step.offered_rps > 0.0 && step.achieved_rps < c.min_achieved_ratio * step.offered_rps {
-        why.push(format!("output {:.0}/s fell behind the offered {:.0}/s", step.achieved_rps, step.offered_rps));
+        why.push(format!(
+            "output {:.0}/s fell behind the offered {:.0}/s",
+            step.achieved_rps, step.offered_rps
+        ));
     }
     if step.latency.count > 0 && step.latency.p99_ms > c.p99_bound_ms {
-        why.push(format!("p99 {:.1} ms passed the {:.0} ms bound", step.latency.p99_ms, c.p99_bound_ms));
+        why.push(format!(
+            "p99 {:.1} ms passed the {:.0} ms bound",
+            step.latency.p99_ms, c.p99_bound_ms
+        ));
     }
     if step.latency.count == 0 && step.sent > 0 {
         why.push("no answered requests to measure".into());
@@ -110,11 +125,20 @@ pub struct SweepSpec {
 
 /// The highest sustained offered rate of `steps`.
 pub fn max_sustained(steps: &[StepResult]) -> Option<f64> {
-    steps.iter().filter(|s| s.sustained == Some(true)).map(|s| s.rate).fold(None, |m, r| Some(m.map_or(r, |m: f64| m.max(r))))
+    steps
+        .iter()
+        .filter(|s| s.sustained == Some(true))
+        .map(|s| s.rate)
+        .fold(None, |m, r| Some(m.map_or(r, |m: f64| m.max(r))))
 }
 
 /// Runs a sweep; `on_step` sees each step as it finishes (for progress output).
-pub fn run_sweep(target: &Target, spec: &SweepSpec, stop: &AtomicBool, mut on_step: impl FnMut(&StepResult)) -> anyhow::Result<SweepOutcome> {
+pub fn run_sweep(
+    target: &Target,
+    spec: &SweepSpec,
+    stop: &AtomicBool,
+    mut on_step: impl FnMut(&StepResult),
+) -> anyhow::Result<SweepOutcome> {
     let mut out = SweepOutcome::default();
     let mut failures = 0usize;
     let mut i = 0usize;
@@ -147,7 +171,8 @@ pub fn run_sweep(target: &Target, spec: &SweepSpec, stop: &AtomicBool, mut on_st
     out.max_sustained_rps = max_sustained(&out.steps);
     if let (true, Some(max)) = (spec.half_step, out.max_sustained_rps) {
         if !stop.load(Ordering::SeqCst) {
-            let mut step = run_step(target, &StepSpec { rate: max / 2.0, ..spec.step.clone() }, stop)?;
+            let mut step =
+                run_step(target, &StepSpec { rate: max / 2.0, ..spec.step.clone() }, stop)?;
             let (ok, verdict) = judge(&step, &spec.criteria);
             step.sustained = Some(ok);
             step.verdict = verdict;
@@ -176,7 +201,15 @@ mod tests {
     }
 
     fn step(rate: f64, achieved: f64, p99: f64, missing: u64) -> StepResult {
-        StepResult { rate, offered_rps: rate, achieved_rps: achieved, sent: 100, missing, latency: Percentiles { count: 100, p99_ms: p99, ..Default::default() }, ..Default::default() }
+        StepResult {
+            rate,
+            offered_rps: rate,
+            achieved_rps: achieved,
+            sent: 100,
+            missing,
+            latency: Percentiles { count: 100, p99_ms: p99, ..Default::default() },
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -189,7 +222,11 @@ mod tests {
         assert!(!ok && why.contains("p99"), "{why}");
         let (ok, why) = judge(&step(100.0, 100.0, 10.0, 3), &c);
         assert!(!ok && why.contains("without an outcome"), "{why}");
-        let mut steps = vec![step(100.0, 100.0, 1.0, 0), step(200.0, 200.0, 1.0, 0), step(400.0, 100.0, 1.0, 0)];
+        let mut steps = vec![
+            step(100.0, 100.0, 1.0, 0),
+            step(200.0, 200.0, 1.0, 0),
+            step(400.0, 100.0, 1.0, 0),
+        ];
         for s in &mut steps {
             s.sustained = Some(judge(s, &c).0);
         }

@@ -75,7 +75,13 @@ pub enum Hostile {
     Huge,
 }
 
-const HOSTILE_ROTATION: [Hostile; 5] = [Hostile::BadJson, Hostile::InvalidUtf8, Hostile::WrongShape, Hostile::UnknownModel, Hostile::MissingId];
+const HOSTILE_ROTATION: [Hostile; 5] = [
+    Hostile::BadJson,
+    Hostile::InvalidUtf8,
+    Hostile::WrongShape,
+    Hostile::UnknownModel,
+    Hostile::MissingId,
+];
 
 /// One planned record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,10 +131,17 @@ impl Workload {
                 buf.extend_from_slice(b"\"}");
             }
             Some(Hostile::WrongShape) => {
-                let _ = write!(buf, r#"{{"id":"{id}","model":"{model}","input":{{"nested":[1,2,3]}}}}"#);
+                let _ = write!(
+                    buf,
+                    r#"{{"id":"{id}","model":"{model}","input":{{"nested":[1,2,3]}}}}"#
+                );
             }
             Some(Hostile::UnknownModel) => {
-                let _ = write!(buf, r#"{{"id":"{id}","model":"no-such-model-{}","input":"hello"}}"#, p.variant);
+                let _ = write!(
+                    buf,
+                    r#"{{"id":"{id}","model":"no-such-model-{}","input":"hello"}}"#,
+                    p.variant
+                );
             }
             Some(Hostile::MissingId) => {
                 let _ = write!(buf, r#"{{"model":"{model}","input":"hello"}}"#);
@@ -140,7 +153,11 @@ impl Workload {
             }
             None => match &self.payload {
                 Payload::Text { .. } => {
-                    let text = if p.long { LONG_TEXTS[p.variant as usize % LONG_TEXTS.len()] } else { SHORT_TEXTS[p.variant as usize % SHORT_TEXTS.len()] };
+                    let text = if p.long {
+                        LONG_TEXTS[p.variant as usize % LONG_TEXTS.len()]
+                    } else {
+                        SHORT_TEXTS[p.variant as usize % SHORT_TEXTS.len()]
+                    };
                     let _ = write!(buf, r#"{{"id":"{id}","model":"{model}","input":"{text}"}}"#);
                 }
                 Payload::Tabular { width } => {
@@ -161,7 +178,13 @@ mod tests {
     use super::*;
 
     fn text(h: f64) -> Workload {
-        Workload { model: "m".into(), payload: Payload::Text { long_share: 0.25 }, hostile_share: h, priority_share: 0.1, seed: 3 }
+        Workload {
+            model: "m".into(),
+            payload: Payload::Text { long_share: 0.25 },
+            hostile_share: h,
+            priority_share: 0.1,
+            seed: 3,
+        }
     }
 
     #[test]
@@ -169,7 +192,9 @@ mod tests {
         let w = text(0.05);
         let p = w.plan(20_000);
         assert_eq!(p, w.plan(20_000));
-        let share = |f: &dyn Fn(&Planned) -> bool| p.iter().filter(|x| f(x)).count() as f64 / p.len() as f64;
+        let share = |f: &dyn Fn(&Planned) -> bool| {
+            p.iter().filter(|x| f(x)).count() as f64 / p.len() as f64
+        };
         assert!((share(&|x| x.priority) - 0.1).abs() < 0.01);
         assert!((share(&|x| x.hostile.is_some()) - 0.05).abs() < 0.01);
         assert!((share(&|x| x.long) - 0.25).abs() < 0.01);
@@ -185,7 +210,8 @@ mod tests {
             let parsed = serde_json::from_slice::<serde_json::Value>(&buf);
             match p.hostile {
                 None => {
-                    let v = parsed.unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&buf)));
+                    let v =
+                        parsed.unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&buf)));
                     assert_eq!(v["id"], format!("r-{i}"));
                     assert!(v["input"].is_string());
                 }

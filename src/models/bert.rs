@@ -62,9 +62,15 @@ impl BertRunner {
     }
 
     /// Loads with a chosen encoder implementation.
-    pub fn load_with(dir: &Path, spec: &ModelSpec, device: &Device, backend: BertBackend) -> Result<Self, ModelError> {
+    pub fn load_with(
+        dir: &Path,
+        spec: &ModelSpec,
+        device: &Device,
+        backend: BertBackend,
+    ) -> Result<Self, ModelError> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Io { path: cfg_path.clone(), source: e })?;
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| ModelError::Io { path: cfg_path.clone(), source: e })?;
         let config: BertConfig = serde_json::from_str(&text).map_err(|e| load_err(&cfg_path, e))?;
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
@@ -78,30 +84,50 @@ impl BertRunner {
             BertBackend::Auto => device.is_cpu(),
             BertBackend::Candle => false,
             BertBackend::Packed if device.is_cpu() => true,
-            BertBackend::Packed => return Err(load_err(dir, "the packed BERT encoder runs on the CPU only")),
+            BertBackend::Packed => {
+                return Err(load_err(dir, "the packed BERT encoder runs on the CPU only"))
+            }
         };
         let encoder = if packed {
-            let model = PackedBert::load(&weights, PackedConfig::from_bert(&config), config.model_type.as_deref()).map_err(|e| load_err(&weights, e))?;
+            let model = PackedBert::load(
+                &weights,
+                PackedConfig::from_bert(&config),
+                config.model_type.as_deref(),
+            )
+            .map_err(|e| load_err(&weights, e))?;
             Encoder::Packed(model)
         } else {
-            Encoder::Candle(BertModel::load(vb.clone(), &config).map_err(|e| load_err(&weights, e))?)
+            Encoder::Candle(
+                BertModel::load(vb.clone(), &config).map_err(|e| load_err(&weights, e))?,
+            )
         };
         let hidden = config.hidden_size;
         let head = match spec.kind {
-            ModelKind::BertEmbedding => Head::Embedding { pooling: spec.pooling, normalize: spec.normalize.unwrap_or(true) },
+            ModelKind::BertEmbedding => {
+                Head::Embedding { pooling: spec.pooling, normalize: spec.normalize.unwrap_or(true) }
+            }
             ModelKind::BertClassifier => {
                 let n = spec.labels.len();
-                let classifier = candle_nn::linear(hidden, n, vb.pp("classifier"))
-                    .map_err(|e| load_err(&weights, format!("classifier head with {n} labels: {e}")))?;
+                let classifier =
+                    candle_nn::linear(hidden, n, vb.pp("classifier")).map_err(|e| {
+                        load_err(&weights, format!("classifier head with {n} labels: {e}"))
+                    })?;
                 let prefix = config.model_type.clone().unwrap_or_else(|| "bert".into());
-                let pooler = candle_nn::linear(hidden, hidden, vb.pp(format!("{prefix}.pooler.dense")))
-                    .or_else(|_| candle_nn::linear(hidden, hidden, vb.pp("pooler.dense")))
-                    .ok();
+                let pooler =
+                    candle_nn::linear(hidden, hidden, vb.pp(format!("{prefix}.pooler.dense")))
+                        .or_else(|_| candle_nn::linear(hidden, hidden, vb.pp("pooler.dense")))
+                        .ok();
                 Head::Classifier { pooler, classifier, labels: spec.labels.clone().into() }
             }
             ModelKind::Mlp => return Err(load_err(dir, "not a BERT model")),
         };
-        Ok(BertRunner { encoder, head, device: device.clone(), hidden, max_position: config.max_position_embeddings })
+        Ok(BertRunner {
+            encoder,
+            head,
+            device: device.clone(),
+            hidden,
+            max_position: config.max_position_embeddings,
+        })
     }
 
     /// Width of one output row.
@@ -127,10 +153,17 @@ impl BertRunner {
 
     /// `[rows, seq, hidden]` token states of candle's encoder for inputs already on the
     /// runner's device (a CUDA lane stages them there itself). Fails for the packed encoder.
-    pub fn encode_states(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+    pub fn encode_states(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor, ModelError> {
         match &self.encoder {
             Encoder::Candle(model) => Ok(model.forward(ids, type_ids, Some(mask))?),
-            Encoder::Packed(_) => Err(ModelError::Inference("the packed encoder takes host staging, not device tensors".into())),
+            Encoder::Packed(_) => Err(ModelError::Inference(
+                "the packed encoder takes host staging, not device tensors".into(),
+            )),
         }
     }
 
@@ -147,16 +180,28 @@ impl BertRunner {
         }
     }
 
-    fn forward_packed(&self, model: &PackedBert, st: &HostStaging) -> Result<BatchOutput, ModelError> {
+    fn forward_packed(
+        &self,
+        model: &PackedBert,
+        st: &HostStaging,
+    ) -> Result<BatchOutput, ModelError> {
         let (rows, h) = (st.rows, self.hidden);
         let mut data = vec![0f32; rows * h];
         let (mean, normalize) = match &self.head {
-            Head::Embedding { pooling, normalize } => (matches!(pooling, Pooling::Mean), *normalize),
+            Head::Embedding { pooling, normalize } => {
+                (matches!(pooling, Pooling::Mean), *normalize)
+            }
             Head::Classifier { .. } => (false, false),
         };
-        model.encode(st, |states, offsets| pool_packed(states, offsets, h, mean, normalize, &mut data)).map_err(ModelError::Inference)?;
+        model
+            .encode(st, |states, offsets| {
+                pool_packed(states, offsets, h, mean, normalize, &mut data)
+            })
+            .map_err(ModelError::Inference)?;
         match &self.head {
-            Head::Embedding { .. } => Ok(BatchOutput { data, width: h, kind: OutputKind::Embedding }),
+            Head::Embedding { .. } => {
+                Ok(BatchOutput { data, width: h, kind: OutputKind::Embedding })
+            }
             Head::Classifier { .. } => {
                 let cls = Tensor::from_vec(data, (rows, h), &self.device)?;
                 self.classify(cls)
@@ -164,7 +209,11 @@ impl BertRunner {
         }
     }
 
-    fn forward_candle(&self, model: &BertModel, st: &HostStaging) -> Result<BatchOutput, ModelError> {
+    fn forward_candle(
+        &self,
+        model: &BertModel,
+        st: &HostStaging,
+    ) -> Result<BatchOutput, ModelError> {
         let (rows, seq) = (st.rows, st.seq_len);
         let n = rows * seq;
         let ids = Tensor::from_slice(&st.ids[..n], (rows, seq), &self.device)?;
@@ -175,7 +224,15 @@ impl BertRunner {
             Head::Embedding { pooling, normalize } => {
                 let flat = states.flatten_all()?.to_vec1::<f32>()?;
                 let mut data = vec![0f32; rows * self.hidden];
-                pool_rows(&flat, &st.row_tokens[..rows], seq, self.hidden, *pooling, *normalize, &mut data);
+                pool_rows(
+                    &flat,
+                    &st.row_tokens[..rows],
+                    seq,
+                    self.hidden,
+                    *pooling,
+                    *normalize,
+                    &mut data,
+                );
                 Ok(BatchOutput { data, width: self.hidden, kind: OutputKind::Embedding })
             }
             Head::Classifier { .. } => self.classify(states.narrow(1, 0, 1)?.squeeze(1)?),
@@ -195,7 +252,11 @@ impl BertRunner {
                 let logits = classifier.forward(&pooled)?;
                 let scores = candle_nn::ops::softmax(&logits, D::Minus1)?;
                 let data = scores.flatten_all()?.to_vec1::<f32>()?;
-                Ok(BatchOutput { data, width: labels.len(), kind: OutputKind::Classification(labels.clone()) })
+                Ok(BatchOutput {
+                    data,
+                    width: labels.len(),
+                    kind: OutputKind::Classification(labels.clone()),
+                })
             }
         }
     }
@@ -205,7 +266,15 @@ impl BertRunner {
 /// `row_tokens[r]` positions are real) or the `[CLS]` state, then optional L2 normalisation
 /// (eps 1e-12, as `torch.nn.functional.normalize`). This is the CPU reference of the fused
 /// CUDA kernel `kernels/pool_normalize.cu`.
-pub fn pool_rows(states: &[f32], row_tokens: &[u32], seq: usize, hidden: usize, pooling: Pooling, normalize: bool, out: &mut [f32]) {
+pub fn pool_rows(
+    states: &[f32],
+    row_tokens: &[u32],
+    seq: usize,
+    hidden: usize,
+    pooling: Pooling,
+    normalize: bool,
+    out: &mut [f32],
+) {
     for (r, &n) in row_tokens.iter().enumerate() {
         let dst = &mut out[r * hidden..(r + 1) * hidden];
         let base = r * seq * hidden;

@@ -66,7 +66,13 @@ impl ModelCache {
     /// An empty cache over `repo`, loading models onto `device`.
     pub fn new(repo: Repository, device: Device, settings: CacheSettings) -> Self {
         let settings = CacheSettings { capacity: settings.capacity.max(1), ..settings };
-        ModelCache { repo, device, settings, inner: Mutex::new(Inner::default()), stats: CacheStats::default() }
+        ModelCache {
+            repo,
+            device,
+            settings,
+            inner: Mutex::new(Inner::default()),
+            stats: CacheStats::default(),
+        }
     }
 
     /// The repository behind the cache.
@@ -80,7 +86,12 @@ impl ModelCache {
     }
 
     /// [`get`](Self::get) with an explicit clock, for tests of LRU order and TTL.
-    pub fn get_at(&self, name: &str, version: Option<&str>, now: Instant) -> Result<Arc<LoadedModel>, ModelError> {
+    pub fn get_at(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        now: Instant,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
         // The hit path allocates nothing: the serving version is a shared `Arc<str>`.
         let serving;
         let version: &str = match version {
@@ -93,7 +104,11 @@ impl ModelCache {
         {
             let mut inner = self.inner.lock();
             self.expire(&mut inner, now, Some((name, version)));
-            if let Some(i) = inner.entries.iter().position(|e| &*e.model.name == name && &*e.model.version == version) {
+            if let Some(i) = inner
+                .entries
+                .iter()
+                .position(|e| &*e.model.name == name && &*e.model.version == version)
+            {
                 let mut e = inner.entries.remove(i);
                 e.last_used = now;
                 let model = e.model.clone();
@@ -107,7 +122,12 @@ impl ModelCache {
     }
 
     /// Loads (or reloads) one version and puts it in the cache, evicting as needed.
-    pub fn load_at(&self, name: &str, version: &str, now: Instant) -> Result<Arc<LoadedModel>, ModelError> {
+    pub fn load_at(
+        &self,
+        name: &str,
+        version: &str,
+        now: Instant,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
         let dir = self.repo.version_dir(name, version)?;
         // Load outside the lock: other models keep serving while this one reads its weights.
         let loaded = LoadedModel::load(name, version, &dir, &self.device).and_then(|mut m| {
@@ -124,9 +144,14 @@ impl ModelCache {
         };
         self.stats.loads.fetch_add(1, Ordering::Relaxed);
         self.stats.last_warmup_us.store(model.warmup_time.as_micros() as u64, Ordering::Relaxed);
-        tracing::info!(model = name, version, kind = model.kind.as_str(),
-            load_ms = model.load_time.as_millis() as u64, warmup_ms = model.warmup_time.as_millis() as u64,
-            "model loaded");
+        tracing::info!(
+            model = name,
+            version,
+            kind = model.kind.as_str(),
+            load_ms = model.load_time.as_millis() as u64,
+            warmup_ms = model.warmup_time.as_millis() as u64,
+            "model loaded"
+        );
         let mut inner = self.inner.lock();
         inner.entries.retain(|e| !(&*e.model.name == name && &*e.model.version == version));
         inner.entries.push(Entry { model: model.clone(), last_used: now });
@@ -142,7 +167,9 @@ impl ModelCache {
     pub fn unload(&self, name: &str, version: Option<&str>) -> usize {
         let mut inner = self.inner.lock();
         let before = inner.entries.len();
-        inner.entries.retain(|e| !(&*e.model.name == name && version.is_none_or(|v| &*e.model.version == v)));
+        inner.entries.retain(|e| {
+            !(&*e.model.name == name && version.is_none_or(|v| &*e.model.version == v))
+        });
         before - inner.entries.len()
     }
 
@@ -155,7 +182,12 @@ impl ModelCache {
 
     /// `(name, version)` of every loaded model, least recently used first.
     pub fn loaded(&self) -> Vec<(String, String)> {
-        self.inner.lock().entries.iter().map(|e| (e.model.name.to_string(), e.model.version.to_string())).collect()
+        self.inner
+            .lock()
+            .entries
+            .iter()
+            .map(|e| (e.model.name.to_string(), e.model.version.to_string()))
+            .collect()
     }
 
     /// Drops models idle for longer than the TTL.

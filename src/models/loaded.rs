@@ -53,7 +53,12 @@ impl std::fmt::Debug for LoadedModel {
 
 impl LoadedModel {
     /// Loads the version directory `dir` (which holds `sluice.toml`) onto `device`, without warm-up.
-    pub fn load(name: &str, version: &str, dir: &Path, device: &Device) -> Result<Self, ModelError> {
+    pub fn load(
+        name: &str,
+        version: &str,
+        dir: &Path,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let started = Instant::now();
         let spec = ModelSpec::from_file(&dir.join("sluice.toml"))?;
         let (input, runner) = match spec.kind {
@@ -158,7 +163,11 @@ impl LoadedModel {
             return Err(ModelError::Load {
                 name: self.name.to_string(),
                 version: self.version.to_string(),
-                reason: format!("warm-up produced {} rows for {} inputs or non-finite values", out.rows(), st.rows),
+                reason: format!(
+                    "warm-up produced {} rows for {} inputs or non-finite values",
+                    out.rows(),
+                    st.rows
+                ),
             });
         }
         Ok(())

@@ -26,23 +26,36 @@ impl MlpRunner {
     pub fn load(dir: &Path, spec: &ModelSpec, device: &Device) -> Result<Self, ModelError> {
         let path = dir.join("model.safetensors");
         let err = |reason: String| ModelError::Spec { path: path.clone(), reason };
-        let tensors = candle_core::safetensors::load(&path, device).map_err(|e| err(e.to_string()))?;
+        let tensors =
+            candle_core::safetensors::load(&path, device).map_err(|e| err(e.to_string()))?;
         let inputs = spec.inputs.unwrap_or(0);
         let mut width = inputs;
         let mut layers = Vec::with_capacity(spec.layers.len());
         for (i, l) in spec.layers.iter().enumerate() {
-            let w = tensors.get(&l.weight).ok_or_else(|| err(format!("layers[{i}]: no tensor '{}'", l.weight)))?;
+            let w = tensors
+                .get(&l.weight)
+                .ok_or_else(|| err(format!("layers[{i}]: no tensor '{}'", l.weight)))?;
             let w = w.to_dtype(DType::F32).map_err(|e| err(e.to_string()))?;
-            let (out, inp) = w.dims2().map_err(|_| err(format!("layers[{i}]: '{}' must be 2-D [out, in]", l.weight)))?;
+            let (out, inp) = w
+                .dims2()
+                .map_err(|_| err(format!("layers[{i}]: '{}' must be 2-D [out, in]", l.weight)))?;
             if inp != width {
-                return Err(err(format!("layers[{i}]: '{}' expects {inp} inputs, previous layer gives {width}", l.weight)));
+                return Err(err(format!(
+                    "layers[{i}]: '{}' expects {inp} inputs, previous layer gives {width}",
+                    l.weight
+                )));
             }
             let b = match &l.bias {
                 Some(name) => {
-                    let b = tensors.get(name).ok_or_else(|| err(format!("layers[{i}]: no tensor '{name}'")))?;
+                    let b = tensors
+                        .get(name)
+                        .ok_or_else(|| err(format!("layers[{i}]: no tensor '{name}'")))?;
                     let b = b.to_dtype(DType::F32).map_err(|e| err(e.to_string()))?;
                     if b.dims() != [out] {
-                        return Err(err(format!("layers[{i}]: bias '{name}' must be [{out}], is {:?}", b.dims())));
+                        return Err(err(format!(
+                            "layers[{i}]: bias '{name}' must be [{out}], is {:?}",
+                            b.dims()
+                        )));
                     }
                     Some(b)
                 }
@@ -51,12 +64,22 @@ impl MlpRunner {
             layers.push((Linear::new(w, b), l.activation));
             width = out;
         }
-        Ok(MlpRunner { layers, softmax: spec.output == MlpOutput::Softmax, device: device.clone(), inputs, outputs: width })
+        Ok(MlpRunner {
+            layers,
+            softmax: spec.output == MlpOutput::Softmax,
+            device: device.clone(),
+            inputs,
+            outputs: width,
+        })
     }
 
     /// Runs the staged batch of feature rows.
     pub fn forward(&self, st: &HostStaging) -> Result<BatchOutput, ModelError> {
-        let mut x = Tensor::from_slice(&st.features[..st.rows * st.width], (st.rows, st.width), &self.device)?;
+        let mut x = Tensor::from_slice(
+            &st.features[..st.rows * st.width],
+            (st.rows, st.width),
+            &self.device,
+        )?;
         for (linear, act) in &self.layers {
             x = linear.forward(&x)?;
             x = match act {

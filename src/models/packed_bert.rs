@@ -54,7 +54,9 @@ pub mod kernels {
     pub fn simd() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            !FORCE_PORTABLE.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            !FORCE_PORTABLE.load(Ordering::Relaxed)
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -70,7 +72,12 @@ pub mod kernels {
 
     /// Runs `f(start, end)` over `0..n` in chunks of at least `min_chunk`, in parallel when
     /// `par`.
-    pub fn par_ranges(par: bool, n: usize, min_chunk: usize, f: impl Fn(usize, usize) + Sync + Send) {
+    pub fn par_ranges(
+        par: bool,
+        n: usize,
+        min_chunk: usize,
+        f: impl Fn(usize, usize) + Sync + Send,
+    ) {
         let threads = if par { rayon::current_num_threads() } else { 1 };
         if threads <= 1 || n <= min_chunk {
             if n > 0 {
@@ -195,7 +202,16 @@ pub mod kernels {
     }
 
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block(a: *const f32, r0: usize, rows: usize, w: &PackedLinear, c: *mut f32, p0: usize, p1: usize, store: Store) {
+    unsafe fn block(
+        a: *const f32,
+        r0: usize,
+        rows: usize,
+        w: &PackedLinear,
+        c: *mut f32,
+        p0: usize,
+        p1: usize,
+        store: Store,
+    ) {
         #[cfg(target_arch = "x86_64")]
         if simd() {
             return block_avx2(a, r0, rows, w, c, p0, p1, store);
@@ -206,13 +222,31 @@ pub mod kernels {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block_avx2(a: *const f32, r0: usize, rows: usize, w: &PackedLinear, c: *mut f32, p0: usize, p1: usize, store: Store) {
+    unsafe fn block_avx2(
+        a: *const f32,
+        r0: usize,
+        rows: usize,
+        w: &PackedLinear,
+        c: *mut f32,
+        p0: usize,
+        p1: usize,
+        store: Store,
+    ) {
         block_body::<true>(a, r0, rows, w, c, p0, p1, store)
     }
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block_body<const SIMD: bool>(a: *const f32, r0: usize, rows: usize, w: &PackedLinear, c: *mut f32, p0: usize, p1: usize, store: Store) {
+    unsafe fn block_body<const SIMD: bool>(
+        a: *const f32,
+        r0: usize,
+        rows: usize,
+        w: &PackedLinear,
+        c: *mut f32,
+        p0: usize,
+        p1: usize,
+        store: Store,
+    ) {
         let (k, n) = (w.k, w.n);
         let ntiles = rows.div_ceil(MR);
         let mut tile = [[0f32; NR]; MR];
@@ -247,7 +281,14 @@ pub mod kernels {
     }
 
     #[inline(always)]
-    unsafe fn micro<const SIMD: bool>(mr: usize, a: *const f32, lda: usize, b: *const f32, kc: usize, tile: &mut [[f32; NR]; MR]) {
+    unsafe fn micro<const SIMD: bool>(
+        mr: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        kc: usize,
+        tile: &mut [[f32; NR]; MR],
+    ) {
         #[cfg(target_arch = "x86_64")]
         if SIMD {
             let t = tile.as_mut_ptr() as *mut f32;
@@ -269,7 +310,13 @@ pub mod kernels {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn micro_avx2<const M: usize>(a: *const f32, lda: usize, b: *const f32, kc: usize, tile: *mut f32) {
+    unsafe fn micro_avx2<const M: usize>(
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        kc: usize,
+        tile: *mut f32,
+    ) {
         use std::arch::x86_64::*;
         let mut c0 = [_mm256_setzero_ps(); M];
         let mut c1 = [_mm256_setzero_ps(); M];
@@ -311,7 +358,14 @@ pub mod kernels {
     }
 
     #[inline(always)]
-    unsafe fn micro_portable(mr: usize, a: *const f32, lda: usize, b: *const f32, kc: usize, tile: &mut [[f32; NR]; MR]) {
+    unsafe fn micro_portable(
+        mr: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        kc: usize,
+        tile: &mut [[f32; NR]; MR],
+    ) {
         for row in tile.iter_mut().take(mr) {
             row.fill(0.0);
         }
@@ -327,7 +381,15 @@ pub mod kernels {
     }
 
     #[inline(always)]
-    unsafe fn store_tile<const F: bool>(tile: &[[f32; NR]; MR], mr: usize, ncols: usize, c: *mut f32, ldc: usize, accumulate: bool, fin: Option<(&[f32], Act)>) {
+    unsafe fn store_tile<const F: bool>(
+        tile: &[[f32; NR]; MR],
+        mr: usize,
+        ncols: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        fin: Option<(&[f32], Act)>,
+    ) {
         for (r, trow) in tile.iter().enumerate().take(mr) {
             let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), ncols);
             if ncols == NR {
@@ -346,7 +408,12 @@ pub mod kernels {
     }
 
     #[inline(always)]
-    fn finish<const F: bool>(v: &mut [f32; NR], old: &[f32], accumulate: bool, fin: Option<(&[f32], Act)>) {
+    fn finish<const F: bool>(
+        v: &mut [f32; NR],
+        old: &[f32],
+        accumulate: bool,
+        fin: Option<(&[f32], Act)>,
+    ) {
         if accumulate {
             for (x, o) in v.iter_mut().zip(old) {
                 *x += *o;
@@ -425,7 +492,13 @@ pub mod kernels {
         let big = fma::<F>(-poly, exp_impl::<F>(-a * a), 1.0).copysign(x);
         let x2 = x * x;
         let mut series = -0.000_854_832_7;
-        for c in [0.005_223_977_6, -0.026_866_17, 0.112_837_92, -0.376_126_4, std::f32::consts::FRAC_2_SQRT_PI] {
+        for c in [
+            0.005_223_977_6,
+            -0.026_866_17,
+            0.112_837_92,
+            -0.376_126_4,
+            std::f32::consts::FRAC_2_SQRT_PI,
+        ] {
             series = fma::<F>(series, x2, c);
         }
         if a < 0.5 {
@@ -553,7 +626,13 @@ pub mod kernels {
     /// 16-column panels, so that S = QKᵀ and O = softmax(S)V both run on the GEMM
     /// micro-kernel, six queries at a time.
     #[inline(always)]
-    unsafe fn attend_body<const SIMD: bool>(at: &Attention<'_>, s: usize, h: usize, ctx: *mut f32, scratch: &mut Vec<Line>) {
+    unsafe fn attend_body<const SIMD: bool>(
+        at: &Attention<'_>,
+        s: usize,
+        h: usize,
+        ctx: *mut f32,
+        scratch: &mut Vec<Line>,
+    ) {
         let (o, e) = (at.offsets[s] - at.base, at.offsets[s + 1] - at.base);
         let len = e - o;
         if len == 0 {
@@ -615,7 +694,11 @@ pub mod kernels {
                 let ncols = NR.min(hd - p * NR);
                 for (r, trow) in tile.iter().enumerate().take(mr) {
                     // SAFETY: each (sequence, head) unit writes its own rows × head columns.
-                    std::ptr::copy_nonoverlapping(trow.as_ptr(), ctx.add((o + ts + r) * at.hidden + qc + p * NR), ncols);
+                    std::ptr::copy_nonoverlapping(
+                        trow.as_ptr(),
+                        ctx.add((o + ts + r) * at.hidden + qc + p * NR),
+                        ncols,
+                    );
                 }
             }
         }
@@ -623,7 +706,13 @@ pub mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(at: &Attention<'_>, s: usize, h: usize, ctx: *mut f32, scratch: &mut Vec<Line>) {
+    unsafe fn attend_avx2(
+        at: &Attention<'_>,
+        s: usize,
+        h: usize,
+        ctx: *mut f32,
+        scratch: &mut Vec<Line>,
+    ) {
         attend_body::<true>(at, s, h, ctx, scratch)
     }
 
@@ -641,7 +730,8 @@ pub mod kernels {
         let units = seqs * at.heads;
         let cp = SyncPtr(ctx.as_mut_ptr());
         // Work per unit ∝ len²; aim for chunks of a few thousand token pairs.
-        let pairs: usize = (0..seqs).map(|s| (at.offsets[s + 1] - at.offsets[s]).pow(2)).sum::<usize>() * at.heads;
+        let pairs: usize =
+            (0..seqs).map(|s| (at.offsets[s + 1] - at.offsets[s]).pow(2)).sum::<usize>() * at.heads;
         let min_chunk = (units * 4096).div_ceil(pairs.max(1)).max(1);
         par_ranges(par, units, min_chunk, move |u0, u1| {
             let cp = cp;
@@ -750,14 +840,20 @@ impl Weights {
         if t.dims() != shape {
             return Err(format!("tensor {full}: shape {:?}, expected {:?}", t.dims(), shape));
         }
-        t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(|e| format!("tensor {full}: {e}"))
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| format!("tensor {full}: {e}"))
     }
 
     /// A LayerNorm's (weight, bias), or the older (gamma, beta) names.
     fn layer_norm(&self, name: &str, h: usize) -> Result<(Vec<f32>, Vec<f32>), String> {
         match (self.get(&format!("{name}.weight"), &[h]), self.get(&format!("{name}.bias"), &[h])) {
             (Ok(g), Ok(b)) => Ok((g, b)),
-            (Err(e), _) | (_, Err(e)) => match (self.get(&format!("{name}.gamma"), &[h]), self.get(&format!("{name}.beta"), &[h])) {
+            (Err(e), _) | (_, Err(e)) => match (
+                self.get(&format!("{name}.gamma"), &[h]),
+                self.get(&format!("{name}.beta"), &[h]),
+            ) {
                 (Ok(g), Ok(b)) => Ok((g, b)),
                 _ => Err(e),
             },
@@ -765,14 +861,21 @@ impl Weights {
     }
 
     fn linear(&self, name: &str, n: usize, k: usize) -> Result<(Vec<f32>, Vec<f32>), String> {
-        Ok((self.get(&format!("{name}.weight"), &[n, k])?, self.get(&format!("{name}.bias"), &[n])?))
+        Ok((
+            self.get(&format!("{name}.weight"), &[n, k])?,
+            self.get(&format!("{name}.bias"), &[n])?,
+        ))
     }
 }
 
 impl PackedBert {
     /// Loads the encoder from `model.safetensors` (candle `BertModel` tensor names, with or
     /// without a `bert.` / `<model_type>.` prefix).
-    pub fn load(weights: &Path, config: PackedConfig, model_type: Option<&str>) -> Result<Self, String> {
+    pub fn load(
+        weights: &Path,
+        config: PackedConfig,
+        model_type: Option<&str>,
+    ) -> Result<Self, String> {
         let c = &config;
         if c.heads == 0 || !c.hidden.is_multiple_of(c.heads) {
             return Err(format!("hidden size {} is not a multiple of {} heads", c.hidden, c.heads));
@@ -792,7 +895,10 @@ impl PackedBert {
         let h = c.hidden;
         let word = w.get("embeddings.word_embeddings.weight", &[c.vocab, h])?;
         let position = w.get("embeddings.position_embeddings.weight", &[c.max_position, h])?;
-        let tt = w.st.load(&format!("{}embeddings.token_type_embeddings.weight", w.prefix), &Device::Cpu).map_err(|e| e.to_string())?;
+        let tt = w
+            .st
+            .load(&format!("{}embeddings.token_type_embeddings.weight", w.prefix), &Device::Cpu)
+            .map_err(|e| e.to_string())?;
         let types = tt.dims().first().copied().unwrap_or(0);
         let token_type = w.get("embeddings.token_type_embeddings.weight", &[types, h])?;
         if types == 0 {
@@ -824,13 +930,25 @@ impl PackedBert {
                 ln2: w.layer_norm(&format!("{l}output.LayerNorm"), h)?,
             });
         }
-        Ok(PackedBert { config, word, position, token_type0, emb_ln, layers, scratch: Mutex::new(Vec::new()) })
+        Ok(PackedBert {
+            config,
+            word,
+            position,
+            token_type0,
+            emb_ln,
+            layers,
+            scratch: Mutex::new(Vec::new()),
+        })
     }
 
     /// Encodes the staged batch (only the first `row_tokens[r]` ids of each row are read) and
     /// calls `f(states, offsets)`: `states` is `[T, H]`, sequence `r` is rows
     /// `offsets[r]..offsets[r+1]`.
-    pub fn encode<R: Send>(&self, st: &HostStaging, f: impl FnOnce(&[f32], &[usize]) -> R + Send) -> Result<R, String> {
+    pub fn encode<R: Send>(
+        &self,
+        st: &HostStaging,
+        f: impl FnOnce(&[f32], &[usize]) -> R + Send,
+    ) -> Result<R, String> {
         let mut scratch = self.scratch.lock().pop().unwrap_or_default();
         // Run on a pool thread: the parallel sections inside then cost no cross-thread wake-up
         // of the caller.
@@ -843,7 +961,12 @@ impl PackedBert {
         result
     }
 
-    fn run<R>(&self, st: &HostStaging, sc: &mut Scratch, f: impl FnOnce(&[f32], &[usize]) -> R) -> Result<R, String> {
+    fn run<R>(
+        &self,
+        st: &HostStaging,
+        sc: &mut Scratch,
+        f: impl FnOnce(&[f32], &[usize]) -> R,
+    ) -> Result<R, String> {
         let c = &self.config;
         let (h, inter) = (c.hidden, c.intermediate);
         let rows = st.rows;
@@ -853,9 +976,15 @@ impl PackedBert {
         for r in 0..rows {
             let n = st.row_tokens[r] as usize;
             if n > st.seq_len || n > c.max_position {
-                return Err(format!("row {r} has {n} tokens (padded length {}, model limit {})", st.seq_len, c.max_position));
+                return Err(format!(
+                    "row {r} has {n} tokens (padded length {}, model limit {})",
+                    st.seq_len, c.max_position
+                ));
             }
-            if let Some(&bad) = st.ids[r * st.seq_len..r * st.seq_len + n].iter().find(|&&id| id as usize >= c.vocab) {
+            if let Some(&bad) = st.ids[r * st.seq_len..r * st.seq_len + n]
+                .iter()
+                .find(|&&id| id as usize >= c.vocab)
+            {
                 return Err(format!("token id {bad} is outside the vocabulary ({})", c.vocab));
             }
             t += n;
@@ -877,7 +1006,11 @@ impl PackedBert {
         for layer in &self.layers {
             kernels::linear(hidden, t, &layer.qkv, qkv, Store::Set(Act::None), true);
             clock.lap(profile::Op::Qkv);
-            kernels::attention(&Attention { qkv, offsets, base: 0, hidden: h, heads: c.heads }, ctx, true);
+            kernels::attention(
+                &Attention { qkv, offsets, base: 0, hidden: h, heads: c.heads },
+                ctx,
+                true,
+            );
             clock.lap(profile::Op::Attention);
             kernels::linear(ctx, t, &layer.attn_out, hidden, Store::Add, true);
             clock.lap(profile::Op::AttnOut);
@@ -930,7 +1063,8 @@ pub mod profile {
     }
 
     /// Names of the operations, in `Op` order.
-    pub const NAMES: [&str; 7] = ["embed", "qkv", "attention", "attn_out", "layer_norm", "ffn_in", "ffn_out"];
+    pub const NAMES: [&str; 7] =
+        ["embed", "qkv", "attention", "attn_out", "layer_norm", "ffn_in", "ffn_out"];
 
     static ON: AtomicBool = AtomicBool::new(false);
     static NANOS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
@@ -969,7 +1103,14 @@ pub mod profile {
 /// Pools packed states (`[T, H]`, sequence `r` = rows `offsets[r]..offsets[r+1]`) into
 /// `out[rows, H]`: mean of the sequence's rows or its first (`[CLS]`) row, then optional L2
 /// normalisation (eps 1e-12). A sequence without tokens gives zeros.
-pub fn pool_packed(states: &[f32], offsets: &[usize], hidden: usize, mean: bool, normalize: bool, out: &mut [f32]) {
+pub fn pool_packed(
+    states: &[f32],
+    offsets: &[usize],
+    hidden: usize,
+    mean: bool,
+    normalize: bool,
+    out: &mut [f32],
+) {
     for (r, dst) in out.chunks_exact_mut(hidden).take(offsets.len() - 1).enumerate() {
         let (o, e) = (offsets[r], offsets[r + 1]);
         dst.fill(0.0);

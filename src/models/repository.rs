@@ -56,7 +56,10 @@ impl Repository {
         if !root.is_dir() {
             return Err(ModelError::Io {
                 path: root,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model repository directory not found"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "model repository directory not found",
+                ),
             });
         }
         Ok(Repository { root })
@@ -95,18 +98,24 @@ impl Repository {
         let versions = self.versions(name)?;
         let toml_path = self.root.join(name).join("model.toml");
         if let Ok(text) = std::fs::read_to_string(&toml_path) {
-            let parsed: ModelToml = toml::from_str(&text).map_err(|e| ModelError::Spec { path: toml_path.clone(), reason: e.to_string() })?;
+            let parsed: ModelToml = toml::from_str(&text)
+                .map_err(|e| ModelError::Spec { path: toml_path.clone(), reason: e.to_string() })?;
             if let Some(v) = parsed.serving {
                 if !versions.contains(&v) {
                     return Err(ModelError::Spec {
                         path: toml_path,
-                        reason: format!("serving version '{v}' has no directory with a sluice.toml"),
+                        reason: format!(
+                            "serving version '{v}' has no directory with a sluice.toml"
+                        ),
                     });
                 }
                 return Ok(v);
             }
         }
-        versions.last().cloned().ok_or_else(|| ModelError::UnknownModel { name: name.to_string(), version: None })
+        versions
+            .last()
+            .cloned()
+            .ok_or_else(|| ModelError::UnknownModel { name: name.to_string(), version: None })
     }
 
     /// Marks `version` as serving `name` (writes `model.toml`).
@@ -114,7 +123,8 @@ impl Repository {
         self.version_dir(name, version)?;
         let path = self.root.join(name).join("model.toml");
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, format!("serving = \"{version}\"\n")).map_err(|e| ModelError::Io { path: tmp.clone(), source: e })?;
+        std::fs::write(&tmp, format!("serving = \"{version}\"\n"))
+            .map_err(|e| ModelError::Io { path: tmp.clone(), source: e })?;
         std::fs::rename(&tmp, &path).map_err(|e| ModelError::Io { path, source: e })
     }
 
@@ -130,13 +140,17 @@ impl Repository {
         if dir.join("sluice.toml").is_file() {
             Ok(dir)
         } else {
-            Err(ModelError::UnknownModel { name: name.to_string(), version: Some(version.to_string()) })
+            Err(ModelError::UnknownModel {
+                name: name.to_string(),
+                version: Some(version.to_string()),
+            })
         }
     }
 
     /// All models in the repository, sorted by name.
     pub fn list(&self) -> Result<Vec<ModelEntry>, ModelError> {
-        let rd = std::fs::read_dir(&self.root).map_err(|e| ModelError::Io { path: self.root.clone(), source: e })?;
+        let rd = std::fs::read_dir(&self.root)
+            .map_err(|e| ModelError::Io { path: self.root.clone(), source: e })?;
         let mut names: Vec<String> = rd
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())

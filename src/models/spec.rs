@@ -101,18 +101,11 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Reads and checks `sluice.toml`; errors name the file and the offending key.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        let spec: ModelSpec = toml::from_str(&text).map_err(|e| ModelError::Spec {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        spec.check().map_err(|reason| ModelError::Spec {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
+        let spec: ModelSpec = toml::from_str(&text)
+            .map_err(|e| ModelError::Spec { path: path.to_path_buf(), reason: e.to_string() })?;
+        spec.check().map_err(|reason| ModelError::Spec { path: path.to_path_buf(), reason })?;
         Ok(spec)
     }
 
@@ -154,7 +147,10 @@ mod tests {
 
     #[test]
     fn parses_each_kind() {
-        let e = parse("kind = \"bert-embedding\"\nmax_seq_len = 256\npooling = \"mean\"\nnormalize = true").unwrap();
+        let e = parse(
+            "kind = \"bert-embedding\"\nmax_seq_len = 256\npooling = \"mean\"\nnormalize = true",
+        )
+        .unwrap();
         assert_eq!(e.kind, ModelKind::BertEmbedding);
         assert_eq!(e.max_seq_len, Some(256));
         let c = parse("kind = \"bert-classifier\"\nlabels = [\"a\", \"b\"]").unwrap();
@@ -172,7 +168,9 @@ mod tests {
         assert!(parse("kind = \"gpt\"").unwrap_err().contains("kind"));
         assert!(parse("kind = \"mlp\"\ninputs = 3").unwrap_err().contains("layers"));
         assert!(parse("kind = \"bert-classifier\"").unwrap_err().contains("labels"));
-        assert!(parse("kind = \"bert-embedding\"\nmax_seq_len = 1").unwrap_err().contains("max_seq_len"));
+        assert!(parse("kind = \"bert-embedding\"\nmax_seq_len = 1")
+            .unwrap_err()
+            .contains("max_seq_len"));
         assert!(parse("kind = \"bert-embedding\"\nbogus = 1").unwrap_err().contains("bogus"));
     }
 }

@@ -13,12 +13,7 @@ pub enum TextTokenizer {
     /// Allocation-free BERT WordPiece.
     Fast(WordPiece),
     /// Any other tokenizer.json, through the `tokenizers` crate.
-    Hf {
-        tokenizer: Box<tokenizers::Tokenizer>,
-        cls: u32,
-        sep: u32,
-        pad: u32,
-    },
+    Hf { tokenizer: Box<tokenizers::Tokenizer>, cls: u32, sep: u32, pad: u32 },
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -38,9 +33,8 @@ impl TextTokenizer {
             Err(TokenizerError::Unsupported(why)) => {
                 tracing::warn!(path = %path.display(), reason = %why,
                     "tokenizer not supported by the allocation-free WordPiece; using the tokenizers crate");
-                let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Spec {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
+                let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+                    ModelError::Spec { path: path.to_path_buf(), reason: e.to_string() }
                 })?;
                 let id = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_to_id(n));
                 let (Some(cls), Some(sep)) = (id(&["[CLS]", "<s>"]), id(&["[SEP]", "</s>"])) else {
@@ -73,7 +67,12 @@ impl TextTokenizer {
     }
 
     /// Tokens `encode_into` would write for `text` (specials included, truncated to `max_len`).
-    pub fn count_tokens(&self, text: &str, max_len: usize, scratch: &mut Scratch) -> Result<usize, String> {
+    pub fn count_tokens(
+        &self,
+        text: &str,
+        max_len: usize,
+        scratch: &mut Scratch,
+    ) -> Result<usize, String> {
         match self {
             TextTokenizer::Fast(w) => Ok(w.count_tokens(text, max_len, scratch)),
             TextTokenizer::Hf { tokenizer, .. } => {
@@ -84,7 +83,13 @@ impl TextTokenizer {
     }
 
     /// Writes `[CLS] ids.. [SEP]` into `out` and returns how many ids it wrote.
-    pub fn encode_into(&self, text: &str, max_len: usize, scratch: &mut Scratch, out: &mut [u32]) -> Result<usize, String> {
+    pub fn encode_into(
+        &self,
+        text: &str,
+        max_len: usize,
+        scratch: &mut Scratch,
+        out: &mut [u32],
+    ) -> Result<usize, String> {
         match self {
             TextTokenizer::Fast(w) => Ok(w.encode_into(text, max_len, scratch, out)),
             TextTokenizer::Hf { tokenizer, cls, sep, .. } => {

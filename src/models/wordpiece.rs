@@ -145,20 +145,12 @@ impl AddedMatcher {
             first_byte[p.as_bytes()[0] as usize] = true;
         }
         let only_first = match patterns.first() {
-            Some((p0, _))
-                if patterns
-                    .iter()
-                    .all(|(p, _)| p.as_bytes()[0] == p0.as_bytes()[0]) =>
-            {
+            Some((p0, _)) if patterns.iter().all(|(p, _)| p.as_bytes()[0] == p0.as_bytes()[0]) => {
                 Some(p0.as_bytes()[0])
             }
             _ => None,
         };
-        Self {
-            patterns,
-            first_byte,
-            only_first,
-        }
+        Self { patterns, first_byte, only_first }
     }
 
     #[inline]
@@ -293,17 +285,14 @@ pub struct WordPiece {
 }
 
 fn field<'a>(obj: &'a Value, key: &str, what: &str) -> Result<&'a Value, TokenizerError> {
-    obj.get(key)
-        .ok_or_else(|| TokenizerError::Invalid(format!("{what}: missing field `{key}`")))
+    obj.get(key).ok_or_else(|| TokenizerError::Invalid(format!("{what}: missing field `{key}`")))
 }
 
 fn opt_bool(obj: &Value, key: &str, default: bool, what: &str) -> Result<bool, TokenizerError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(TokenizerError::Invalid(format!(
-            "{what}: `{key}` is not a bool"
-        ))),
+        Some(_) => Err(TokenizerError::Invalid(format!("{what}: `{key}` is not a bool"))),
     }
 }
 
@@ -354,14 +343,8 @@ impl WordPiece {
                 )));
             }
         }
-        let unk_token = model
-            .get("unk_token")
-            .and_then(Value::as_str)
-            .unwrap_or("[UNK]");
-        let prefix = model
-            .get("continuing_subword_prefix")
-            .and_then(Value::as_str)
-            .unwrap_or("##");
+        let unk_token = model.get("unk_token").and_then(Value::as_str).unwrap_or("[UNK]");
+        let prefix = model.get("continuing_subword_prefix").and_then(Value::as_str).unwrap_or("##");
         let max_input_chars_per_word = match model.get("max_input_chars_per_word") {
             None | Some(Value::Null) => 100,
             Some(v) => v.as_u64().ok_or_else(|| {
@@ -402,10 +385,7 @@ impl WordPiece {
                     )
                 }
                 Some(n) => {
-                    return Err(TokenizerError::Unsupported(format!(
-                        "normalizer {}",
-                        type_name(n)
-                    )))
+                    return Err(TokenizerError::Unsupported(format!("normalizer {}", type_name(n))))
                 }
             };
 
@@ -416,10 +396,7 @@ impl WordPiece {
                 return Err(TokenizerError::Unsupported("no pre_tokenizer".into()))
             }
             Some(p) => {
-                return Err(TokenizerError::Unsupported(format!(
-                    "pre_tokenizer {}",
-                    type_name(p)
-                )))
+                return Err(TokenizerError::Unsupported(format!("pre_tokenizer {}", type_name(p))))
             }
         }
 
@@ -440,10 +417,7 @@ impl WordPiece {
                 return Err(TokenizerError::Unsupported("no post_processor".into()))
             }
             Some(p) => {
-                return Err(TokenizerError::Unsupported(format!(
-                    "post_processor {}",
-                    type_name(p)
-                )))
+                return Err(TokenizerError::Unsupported(format!("post_processor {}", type_name(p))))
             }
         };
 
@@ -591,10 +565,7 @@ impl WordPiece {
         scratch: &mut Scratch,
         out: &mut [u32],
     ) -> usize {
-        assert!(
-            out.len() >= 2,
-            "encode_into: output buffer must hold at least 2 ids"
-        );
+        assert!(out.len() >= 2, "encode_into: output buffer must hold at least 2 ids");
         let limit = max_len.max(2).min(out.len());
         self.run(text, limit, scratch, Some(out))
     }
@@ -634,11 +605,7 @@ impl WordPiece {
         scratch: &mut Scratch,
         out: Option<&mut [u32]>,
     ) -> usize {
-        let mut sink = Sink {
-            out,
-            n: 0,
-            limit: limit - 2,
-        };
+        let mut sink = Sink { out, n: 0, limit: limit - 2 };
         if let Some(out) = sink.out.as_deref_mut() {
             out[0] = self.cls_id;
         }
@@ -872,11 +839,7 @@ impl WordPiece {
         let word_start = sink.n;
         let mut start = 0;
         while start < w.len() {
-            let vocab = if start == 0 {
-                &self.vocab
-            } else {
-                &self.cont_vocab
-            };
+            let vocab = if start == 0 { &self.vocab } else { &self.cont_vocab };
             // Slices longer than the longest key cannot match; skipping them keeps the
             // result of trying every end position from the end of the word.
             let mut end = w.len().min(start + vocab.max_key_len);
@@ -929,10 +892,7 @@ fn parse_template(p: &Value) -> Result<(u32, u32), TokenizerError> {
             .and_then(Value::as_array)
             .ok_or_else(|| unsupported(&format!("special token {name:?} not declared")))?;
         if ids.len() != 1 {
-            return Err(unsupported(&format!(
-                "special token {name:?} has {} ids",
-                ids.len()
-            )));
+            return Err(unsupported(&format!("special token {name:?} has {} ids", ids.len())));
         }
         as_id(&ids[0], "TemplateProcessing")
     };
@@ -1066,24 +1026,15 @@ mod tests {
     #[test]
     fn lowercase_clean_and_punctuation() {
         let wp = tok();
-        assert_eq!(
-            enc(&wp, "Hello,\tWORLD!!"),
-            ids(&["hello", ",", "world", "!", "!"])
-        );
+        assert_eq!(enc(&wp, "Hello,\tWORLD!!"), ids(&["hello", ",", "world", "!", "!"]));
         // control chars, NUL and U+FFFD are dropped (joining the word), \u{b} is a control
-        assert_eq!(
-            enc(&wp, "hel\u{0}lo\u{fffd} wor\u{b}ld\u{200b}"),
-            ids(&["hello", "world"])
-        );
+        assert_eq!(enc(&wp, "hel\u{0}lo\u{fffd} wor\u{b}ld\u{200b}"), ids(&["hello", "world"]));
         // ASCII symbols count as punctuation
         assert_eq!(enc(&wp, "a$b+c"), ids(&["a", "$", "b", "+", "c"]));
         assert_eq!(enc(&wp, "don't"), ids(&["don", "'", "t"]));
         assert_eq!(enc(&wp, "U.S."), ids(&["u", ".", "s", "."]));
         // NBSP and ideographic space are whitespace
-        assert_eq!(
-            enc(&wp, "hello\u{a0}world\u{3000}!"),
-            ids(&["hello", "world", "!"])
-        );
+        assert_eq!(enc(&wp, "hello\u{a0}world\u{3000}!"), ids(&["hello", "world", "!"]));
     }
 
     #[test]
@@ -1128,10 +1079,7 @@ mod tests {
     #[test]
     fn added_tokens_in_text() {
         let wp = tok();
-        assert_eq!(
-            enc(&wp, "hello[MASK]world [SEP]"),
-            vec![id("hello"), 14, id("world"), 13]
-        );
+        assert_eq!(enc(&wp, "hello[MASK]world [SEP]"), vec![id("hello"), 14, id("world"), 13]);
         // raw added tokens are matched before lowercasing
         assert_eq!(enc(&wp, "[mask]"), vec![11, 11, 11]);
         // a normalized added token matches after lowercasing
@@ -1151,15 +1099,7 @@ mod tests {
         let n = wp.encode_into(&text, 7, &mut s, &mut out);
         assert_eq!(
             &out[..n],
-            &[
-                12,
-                id("hello"),
-                id("world"),
-                id("hello"),
-                id("world"),
-                id("hello"),
-                13
-            ]
+            &[12, id("hello"), id("world"), id("hello"), id("world"), id("hello"), 13]
         );
         // truncation inside a multi-piece word keeps the first pieces
         let n = wp.encode_into("unaffable", 4, &mut s, &mut out);
@@ -1209,10 +1149,7 @@ mod tests {
 
         let bad_norm = r#"{"type":"NFC"}"#;
         let err = WordPiece::from_json_str(&json_with(bad_norm, TEMPLATE, "")).unwrap_err();
-        assert!(
-            matches!(&err, TokenizerError::Unsupported(m) if m.contains("NFC")),
-            "{err}"
-        );
+        assert!(matches!(&err, TokenizerError::Unsupported(m) if m.contains("NFC")), "{err}");
 
         let extra = r#",{"id":99,"content":"zz","single_word":true,"lstrip":false,"rstrip":false,"normalized":false,"special":false}"#;
         let err = WordPiece::from_json_str(&json_with(BERT_NORM, TEMPLATE, extra)).unwrap_err();
@@ -1226,15 +1163,9 @@ mod tests {
         let extra = r#",{"id":99,"content":"AB","single_word":false,"lstrip":false,"rstrip":false,"normalized":true,"special":false},{"id":98,"content":"ab","single_word":false,"lstrip":false,"rstrip":false,"normalized":true,"special":false}"#;
         let json = json_with(BERT_NORM, TEMPLATE, extra);
         let err = WordPiece::from_json_str(&json).unwrap_err();
-        assert!(
-            matches!(&err, TokenizerError::Unsupported(m) if m.contains("same text")),
-            "{err}"
-        );
+        assert!(matches!(&err, TokenizerError::Unsupported(m) if m.contains("same text")), "{err}");
 
-        assert!(matches!(
-            WordPiece::from_json_str("{"),
-            Err(TokenizerError::Json(_))
-        ));
+        assert!(matches!(WordPiece::from_json_str("{"), Err(TokenizerError::Json(_))));
         assert!(matches!(
             WordPiece::from_file(Path::new("/nonexistent/tokenizer.json")),
             Err(TokenizerError::Io(_))

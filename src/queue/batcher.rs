@@ -39,7 +39,13 @@ pub struct BatchPolicy {
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        BatchPolicy { max_rows: 64, max_tokens: 8192, priority_burst: 4, length_grouping: true, expire_late_after: None }
+        BatchPolicy {
+            max_rows: 64,
+            max_tokens: 8192,
+            priority_burst: 4,
+            length_grouping: true,
+            expire_late_after: None,
+        }
     }
 }
 
@@ -176,7 +182,8 @@ impl Batcher {
                 if i == a && w == 0 || !Arc::ptr_eq(&r.model, &model) {
                     continue;
                 }
-                let dist = if self.policy.length_grouping { r.max_tokens.abs_diff(anchor_len) } else { 0 };
+                let dist =
+                    if self.policy.length_grouping { r.max_tokens.abs_diff(anchor_len) } else { 0 };
                 self.order.push(((w as u32) << 16 | dist.min(0xffff), r.seq, i as u32));
             }
         }
@@ -186,8 +193,12 @@ impl Batcher {
         let mut rows = first[a].items as u64;
         let mut seq = anchor_len as u64;
         let (mut picked_first, mut picked_second) = match anchor {
-            Anchor::Priority => (std::mem::take(&mut self.picked_prio), std::mem::take(&mut self.picked_norm)),
-            Anchor::Normal => (std::mem::take(&mut self.picked_norm), std::mem::take(&mut self.picked_prio)),
+            Anchor::Priority => {
+                (std::mem::take(&mut self.picked_prio), std::mem::take(&mut self.picked_norm))
+            }
+            Anchor::Normal => {
+                (std::mem::take(&mut self.picked_norm), std::mem::take(&mut self.picked_prio))
+            }
         };
         picked_first.clear();
         picked_second.clear();
@@ -202,7 +213,11 @@ impl Batcher {
             if new_rows <= max_rows && new_rows * new_seq <= max_tokens {
                 rows = new_rows;
                 seq = new_seq;
-                if key >> 16 == 0 { picked_first.push(i) } else { picked_second.push(i) }
+                if key >> 16 == 0 {
+                    picked_first.push(i)
+                } else {
+                    picked_second.push(i)
+                }
             }
         }
         // Remove highest indices first so swap_remove does not disturb the ones still to take.

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use prometheus::core::Collector;
 use prometheus::{
-    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::emit::{ErrorClass, Outcome, Verdict};
@@ -34,12 +34,16 @@ pub fn latency_buckets() -> Vec<f64> {
 
 /// Upper bounds of the batch-size histogram (requests per batch).
 pub fn batch_size_buckets() -> Vec<f64> {
-    vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 1024.0]
+    vec![
+        1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0,
+        256.0, 384.0, 512.0, 1024.0,
+    ]
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     // Names and buckets are constants checked by the unit tests below.
-    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram options")
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid histogram options")
 }
 
 /// Per-outcome metrics, recorded where every outcome passes (the emit thread).
@@ -60,7 +64,9 @@ pub struct OutcomeMetrics {
 
 impl std::fmt::Debug for OutcomeMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutcomeMetrics").field("results", &self.results.get()).finish_non_exhaustive()
+        f.debug_struct("OutcomeMetrics")
+            .field("results", &self.results.get())
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,20 +84,40 @@ impl OutcomeMetrics {
     /// Fresh metrics, not yet in a registry.
     pub fn new() -> Self {
         let requests = IntCounterVec::new(
-            Opts::new("sluice_requests_total", "Records that got their outcome, by outcome (result, dead_letter) and error class"),
+            Opts::new(
+                "sluice_requests_total",
+                "Records that got their outcome, by outcome (result, dead_letter) and error class",
+            ),
             &["outcome", "class"],
         )
         .expect("valid counter options");
         let results = requests.with_label_values(&["result", "none"]);
-        let dead_letters = ErrorClass::ALL.map(|c| requests.with_label_values(&["dead_letter", c.as_str()]));
+        let dead_letters =
+            ErrorClass::ALL.map(|c| requests.with_label_values(&["dead_letter", c.as_str()]));
         OutcomeMetrics {
             requests,
             results,
             dead_letters,
-            queue: histogram("sluice_queue_latency_seconds", "Arrival to the start of its batch, served requests", latency_buckets()),
-            inference: histogram("sluice_inference_latency_seconds", "Staging and model time of the batch, served requests", latency_buckets()),
-            end_to_end: histogram("sluice_end_to_end_latency_seconds", "Arrival to outcome, every record", latency_buckets()),
-            batch_size: histogram("sluice_request_batch_size", "Requests in the batch each served request ran in", batch_size_buckets()),
+            queue: histogram(
+                "sluice_queue_latency_seconds",
+                "Arrival to the start of its batch, served requests",
+                latency_buckets(),
+            ),
+            inference: histogram(
+                "sluice_inference_latency_seconds",
+                "Staging and model time of the batch, served requests",
+                latency_buckets(),
+            ),
+            end_to_end: histogram(
+                "sluice_end_to_end_latency_seconds",
+                "Arrival to outcome, every record",
+                latency_buckets(),
+            ),
+            batch_size: histogram(
+                "sluice_request_batch_size",
+                "Requests in the batch each served request ran in",
+                batch_size_buckets(),
+            ),
         }
     }
 
@@ -182,7 +208,12 @@ impl HistogramSnapshot {
         }
         HistogramSnapshot {
             bounds: self.bounds.clone(),
-            cumulative: self.cumulative.iter().zip(&earlier.cumulative).map(|(a, b)| a.saturating_sub(*b)).collect(),
+            cumulative: self
+                .cumulative
+                .iter()
+                .zip(&earlier.cumulative)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
             sum: (self.sum - earlier.sum).max(0.0),
         }
     }
@@ -280,14 +311,29 @@ pub struct Metrics {
 /// `(name, help)` of the pipeline counters mirrored by [`Metrics::observe_pipeline`].
 const PIPELINE_COUNTERS: [(&str, &str); 17] = [
     ("sluice_records_consumed_total", "Records read from the input and priority topics"),
-    ("sluice_records_rejected_total", "Records rejected before queueing (parse, validation, unknown_model, too_large)"),
-    ("sluice_consumer_pauses_total", "Times the consumer paused its partitions because a ring was full"),
+    (
+        "sluice_records_rejected_total",
+        "Records rejected before queueing (parse, validation, unknown_model, too_large)",
+    ),
+    (
+        "sluice_consumer_pauses_total",
+        "Times the consumer paused its partitions because a ring was full",
+    ),
     ("sluice_rebalances_total", "Partition revocations handled"),
     ("sluice_offset_commits_total", "Offset commits that succeeded"),
-    ("sluice_offset_commit_failures_total", "Offset commits that failed (retried with the next commit)"),
-    ("sluice_deliveries_total", "Records acknowledged by the broker (results, dead letters, metrics snapshots)"),
+    (
+        "sluice_offset_commit_failures_total",
+        "Offset commits that failed (retried with the next commit)",
+    ),
+    (
+        "sluice_deliveries_total",
+        "Records acknowledged by the broker (results, dead letters, metrics snapshots)",
+    ),
     ("sluice_delivery_retries_total", "Records sent again after a failed delivery"),
-    ("sluice_undeliverable_total", "Records given up on after kafka.producer.maxAttempts (their partition's commits stop)"),
+    (
+        "sluice_undeliverable_total",
+        "Records given up on after kafka.producer.maxAttempts (their partition's commits stop)",
+    ),
     ("sluice_metrics_snapshots_total", "Metrics snapshots sent to the metrics topic"),
     ("sluice_batches_total", "Batches computed"),
     ("sluice_batch_rows_total", "Rows (sequences or feature vectors) computed in batches"),
@@ -344,12 +390,24 @@ impl Metrics {
             g
         };
         let pipeline_counters = PIPELINE_COUNTERS.iter().map(|(n, h)| counter(n, h)).collect();
-        let lane_busy = CounterVec::new(Opts::new("sluice_lane_busy_seconds_total", "Time each execution lane spent computing batches"), &["lane"])
-            .expect("valid counter");
+        let lane_busy = CounterVec::new(
+            Opts::new(
+                "sluice_lane_busy_seconds_total",
+                "Time each execution lane spent computing batches",
+            ),
+            &["lane"],
+        )
+        .expect("valid counter");
         reg(Box::new(lane_busy.clone()));
         let cache_counters = CACHE_COUNTERS.iter().map(|(n, h)| counter(n, h)).collect();
-        let control_requests = IntCounterVec::new(Opts::new("sluice_control_requests_total", "Control-plane HTTP requests by status code"), &["code"])
-            .expect("valid counter");
+        let control_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_control_requests_total",
+                "Control-plane HTTP requests by status code",
+            ),
+            &["code"],
+        )
+        .expect("valid counter");
         reg(Box::new(control_requests.clone()));
         Metrics {
             outcomes: outcomes.clone(),
@@ -384,7 +442,13 @@ impl Metrics {
 
     /// Mirrors the counters of a running pipeline. `generation` identifies the pipeline (a new
     /// one starts its counters at zero).
-    pub fn observe_pipeline(&self, generation: u64, ingest: &IngestStats, emit: &EmitStats, engine: &EngineStats) {
+    pub fn observe_pipeline(
+        &self,
+        generation: u64,
+        ingest: &IngestStats,
+        emit: &EmitStats,
+        engine: &EngineStats,
+    ) {
         let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let now = [
             r(&ingest.consumed),
@@ -428,7 +492,9 @@ impl Metrics {
             if total > 0 {
                 let labels = [i.to_string(), mem.device.load(Ordering::Relaxed).to_string()];
                 let labels = [labels[0].as_str(), labels[1].as_str()];
-                self.gpu_memory_used.with_label_values(&labels).set(mem.used_bytes.load(Ordering::Relaxed) as i64);
+                self.gpu_memory_used
+                    .with_label_values(&labels)
+                    .set(mem.used_bytes.load(Ordering::Relaxed) as i64);
                 self.gpu_memory_total.with_label_values(&labels).set(total as i64);
             }
         }
@@ -438,7 +504,13 @@ impl Metrics {
     /// Mirrors the model cache's counters.
     pub fn observe_cache(&self, stats: &CacheStats, loaded: usize) {
         let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let now = [r(&stats.hits), r(&stats.misses), r(&stats.evictions), r(&stats.loads), r(&stats.load_failures)];
+        let now = [
+            r(&stats.hits),
+            r(&stats.misses),
+            r(&stats.evictions),
+            r(&stats.loads),
+            r(&stats.load_failures),
+        ];
         let mut m = self.mirror.lock();
         m.cache.resize(now.len(), 0);
         for ((c, last), v) in self.cache_counters.iter().zip(m.cache.iter_mut()).zip(now) {
@@ -461,7 +533,12 @@ impl Metrics {
             .iter()
             .position(|(n, _)| *n == name)
             .map(|i| self.pipeline_counters[i].get())
-            .or_else(|| CACHE_COUNTERS.iter().position(|(n, _)| *n == name).map(|i| self.cache_counters[i].get()))
+            .or_else(|| {
+                CACHE_COUNTERS
+                    .iter()
+                    .position(|(n, _)| *n == name)
+                    .map(|i| self.cache_counters[i].get())
+            })
             .unwrap_or(0)
     }
 
@@ -470,7 +547,11 @@ impl Metrics {
         let mut out = Vec::new();
         for mf in self.lane_busy.collect() {
             for m in mf.get_metric() {
-                let lane = m.get_label().iter().find(|l| l.name() == "lane").and_then(|l| l.value().parse::<usize>().ok());
+                let lane = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "lane")
+                    .and_then(|l| l.value().parse::<usize>().ok());
                 if let Some(lane) = lane {
                     if out.len() <= lane {
                         out.resize(lane + 1, 0.0);
@@ -502,7 +583,10 @@ mod tests {
         let text = m.render_text().unwrap();
         assert!(text.contains("sluice_pipeline_state{state=\"running\"} 1"), "{text}");
         assert!(text.contains("sluice_end_to_end_latency_seconds_count 1"), "{text}");
-        assert!(text.contains("sluice_requests_total{class=\"parse\",outcome=\"dead_letter\"} 0"), "{text}");
+        assert!(
+            text.contains("sluice_requests_total{class=\"parse\",outcome=\"dead_letter\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -512,8 +596,14 @@ mod tests {
         engine.lane_memory[2].set(1, 6 << 30, 80 << 30);
         m.observe_pipeline(1, &IngestStats::default(), &EmitStats::default(), &engine);
         let text = m.render_text().unwrap();
-        assert!(text.contains("sluice_gpu_memory_used_bytes{device=\"1\",lane=\"2\"} 79456894976"), "{text}");
-        assert!(text.contains("sluice_gpu_memory_total_bytes{device=\"1\",lane=\"2\"} 85899345920"), "{text}");
+        assert!(
+            text.contains("sluice_gpu_memory_used_bytes{device=\"1\",lane=\"2\"} 79456894976"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_gpu_memory_total_bytes{device=\"1\",lane=\"2\"} 85899345920"),
+            "{text}"
+        );
         assert!(!text.contains("lane=\"0\"}"), "CPU lanes report no device memory: {text}");
     }
 

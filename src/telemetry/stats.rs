@@ -44,7 +44,15 @@ impl EngineStats {
     }
 
     /// Records one computed batch.
-    pub fn record_batch(&self, lane: usize, requests: usize, rows: usize, real_tokens: usize, padded_tokens: usize, us: u64) {
+    pub fn record_batch(
+        &self,
+        lane: usize,
+        requests: usize,
+        rows: usize,
+        real_tokens: usize,
+        padded_tokens: usize,
+        us: u64,
+    ) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(requests as u64, Ordering::Relaxed);
         self.rows.fetch_add(rows as u64, Ordering::Relaxed);

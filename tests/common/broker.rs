@@ -140,16 +140,9 @@ impl TestBroker {
         let tansu = match std::env::var(BROKER_KIND_ENV).map(|k| k.to_ascii_lowercase()) {
             Ok(k) if k == "tansu" => true,
             Ok(k) if k == "kafka" => false,
-            _ => info
-                .cluster_id
-                .as_deref()
-                .is_some_and(|id| id.starts_with("tansu")),
+            _ => info.cluster_id.as_deref().is_some_and(|id| id.starts_with("tansu")),
         };
-        Ok(TestBroker {
-            bootstrap: addr.to_string(),
-            tansu,
-            child: None,
-        })
+        Ok(TestBroker { bootstrap: addr.to_string(), tansu, child: None })
     }
 
     /// Whether the broker is Tansu (started here, or `SLUICE_TEST_BROKER` with a Tansu cluster id or
@@ -191,10 +184,7 @@ impl TestBroker {
             })
             .take(150)
             .collect();
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
         format!(
             "{clean}-{}-{}-{}",
             std::process::id(),
@@ -257,10 +247,8 @@ impl TestBroker {
     /// until metadata lists every partition with a leader. An existing topic with that partition
     /// count is fine; with another count it is an error.
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
-        let admin: AdminClient<DefaultClientContext> = self
-            .metadata_config()
-            .create()
-            .map_err(|e| format!("admin client: {e}"))?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.metadata_config().create().map_err(|e| format!("admin client: {e}"))?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = block_on(admin.create_topics([&topic], &opts), ADMIN_TIMEOUT)
@@ -274,10 +262,7 @@ impl TestBroker {
         }
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         loop {
-            let seen = match admin
-                .inner()
-                .fetch_metadata(Some(name), Duration::from_secs(2))
-            {
+            let seen = match admin.inner().fetch_metadata(Some(name), Duration::from_secs(2)) {
                 Ok(md) => md.topics().iter().find(|t| t.name() == name).and_then(|t| {
                     let ready =
                         t.error().is_none() && t.partitions().iter().all(|p| p.leader() >= 0);
@@ -304,10 +289,8 @@ impl TestBroker {
 
     /// Deletes topics (best effort: errors are returned, a missing topic is fine).
     pub fn delete_topics(&self, names: &[&str]) -> Result<(), String> {
-        let admin: AdminClient<DefaultClientContext> = self
-            .base_config()
-            .create()
-            .map_err(|e| format!("admin client: {e}"))?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.base_config().create().map_err(|e| format!("admin client: {e}"))?;
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = block_on(admin.delete_topics(names, &opts), ADMIN_TIMEOUT)?
             .map_err(|e| format!("delete topics: {e}"))?;
@@ -322,10 +305,8 @@ impl TestBroker {
 
     /// Partition ids of `topic` from metadata (empty if it does not exist; looking does not create it).
     pub fn partitions(&self, topic: &str) -> Result<Vec<i32>, String> {
-        let p: BaseProducer = self
-            .metadata_config()
-            .create()
-            .map_err(|e| format!("client: {e}"))?;
+        let p: BaseProducer =
+            self.metadata_config().create().map_err(|e| format!("client: {e}"))?;
         partitions_of(p.client(), topic, Duration::from_secs(5))
     }
 
@@ -337,9 +318,7 @@ impl TestBroker {
         records: &[Record],
         partition: Option<i32>,
     ) -> Result<Vec<(i32, i64)>, String> {
-        let ctx = DeliveryLog {
-            results: Mutex::new(vec![None; records.len()]),
-        };
+        let ctx = DeliveryLog { results: Mutex::new(vec![None; records.len()]) };
         let producer: BaseProducer<DeliveryLog> = self
             .producer_config()
             .create_with_context(ctx)
@@ -357,10 +336,7 @@ impl TestBroker {
             if !headers.is_empty() {
                 let mut h = OwnedHeaders::new_with_capacity(headers.len());
                 for (k, v) in headers {
-                    h = h.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
+                    h = h.insert(Header { key: k, value: Some(v) });
                 }
                 rec = rec.headers(h);
             }
@@ -414,11 +390,7 @@ impl TestBroker {
             .set("enable.partition.eof", "false")
             .set(
                 "isolation.level",
-                if read_committed {
-                    "read_committed"
-                } else {
-                    "read_uncommitted"
-                },
+                if read_committed { "read_committed" } else { "read_uncommitted" },
             );
         let consumer: BaseConsumer = cfg.create().map_err(|e| format!("consumer: {e}"))?;
         let result = (|| {
@@ -454,10 +426,8 @@ impl TestBroker {
         group: &str,
         topic: &str,
     ) -> Result<BTreeMap<i32, Option<i64>>, String> {
-        let consumer: BaseConsumer = self
-            .consumer_config(group)
-            .create()
-            .map_err(|e| format!("consumer: {e}"))?;
+        let consumer: BaseConsumer =
+            self.consumer_config(group).create().map_err(|e| format!("consumer: {e}"))?;
         let result = (|| {
             let mut tpl = TopicPartitionList::new();
             for p in partitions_of(consumer.client(), topic, Duration::from_secs(5))? {
@@ -566,10 +536,7 @@ impl TestBroker {
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
                 _ => {
-                    let _ = Command::new("kill")
-                        .arg("-KILL")
-                        .arg(c.pid.to_string())
-                        .status();
+                    let _ = Command::new("kill").arg("-KILL").arg(c.pid.to_string()).status();
                     let _ = c.wrapper.kill();
                     let _ = c.wrapper.wait();
                     break;
@@ -577,11 +544,7 @@ impl TestBroker {
             }
         }
         if thread::panicking() {
-            eprintln!(
-                "test broker on port {} logged to {}",
-                c.port,
-                c.log.display()
-            );
+            eprintln!("test broker on port {} logged to {}", c.port, c.log.display());
         } else {
             let _ = std::fs::remove_file(&c.log);
         }
@@ -618,12 +581,10 @@ pub fn block_on<F: Future>(fut: F, timeout: Duration) -> Result<F::Output, Strin
 /// that does not finish in time is leaked with its thread. Returns whether it finished.
 pub fn close_in_background<T: Send + 'static>(client: T, timeout: Duration) -> bool {
     let (tx, rx) = mpsc::channel();
-    let spawned = thread::Builder::new()
-        .name("kafka-close".into())
-        .spawn(move || {
-            drop(client);
-            let _ = tx.send(());
-        });
+    let spawned = thread::Builder::new().name("kafka-close".into()).spawn(move || {
+        drop(client);
+        let _ = tx.send(());
+    });
     if spawned.is_err() {
         return false;
     }
@@ -655,10 +616,7 @@ pub fn poll_records<C: rdkafka::consumer::ConsumerContext>(
                     .map(|h| {
                         h.iter()
                             .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
+                                (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())
                             })
                             .collect()
                     })
@@ -744,12 +702,7 @@ fn tansu_binary() -> Result<PathBuf, String> {
             ));
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let path = stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+        let path = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
         if path.is_empty() || !Path::new(path).is_file() {
             return Err(format!(
                 "`scripts/broker.sh path` printed no binary path ({:?}; {})",
@@ -778,25 +731,11 @@ fn spawn_tansu(bin: &Path) -> Result<TansuChild, String> {
         .arg("-c")
         .arg(WATCHDOG)
         .arg(bin)
-        .args([
-            "broker",
-            "--cluster-id",
-            TANSU_CLUSTER_ID,
-            "--listener-url",
-            &url,
-        ])
-        .args([
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
+        .args(["broker", "--cluster-id", TANSU_CLUSTER_ID, "--listener-url", &url])
+        .args(["--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
         .env("SLUICE_TANSU_LOG", &log)
         // An inherited RUST_LOG=debug makes tansu log thousands of lines per request.
-        .env(
-            "RUST_LOG",
-            std::env::var("SLUICE_TANSU_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("RUST_LOG", std::env::var("SLUICE_TANSU_RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -809,22 +748,14 @@ fn spawn_tansu(bin: &Path) -> Result<TansuChild, String> {
     while stdout.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
         pid_line.push(byte[0] as char);
     }
-    let mut child = TansuChild {
-        wrapper,
-        stdin,
-        pid: 0,
-        port,
-        log,
-    };
+    let mut child = TansuChild { wrapper, stdin, pid: 0, port, log };
     child.pid = match pid_line.trim().parse() {
         Ok(p) => p,
         Err(_) => {
             drop(child.stdin.take());
             let _ = child.wrapper.kill();
             let _ = child.wrapper.wait();
-            return Err(format!(
-                "tansu watchdog did not report a pid (got {pid_line:?})"
-            ));
+            return Err(format!("tansu watchdog did not report a pid (got {pid_line:?})"));
         }
     };
     let addr = format!("127.0.0.1:{port}");
@@ -832,19 +763,13 @@ fn spawn_tansu(bin: &Path) -> Result<TansuChild, String> {
     loop {
         if let Ok(Some(status)) = child.wrapper.try_wait() {
             let tail = log_tail(&child.log);
-            return Err(format!(
-                "tansu on port {port} exited during startup ({status}): {tail}"
-            ));
+            return Err(format!("tansu on port {port} exited during startup ({status}): {tail}"));
         }
         match probe(&addr, Duration::from_secs(1)) {
             Ok(_) => return Ok(child), // a dropped `child` would kill tansu: hand it over
             Err(e) if Instant::now() >= deadline => {
                 let tail = log_tail(&child.log);
-                drop(TestBroker {
-                    bootstrap: addr,
-                    tansu: true,
-                    child: Some(child),
-                });
+                drop(TestBroker { bootstrap: addr, tansu: true, child: Some(child) });
                 return Err(format!(
                     "tansu on port {port} not ready in {READY_TIMEOUT:?}: {e}; log: {tail}"
                 ));
@@ -895,10 +820,8 @@ pub fn probe(addr: &str, timeout: Duration) -> Result<ProbeInfo, String> {
         .ok_or_else(|| format!("{addr}: no IPv4 address"))?;
     let mut s =
         TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     s.set_nodelay(true).ok();
 
     let r = kafka_call(&mut s, 18, 0, &[], 1)?;
@@ -918,10 +841,7 @@ pub fn probe(addr: &str, timeout: Duration) -> Result<ProbeInfo, String> {
     let v = min.max(max.min(4));
     if v > max.min(8) {
         // Only flexible versions: the broker answered ApiVersions, call it ready.
-        return Ok(ProbeInfo {
-            brokers: Vec::new(),
-            cluster_id: None,
-        });
+        return Ok(ProbeInfo { brokers: Vec::new(), cluster_id: None });
     }
     let mut body = 0i32.to_be_bytes().to_vec(); // topics: none
     if v >= 4 {
@@ -947,10 +867,7 @@ pub fn probe(addr: &str, timeout: Duration) -> Result<ProbeInfo, String> {
     if brokers.is_empty() {
         return Err("metadata lists no brokers".into());
     }
-    Ok(ProbeInfo {
-        brokers,
-        cluster_id,
-    })
+    Ok(ProbeInfo { brokers, cluster_id })
 }
 
 fn kafka_call(
@@ -972,15 +889,13 @@ fn kafka_call(
     frame.extend(msg);
     s.write_all(&frame).map_err(|e| format!("send: {e}"))?;
     let mut len = [0u8; 4];
-    s.read_exact(&mut len)
-        .map_err(|e| format!("receive: {e}"))?;
+    s.read_exact(&mut len).map_err(|e| format!("receive: {e}"))?;
     let len = i32::from_be_bytes(len);
     if !(4..=(64 << 20)).contains(&len) {
         return Err(format!("bad response size {len}"));
     }
     let mut data = vec![0u8; len as usize];
-    s.read_exact(&mut data)
-        .map_err(|e| format!("receive: {e}"))?;
+    s.read_exact(&mut data).map_err(|e| format!("receive: {e}"))?;
     let got = i32::from_be_bytes(data[..4].try_into().unwrap());
     if got != corr {
         return Err(format!("correlation id {got}, expected {corr}"));
@@ -1011,8 +926,6 @@ impl Rd<'_> {
         if n < 0 {
             return Ok(None);
         }
-        Ok(Some(
-            String::from_utf8_lossy(self.take(n as usize)?).into_owned(),
-        ))
+        Ok(Some(String::from_utf8_lossy(self.take(n as usize)?).into_owned()))
     }
 }

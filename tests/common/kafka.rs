@@ -80,12 +80,21 @@ pub fn source_of(c: &Consumed, is_dlq: bool) -> (String, i32, i64) {
         )
     } else {
         let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
-        (v["source"]["topic"].as_str().unwrap().to_string(), v["source"]["partition"].as_i64().unwrap() as i32, v["source"]["offset"].as_i64().unwrap())
+        (
+            v["source"]["topic"].as_str().unwrap().to_string(),
+            v["source"]["partition"].as_i64().unwrap() as i32,
+            v["source"]["offset"].as_i64().unwrap(),
+        )
     }
 }
 
 /// Reads outputs and dead letters until `n` outcomes in all (or the timeout).
-pub fn outcomes(b: &TestBroker, t: &Topics, n: usize, timeout: Duration) -> (Vec<Consumed>, Vec<Consumed>) {
+pub fn outcomes(
+    b: &TestBroker,
+    t: &Topics,
+    n: usize,
+    timeout: Duration,
+) -> (Vec<Consumed>, Vec<Consumed>) {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

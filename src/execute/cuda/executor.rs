@@ -84,7 +84,9 @@ pub struct CudaExecutor {
     memory: MemoryReport,
 }
 
-fn pinned<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Send + Sync + 'static>(
+fn pinned<
+    T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Send + Sync + 'static,
+>(
     ctx: &Arc<CudaContext>,
     len: usize,
 ) -> Result<Box<dyn crate::execute::PinnedBlock<T>>, GpuError> {
@@ -95,15 +97,32 @@ impl CudaExecutor {
     /// Opens device `ordinal` with a new stream, compiles the kernels and allocates two
     /// page-locked slots sized for `rows` rows and `tokens` padded tokens. `lane` is the
     /// lane's index in `stats` (for the memory gauge). Call it on the lane's own thread.
-    pub fn new(ordinal: usize, stream_index: usize, rows: usize, tokens: usize, stats: Arc<EngineStats>, lane: usize) -> Result<Self, GpuError> {
+    pub fn new(
+        ordinal: usize,
+        stream_index: usize,
+        rows: usize,
+        tokens: usize,
+        stats: Arc<EngineStats>,
+        lane: usize,
+    ) -> Result<Self, GpuError> {
         let cuda = CudaDevice::new_with_stream(ordinal)
             // First line only: candle appends a backtrace when RUST_BACKTRACE is set.
-            .map_err(|e| GpuError::Other(format!("cannot open CUDA device {ordinal} (is a driver and that device present?): {}", first_line(&e))))?;
+            .map_err(|e| {
+                GpuError::Other(format!(
+                    "cannot open CUDA device {ordinal} (is a driver and that device present?): {}",
+                    first_line(&e)
+                ))
+            })?;
         let stream = cuda.cuda_stream();
         let ctx = stream.context().clone();
         let kernels = Kernels::compile(&ctx)?;
         let slot = || -> Result<Slot, GpuError> {
-            let staging = HostStaging::pinned(pinned(&ctx, tokens)?, pinned(&ctx, tokens)?, pinned(&ctx, rows)?, pinned(&ctx, rows * 64)?);
+            let staging = HostStaging::pinned(
+                pinned(&ctx, tokens)?,
+                pinned(&ctx, tokens)?,
+                pinned(&ctx, rows)?,
+                pinned(&ctx, rows * 64)?,
+            );
             Ok(Slot {
                 staging,
                 out: PinnedHostBlock::new(&ctx, rows * INITIAL_OUTPUT_WIDTH)?,
@@ -113,7 +132,13 @@ impl CudaExecutor {
             })
         };
         let slots = [slot()?, slot()?];
-        tracing::info!(device = ordinal, stream = stream_index, compile_ms = kernels.compile_time.as_millis() as u64, arch = kernels.arch.unwrap_or("default"), "CUDA lane ready");
+        tracing::info!(
+            device = ordinal,
+            stream = stream_index,
+            compile_ms = kernels.compile_time.as_millis() as u64,
+            arch = kernels.arch.unwrap_or("default"),
+            "CUDA lane ready"
+        );
         let mut exec = CudaExecutor {
             ordinal,
             stream_index,
@@ -163,7 +188,9 @@ impl CudaExecutor {
     /// whose source the cache has let go of are dropped here, freeing their device memory.
     fn replica(&mut self, model: &Arc<LoadedModel>) -> Result<usize, ModelError> {
         self.replicas.retain(|r| r.source.strong_count() > 0);
-        if let Some(i) = self.replicas.iter().position(|r| std::ptr::eq(r.source.as_ptr(), Arc::as_ptr(model))) {
+        if let Some(i) =
+            self.replicas.iter().position(|r| std::ptr::eq(r.source.as_ptr(), Arc::as_ptr(model)))
+        {
             return Ok(i);
         }
         let started = Instant::now();
@@ -201,7 +228,11 @@ fn enqueue_embedding(
     let (rows, seq, hidden) = (st.rows, st.seq_len, bert.hidden());
     let n = rows * seq;
     if st.ids.len() < n || st.row_tokens.len() < rows {
-        return Err(GpuError::Other(format!("staging holds {} ids and {} rows for a {rows}x{seq} batch", st.ids.len(), st.row_tokens.len())));
+        return Err(GpuError::Other(format!(
+            "staging holds {} ids and {} rows for a {rows}x{seq} batch",
+            st.ids.len(),
+            st.row_tokens.len()
+        )));
     }
     // SAFETY (both allocations): fully overwritten by the copies right below, on this stream.
     let mut ids = unsafe { stream.alloc::<u32>(n) }?;
@@ -214,7 +245,11 @@ fn enqueue_embedding(
     let mut types = unsafe { stream.alloc::<u32>(n) }?;
     kernels.batch_mask(stream, &lens.slice(..), &mut mask, &mut types, (rows, seq))?;
     let states = bert
-        .encode_states(&tensor_of(ids, cuda, (rows, seq)), &tensor_of(types, cuda, (rows, seq)), &tensor_of(mask, cuda, (rows, seq)))
+        .encode_states(
+            &tensor_of(ids, cuda, (rows, seq)),
+            &tensor_of(types, cuda, (rows, seq)),
+            &tensor_of(mask, cuda, (rows, seq)),
+        )
         .map_err(|e| GpuError::Other(e.to_string()))?
         .contiguous()?;
     let mut out = unsafe { stream.alloc::<f32>(rows * hidden) }?;
@@ -227,7 +262,15 @@ fn enqueue_embedding(
             return Err(GpuError::Other("encoder output is not contiguous".into()));
         };
         let states_view = cs.as_cuda_slice::<f32>()?.slice(start..end);
-        kernels.pool_normalize(stream, &states_view, &lens.slice(..), &mut out, (rows, seq, hidden), matches!(pooling, Pooling::Mean), normalize)?;
+        kernels.pool_normalize(
+            stream,
+            &states_view,
+            &lens.slice(..),
+            &mut out,
+            (rows, seq, hidden),
+            matches!(pooling, Pooling::Mean),
+            normalize,
+        )?;
     }
     if slot.out.len() < rows * hidden {
         slot.out = PinnedHostBlock::new(&ctx, rows * hidden)?;
@@ -270,7 +313,15 @@ impl Executor for CudaExecutor {
         let head = replica.bert().and_then(|b| b.embedding_head().map(|h| (b, h)));
         slot.pending = match head {
             Some((bert, (pooling, normalize))) if slot.staging.seq_len > 0 => {
-                match enqueue_embedding(&self.stream, &self.cuda, &self.kernels, slot, bert, pooling, normalize) {
+                match enqueue_embedding(
+                    &self.stream,
+                    &self.cuda,
+                    &self.kernels,
+                    slot,
+                    bert,
+                    pooling,
+                    normalize,
+                ) {
                     Ok((rows, width)) => Pending::Device { rows, width },
                     Err(e) => {
                         // Some copies out of this slot may already be queued: let them finish
@@ -299,7 +350,8 @@ impl Executor for CudaExecutor {
             Pending::Ready(r) => r,
             Pending::Device { rows, width } => match slot.done.synchronize() {
                 Ok(()) => {
-                    let data = crate::execute::PinnedBlock::as_slice(&slot.out)[..rows * width].to_vec();
+                    let data =
+                        crate::execute::PinnedBlock::as_slice(&slot.out)[..rows * width].to_vec();
                     Ok(BatchOutput { data, width, kind: OutputKind::Embedding })
                 }
                 Err(e) => Err(GpuError::from(e).into()),

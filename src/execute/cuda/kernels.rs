@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 use super::GpuError;
@@ -45,7 +47,10 @@ fn invalid(what: &str) -> GpuError {
 }
 
 /// `(file stem, source, entry point)` of every kernel.
-const KERNELS: [(&str, &str, &str); 2] = [("pool_normalize", POOL_NORMALIZE_SRC, "pool_normalize_f32"), ("batch_mask", BATCH_MASK_SRC, "batch_mask_u32")];
+const KERNELS: [(&str, &str, &str); 2] = [
+    ("pool_normalize", POOL_NORMALIZE_SRC, "pool_normalize_f32"),
+    ("batch_mask", BATCH_MASK_SRC, "batch_mask_u32"),
+];
 
 /// Compiles every kernel to PTX for `arch` (e.g. `compute_90`; `None`: NVRTC's default)
 /// without loading it: needs NVRTC only, no device. Returns `(entry point, PTX)` pairs.
@@ -53,8 +58,10 @@ pub fn compile_ptx(arch: Option<&'static str>) -> Result<Vec<(&'static str, Ptx)
     KERNELS
         .iter()
         .map(|&(name, src, func)| {
-            let opts = CompileOptions { arch, name: Some(format!("{name}.cu")), ..Default::default() };
-            let ptx = compile_ptx_with_opts(src, opts).map_err(|e| GpuError::Compile { kernel: name, reason: e.to_string() })?;
+            let opts =
+                CompileOptions { arch, name: Some(format!("{name}.cu")), ..Default::default() };
+            let ptx = compile_ptx_with_opts(src, opts)
+                .map_err(|e| GpuError::Compile { kernel: name, reason: e.to_string() })?;
             Ok((func, ptx))
         })
         .collect()
@@ -70,7 +77,8 @@ impl Kernels {
         for (func, ptx) in compile_ptx(arch)? {
             funcs.push(ctx.load_module(ptx)?.load_function(func)?);
         }
-        let [pool_normalize, batch_mask]: [CudaFunction; 2] = funcs.try_into().map_err(|_| GpuError::Other("kernel count".into()))?;
+        let [pool_normalize, batch_mask]: [CudaFunction; 2] =
+            funcs.try_into().map_err(|_| GpuError::Other("kernel count".into()))?;
         Ok(Kernels { pool_normalize, batch_mask, compile_time: started.elapsed(), arch })
     }
 
@@ -87,17 +95,32 @@ impl Kernels {
         mean: bool,
         normalize: bool,
     ) -> Result<(), GpuError> {
-        if states.len() < rows * seq * hidden || row_tokens.len() < rows || out.len() < rows * hidden {
+        if states.len() < rows * seq * hidden
+            || row_tokens.len() < rows
+            || out.len() < rows * hidden
+        {
             return Err(invalid("pool_normalize"));
         }
         if rows == 0 || hidden == 0 {
             return Ok(());
         }
         let threads = hidden.div_ceil(32).clamp(1, 8) as u32 * 32;
-        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        let (seq, hidden, mean, normalize) = (seq as i32, hidden as i32, i32::from(mean), i32::from(normalize));
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (seq, hidden, mean, normalize) =
+            (seq as i32, hidden as i32, i32::from(mean), i32::from(normalize));
         let mut launch = stream.launch_builder(&self.pool_normalize);
-        launch.arg(states).arg(row_tokens).arg(out).arg(&seq).arg(&hidden).arg(&mean).arg(&normalize);
+        launch
+            .arg(states)
+            .arg(row_tokens)
+            .arg(out)
+            .arg(&seq)
+            .arg(&hidden)
+            .arg(&mean)
+            .arg(&normalize);
         // SAFETY: the argument list matches the kernel's signature and the sizes were checked
         // above: the kernel reads rows*seq*hidden states and rows counts, writes rows*hidden.
         unsafe { launch.launch(cfg) }.map(|_| ()).map_err(GpuError::from)
@@ -122,7 +145,11 @@ impl Kernels {
         }
         let threads = 256u32;
         let blocks = n.div_ceil(threads as usize).min(65_535) as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let (rows, seq) = (rows as i32, seq as i32);
         let mut launch = stream.launch_builder(&self.batch_mask);
         launch.arg(row_tokens).arg(mask).arg(type_ids).arg(&rows).arg(&seq);

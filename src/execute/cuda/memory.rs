@@ -45,7 +45,9 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy> PinnedHostBlock<T> {
     }
 }
 
-impl<T: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + 'static> PinnedBlock<T> for PinnedHostBlock<T> {
+impl<T: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + 'static> PinnedBlock<T>
+    for PinnedHostBlock<T>
+{
     fn as_slice(&self) -> &[T] {
         // SAFETY: `ptr` is valid for `len` initialised elements while `mem` lives.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
