@@ -2,7 +2,7 @@
 //!
 //! For each batch size `b`: an [`Engine`] with one CPU lane and `BatchPolicy { max_rows: b }`,
 //! fed every sentence of the sentence file as a JSON request decoded by
-//! [`sluice::ingest::Decoder`] (on a submitter thread, as the Kafka consumer would), passes
+//! [`sluice::core::Decoder`] (on a submitter thread, as the Kafka consumer would), passes
 //! over the file repeated until at least `--min-seconds` and one pass. Time runs from the
 //! first submit of a pass until its last outcome is received; decoding, batching, staging
 //! (tokenization), the model and pooling are all inside it.
@@ -25,9 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice::emit::Outcome;
+use sluice::core::BatchCaps;
+use sluice::core::Outcome;
+use sluice::core::{ContentType, Envelope, Limits, Priority, Source};
+use sluice::decode::Decoder;
 use sluice::engine::{Engine, EngineSettings};
-use sluice::ingest::{ContentType, Decoder, Envelope, Limits, Priority, Source};
 use sluice::models::cache::CacheSettings;
 use sluice::models::{packed_bert, ModelCache, Repository};
 use sluice::queue::BatchPolicy;
@@ -186,11 +188,8 @@ fn run() -> Result<(), String> {
     }
     let repo = Repository::open(&o.models)
         .map_err(|e| format!("{}: {e} (run scripts/fetch-minilm.sh)", o.models.display()))?;
-    let cache = Arc::new(ModelCache::new(
-        repo,
-        candle_core::Device::Cpu,
-        CacheSettings { capacity: 2, ttl: None, warmup_rows: 8 },
-    ));
+    let cache =
+        Arc::new(ModelCache::new(repo, CacheSettings { capacity: 2, ttl: None, warmup_rows: 8 }));
     let model = cache.get(&o.model, None).map_err(|e| format!("model {}: {e}", o.model))?;
     let shape: BertShape = serde_json::from_str(
         &std::fs::read_to_string(model.dir.join("config.json")).map_err(|e| e.to_string())?,
@@ -210,7 +209,8 @@ fn run() -> Result<(), String> {
     let topic: Arc<str> = "bench".into();
 
     // Token counts (as the engine sees them) and the useful FLOPs of one pass.
-    let probe_limits = Limits { max_batch_rows: 1, max_batch_tokens: 1 << 20, ..Limits::default() };
+    let probe_limits =
+        Limits { caps: BatchCaps { max_rows: 1, max_tokens: 1 << 20 }, ..Limits::default() };
     let mut probe = Decoder::new(cache.clone(), probe_limits, None);
     let mut pass_tokens = 0u64;
     let mut pass_flops = 0f64;
@@ -237,7 +237,8 @@ fn run() -> Result<(), String> {
     let mut rows = Vec::new();
     for &b in &o.batch_sizes {
         let max_tokens = b * 512;
-        let policy = BatchPolicy { max_rows: b, max_tokens, ..BatchPolicy::default() };
+        let caps = BatchCaps { max_rows: b, max_tokens };
+        let policy = BatchPolicy { caps, ..BatchPolicy::default() };
         let settings = EngineSettings {
             cpu_lanes: 1,
             ring_capacity: 4096,
@@ -246,8 +247,7 @@ fn run() -> Result<(), String> {
             idle_wait: Duration::from_millis(1),
             ..EngineSettings::default()
         };
-        let limits =
-            Limits { max_batch_rows: b, max_batch_tokens: max_tokens, ..Limits::default() };
+        let limits = Limits { caps, ..Limits::default() };
         let (tx, rx) = crossbeam_channel::bounded::<Outcome>(8192);
         let engine = Engine::start(&settings, tx).map_err(|e| e.to_string())?;
         let mut decoder = Decoder::new(cache.clone(), limits, None);
@@ -290,7 +290,7 @@ fn run() -> Result<(), String> {
         // Warm-up (allocator, buffers at this batch size), not counted.
         pass(&mut decoder, (b * 4).min(payloads.len()))?;
         let stats = engine.stats().clone();
-        let snap = |s: &sluice::telemetry::EngineStats| {
+        let snap = |s: &sluice::core::EngineStats| {
             (
                 s.batches.load(Ordering::Relaxed),
                 s.rows.load(Ordering::Relaxed),

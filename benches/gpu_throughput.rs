@@ -36,12 +36,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use candle_core::{DType, Device, Tensor, D};
 use hdrhistogram::Histogram;
-use sluice::batch::BatchJob;
-use sluice::emit::{Outcome, Verdict};
+use sluice::core::{BatchCaps, PinnedBlock};
+use sluice::core::{ContentType, Envelope, Limits, Priority, Source};
+use sluice::core::{Outcome, Verdict};
+use sluice::decode::Decoder;
 use sluice::engine::{Engine, EngineSettings, GpuLanes};
 use sluice::execute::cuda::{device_count, Kernels, PinnedHostBlock};
-use sluice::execute::PinnedBlock;
-use sluice::ingest::{ContentType, Decoder, Envelope, Limits, Priority, Source};
+use sluice::jsonl::BatchJob;
 use sluice::models::cache::CacheSettings;
 use sluice::models::{ModelCache, Repository};
 use sluice::queue::BatchPolicy;
@@ -378,7 +379,8 @@ struct Pass {
 impl Bench {
     fn settings(&self, b: usize, gpu: GpuLanes, cpu_lanes: usize) -> (EngineSettings, Limits) {
         let max_tokens = b * 512;
-        let policy = BatchPolicy { max_rows: b, max_tokens, ..BatchPolicy::default() };
+        let caps = BatchCaps { max_rows: b, max_tokens };
+        let policy = BatchPolicy { caps, ..BatchPolicy::default() };
         let settings = EngineSettings {
             cpu_lanes,
             gpu,
@@ -387,7 +389,7 @@ impl Bench {
             max_retries: 0,
             idle_wait: Duration::from_millis(1),
         };
-        (settings, Limits { max_batch_rows: b, max_batch_tokens: max_tokens, ..Limits::default() })
+        (settings, Limits { caps, ..Limits::default() })
     }
 
     /// One pass of the first `count` payloads through `engine`; keeps outputs when `keep`.
@@ -400,7 +402,7 @@ impl Bench {
         keep: bool,
     ) -> Res<Pass> {
         let started = Instant::now();
-        let mut latency = sluice::telemetry::stats::new_histogram();
+        let mut latency = sluice::core::stats::new_histogram();
         let mut rows = Vec::new();
         std::thread::scope(|sc| -> Res<()> {
             let sub = sc.spawn(|| -> Res<()> {
@@ -488,11 +490,8 @@ fn run() -> Res<()> {
     let sentences: Vec<&str> =
         text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
     let repo = Repository::open(&models).map_err(s)?;
-    let cache = Arc::new(ModelCache::new(
-        repo,
-        Device::Cpu,
-        CacheSettings { capacity: 2, ttl: None, warmup_rows: 8 },
-    ));
+    let cache =
+        Arc::new(ModelCache::new(repo, CacheSettings { capacity: 2, ttl: None, warmup_rows: 8 }));
     cache.get(&o.model, None).map_err(|e| format!("model {}: {e}", o.model))?;
     let payloads: Vec<Bytes> = sentences
         .iter()
@@ -565,7 +564,7 @@ fn run() -> Res<()> {
                 false,
             )?;
             let stats = engine.stats().clone();
-            let snap = |st: &sluice::telemetry::EngineStats| {
+            let snap = |st: &sluice::core::EngineStats| {
                 (
                     st.batches.load(Ordering::Relaxed),
                     st.rows.load(Ordering::Relaxed),
@@ -574,7 +573,7 @@ fn run() -> Res<()> {
             };
             let before = snap(&stats);
             stats.batch_us.lock().reset();
-            let mut latency = sluice::telemetry::stats::new_histogram();
+            let mut latency = sluice::core::stats::new_histogram();
             let (mut elapsed, mut passes) = (Duration::ZERO, 0usize);
             while passes == 0 || elapsed.as_secs_f64() < o.min_seconds {
                 let p = bench.pass(&engine, &rx, &mut dec, bench.payloads.len(), false)?;
@@ -629,7 +628,7 @@ fn run() -> Res<()> {
                     limits: lim,
                     progress: false,
                 };
-                let sum = sluice::batch::run(job).map_err(|e| format!("{e:#}"))?;
+                let sum = sluice::jsonl::run(job).map_err(|e| format!("{e:#}"))?;
                 if sum.dead_letters > 0 {
                     return Err(format!(
                         "end to end: {} dead letters ({:?})",

@@ -10,18 +10,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
-
 use crate::config::Config;
-use crate::models::cache::CacheSettings;
+use crate::core::new_histogram;
+use crate::kafka::local::{LocalBroker, PlainProducer, TopicReader};
 use crate::models::{ModelCache, Repository};
 use crate::pipeline::Pipeline;
-use crate::telemetry::stats::new_histogram;
+use crate::settings::Settings;
+
+/// Why the demo stopped early.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {reason}")]
+pub struct DemoError {
+    step: &'static str,
+    reason: String,
+}
+
+/// Maps an error of `step` into a [`DemoError`].
+fn during<E: std::fmt::Display>(step: &'static str) -> impl Fn(E) -> DemoError {
+    move |e| DemoError { step, reason: e.to_string() }
+}
 
 /// Demo options.
 pub struct DemoOptions {
@@ -51,9 +58,9 @@ fn now_us() -> u64 {
 }
 
 /// Picks the model repository and the model to drive: MiniLM if fetched, else tiny-embed.
-fn demo_models(opt: &DemoOptions) -> anyhow::Result<(PathBuf, String)> {
+fn demo_models(opt: &DemoOptions) -> Result<(PathBuf, String), DemoError> {
     if let Some(dir) = &opt.models {
-        let repo = Repository::open(dir)?;
+        let repo = Repository::open(dir).map_err(during("opening the model repository"))?;
         let name = if repo.versions("minilm").is_ok_and(|v| !v.is_empty()) {
             "minilm"
         } else {
@@ -68,14 +75,14 @@ fn demo_models(opt: &DemoOptions) -> anyhow::Result<(PathBuf, String)> {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("sluice"));
     let dir = cache.join("demo-models");
-    crate::testkit::write_demo_repository(&dir).context("writing the demo models")?;
+    crate::testkit::write_demo_repository(&dir).map_err(during("writing the demo models"))?;
     Ok((dir, "tiny-embed".into()))
 }
 
 /// Runs the demo until `stop` is set or the duration passes.
-pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let cluster = MockCluster::new(1).context("starting the in-process broker")?;
-    let bootstrap = cluster.bootstrap_servers();
+pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
+    let broker = LocalBroker::start().map_err(during("starting the in-process broker"))?;
+    let bootstrap = broker.bootstrap();
     let mut cfg = Config::default();
     cfg.kafka.bootstrap.servers = bootstrap.clone();
     cfg.kafka.consumer.group = "sluice-demo".into();
@@ -83,9 +90,10 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     cfg.kafka.consumer.heartbeat_interval_ms = 500;
     cfg.streaming.inference.metrics.reporting_interval_seconds = 5;
     let topics = cfg.kafka.topics.streaming.clone();
-    cluster.create_topic(&topics.input, 4, 1)?;
+    let create = during("creating the demo topics");
+    broker.create_topic(&topics.input, 4).map_err(&create)?;
     for t in [&topics.priority, &topics.output, &topics.dlq, &topics.metrics] {
-        cluster.create_topic(t, 1, 1)?;
+        broker.create_topic(t, 1).map_err(&create)?;
     }
     let (models, model) = demo_models(&opt)?;
     println!("sluice demo");
@@ -100,28 +108,16 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         opt.bad_share * 100.0
     );
 
-    let cache = Arc::new(ModelCache::new(
-        Repository::open(&models)?,
-        candle_core::Device::Cpu,
-        CacheSettings::from_config(&cfg),
-    ));
-    cache.get(&model, None).with_context(|| format!("loading {model}"))?;
-    let pipeline = Pipeline::start(&cfg, cache)?;
-
-    let client = |extra: &[(&str, &str)]| {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &bootstrap).set("broker.address.family", "v4");
-        for (k, v) in extra {
-            c.set(*k, *v);
-        }
-        c
-    };
+    let repo = Repository::open(&models).map_err(during("opening the model repository"))?;
+    let cache = Arc::new(ModelCache::new(repo, Settings::from_config(&cfg).cache));
+    cache.get(&model, None).map_err(during("loading the model"))?;
+    let pipeline = Pipeline::start(&cfg, cache).map_err(during("starting the pipeline"))?;
     let produced = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    std::thread::scope(|s| -> anyhow::Result<()> {
+    std::thread::scope(|s| -> Result<(), DemoError> {
         // The open-loop producer: each record is due at start + n / rate, whatever the
         // pipeline does; ids carry the intended send time for the latency view.
-        let producer: BaseProducer = client(&[("linger.ms", "5")]).create()?;
+        let producer = PlainProducer::new(&bootstrap).map_err(during("creating the producer"))?;
         let (prod_done, produced2, model2, input) =
             (done.clone(), produced.clone(), model.clone(), topics.input.clone());
         let rate = opt.rate;
@@ -138,7 +134,7 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 let now = Instant::now();
                 if due > now {
                     std::thread::sleep((due - now).min(Duration::from_millis(5)));
-                    producer.poll(Duration::ZERO);
+                    producer.poll();
                     continue;
                 }
                 let intended_us = now_us() - (now - due).as_micros() as u64;
@@ -150,32 +146,21 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     let text = SENTENCES[(n as usize) % SENTENCES.len()];
                     format!(r#"{{"id":"demo-{n}-{intended_us}","model":"{model2}","input":"{text}"}}"#)
                 };
-                let key = n.to_string();
-                let mut rec = BaseRecord::to(&input).payload(&value).key(&key);
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((_, back)) => {
-                            rec = back;
-                            producer.poll(Duration::from_millis(5));
-                        }
-                    }
-                }
+                producer.send(&input, n.to_string().as_bytes(), value.as_bytes());
                 n += 1;
                 produced2.store(n, Ordering::Relaxed);
             }
-            let _ = producer.flush(Duration::from_secs(5));
-        })?;
+            producer.flush(Duration::from_secs(5));
+        });
+        let producer_thread = producer_thread.map_err(during("spawning the producer"))?;
 
         // The viewer: reads results and dead letters, prints a line per second.
-        let viewer: BaseConsumer = client(&[
-            ("group.id", "sluice-demo-viewer"),
-            ("auto.offset.reset", "earliest"),
-            ("enable.auto.commit", "false"),
-            ("fetch.wait.max.ms", "5"),
-        ])
-        .create()?;
-        viewer.subscribe(&[topics.output.as_str(), topics.dlq.as_str()])?;
+        let viewer = TopicReader::new(
+            &bootstrap,
+            "sluice-demo-viewer",
+            &[topics.output.as_str(), topics.dlq.as_str()],
+        )
+        .map_err(during("creating the viewer"))?;
         let mut lat = new_histogram();
         let mut total = new_histogram();
         let (mut out_n, mut dlq_n, mut batch_sum, mut last_out) = (0u64, 0u64, 0u64, 0u64);
@@ -186,12 +171,12 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             if stop.load(Ordering::SeqCst) || opt.duration.is_some_and(|d| started.elapsed() >= d) {
                 break;
             }
-            if let Some(Ok(m)) = viewer.poll(Duration::from_millis(20)) {
-                if m.topic() == topics.dlq {
+            if let Some(m) = viewer.poll(Duration::from_millis(20)) {
+                if m.topic == topics.dlq {
                     dlq_n += 1;
-                } else if let Some(v) = m.payload() {
+                } else {
                     out_n += 1;
-                    if let Ok(r) = serde_json::from_slice::<serde_json::Value>(v) {
+                    if let Ok(r) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
                         batch_sum += r["batch_size"].as_u64().unwrap_or(0);
                         let sent = r["id"]
                             .as_str()
@@ -236,7 +221,7 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             total.value_at_quantile(0.5) as f64 / 1e3,
             total.value_at_quantile(0.99) as f64 / 1e3
         );
-        crate::kafka::consumer::close_in_background(viewer);
+        drop(viewer);
         Ok(())
     })?;
     let report = pipeline.stop();
@@ -244,6 +229,6 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         "pipeline: consumed {}, results {}, dead letters {}",
         report.consumed, report.results, report.dead_letters
     );
-    drop(cluster);
+    drop(broker);
     Ok(())
 }

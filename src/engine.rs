@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::emit::Outcome;
+use crate::core::{EngineStats, Outcome};
 use crate::execute::lane::Lane;
 use crate::execute::{CpuExecutor, LaneSettings, LaneShared};
-use crate::ingest::Request;
+use crate::queue::Request;
 use crate::queue::{BatchPolicy, Rings};
-use crate::telemetry::EngineStats;
 
 /// GPU lanes: one per (device, stream) pair. Empty `devices` = no GPU lanes.
 #[derive(Debug, Clone, Default)]
@@ -44,19 +43,6 @@ pub struct EngineSettings {
     pub max_retries: u32,
     /// Longest an idle lane sleeps between looks at the rings (it is woken early by work).
     pub idle_wait: Duration,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        EngineSettings {
-            cpu_lanes: 1,
-            gpu: GpuLanes::default(),
-            ring_capacity: 4096,
-            policy: BatchPolicy::default(),
-            max_retries: 3,
-            idle_wait: Duration::from_millis(500),
-        }
-    }
 }
 
 /// Running lanes over shared rings.
@@ -89,7 +75,7 @@ impl Engine {
         let shared = LaneShared { rings: rings.clone(), completions, stats: stats.clone() };
         let mut engine = Engine { rings, stats, lanes: Vec::with_capacity(cpu_lanes + gpu_lanes) };
         for index in 0..cpu_lanes {
-            let executor = CpuExecutor::new(settings.policy.max_rows, settings.policy.max_tokens);
+            let executor = CpuExecutor::new(settings.policy.caps);
             let lane = Lane::new(executor, shared.clone(), settings.lane_settings(index));
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-lane-{index}"))
@@ -128,12 +114,12 @@ impl Engine {
     ) -> std::io::Result<()> {
         use crate::execute::cuda::CudaExecutor;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
-        let (rows, tokens) = (settings.policy.max_rows, settings.policy.max_tokens);
+        let caps = settings.policy.caps;
         let (shared, lane_settings, stats) =
             (shared.clone(), settings.lane_settings(index), self.stats.clone());
         let handle =
             std::thread::Builder::new().name(format!("sluice-lane-{index}")).spawn(move || {
-                match CudaExecutor::new(device, stream, rows, tokens, stats, index) {
+                match CudaExecutor::new(device, stream, caps, stats, index) {
                     Ok(executor) => {
                         let _ = ready_tx.send(Ok(()));
                         Lane::new(executor, shared, lane_settings).run();
@@ -211,61 +197,6 @@ impl EngineSettings {
             policy: self.policy.clone(),
             max_retries: self.max_retries,
             idle_wait: self.idle_wait,
-        }
-    }
-
-    /// Engine settings from the configuration file's `streaming.inference` section.
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        let inf = &cfg.streaming.inference;
-        let b = &inf.batching;
-        let expire_late_after = match inf.watermark.policy {
-            crate::config::WatermarkPolicy::Expire => Some(inf.delay_threshold()),
-            _ => None,
-        };
-        EngineSettings {
-            cpu_lanes: inf.lanes.cpu.count,
-            gpu: GpuLanes {
-                devices: cfg.gpu.devices.clone(),
-                streams_per_device: cfg.gpu.streams_per_device.max(1),
-            },
-            ring_capacity: b.ring_capacity,
-            policy: BatchPolicy {
-                max_rows: b.max_batch_rows,
-                max_tokens: b.max_batch_tokens,
-                priority_burst: b.priority_burst as u32,
-                length_grouping: b.length_grouping,
-                expire_late_after,
-            },
-            max_retries: inf.processing.max_retries,
-            idle_wait: inf.trigger_interval(),
-        }
-    }
-}
-
-impl crate::ingest::Limits {
-    /// Ingest limits from the configuration file.
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        let inf = &cfg.streaming.inference;
-        crate::ingest::Limits {
-            max_record_bytes: inf.limits.max_record_bytes,
-            max_items: inf.limits.max_items_per_request,
-            max_id_bytes: inf.limits.max_id_bytes,
-            max_batch_rows: inf.batching.max_batch_rows,
-            max_batch_tokens: inf.batching.max_batch_tokens,
-        }
-    }
-}
-
-impl crate::models::cache::CacheSettings {
-    /// Cache settings from `streaming.inference.model.cache`. A disabled cache means no
-    /// eviction policy: every model loaded stays loaded.
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        let inf = &cfg.streaming.inference;
-        let c = &inf.model.cache;
-        crate::models::cache::CacheSettings {
-            capacity: if c.enabled { c.size } else { usize::MAX },
-            ttl: c.enabled.then(|| inf.ttl()),
-            warmup_rows: inf.batching.max_batch_rows.min(8),
         }
     }
 }

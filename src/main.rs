@@ -8,13 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use sluice::batch::{self, BatchJob};
 use sluice::config::{Config, LogFormat};
 use sluice::control::{ControlOptions, ControlPlane};
-use sluice::engine::EngineSettings;
-use sluice::ingest::Limits;
-use sluice::models::cache::CacheSettings;
+use sluice::jsonl::{self, BatchJob};
 use sluice::models::{ModelCache, Repository};
+use sluice::settings::Settings;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Kafka streams in, model predictions out")]
@@ -254,11 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let repo_dir = &cfg.streaming.inference.model.repository;
             let repo = Repository::open(repo_dir)
                 .with_context(|| format!("model repository {}", repo_dir.display()))?;
-            let cache = Arc::new(ModelCache::new(
-                repo,
-                candle_core::Device::Cpu,
-                CacheSettings::from_config(&cfg),
-            ));
+            let cache = Arc::new(ModelCache::new(repo, Settings::from_config(&cfg).cache));
             // The control plane owns the pipeline's lifecycle: it starts it now (unless
             // streaming.inference.enabled is false) and reports a failed start or a dead
             // thread as state `failed` instead of exiting, so an operator can see why.
@@ -327,23 +321,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sluice::telemetry::logging::init(cfg.log.format == LogFormat::Json, &cfg.log.level);
             let repo = Repository::open(&models)
                 .with_context(|| format!("model repository {}", models.display()))?;
-            let cache = Arc::new(ModelCache::new(
-                repo,
-                candle_core::Device::Cpu,
-                CacheSettings::from_config(&cfg),
-            ));
-            let dlq = dlq.unwrap_or_else(|| batch::default_dlq_path(&output));
+            let settings = Settings::from_config(&cfg);
+            let cache = Arc::new(ModelCache::new(repo, settings.cache));
+            let dlq = dlq.unwrap_or_else(|| jsonl::default_dlq_path(&output));
             let job = BatchJob {
                 cache,
                 model,
                 input,
                 output: output.clone(),
                 dlq: dlq.clone(),
-                engine: EngineSettings::from_config(&cfg),
-                limits: Limits::from_config(&cfg),
+                engine: settings.engine,
+                limits: settings.limits,
                 progress: !no_progress,
             };
-            let summary = batch::run(job)?;
+            let summary = jsonl::run(job)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {

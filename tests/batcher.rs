@@ -6,16 +6,17 @@ mod common;
 use std::time::Duration;
 
 use common::{request, text_request, TestRepo};
-use sluice::emit::ErrorClass;
-use sluice::ingest::request::now_epoch_ms;
-use sluice::ingest::{Limits, Priority, Request};
+use sluice::core::now_epoch_ms;
+use sluice::core::BatchCaps;
+use sluice::core::ErrorClass;
+use sluice::core::{Limits, Priority};
 use sluice::queue::batcher::Anchor;
+use sluice::queue::Request;
 use sluice::queue::{BatchPolicy, Batcher};
 
 fn policy(max_rows: usize, max_tokens: usize) -> BatchPolicy {
     BatchPolicy {
-        max_rows,
-        max_tokens,
+        caps: BatchCaps { max_rows, max_tokens },
         priority_burst: 4,
         length_grouping: true,
         expire_late_after: None,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestRepo;
-use sluice::execute::HostStaging;
+use sluice::core::HostStaging;
 use sluice::models::cache::CacheSettings;
 use sluice::models::ModelError;
 

@@ -86,7 +86,7 @@ fn defaults_match_the_documented_values() {
         (64, 8192, 4096, 4)
     );
     assert!(b.length_grouping);
-    assert_eq!((inf.lanes.cpu.count, inf.lanes.cpu.threads), (1, 0));
+    assert_eq!(inf.lanes.cpu.count, 1);
     let l = &inf.limits;
     assert_eq!((l.max_record_bytes, l.max_items_per_request, l.max_id_bytes), (1048576, 64, 256));
     assert_eq!(inf.model.repository, PathBuf::from("./models"));

@@ -18,14 +18,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{envelope, TestRepo};
-use sluice::emit::Outcome;
+use sluice::core::BatchCaps;
+use sluice::core::EngineStats;
+use sluice::core::HostStaging;
+use sluice::core::Outcome;
+use sluice::core::{BatchOutput, OutputKind};
+use sluice::core::{Limits, Priority};
+use sluice::decode::Decoder;
 use sluice::execute::executor::Executor;
 use sluice::execute::lane::Lane;
-use sluice::execute::{CpuExecutor, HostStaging, LaneSettings, LaneShared};
-use sluice::ingest::{Decoder, Limits, Priority};
-use sluice::models::{BatchOutput, LoadedModel, ModelError, OutputKind};
+use sluice::execute::{CpuExecutor, LaneSettings, LaneShared};
+use sluice::models::{LoadedModel, ModelError};
 use sluice::queue::{BatchPolicy, Rings};
-use sluice::telemetry::EngineStats;
 
 #[global_allocator]
 static GLOBAL: common::alloc::Counting = common::alloc::Counting;
@@ -79,7 +83,10 @@ impl<E: Executor> Rig<E> {
             completions: tx,
             stats: Arc::new(EngineStats::new(1)),
         };
-        let policy = BatchPolicy { max_rows: 64, max_tokens: 64 * 64, ..BatchPolicy::default() };
+        let policy = BatchPolicy {
+            caps: BatchCaps { max_rows: 64, max_tokens: 64 * 64 },
+            ..BatchPolicy::default()
+        };
         let settings = LaneSettings {
             index: 0,
             policy,
@@ -162,7 +169,8 @@ fn candle_mlp_allocates_per_batch_not_per_request() {
     // part of that path is covered by the test above.
     let repo = TestRepo::new();
     for make in [tabular_payloads as fn(usize, usize) -> Vec<Bytes>] {
-        let mut rig = Rig::new(&repo, CpuExecutor::new(64, 64 * 64));
+        let mut rig =
+            Rig::new(&repo, CpuExecutor::new(BatchCaps { max_rows: 64, max_tokens: 64 * 64 }));
         for r in 0..3 {
             rig.round(make(64, r));
             rig.round(make(8, r));

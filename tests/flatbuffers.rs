@@ -4,7 +4,7 @@
 //! nothing per request in a warm loop.
 //!
 //! Buffers are built here with the `flatbuffers` crate's `FlatBufferBuilder` directly (not
-//! through `sluice::ingest::flatbuf::build_request`), so the hand-written accessors are checked
+//! through `sluice::decode::flatbuf::build_request`), so the hand-written accessors are checked
 //! against an independent writer; a few Python-built buffers (the schemas/README.md example)
 //! check interoperability.
 
@@ -15,14 +15,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::{envelope, TestRepo};
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
-use sluice::emit::ErrorClass;
-use sluice::execute::stage::{stage_batch, StageScratch};
-use sluice::execute::HostStaging;
-use sluice::ingest::flatbuf::{self, input_type, slot};
-use sluice::ingest::request::InputKind;
-use sluice::ingest::{ContentType, Decoder, Envelope, Limits, Priority, Request};
+use sluice::core::BatchCaps;
+use sluice::core::ErrorClass;
+use sluice::core::HostStaging;
+use sluice::core::InputKind;
+use sluice::core::{ContentType, Envelope, Limits, Priority};
+use sluice::decode::flatbuf::{self, input_type, slot};
+use sluice::decode::Decoder;
+use sluice::execute::fill::{fill_batch, FillScratch};
 use sluice::models::wordpiece::Scratch;
 use sluice::models::{LoadedModel, ModelInput};
+use sluice::queue::Request;
 use sluice::testkit::SeededRng;
 
 // ---------------------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ fn model(repo: &TestRepo, name: &str) -> Arc<LoadedModel> {
 
 fn stage(model: &LoadedModel, reqs: &[Request]) -> HostStaging {
     let mut st = HostStaging::default();
-    stage_batch(model, reqs, &mut st, &mut StageScratch::default()).expect("staged");
+    fill_batch(model, reqs, &mut st, &mut FillScratch::default()).expect("staged");
     st
 }
 
@@ -196,7 +199,7 @@ fn token_ids_decode_and_stage_in_place() {
     let payload = r.build();
     let q = decode(&mut d, &payload).unwrap();
     assert_eq!(q.id(), "tok-7");
-    assert!(matches!(q.id, sluice::ingest::IdText::Span(_)), "id borrowed from the payload");
+    assert!(matches!(q.id, sluice::core::IdText::Span(_)), "id borrowed from the payload");
     assert_eq!(
         (q.input_kind, q.items, q.max_tokens, q.deadline_ms),
         (InputKind::FbTokens, 3, 6, None)
@@ -629,8 +632,7 @@ fn limits_apply_like_json() {
         max_record_bytes: 2048,
         max_items: 3,
         max_id_bytes: 8,
-        max_batch_rows: 64,
-        max_batch_tokens: 100,
+        caps: BatchCaps { max_rows: 64, max_tokens: 100 },
     };
     let mut d = repo.decoder(limits);
     let long_row = (0..64u32).collect::<Vec<_>>();
@@ -690,7 +692,7 @@ fn survive(dec: &mut Decoder, repo: &TestRepo, payload: Vec<u8>) -> Result<(), E
         Ok(q) => {
             let m = q.model.clone();
             let mut st = HostStaging::default();
-            stage_batch(&m, std::slice::from_ref(&q), &mut st, &mut StageScratch::default())
+            fill_batch(&m, std::slice::from_ref(&q), &mut st, &mut FillScratch::default())
                 .expect("an accepted request stages");
             assert_eq!(st.rows, q.items as usize);
             let _ = repo;
@@ -853,7 +855,7 @@ fn decode_and_stage_allocate_nothing_per_request() {
         let payloads: Vec<Bytes> = (0..64).map(|i| make(kind, i)).collect();
         let mut reqs: Vec<Request> = Vec::with_capacity(64);
         let mut st = HostStaging::default();
-        let mut scratch = StageScratch::default();
+        let mut scratch = FillScratch::default();
         let mut round = |n: usize, reqs: &mut Vec<Request>| {
             reqs.clear();
             for (i, p) in payloads[..n].iter().enumerate() {
@@ -862,7 +864,7 @@ fn decode_and_stage_allocate_nothing_per_request() {
                     Err((_, f)) => panic!("rejected: {f:?}"),
                 }
             }
-            stage_batch(m, reqs, &mut st, &mut scratch).expect("staged");
+            fill_batch(m, reqs, &mut st, &mut scratch).expect("staged");
             assert_eq!(st.rows, reqs.iter().map(|q| q.items as usize).sum::<usize>());
         };
         for _ in 0..3 {

@@ -22,15 +22,15 @@ mod cuda {
 
     use super::common::{envelope, TestRepo};
     use bytes::Bytes;
-    use sluice::emit::{Outcome, Verdict};
+    use sluice::core::{BatchCaps, EngineStats};
+    use sluice::core::{Limits, Priority};
+    use sluice::core::{Outcome, Verdict};
     use sluice::engine::{Engine, EngineSettings, GpuLanes};
     use sluice::execute::cuda::{device_count, CudaExecutor};
     use sluice::execute::executor::Executor;
     use sluice::execute::lane::Lane;
     use sluice::execute::{CpuExecutor, LaneSettings, LaneShared};
-    use sluice::ingest::{Limits, Priority};
     use sluice::queue::{BatchPolicy, Rings};
-    use sluice::telemetry::EngineStats;
 
     fn have_gpu() -> bool {
         match device_count() {
@@ -77,7 +77,10 @@ mod cuda {
         let (tx, rx) = crossbeam_channel::unbounded::<Outcome>();
         let shared = LaneShared { rings: rings.clone(), completions: tx, stats };
         // Small batches: several in flight, so both staging slots are used in turn.
-        let policy = BatchPolicy { max_rows: 6, max_tokens: 6 * 64, ..BatchPolicy::default() };
+        let policy = BatchPolicy {
+            caps: BatchCaps { max_rows: 6, max_tokens: 6 * 64 },
+            ..BatchPolicy::default()
+        };
         let settings =
             LaneSettings { index: 0, policy, max_retries: 1, idle_wait: Duration::from_millis(1) };
         let mut decoder = repo.decoder(Limits::default());
@@ -121,10 +124,21 @@ mod cuda {
         let repo = TestRepo::new();
         for model in ["tiny-embed", "tiny-sentiment", "tabular"] {
             let p = payloads(model);
-            let cpu = serve(&repo, CpuExecutor::new(6, 6 * 64), Arc::new(EngineStats::new(1)), &p);
+            let cpu = serve(
+                &repo,
+                CpuExecutor::new(BatchCaps { max_rows: 6, max_tokens: 6 * 64 }),
+                Arc::new(EngineStats::new(1)),
+                &p,
+            );
             let stats = Arc::new(EngineStats::new(1));
-            let gpu = CudaExecutor::new(0, 0, 6, 6 * 64, stats.clone(), 0)
-                .expect("CUDA lane starts on device 0");
+            let gpu = CudaExecutor::new(
+                0,
+                0,
+                BatchCaps { max_rows: 6, max_tokens: 6 * 64 },
+                stats.clone(),
+                0,
+            )
+            .expect("CUDA lane starts on device 0");
             let gpu = serve(&repo, gpu, stats.clone(), &p);
             let worst = cpu.iter().zip(&gpu).map(|((ia, a), (ib, b))| {
                 assert_eq!(ia, ib);

@@ -80,7 +80,7 @@ fn a_slow_model_and_a_fast_producer_keep_memory_bounded_without_loss() {
         assert_eq!(ids.len(), n, "no loss");
         sampler.join().unwrap()
     });
-    let pauses = pipeline.ingest_shared.stats.pauses.load(Ordering::Relaxed);
+    let pauses = pipeline.source().stats.pauses.load(Ordering::Relaxed);
     pipeline.stop();
     assert!(pauses > 0, "the consumer paused its partitions while the rings were full");
     let growth_mib = peak.saturating_sub(baseline) / 1024;

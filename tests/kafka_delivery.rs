@@ -15,9 +15,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, TopicPartitionList};
 use sluice::config::Config;
-use sluice::models::cache::CacheSettings;
 use sluice::models::{ModelCache, Repository};
 use sluice::pipeline::Pipeline;
+use sluice::settings::Settings;
 
 fn setup(
     cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
@@ -77,8 +77,7 @@ fn committed_input_offset(cfg: &Config) -> i64 {
 fn cache(cfg: &Config) -> Arc<ModelCache> {
     Arc::new(ModelCache::new(
         Repository::open(&cfg.streaming.inference.model.repository).unwrap(),
-        candle_core::Device::Cpu,
-        CacheSettings::from_config(cfg),
+        Settings::from_config(cfg).cache,
     ))
 }
 
@@ -120,7 +119,7 @@ fn an_undeliverable_outcome_stops_its_partitions_commits() {
     wait_for("3 undeliverable outcomes", Duration::from_secs(60), || {
         stats.undeliverable.load(Ordering::Relaxed) >= 3
     });
-    let blocked = pipeline.ingest_shared.tracker.lock().blocked();
+    let blocked = pipeline.source().tracker.lock().blocked();
     assert_eq!(blocked.len(), 1, "the input partition is blocked: {blocked:?}");
     assert_eq!(blocked[0].2, 0, "at the first undeliverable offset");
     cluster.clear_request_errors(RDKafkaApiKey::Produce);

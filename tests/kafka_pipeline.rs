@@ -260,7 +260,7 @@ fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_truncated_and_commit
     assert_eq!(header(d, "sluice.error.class"), Some("too_large"));
     let reason = header(d, "sluice.error.reason").unwrap_or_default();
     assert!(reason.contains("truncated to its first 65536 of"), "{reason}");
-    assert_eq!(d.value.len(), sluice::kafka::producer::DLQ_TRUNCATED_BYTES);
+    assert_eq!(d.value.len(), sluice::kafka::sink::DLQ_TRUNCATED_BYTES);
     assert_eq!(
         d.value[..],
         huge[..d.value.len()],

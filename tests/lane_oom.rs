@@ -12,14 +12,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{envelope, TestRepo};
-use sluice::emit::{ErrorClass, Outcome};
+use sluice::core::BatchCaps;
+use sluice::core::EngineStats;
+use sluice::core::HostStaging;
+use sluice::core::{BatchOutput, OutputKind};
+use sluice::core::{ErrorClass, Outcome};
+use sluice::core::{Limits, Priority};
 use sluice::execute::executor::Executor;
 use sluice::execute::lane::Lane;
-use sluice::execute::{HostStaging, LaneSettings, LaneShared};
-use sluice::ingest::{Limits, Priority};
-use sluice::models::{BatchOutput, LoadedModel, ModelError, OutputKind};
+use sluice::execute::{LaneSettings, LaneShared};
+use sluice::models::{LoadedModel, ModelError};
 use sluice::queue::{BatchPolicy, Rings};
-use sluice::telemetry::EngineStats;
 
 /// Fails with out-of-memory when a batch has more than `fits` rows; else returns each row's
 /// token count.
@@ -68,7 +71,10 @@ fn run(requests: usize, fits: usize, max_retries: u32) -> (Vec<Outcome>, Arc<Eng
     let (tx, rx) = crossbeam_channel::unbounded();
     let stats = Arc::new(EngineStats::new(1));
     let shared = LaneShared { rings: rings.clone(), completions: tx, stats: stats.clone() };
-    let policy = BatchPolicy { max_rows: 64, max_tokens: 64 * 64, ..BatchPolicy::default() };
+    let policy = BatchPolicy {
+        caps: BatchCaps { max_rows: 64, max_tokens: 64 * 64 },
+        ..BatchPolicy::default()
+    };
     let settings = LaneSettings {
         index: 0,
         policy,

@@ -72,7 +72,7 @@ fn a_stalled_system_shows_in_open_loop_p99_and_is_hidden_by_a_closed_loop() {
         rec: &mut rec,
         stall_from: 5 * SEC,
         stall_len: 500 * MS,
-        from_actual_send: sluice::telemetry::stats::new_histogram(),
+        from_actual_send: sluice::core::new_histogram(),
     };
     let stats = run_open_loop(&clock, &intended, &mut sys, &AtomicBool::new(false));
     assert_eq!(stats.sent, n);
@@ -87,7 +87,7 @@ fn a_stalled_system_shows_in_open_loop_p99_and_is_hidden_by_a_closed_loop() {
 
     // The closed-loop view of the same system: send, wait for the answer, send the next.
     // During the stall it sends one request, so one sample in thousands sees the stall.
-    let mut closed = sluice::telemetry::stats::new_histogram();
+    let mut closed = sluice::core::new_histogram();
     let mut t = 0;
     while t < 10 * SEC {
         let done = completion(t, 5 * SEC, 500 * MS);
@@ -132,7 +132,7 @@ fn a_stalled_producer_charges_the_records_it_sent_late() {
         rec: &mut rec,
         at: 4000,
         block: 300 * MS,
-        from_actual_send: sluice::telemetry::stats::new_histogram(),
+        from_actual_send: sluice::core::new_histogram(),
     };
     let stats = run_open_loop(&clock, &intended, &mut client, &AtomicBool::new(false));
     assert_eq!(stats.sent, n);

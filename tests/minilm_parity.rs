@@ -13,11 +13,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice::execute::stage::{stage_batch, StageScratch};
-use sluice::execute::HostStaging;
-use sluice::ingest::{ContentType, Decoder, Envelope, Limits, Priority, Request, Source};
+use sluice::core::BatchCaps;
+use sluice::core::HostStaging;
+use sluice::core::{ContentType, Envelope, Limits, Priority, Source};
+use sluice::decode::Decoder;
+use sluice::execute::fill::{fill_batch, FillScratch};
 use sluice::models::cache::CacheSettings;
 use sluice::models::{ModelCache, Repository};
+use sluice::queue::Request;
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -58,10 +61,10 @@ fn minilm_matches_sentence_transformers() {
 
     let cache = Arc::new(ModelCache::new(
         Repository::open(&models).unwrap(),
-        candle_core::Device::Cpu,
         CacheSettings { capacity: 2, ttl: None, warmup_rows: 1 },
     ));
-    let limits = Limits { max_batch_tokens: 16 * 256, max_batch_rows: 16, ..Limits::default() };
+    let limits =
+        Limits { caps: BatchCaps { max_rows: 16, max_tokens: 16 * 256 }, ..Limits::default() };
     let mut dec = Decoder::new(cache.clone(), limits, None);
     let requests: Vec<Request> = refs
         .iter()
@@ -85,10 +88,10 @@ fn minilm_matches_sentence_transformers() {
     // Batches of 16 in file order: mixed lengths, so padding and masking are exercised.
     let model = cache.get("minilm", None).unwrap();
     let mut st = HostStaging::default();
-    let mut scratch = StageScratch::default();
+    let mut scratch = FillScratch::default();
     let mut worst = (1.0f64, 0usize);
     for (chunk_i, chunk) in requests.chunks(16).enumerate() {
-        stage_batch(&model, chunk, &mut st, &mut scratch).unwrap();
+        fill_batch(&model, chunk, &mut st, &mut scratch).unwrap();
         let out = model.forward(&st).unwrap();
         for (k, req) in chunk.iter().enumerate() {
             let r = &refs[chunk_i * 16 + k];

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use sluice::execute::HostStaging;
+use sluice::core::HostStaging;
 use sluice::models::bert::{BertBackend, BertRunner};
 use sluice::models::packed_bert::kernels::{self, Act, PackedLinear, Store};
 use sluice::models::ModelSpec;

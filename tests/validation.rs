@@ -4,8 +4,10 @@
 mod common;
 
 use common::{envelope, TestRepo};
-use sluice::emit::ErrorClass;
-use sluice::ingest::{ContentType, Decoder, Limits, Priority};
+use sluice::core::BatchCaps;
+use sluice::core::ErrorClass;
+use sluice::core::{ContentType, Limits, Priority};
+use sluice::decode::Decoder;
 
 fn verdict(dec: &mut Decoder, payload: &[u8]) -> Result<(u32, u32), (ErrorClass, String)> {
     match dec.decode(envelope(payload.to_vec(), Priority::Normal, 0)) {
@@ -173,8 +175,7 @@ fn unknown_models_and_limits() {
         max_record_bytes: 2048,
         max_items: 3,
         max_id_bytes: 256,
-        max_batch_rows: 64,
-        max_batch_tokens: 100,
+        caps: BatchCaps { max_rows: 64, max_tokens: 100 },
     };
     let mut d = repo.decoder(limits);
     assert_eq!(class(&mut d, r#"{"id":"a","model":"nope","input":"x"}"#), ErrorClass::UnknownModel);

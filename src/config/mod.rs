@@ -212,10 +212,6 @@ mod tests {
         assert_eq!(inf.ttl(), std::time::Duration::from_secs(30 * 60));
         assert_eq!(inf.reporting_interval(), std::time::Duration::from_secs(30));
         assert_eq!(c.control.listen.to_string(), "127.0.0.1:8086");
-        assert_eq!(inf.lanes.cpu.threads_per_lane_for(8), 8);
-        assert_eq!(CpuLanesConfig { count: 3, threads: 0 }.threads_per_lane_for(8), 2);
-        assert_eq!(CpuLanesConfig { count: 16, threads: 0 }.threads_per_lane_for(8), 1);
-        assert_eq!(CpuLanesConfig { count: 2, threads: 5 }.threads_per_lane_for(8), 5);
     }
 
     #[test]

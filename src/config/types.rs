@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::{BatchCaps, Limits};
+
 /// The whole Sluice configuration (the root of `sluice.yaml`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -227,12 +229,14 @@ impl Default for StreamingInference {
 }
 
 impl StreamingInference {
-    /// `trigger.intervalMs` as a duration: the longest a request waits for its batch to fill.
+    /// `trigger.intervalMs` as a duration: how long an idle lane sleeps between looks at the
+    /// rings when no new work wakes it. Batches never wait to fill.
     pub fn trigger_interval(&self) -> Duration {
         self.trigger.interval()
     }
 
-    /// `watermark.delayThreshold`: records older than this are late.
+    /// `watermark.delayThreshold`: a record whose Kafka timestamp is this far behind the wall
+    /// clock when a lane dequeues it is late.
     pub fn delay_threshold(&self) -> Duration {
         self.watermark.delay_threshold
     }
@@ -257,7 +261,8 @@ impl StreamingInference {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TriggerConfig {
-    /// `intervalMs`: the longest a request may wait for its batch to fill, in milliseconds.
+    /// `intervalMs`: how long an idle lane sleeps between looks at the rings when no new work
+    /// wakes it, in milliseconds (batches never wait to fill).
     #[serde(rename = "intervalMs")]
     pub interval_ms: u64,
 }
@@ -279,8 +284,8 @@ impl TriggerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WatermarkConfig {
-    /// `delayThreshold`: how far behind the newest seen timestamp a record may be before it is
-    /// late. A humantime string in YAML (`"2s"`, `"500ms"`).
+    /// `delayThreshold`: how far a record's Kafka timestamp may be behind the wall clock when
+    /// a lane dequeues it before it is late. A humantime string in YAML (`"2s"`, `"500ms"`).
     #[serde(rename = "delayThreshold", with = "humantime_string")]
     pub delay_threshold: Duration,
     /// `policy`: what to do with late records.
@@ -326,7 +331,8 @@ impl fmt::Display for WatermarkPolicy {
 pub struct ProcessingConfig {
     /// `guarantee`: delivery guarantee.
     pub guarantee: DeliveryGuarantee,
-    /// `timeout`: time limit for one batch, in seconds.
+    /// `timeout`: time limit for one batch, in seconds: a lane computing one batch for longer
+    /// is reported hung (liveness fails).
     #[serde(rename = "timeout")]
     pub timeout_secs: u64,
     /// `maxRetries`: retries of a failed batch before its records are dead-lettered.
@@ -355,7 +361,7 @@ pub enum DeliveryGuarantee {
     /// work.
     #[default]
     AtLeastOnce,
-    /// `exactly_once`: results and offsets are committed in one Kafka transaction.
+    /// `exactly_once`: parsed, but this version refuses to start with it (not implemented).
     ExactlyOnce,
 }
 
@@ -398,9 +404,10 @@ pub struct BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
+        let caps = BatchCaps::default();
         Self {
-            max_batch_rows: 64,
-            max_batch_tokens: 8192,
+            max_batch_rows: caps.max_rows,
+            max_batch_tokens: caps.max_tokens,
             ring_capacity: 4096,
             priority_burst: 4,
             length_grouping: true,
@@ -420,34 +427,14 @@ pub struct LanesConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CpuLanesConfig {
-    /// `count`: number of CPU lanes, >= 1.
+    /// `count`: number of CPU lanes, >= 1 (0 allowed when there are GPU lanes). The lanes
+    /// share one pool of intra-op threads as large as the machine has cores.
     pub count: usize,
-    /// `threads`: intra-op threads per lane; 0 = available cores / count.
-    pub threads: usize,
 }
 
 impl Default for CpuLanesConfig {
     fn default() -> Self {
-        Self { count: 1, threads: 0 }
-    }
-}
-
-impl CpuLanesConfig {
-    /// Intra-op threads per lane given `available` cores: `threads` when set, otherwise
-    /// `available / count`; never less than 1.
-    pub fn threads_per_lane_for(&self, available: usize) -> usize {
-        if self.threads > 0 {
-            self.threads
-        } else {
-            (available / self.count.max(1)).max(1)
-        }
-    }
-
-    /// [`threads_per_lane_for`](Self::threads_per_lane_for) with this machine's available
-    /// parallelism.
-    pub fn threads_per_lane(&self) -> usize {
-        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        self.threads_per_lane_for(available)
+        Self { count: 1 }
     }
 }
 
@@ -468,7 +455,12 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_record_bytes: 1_048_576, max_items_per_request: 64, max_id_bytes: 256 }
+        let l = Limits::default();
+        Self {
+            max_record_bytes: l.max_record_bytes,
+            max_items_per_request: l.max_items,
+            max_id_bytes: l.max_id_bytes,
+        }
     }
 }
 

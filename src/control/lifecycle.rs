@@ -251,11 +251,8 @@ impl Lifecycle {
         let threads_died = self.info.lock().threads_died;
         self.set_state(PipelineState::Stopping, None);
         let started = Instant::now();
-        let (ingest, emit, engine) = (
-            pipeline.ingest_shared.clone(),
-            pipeline.emit_stats.clone(),
-            pipeline.engine_stats.clone(),
-        );
+        let (ingest, emit, engine) =
+            (pipeline.source().clone(), pipeline.emit_stats.clone(), pipeline.engine_stats.clone());
         let report = tokio::task::spawn_blocking(move || {
             // Readers hold the Arc only for a moment (the lag sampler for at most a few seconds).
             let mut pipeline = pipeline;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::lifecycle::PipelineState;
 use super::Control;
 use crate::config::Config;
-use crate::pipeline::{KafkaProbe, PartitionLag};
+use crate::kafka::{KafkaProbe, PartitionLag};
 use crate::telemetry::metrics::{HistogramSnapshot, Metrics};
 
 /// Throughput and percentiles cover about this much recent time.
@@ -179,14 +179,14 @@ impl Observer {
 pub fn refresh(ctl: &Control) {
     let m = &ctl.metrics;
     if let Some((generation, p)) = ctl.lifecycle.pipeline() {
-        m.observe_pipeline(generation, &p.ingest_shared.stats, &p.emit_stats, &p.engine_stats);
+        m.observe_pipeline(generation, &p.source().stats, &p.emit_stats, &p.engine_stats);
         let (prio, normal, cap) = p.ring_depths();
         m.ring_depth.with_label_values(&["priority"]).set(prio as i64);
         m.ring_depth.with_label_values(&["normal"]).set(normal as i64);
         m.ring_capacity.set(cap as i64);
         m.consumer_paused
-            .set(i64::from(p.ingest_shared.paused.load(std::sync::atomic::Ordering::Relaxed)));
-        m.assigned_partitions.set(p.ingest_shared.assigned.lock().len() as i64);
+            .set(i64::from(p.source().paused.load(std::sync::atomic::Ordering::Relaxed)));
+        m.assigned_partitions.set(p.source().assigned.lock().len() as i64);
     } else {
         m.ring_depth.with_label_values(&["priority"]).set(0);
         m.ring_depth.with_label_values(&["normal"]).set(0);
@@ -256,7 +256,7 @@ pub async fn checks(ctl: &Control) -> Vec<Check> {
     if let Some((_, p)) = ctl.lifecycle.pipeline() {
         let (prio, normal, cap) = p.ring_depths();
         pipeline_detail["backpressure"] = json!({
-            "paused": p.ingest_shared.paused.load(std::sync::atomic::Ordering::Relaxed),
+            "paused": p.source().paused.load(std::sync::atomic::Ordering::Relaxed),
             "ring_depth": {"priority": prio, "normal": normal, "capacity": cap},
         });
     }

@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 
 use super::observe::{self, LagSample};
 use super::{Control, MAX_BODY_BYTES};
-use crate::emit::ErrorClass;
+use crate::core::ErrorClass;
 use crate::models::repository::valid_component;
 use crate::models::ModelError;
 
@@ -239,11 +239,11 @@ pub(crate) fn status(ctl: &Control) -> Value {
         ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
     let (assigned, paused, counters, lag) = match ctl.lifecycle.pipeline() {
         Some((generation, p)) => {
-            let mut assigned: Vec<(String, i32)> = p.ingest_shared.assigned.lock().clone();
+            let mut assigned: Vec<(String, i32)> = p.source().assigned.lock().clone();
             assigned.sort();
             let assigned: Vec<Value> =
                 assigned.into_iter().map(|(t, n)| json!({"topic": t, "partition": n})).collect();
-            let paused = p.ingest_shared.paused.load(Ordering::Relaxed);
+            let paused = p.source().paused.load(Ordering::Relaxed);
             (
                 assigned,
                 paused,
@@ -301,10 +301,29 @@ async fn restart(ctl: &Control) -> Resp {
 
 fn live(ctl: &Control) -> Resp {
     let info = ctl.lifecycle.info();
-    let ok = !info.threads_died;
+    let threads_ok = !info.threads_died;
+    // A forward pass cannot be interrupted: a lane past `processing.timeout` on one batch is
+    // hung, and only a restart of the process frees it.
+    let timeout = ctl.cfg.streaming.inference.batch_timeout();
+    let hung = ctl
+        .lifecycle
+        .pipeline()
+        .and_then(|(_, p)| p.engine_stats.longest_busy())
+        .filter(|(_, busy)| *busy > timeout);
+    let lanes_detail = hung.map(|(lane, busy)| {
+        format!(
+            "lane {lane} has been computing one batch for {:.1} s, over streaming.inference.processing.timeout ({} s): the lane is hung",
+            busy.as_secs_f64(),
+            timeout.as_secs()
+        )
+    });
+    let ok = threads_ok && lanes_detail.is_none();
     let body = json!({
         "status": if ok { "ok" } else { "unavailable" },
-        "checks": {"pipeline_threads": {"ok": ok, "detail": if ok { Value::Null } else { info.cause.clone().into() }}},
+        "checks": {
+            "pipeline_threads": {"ok": threads_ok, "detail": if threads_ok { Value::Null } else { info.cause.clone().into() }},
+            "lanes": {"ok": lanes_detail.is_none(), "detail": lanes_detail},
+        },
         "uptime_seconds": round(ctl.started.elapsed().as_secs_f64(), 3),
     });
     json_resp(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)

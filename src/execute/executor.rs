@@ -9,8 +9,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::staging::HostStaging;
-use crate::models::{BatchOutput, LoadedModel, ModelError};
+use crate::core::{BatchCaps, BatchOutput, HostStaging};
+use crate::models::{LoadedModel, ModelError};
 
 /// Runs staged batches for one lane.
 pub trait Executor: Send {
@@ -33,10 +33,10 @@ pub struct CpuExecutor {
 }
 
 impl CpuExecutor {
-    /// A CPU executor with staging sized for `rows` rows and `tokens` padded tokens.
-    pub fn new(rows: usize, tokens: usize) -> Self {
+    /// A CPU executor with staging sized for batches up to `caps`.
+    pub fn new(caps: BatchCaps) -> Self {
         CpuExecutor {
-            staging: HostStaging::with_capacity(rows, tokens, rows * 64),
+            staging: HostStaging::with_capacity(caps.max_rows, caps.max_tokens, caps.max_rows * 64),
             done: VecDeque::with_capacity(1),
         }
     }

@@ -7,13 +7,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::executor::Executor;
-use super::stage::{stage_batch, StageScratch};
-use crate::emit::{ErrorClass, Failure, Outcome};
-use crate::ingest::request::now_epoch_ms;
-use crate::ingest::Request;
+use super::fill::{fill_batch, FillScratch};
+use crate::core::{now_epoch_ms, EngineStats, ErrorClass, Failure, Outcome};
 use crate::models::{LoadedModel, ModelError};
-use crate::queue::{BatchPolicy, Batcher, Rings};
-use crate::telemetry::EngineStats;
+use crate::queue::{BatchPolicy, Batcher, Request, Rings};
 
 /// What all lanes share.
 #[derive(Clone)]
@@ -49,7 +46,7 @@ pub struct Lane<E: Executor> {
     shared: LaneShared,
     settings: LaneSettings,
     batcher: Batcher,
-    scratch: StageScratch,
+    scratch: FillScratch,
     inflight: VecDeque<InFlight>,
     pool: Vec<Vec<Request>>,
     expired: Vec<(Request, Failure)>,
@@ -59,13 +56,13 @@ impl<E: Executor> Lane<E> {
     /// A lane over `executor`.
     pub fn new(executor: E, shared: LaneShared, settings: LaneSettings) -> Self {
         let depth = executor.depth().max(1);
-        let rows = settings.policy.max_rows;
+        let rows = settings.policy.caps.max_rows;
         Lane {
             batcher: Batcher::new(settings.policy.clone()),
             pool: (0..depth + 1).map(|_| Vec::with_capacity(rows)).collect(),
             inflight: VecDeque::with_capacity(depth),
             expired: Vec::with_capacity(rows * 4),
-            scratch: StageScratch::default(),
+            scratch: FillScratch::default(),
             executor,
             shared,
             settings,
@@ -98,7 +95,7 @@ impl<E: Executor> Lane<E> {
         self.batcher.refill(&self.shared.rings);
         self.batcher.take_expired(now_epoch_ms(), &mut self.expired);
         for (req, f) in self.expired.drain(..) {
-            send(&self.shared.completions, Outcome::failed(req, f, None, 0));
+            send(&self.shared.completions, req.into_failed(f, None, 0));
         }
         let mut reqs = self.pool.pop().unwrap_or_default();
         if self.batcher.next_batch(&mut reqs).is_none() {
@@ -106,15 +103,14 @@ impl<E: Executor> Lane<E> {
             return false;
         }
         let started = Instant::now();
+        self.shared.stats.mark_busy(self.settings.index);
         let model = reqs[0].model.clone();
-        if let Err((k, why)) =
-            stage_batch(&model, &reqs, self.executor.staging(), &mut self.scratch)
+        if let Err((k, why)) = fill_batch(&model, &reqs, self.executor.staging(), &mut self.scratch)
         {
             let bad = reqs.swap_remove(k);
             send(
                 &self.shared.completions,
-                Outcome::failed(
-                    bad,
+                bad.into_failed(
                     Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
                     Some(started),
                     0,
@@ -149,11 +145,14 @@ impl<E: Executor> Lane<E> {
         while !self.inflight.is_empty() {
             self.finish_oldest();
         }
+        self.shared.stats.mark_idle(self.settings.index);
     }
 
     fn finish_oldest(&mut self) {
         let Some(job) = self.inflight.pop_front() else { return };
-        match self.executor.collect() {
+        let collected = self.executor.collect();
+        self.shared.stats.mark_busy(self.settings.index);
+        match collected {
             Ok(out) => self.emit_success(job, out),
             Err(e) => {
                 // Finish the batches behind it first: retries run synchronously.
@@ -163,7 +162,7 @@ impl<E: Executor> Lane<E> {
         }
     }
 
-    fn emit_success(&mut self, mut job: InFlight, out: crate::models::BatchOutput) {
+    fn emit_success(&mut self, mut job: InFlight, out: crate::core::BatchOutput) {
         let infer_us = job.started.elapsed().as_micros() as u64;
         self.shared.stats.record_batch(
             self.settings.index,
@@ -180,7 +179,7 @@ impl<E: Executor> Lane<E> {
             let items = req.items;
             send(
                 &self.shared.completions,
-                Outcome::success(req, out.clone(), row, batch_size, job.started, infer_us),
+                req.into_success(out.clone(), row, batch_size, job.started, infer_us),
             );
             row += items;
         }
@@ -211,7 +210,7 @@ impl<E: Executor> Lane<E> {
                     ErrorClass::Inference,
                     format!("inference failed after {attempt} attempts: {error}"),
                 );
-                send(&self.shared.completions, Outcome::failed(req, f, Some(job.started), 0));
+                send(&self.shared.completions, req.into_failed(f, Some(job.started), 0));
             }
             self.pool.push(job.reqs);
             return;
@@ -230,13 +229,12 @@ impl<E: Executor> Lane<E> {
             }
             let started = job.started;
             if let Err((k, why)) =
-                stage_batch(&job.model, &reqs, self.executor.staging(), &mut self.scratch)
+                fill_batch(&job.model, &reqs, self.executor.staging(), &mut self.scratch)
             {
                 let bad = reqs.swap_remove(k);
                 send(
                     &self.shared.completions,
-                    Outcome::failed(
-                        bad,
+                    bad.into_failed(
                         Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
                         Some(started),
                         0,

@@ -1,4 +1,5 @@
-//! Execute: lanes (one OS thread each), their executors and staging buffers.
+//! Execute: lanes (one OS thread each), their executors, and filling a lane's staging buffer
+//! from a batch of requests.
 //!
 //! **Architecture invariant:** only a lane thread runs a model; a CUDA lane is the only
 //! thread that touches its stream.
@@ -6,11 +7,9 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod executor;
+pub mod fill;
 pub mod lane;
 pub mod reference;
-pub mod stage;
-pub mod staging;
 
 pub use executor::{CpuExecutor, Executor};
 pub use lane::{LaneSettings, LaneShared};
-pub use staging::{HostStaging, PinnedBlock, StagingBuf};

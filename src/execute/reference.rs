@@ -20,7 +20,7 @@ pub fn mask_from_lengths(row_tokens: &[u32], seq: usize, mask: &mut [u32], type_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::execute::HostStaging;
+    use crate::core::HostStaging;
     use crate::models::spec::Pooling;
 
     #[test]

@@ -54,7 +54,7 @@ pub fn partition_counts(
                 .map(|mt| mt.partitions().len())
         })
         .collect();
-    super::consumer::close_in_background(consumer);
+    super::close_in_background(consumer);
     Ok(out)
 }
 

@@ -7,27 +7,25 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
-
-use super::consumer::IngestContext;
 
 /// Owns one consumed message. Field order matters: the message is dropped before the
 /// consumer reference, so the client outlives every message it handed out.
-struct OwnedPayload {
+struct OwnedPayload<C: ConsumerContext + 'static> {
     msg: BorrowedMessage<'static>,
-    _consumer: Arc<BaseConsumer<IngestContext>>,
+    _consumer: Arc<BaseConsumer<C>>,
 }
 
-impl AsRef<[u8]> for OwnedPayload {
+impl<C: ConsumerContext + 'static> AsRef<[u8]> for OwnedPayload<C> {
     fn as_ref(&self) -> &[u8] {
         self.msg.payload().unwrap_or(&[])
     }
 }
 
 /// Wraps `msg` (borrowed from `consumer`) as `Bytes` without copying its value.
-pub fn payload_bytes(
-    consumer: &Arc<BaseConsumer<IngestContext>>,
+pub fn payload_bytes<C: ConsumerContext + 'static>(
+    consumer: &Arc<BaseConsumer<C>>,
     msg: BorrowedMessage<'_>,
 ) -> Bytes {
     if msg.payload().is_none_or(|p| p.is_empty()) {

@@ -13,7 +13,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::kafka::consumer::close_in_background;
+use crate::kafka::close_in_background;
 use crate::kafka::{admin, base_client_config, consumer_config, producer_config, CommitTracker};
 
 /// What a passthrough run did.

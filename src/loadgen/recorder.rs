@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::workload::Planned;
-use crate::telemetry::stats::new_histogram;
+use crate::core::new_histogram;
 
 /// Latency percentiles of one histogram, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

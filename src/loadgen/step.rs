@@ -18,7 +18,7 @@ use super::recorder::{spectrum, OutcomeKind, Percentiles, Recorder, ResultFacts}
 use super::schedule::{intended_times, Arrival};
 use super::workload::{Planned, Workload};
 use crate::kafka::admin;
-use crate::kafka::consumer::close_in_background;
+use crate::kafka::close_in_background;
 
 /// Header carrying each record's intended send time, in nanoseconds since the Unix epoch.
 pub const INTENDED_HEADER: &str = "sluice-loadgen-intended-ns";

@@ -11,11 +11,11 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 
-use super::output::{BatchOutput, OutputKind};
 use super::packed_bert::{pool_packed, PackedBert, PackedConfig};
 use super::spec::{ModelKind, ModelSpec, Pooling};
 use super::ModelError;
-use crate::execute::staging::HostStaging;
+use crate::core::HostStaging;
+use crate::core::{BatchOutput, OutputKind};
 
 /// What runs on top of the encoder.
 enum Head {

@@ -5,7 +5,7 @@
 //! freed when the last of them completes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,18 +15,7 @@ use parking_lot::Mutex;
 use super::loaded::LoadedModel;
 use super::repository::Repository;
 use super::ModelError;
-
-/// Cache counters, readable at any time without locking.
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub evictions: AtomicU64,
-    pub loads: AtomicU64,
-    pub load_failures: AtomicU64,
-    /// Warm-up time of the most recent load, microseconds.
-    pub last_warmup_us: AtomicU64,
-}
+use crate::core::CacheStats;
 
 /// How the cache behaves.
 #[derive(Debug, Clone)]
@@ -63,8 +52,10 @@ pub struct ModelCache {
 }
 
 impl ModelCache {
-    /// An empty cache over `repo`, loading models onto `device`.
-    pub fn new(repo: Repository, device: Device, settings: CacheSettings) -> Self {
+    /// An empty cache over `repo`. Models load on the CPU; a GPU lane loads its own replica
+    /// of each version it runs.
+    pub fn new(repo: Repository, settings: CacheSettings) -> Self {
+        let device = Device::Cpu;
         let settings = CacheSettings { capacity: settings.capacity.max(1), ..settings };
         ModelCache {
             repo,

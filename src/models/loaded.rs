@@ -8,12 +8,11 @@ use candle_core::Device;
 
 use super::bert::BertRunner;
 use super::mlp::MlpRunner;
-use super::output::BatchOutput;
 use super::spec::{ModelKind, ModelSpec};
 use super::text::TextTokenizer;
 use super::wordpiece::Scratch;
 use super::ModelError;
-use crate::execute::staging::HostStaging;
+use crate::core::{BatchOutput, HostStaging, ModelId};
 
 /// What a model reads.
 #[derive(Debug)]
@@ -52,6 +51,11 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 impl LoadedModel {
+    /// Its name and version, as outcomes carry them.
+    pub fn id(&self) -> ModelId {
+        ModelId { name: self.name.clone(), version: self.version.clone() }
+    }
+
     /// Loads the version directory `dir` (which holds `sluice.toml`) onto `device`, without warm-up.
     pub fn load(
         name: &str,

@@ -5,10 +5,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module};
 
-use super::output::{BatchOutput, OutputKind};
 use super::spec::{Activation, MlpOutput, ModelSpec};
 use super::ModelError;
-use crate::execute::staging::HostStaging;
+use crate::core::HostStaging;
+use crate::core::{BatchOutput, OutputKind};
 
 /// A multi-layer perceptron on one device.
 pub struct MlpRunner {

@@ -7,7 +7,6 @@ pub mod bert;
 pub mod cache;
 pub mod loaded;
 pub mod mlp;
-pub mod output;
 pub mod packed_bert;
 pub mod repository;
 pub mod spec;
@@ -16,9 +15,8 @@ pub mod wordpiece;
 
 use std::path::PathBuf;
 
-pub use cache::{CacheStats, ModelCache};
+pub use cache::ModelCache;
 pub use loaded::{LoadedModel, ModelInput};
-pub use output::{BatchOutput, OutputKind};
 pub use repository::{ModelEntry, Repository};
 pub use spec::{ModelKind, ModelSpec};
 

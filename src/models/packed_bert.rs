@@ -23,7 +23,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use parking_lot::Mutex;
 
-use crate::execute::staging::HostStaging;
+use crate::core::HostStaging;
 
 pub use kernels::{Act, PackedLinear};
 

@@ -17,17 +17,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::request::Request;
 use super::rings::Rings;
-use crate::emit::{ErrorClass, Failure};
-use crate::ingest::Request;
+use crate::core::{BatchCaps, ErrorClass, Failure, Priority};
 
 /// Batch limits and fairness settings.
 #[derive(Debug, Clone)]
 pub struct BatchPolicy {
-    /// Most rows (sequences or feature vectors) per batch.
-    pub max_rows: usize,
-    /// Most padded tokens per batch (longest × rows).
-    pub max_tokens: usize,
+    /// Most rows (sequences or feature vectors) and padded tokens (longest × rows) per batch.
+    pub caps: BatchCaps,
     /// Priority-anchored batches in a row allowed while normal work waits.
     pub priority_burst: u32,
     /// Group similar lengths (otherwise strict arrival order).
@@ -40,8 +38,7 @@ pub struct BatchPolicy {
 impl Default for BatchPolicy {
     fn default() -> Self {
         BatchPolicy {
-            max_rows: 64,
-            max_tokens: 8192,
+            caps: BatchCaps::default(),
             priority_burst: 4,
             length_grouping: true,
             expire_late_after: None,
@@ -71,7 +68,7 @@ pub enum Anchor {
 impl Batcher {
     /// A batcher with a window of twice the batch row cap per ring.
     pub fn new(policy: BatchPolicy) -> Self {
-        let window = (policy.max_rows * 2).max(8);
+        let window = (policy.caps.max_rows * 2).max(8);
         Batcher {
             window,
             prio: Vec::with_capacity(window),
@@ -113,8 +110,8 @@ impl Batcher {
     /// Adds a request directly (tests, and requests handed back by a failed split).
     pub fn push(&mut self, r: Request) {
         match r.env.priority {
-            crate::ingest::Priority::High => self.prio.push(r),
-            crate::ingest::Priority::Normal => self.norm.push(r),
+            Priority::High => self.prio.push(r),
+            Priority::Normal => self.norm.push(r),
         }
     }
 
@@ -189,7 +186,8 @@ impl Batcher {
         }
         self.order.sort_unstable();
 
-        let (max_rows, max_tokens) = (self.policy.max_rows as u64, self.policy.max_tokens as u64);
+        let (max_rows, max_tokens) =
+            (self.policy.caps.max_rows as u64, self.policy.caps.max_tokens as u64);
         let mut rows = first[a].items as u64;
         let mut seq = anchor_len as u64;
         let (mut picked_first, mut picked_second) = match anchor {
@@ -232,7 +230,7 @@ impl Batcher {
             }
         }
         // Keep arrival order inside the batch (stable outputs, oldest first).
-        out.sort_unstable_by_key(|r| (r.env.priority != crate::ingest::Priority::High, r.seq));
+        out.sort_unstable_by_key(|r| (r.env.priority != Priority::High, r.seq));
         match anchor {
             Anchor::Priority => {
                 self.picked_prio = picked_first;

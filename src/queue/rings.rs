@@ -10,7 +10,8 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Condvar, Mutex};
 
-use crate::ingest::{Priority, Request};
+use super::request::Request;
+use crate::core::Priority;
 
 /// Sleep/wake for one kind of waiter, free when nobody sleeps.
 #[derive(Default)]

@@ -11,6 +11,7 @@
 //!   exported counters keep growing across pipeline restarts (a restarted pipeline starts its
 //!   own counters at zero; a new `generation` tells the mirror to start over from zero).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -21,11 +22,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::emit::{ErrorClass, Outcome, Verdict};
-use crate::kafka::consumer::IngestStats;
-use crate::kafka::producer::EmitStats;
-use crate::models::cache::CacheStats;
-use crate::telemetry::EngineStats;
+use crate::core::{
+    CacheStats, CounterReading, EmitStats, EngineStats, ErrorClass, IngestStats, Outcome, Verdict,
+};
 
 /// Upper bounds (seconds) of the latency histograms: 100 µs × 1.5^k, up to about 65 s.
 pub fn latency_buckets() -> Vec<f64> {
@@ -51,7 +50,7 @@ fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
 pub struct OutcomeMetrics {
     requests: IntCounterVec,
     results: IntCounter,
-    dead_letters: [IntCounter; 6],
+    dead_letters: [IntCounter; ErrorClass::COUNT],
     /// Arrival to the start of the batch (served requests).
     pub queue: Histogram,
     /// The batch's staging and model time (served requests).
@@ -144,8 +143,7 @@ impl OutcomeMetrics {
                 self.batch_size.observe(*batch_size as f64);
             }
             Verdict::Failure(f) => {
-                let i = ErrorClass::ALL.iter().position(|c| *c == f.class).unwrap_or(0);
-                self.dead_letters[i].inc();
+                self.dead_letters[f.class.index()].inc();
             }
         }
     }
@@ -156,7 +154,7 @@ impl OutcomeMetrics {
     }
 
     /// Dead letters so far, by class (in [`ErrorClass::ALL`] order).
-    pub fn dead_letters(&self) -> [u64; 6] {
+    pub fn dead_letters(&self) -> [u64; ErrorClass::COUNT] {
         std::array::from_fn(|i| self.dead_letters[i].get())
     }
 
@@ -266,9 +264,9 @@ impl HistogramSnapshot {
 #[derive(Default)]
 struct Mirror {
     generation: u64,
-    pipeline: Vec<u64>,
+    /// Last value seen of each mirrored counter, by metric name.
+    last: BTreeMap<&'static str, u64>,
     lanes: Vec<u64>,
-    cache: Vec<u64>,
 }
 
 /// Adds the growth of `now` over `*last` to `c`.
@@ -284,8 +282,8 @@ pub struct Metrics {
     registry: Registry,
     /// Recorded by the emit thread of the running pipeline.
     pub outcomes: Arc<OutcomeMetrics>,
-    // Pipeline counters mirrored from its atomics, in `pipeline_counters` order.
-    pipeline_counters: Vec<IntCounter>,
+    /// Counters mirrored from the stages' atomics (pipeline and cache), by metric name.
+    counters: BTreeMap<&'static str, IntCounter>,
     lane_busy: CounterVec,
     pub gpu_memory_used: IntGaugeVec,
     pub gpu_memory_total: IntGaugeVec,
@@ -296,8 +294,6 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub consumer_lag: IntGaugeVec,
     pub consumer_lag_total: IntGauge,
-    // Cache counters, in `observe_cache` order.
-    cache_counters: Vec<IntCounter>,
     pub model_warmup_seconds: Gauge,
     pub models_loaded: IntGauge,
     pub pipeline_state: IntGaugeVec,
@@ -307,51 +303,6 @@ pub struct Metrics {
     pub control_requests: IntCounterVec,
     mirror: Mutex<Mirror>,
 }
-
-/// `(name, help)` of the pipeline counters mirrored by [`Metrics::observe_pipeline`].
-const PIPELINE_COUNTERS: [(&str, &str); 17] = [
-    ("sluice_records_consumed_total", "Records read from the input and priority topics"),
-    (
-        "sluice_records_rejected_total",
-        "Records rejected before queueing (parse, validation, unknown_model, too_large)",
-    ),
-    (
-        "sluice_consumer_pauses_total",
-        "Times the consumer paused its partitions because a ring was full",
-    ),
-    ("sluice_rebalances_total", "Partition revocations handled"),
-    ("sluice_offset_commits_total", "Offset commits that succeeded"),
-    (
-        "sluice_offset_commit_failures_total",
-        "Offset commits that failed (retried with the next commit)",
-    ),
-    (
-        "sluice_deliveries_total",
-        "Records acknowledged by the broker (results, dead letters, metrics snapshots)",
-    ),
-    ("sluice_delivery_retries_total", "Records sent again after a failed delivery"),
-    (
-        "sluice_undeliverable_total",
-        "Records given up on after kafka.producer.maxAttempts (their partition's commits stop)",
-    ),
-    ("sluice_metrics_snapshots_total", "Metrics snapshots sent to the metrics topic"),
-    ("sluice_batches_total", "Batches computed"),
-    ("sluice_batch_rows_total", "Rows (sequences or feature vectors) computed in batches"),
-    ("sluice_batch_requests_total", "Requests computed in batches"),
-    ("sluice_batch_tokens_real_total", "Real (unpadded) tokens of text batches"),
-    ("sluice_batch_tokens_padded_total", "Padded tokens of text batches (longest x rows)"),
-    ("sluice_failed_batches_total", "Batches whose model call failed"),
-    ("sluice_retried_batches_total", "Failed batches retried (split in halves)"),
-];
-
-/// `(name, help)` of the model cache counters mirrored by [`Metrics::observe_cache`].
-const CACHE_COUNTERS: [(&str, &str); 5] = [
-    ("sluice_model_cache_hits_total", "Model lookups served from the cache"),
-    ("sluice_model_cache_misses_total", "Model lookups that had to load the model"),
-    ("sluice_model_cache_evictions_total", "Models evicted (LRU capacity or idle TTL)"),
-    ("sluice_model_loads_total", "Models loaded and warmed up"),
-    ("sluice_model_load_failures_total", "Model loads that failed"),
-];
 
 /// Lifecycle states, as the `state` label of `sluice_pipeline_state`.
 pub const PIPELINE_STATES: [&str; 5] = ["stopped", "starting", "running", "stopping", "failed"];
@@ -389,7 +340,14 @@ impl Metrics {
             reg(Box::new(g.clone()));
             g
         };
-        let pipeline_counters = PIPELINE_COUNTERS.iter().map(|(n, h)| counter(n, h)).collect();
+        // Every stage names its own counters (`core::stats`); register each under its name.
+        let names = IngestStats::default()
+            .readings()
+            .into_iter()
+            .chain(EmitStats::default().readings())
+            .chain(EngineStats::new(0).readings())
+            .chain(CacheStats::default().readings());
+        let counters = names.map(|r| (r.name, counter(r.name, r.help))).collect();
         let lane_busy = CounterVec::new(
             Opts::new(
                 "sluice_lane_busy_seconds_total",
@@ -399,7 +357,6 @@ impl Metrics {
         )
         .expect("valid counter");
         reg(Box::new(lane_busy.clone()));
-        let cache_counters = CACHE_COUNTERS.iter().map(|(n, h)| counter(n, h)).collect();
         let control_requests = IntCounterVec::new(
             Opts::new(
                 "sluice_control_requests_total",
@@ -411,7 +368,7 @@ impl Metrics {
         reg(Box::new(control_requests.clone()));
         Metrics {
             outcomes: outcomes.clone(),
-            pipeline_counters,
+            counters,
             lane_busy,
             gpu_memory_used: gauge_vec("sluice_gpu_memory_used_bytes", "Device memory in use (cuMemGetInfo total - free) as each GPU lane last saw it", &["lane", "device"]),
             gpu_memory_total: gauge_vec("sluice_gpu_memory_total_bytes", "Device memory of each GPU lane's device", &["lane", "device"]),
@@ -422,7 +379,6 @@ impl Metrics {
             assigned_partitions: gauge("sluice_assigned_partitions", "Input and priority partitions assigned to this instance"),
             consumer_lag: gauge_vec("sluice_consumer_lag", "High watermark minus the consumer's position, per assigned partition (sampled)", &["topic", "partition"]),
             consumer_lag_total: gauge("sluice_consumer_lag_total", "Consumer lag summed over the assigned partitions (sampled)"),
-            cache_counters,
             model_warmup_seconds: fgauge("sluice_model_warmup_seconds", "Warm-up time of the most recent model load"),
             models_loaded: gauge("sluice_models_loaded", "Models (name, version) in the cache"),
             pipeline_state: gauge_vec("sluice_pipeline_state", "1 for the pipeline's current lifecycle state, 0 for the others", &["state"]),
@@ -449,35 +405,16 @@ impl Metrics {
         emit: &EmitStats,
         engine: &EngineStats,
     ) {
-        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let now = [
-            r(&ingest.consumed),
-            r(&ingest.rejected),
-            r(&ingest.pauses),
-            r(&ingest.rebalances),
-            r(&ingest.commits),
-            r(&ingest.commit_failures),
-            r(&emit.delivered),
-            r(&emit.delivery_retries),
-            r(&emit.undeliverable),
-            r(&emit.metrics_reports),
-            r(&engine.batches),
-            r(&engine.rows),
-            r(&engine.requests),
-            r(&engine.real_tokens),
-            r(&engine.padded_tokens),
-            r(&engine.failed_batches),
-            r(&engine.retried_batches),
-        ];
         let mut m = self.mirror.lock();
         if m.generation != generation {
             m.generation = generation;
-            m.pipeline.clear();
+            m.last.clear();
             m.lanes.clear();
         }
-        m.pipeline.resize(now.len(), 0);
-        for ((c, last), v) in self.pipeline_counters.iter().zip(m.pipeline.iter_mut()).zip(now) {
-            mirror(c, last, v);
+        let readings =
+            ingest.readings().into_iter().chain(emit.readings()).chain(engine.readings());
+        for r in readings {
+            self.mirror_reading(&mut m, r);
         }
         m.lanes.resize(engine.lane_busy_us.len(), 0);
         for (i, (busy, last)) in engine.lane_busy_us.iter().zip(m.lanes.iter_mut()).enumerate() {
@@ -503,19 +440,12 @@ impl Metrics {
 
     /// Mirrors the model cache's counters.
     pub fn observe_cache(&self, stats: &CacheStats, loaded: usize) {
-        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let now = [
-            r(&stats.hits),
-            r(&stats.misses),
-            r(&stats.evictions),
-            r(&stats.loads),
-            r(&stats.load_failures),
-        ];
         let mut m = self.mirror.lock();
-        m.cache.resize(now.len(), 0);
-        for ((c, last), v) in self.cache_counters.iter().zip(m.cache.iter_mut()).zip(now) {
-            mirror(c, last, v);
+        for r in stats.readings() {
+            self.mirror_reading(&mut m, r);
         }
+        drop(m);
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         self.model_warmup_seconds.set(us_to_s(r(&stats.last_warmup_us)));
         self.models_loaded.set(loaded as i64);
     }
@@ -527,19 +457,15 @@ impl Metrics {
         }
     }
 
+    /// Adds the growth of one stage counter since the last look to its metric.
+    fn mirror_reading(&self, m: &mut Mirror, r: CounterReading) {
+        let Some(c) = self.counters.get(r.name) else { return };
+        mirror(c, m.last.entry(r.name).or_default(), r.value);
+    }
+
     /// Value of a mirrored counter by name (for the JSON view).
     pub fn counter(&self, name: &str) -> u64 {
-        PIPELINE_COUNTERS
-            .iter()
-            .position(|(n, _)| *n == name)
-            .map(|i| self.pipeline_counters[i].get())
-            .or_else(|| {
-                CACHE_COUNTERS
-                    .iter()
-                    .position(|(n, _)| *n == name)
-                    .map(|i| self.cache_counters[i].get())
-            })
-            .unwrap_or(0)
+        self.counters.get(name).map_or(0, IntCounter::get)
     }
 
     /// Busy seconds of each lane, in lane order.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::config::Config;
-use sluice::models::cache::CacheSettings;
 use sluice::models::{ModelCache, Repository};
+use sluice::settings::Settings;
 
 use super::broker::{Consumed, TestBroker};
 
@@ -59,7 +59,7 @@ pub fn config(b: &TestBroker, t: &Topics, repo: &std::path::Path) -> Config {
 
 pub fn cache_for(cfg: &Config) -> Arc<ModelCache> {
     let repo = Repository::open(&cfg.streaming.inference.model.repository).unwrap();
-    Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, CacheSettings::from_config(cfg)))
+    Arc::new(ModelCache::new(repo, Settings::from_config(cfg).cache))
 }
 
 pub fn json(v: serde_json::Value) -> Vec<u8> {

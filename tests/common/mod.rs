@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sluice::ingest::{ContentType, Decoder, Envelope, Limits, Priority, Request, Source};
+use sluice::core::{ContentType, Envelope, Limits, Priority, Source};
+use sluice::decode::Decoder;
 use sluice::models::cache::CacheSettings;
 use sluice::models::{ModelCache, Repository};
+use sluice::queue::Request;
 
 /// A temporary repository with the demo models (`tiny-embed`, `tiny-sentiment`, `tabular`).
 pub struct TestRepo {
@@ -29,7 +31,7 @@ impl TestRepo {
         let dir = tempfile::tempdir().expect("tempdir");
         sluice::testkit::write_demo_repository(dir.path()).expect("demo repository");
         let repo = Repository::open(dir.path()).expect("open repo");
-        let cache = Arc::new(ModelCache::new(repo, candle_core::Device::Cpu, settings));
+        let cache = Arc::new(ModelCache::new(repo, settings));
         TestRepo { dir, cache }
     }
 

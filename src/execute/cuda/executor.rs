@@ -23,11 +23,13 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream};
 use super::kernels::Kernels;
 use super::memory::{device_memory, PinnedHostBlock};
 use super::GpuError;
-use crate::execute::{Executor, HostStaging};
+use crate::core::EngineStats;
+use crate::core::HostStaging;
+use crate::core::{BatchCaps, BatchOutput, OutputKind};
+use crate::execute::Executor;
 use crate::models::bert::BertRunner;
 use crate::models::spec::Pooling;
-use crate::models::{BatchOutput, LoadedModel, ModelError, OutputKind};
-use crate::telemetry::EngineStats;
+use crate::models::{LoadedModel, ModelError};
 
 /// How often a lane refreshes its device-memory gauge.
 const MEMORY_REFRESH: Duration = Duration::from_millis(250);
@@ -89,7 +91,7 @@ fn pinned<
 >(
     ctx: &Arc<CudaContext>,
     len: usize,
-) -> Result<Box<dyn crate::execute::PinnedBlock<T>>, GpuError> {
+) -> Result<Box<dyn crate::core::PinnedBlock<T>>, GpuError> {
     Ok(Box::new(PinnedHostBlock::<T>::new(ctx, len)?))
 }
 
@@ -100,11 +102,11 @@ impl CudaExecutor {
     pub fn new(
         ordinal: usize,
         stream_index: usize,
-        rows: usize,
-        tokens: usize,
+        caps: BatchCaps,
         stats: Arc<EngineStats>,
         lane: usize,
     ) -> Result<Self, GpuError> {
+        let (rows, tokens) = (caps.max_rows, caps.max_tokens);
         let cuda = CudaDevice::new_with_stream(ordinal)
             // First line only: candle appends a backtrace when RUST_BACKTRACE is set.
             .map_err(|e| {
@@ -234,14 +236,19 @@ fn enqueue_embedding(
             st.row_tokens.len()
         )));
     }
-    // SAFETY (both allocations): fully overwritten by the copies right below, on this stream.
+    // SAFETY: uninitialised device memory, fully overwritten by the copy right below, which
+    // is ordered before any read because both run on this stream.
     let mut ids = unsafe { stream.alloc::<u32>(n) }?;
+    // SAFETY: as for `ids`: overwritten by the copy below, on this stream, before any read.
     let mut lens = unsafe { stream.alloc::<u32>(rows) }?;
     // Asynchronous: the sources are page-locked, so these return before the copies finish;
     // the slot is not staged again before its event has fired.
     stream.memcpy_htod(&st.ids[..n], &mut ids)?;
     stream.memcpy_htod(&st.row_tokens[..rows], &mut lens)?;
+    // SAFETY: `batch_mask` writes all `rows * seq` elements of both before BERT reads them
+    // (same stream).
     let mut mask = unsafe { stream.alloc::<u32>(n) }?;
+    // SAFETY: as for `mask`.
     let mut types = unsafe { stream.alloc::<u32>(n) }?;
     kernels.batch_mask(stream, &lens.slice(..), &mut mask, &mut types, (rows, seq))?;
     let states = bert
@@ -252,6 +259,8 @@ fn enqueue_embedding(
         )
         .map_err(|e| GpuError::Other(e.to_string()))?
         .contiguous()?;
+    // SAFETY: the pool kernel writes every one of the `rows * hidden` outputs before the
+    // copy back to the host reads them (same stream).
     let mut out = unsafe { stream.alloc::<f32>(rows * hidden) }?;
     {
         let (storage, layout) = states.storage_and_layout();
@@ -275,7 +284,7 @@ fn enqueue_embedding(
     if slot.out.len() < rows * hidden {
         slot.out = PinnedHostBlock::new(&ctx, rows * hidden)?;
     }
-    let dst = &mut crate::execute::PinnedBlock::as_mut_slice(&mut slot.out)[..rows * hidden];
+    let dst = &mut crate::core::PinnedBlock::as_mut_slice(&mut slot.out)[..rows * hidden];
     stream.memcpy_dtoh(&out, dst)?;
     slot.done.record(stream)?;
     Ok((rows, hidden))
@@ -351,7 +360,7 @@ impl Executor for CudaExecutor {
             Pending::Device { rows, width } => match slot.done.synchronize() {
                 Ok(()) => {
                     let data =
-                        crate::execute::PinnedBlock::as_slice(&slot.out)[..rows * width].to_vec();
+                        crate::core::PinnedBlock::as_slice(&slot.out)[..rows * width].to_vec();
                     Ok(BatchOutput { data, width, kind: OutputKind::Embedding })
                 }
                 Err(e) => Err(GpuError::from(e).into()),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, DeviceRepr, DriverError, PinnedHostSlice, ValidAsZeroBits};
 
-use crate::execute::PinnedBlock;
+use crate::core::PinnedBlock;
 
 /// A page-locked host block of a CUDA context, zero-initialised. Plain (not write-combined)
 /// pinned memory: the lane reads staged row counts back and the CPU reads outputs from it.

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::ingest::{Envelope, IdText, Request};
-use crate::models::{BatchOutput, LoadedModel};
+use super::envelope::{Envelope, IdText};
+use super::output::BatchOutput;
 
 /// Why a request became a dead letter (the `sluice.error.class` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,8 +24,11 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    /// Every class, for metrics.
-    pub const ALL: [ErrorClass; 6] = [
+    /// How many classes there are (the size of every per-class counter array).
+    pub const COUNT: usize = 6;
+
+    /// Every class, in [`index`](Self::index) order.
+    pub const ALL: [ErrorClass; Self::COUNT] = [
         ErrorClass::Parse,
         ErrorClass::Validation,
         ErrorClass::UnknownModel,
@@ -33,6 +36,11 @@ impl ErrorClass {
         ErrorClass::Expired,
         ErrorClass::Inference,
     ];
+
+    /// This class's position in [`ALL`](Self::ALL) (and in per-class counter arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The header value.
     pub fn as_str(self) -> &'static str {
@@ -81,12 +89,20 @@ pub enum Verdict {
     Failure(Failure),
 }
 
+/// Which model version computed (or was to compute) a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelId {
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+}
+
 /// The single outcome of one record.
 #[derive(Debug)]
 pub struct Outcome {
     pub env: Envelope,
     pub id: Option<IdText>,
-    pub model: Option<Arc<LoadedModel>>,
+    /// The model version the request was resolved to (`None` when it never got that far).
+    pub model: Option<ModelId>,
     pub verdict: Verdict,
     pub timings: Timings,
 }
@@ -108,40 +124,51 @@ impl Outcome {
         }
     }
 
-    /// A failure for a queued request (expired, or inference failed).
-    pub fn failed(req: Request, failure: Failure, started: Option<Instant>, infer_us: u64) -> Self {
+    /// A failure for a request that was queued (expired, or its batch failed): `started` is
+    /// when its batch started, if it got one.
+    pub fn failed(
+        env: Envelope,
+        id: IdText,
+        model: ModelId,
+        failure: Failure,
+        started: Option<Instant>,
+        infer_us: u64,
+    ) -> Self {
         let now = Instant::now();
-        let queue_us = us(started.unwrap_or(now).saturating_duration_since(req.env.arrived));
-        let total_us = us(now.saturating_duration_since(req.env.arrived));
+        let queue_us = us(started.unwrap_or(now).saturating_duration_since(env.arrived));
+        let total_us = us(now.saturating_duration_since(env.arrived));
         Outcome {
-            id: Some(req.id),
-            model: Some(req.model),
-            env: req.env,
+            id: Some(id),
+            model: Some(model),
+            env,
             verdict: Verdict::Failure(failure),
             timings: Timings { queue_us, infer_us, total_us },
         }
     }
 
-    /// A computed result.
+    /// A computed result: `rows` rows of `output` from `first_row` on are this request's.
+    #[allow(clippy::too_many_arguments)]
     pub fn success(
-        req: Request,
+        env: Envelope,
+        id: IdText,
+        model: ModelId,
         output: Arc<BatchOutput>,
         first_row: u32,
+        rows: u32,
         batch_size: u32,
         started: Instant,
         infer_us: u64,
     ) -> Self {
         let now = Instant::now();
-        let rows = req.items;
         let timings = Timings {
-            queue_us: us(started.saturating_duration_since(req.env.arrived)),
+            queue_us: us(started.saturating_duration_since(env.arrived)),
             infer_us,
-            total_us: us(now.saturating_duration_since(req.env.arrived)),
+            total_us: us(now.saturating_duration_since(env.arrived)),
         };
         Outcome {
-            id: Some(req.id),
-            model: Some(req.model),
-            env: req.env,
+            id: Some(id),
+            model: Some(model),
+            env,
             verdict: Verdict::Success { output, first_row, rows, batch_size },
             timings,
         }

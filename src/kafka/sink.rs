@@ -1,10 +1,10 @@
-//! The emit thread: one result per request to the output topic, one dead letter per failed
-//! request to the DLQ topic, metrics snapshots to the metrics topic; acknowledgements feed
-//! the commit tracker.
+//! The Kafka outcome sink (thread `sluice-emit`): one result per request to the output topic,
+//! one dead letter per failed request to the DLQ topic, metrics snapshots to the metrics
+//! topic; the broker's acknowledgements feed the commit tracker.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,23 +17,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::commit::CommitTracker;
-use crate::emit::render::{dlq_headers, result_key, write_result};
-use crate::emit::{ErrorClass, Outcome};
-use crate::ingest::Source;
-
-/// Emit counters.
-#[derive(Debug, Default)]
-pub struct EmitStats {
-    pub results: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub dead_letters_by_class: [AtomicU64; 6],
-    pub delivered: AtomicU64,
-    pub delivery_retries: AtomicU64,
-    pub undeliverable: AtomicU64,
-    pub metrics_reports: AtomicU64,
-    /// Per-outcome counters and latency histograms (shared with the control plane's registry).
-    pub outcomes: Arc<crate::telemetry::metrics::OutcomeMetrics>,
-}
+use crate::core::{EmitStats, Outcome, Source};
+use crate::render::{result_key, write_result, DeadLetterHeaders};
+use crate::run::{OutcomeSink, RunError};
+use crate::telemetry::metrics::OutcomeMetrics;
 
 /// A dead letter whose value the producer or broker refuses as too large is sent again with
 /// only this many leading bytes of it.
@@ -44,7 +31,7 @@ pub struct PendingRecord {
     topic: Arc<str>,
     key: Option<Bytes>,
     value: Bytes,
-    headers: Option<[(&'static str, String); 6]>,
+    headers: Option<DeadLetterHeaders>,
     /// The input record whose outcome this is (None for metrics reports).
     source: Option<Source>,
     attempts: u32,
@@ -74,22 +61,22 @@ impl Ord for Retry {
 
 /// The producer's librdkafka context: delivery reports land here (on the emit thread,
 /// inside `poll`).
-pub struct EmitContext {
+pub struct SinkContext {
     pub tracker: Arc<Mutex<CommitTracker>>,
     pub stats: Arc<EmitStats>,
     failed: Mutex<Vec<(Box<PendingRecord>, KafkaError)>>,
 }
 
-impl EmitContext {
+impl SinkContext {
     /// A context acknowledging into `tracker`.
     pub fn new(tracker: Arc<Mutex<CommitTracker>>, stats: Arc<EmitStats>) -> Self {
-        EmitContext { tracker, stats, failed: Mutex::new(Vec::new()) }
+        SinkContext { tracker, stats, failed: Mutex::new(Vec::new()) }
     }
 }
 
-impl ClientContext for EmitContext {}
+impl ClientContext for SinkContext {}
 
-impl ProducerContext for EmitContext {
+impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<PendingRecord>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, rec: Box<PendingRecord>) {
@@ -108,28 +95,30 @@ impl ProducerContext for EmitContext {
 /// Renders one metrics snapshot (the metrics topic's record value).
 pub type MetricsRenderer = Box<dyn Fn() -> Vec<u8> + Send>;
 
-/// What the emit thread needs.
-pub struct EmitThread {
-    pub producer: BaseProducer<EmitContext>,
-    pub completions: Receiver<Outcome>,
+/// The Kafka outcome sink: what the emit thread needs.
+pub struct KafkaSink {
+    pub producer: BaseProducer<SinkContext>,
+    /// Per-outcome counters and latency histograms (shared with the control plane's registry).
+    pub outcomes: Arc<OutcomeMetrics>,
     pub output_topic: Arc<str>,
     pub dlq_topic: Arc<str>,
     pub metrics_topic: Arc<str>,
     /// Renders a metrics snapshot; `None` disables reports.
     pub metrics: Option<(Duration, MetricsRenderer)>,
     pub max_attempts: u32,
-    /// Set when the pipeline stops: the thread exits once the completion channel is closed
-    /// and everything is delivered or given up on.
-    pub stopping: Arc<AtomicBool>,
 }
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(10))
 }
 
-impl EmitThread {
+impl OutcomeSink for KafkaSink {
+    fn thread_name(&self) -> &'static str {
+        "sluice-emit"
+    }
+
     /// Runs until the completion channel is closed and every record is settled.
-    pub fn run(self) {
+    fn run(self: Box<Self>, completions: Receiver<Outcome>) -> Result<(), RunError> {
         let mut retries: BinaryHeap<Reverse<Retry>> = BinaryHeap::new();
         let mut closed = false;
         let mut last_metrics = Instant::now();
@@ -139,9 +128,9 @@ impl EmitThread {
             let mut took = 0;
             while took < 512 {
                 let r = if took == 0 {
-                    self.completions.recv_timeout(Duration::from_millis(2))
+                    completions.recv_timeout(Duration::from_millis(2))
                 } else {
-                    self.completions.try_recv().map_err(|e| match e {
+                    completions.try_recv().map_err(|e| match e {
                         crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
                         crossbeam_channel::TryRecvError::Disconnected => {
                             RecvTimeoutError::Disconnected
@@ -187,21 +176,21 @@ impl EmitThread {
             if closed && self.producer.in_flight_count() == 0 && retries.is_empty() {
                 break;
             }
-            if closed && !self.stopping.load(Ordering::SeqCst) {
-                // Channel closed without a stop: the pipeline is gone; settle and leave.
-                self.stopping.store(true, Ordering::SeqCst);
-            }
         }
         let _ = self.producer.flush(Duration::from_secs(10));
         tracing::info!("emit stopped");
+        Ok(())
     }
+}
 
+impl KafkaSink {
     fn stats(&self) -> &EmitStats {
         &self.producer.context().stats
     }
 
     fn emit(&self, o: Outcome, buf: &mut Vec<u8>, retries: &mut BinaryHeap<Reverse<Retry>>) {
-        self.stats().outcomes.record(&o);
+        self.outcomes.record(&o);
+        self.stats().count(&o);
         let source = Some(o.env.source.clone());
         let rec = match o.failure() {
             None => {
@@ -210,7 +199,6 @@ impl EmitThread {
                     tracing::error!(offset = o.env.source.offset, "could not render a result");
                     return;
                 }
-                self.stats().results.fetch_add(1, Ordering::Relaxed);
                 PendingRecord {
                     topic: self.output_topic.clone(),
                     key: Some(Bytes::copy_from_slice(result_key(&o))),
@@ -221,16 +209,13 @@ impl EmitThread {
                 }
             }
             Some(f) => {
-                let idx = ErrorClass::ALL.iter().position(|c| *c == f.class).unwrap_or(0);
-                self.stats().dead_letters.fetch_add(1, Ordering::Relaxed);
-                self.stats().dead_letters_by_class[idx].fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(class = f.class.as_str(), reason = %f.reason, topic = %o.env.source.topic,
                     partition = o.env.source.partition, offset = o.env.source.offset, "dead letter");
                 PendingRecord {
                     topic: self.dlq_topic.clone(),
                     key: o.env.key.clone(),
                     value: o.env.payload.clone(),
-                    headers: dlq_headers(&o),
+                    headers: DeadLetterHeaders::of(&o),
                     source,
                     attempts: 1,
                 }
@@ -247,7 +232,8 @@ impl EmitThread {
             let key = rec.key.clone();
             let value = rec.value.clone();
             let headers = rec.headers.as_ref().map(|hs| {
-                hs.iter().fold(OwnedHeaders::new_with_capacity(hs.len()), |h, (k, v)| {
+                let pairs = hs.pairs();
+                pairs.iter().fold(OwnedHeaders::new_with_capacity(pairs.len()), |h, (k, v)| {
                     h.insert(Header { key: k, value: Some(v.as_bytes()) })
                 })
             });
@@ -297,7 +283,7 @@ impl EmitThread {
                 // blocks the partition's commits. The reason header says so.
                 let n = rec.value.len();
                 rec.value = rec.value.slice(..DLQ_TRUNCATED_BYTES);
-                headers[1].1.push_str(&format!(" [dead-letter value truncated to its first {DLQ_TRUNCATED_BYTES} of {n} bytes: the producer or broker refused the whole record]"));
+                headers.reason.push_str(&format!(" [dead-letter value truncated to its first {DLQ_TRUNCATED_BYTES} of {n} bytes: the producer or broker refused the whole record]"));
                 tracing::warn!(topic = %rec.topic, bytes = n, "dead letter too large to produce; sending its first {DLQ_TRUNCATED_BYTES} bytes");
                 retries.push(Reverse(Retry { at: Instant::now(), rec }));
                 return;

@@ -1,12 +1,10 @@
-//! The request as it travels through the rings, batcher and lanes.
+//! A record as it arrived (its envelope), where it came from, and how its input is encoded.
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-
-use crate::models::LoadedModel;
 
 /// Where a record came from: Kafka topic/partition/offset, or file name and line number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +47,23 @@ pub struct Envelope {
     pub attempts: u32,
 }
 
+impl Envelope {
+    /// A JSON record from `source` that arrived now, with no key, no event time, on its
+    /// first delivery. Sources set the other fields they know.
+    pub fn new(payload: Bytes, source: Source, priority: Priority) -> Self {
+        Envelope {
+            payload,
+            key: None,
+            source,
+            priority,
+            content_type: ContentType::Json,
+            arrived: Instant::now(),
+            event_time_ms: None,
+            attempts: 1,
+        }
+    }
+}
+
 /// A request id: borrowed from the payload when it had no JSON escapes (the common case),
 /// owned otherwise.
 #[derive(Debug, Clone)]
@@ -81,44 +96,6 @@ pub enum InputKind {
     FbTokens,
     /// FlatBuffers `Features`: feature rows copied as they are.
     FbFeatures,
-}
-
-/// A validated request, ready to queue.
-#[derive(Debug)]
-pub struct Request {
-    pub env: Envelope,
-    pub id: IdText,
-    pub model: Arc<LoadedModel>,
-    /// Byte range of the raw `input` JSON value inside the payload (JSON), or the whole
-    /// payload (FlatBuffers: staging re-reads it through `ingest::flatbuf`).
-    pub input: Range<u32>,
-    /// How the input is encoded.
-    pub input_kind: InputKind,
-    /// Inputs in the request (rows it adds to a batch).
-    pub items: u32,
-    /// Longest input in tokens, specials included (1 for tabular models).
-    pub max_tokens: u32,
-    /// Epoch milliseconds after which the request is `expired` instead of computed.
-    pub deadline_ms: Option<u64>,
-    /// Arrival order, used by the batcher to find the oldest request.
-    pub seq: u64,
-}
-
-impl Request {
-    /// The request id.
-    pub fn id(&self) -> &str {
-        self.id.as_str(&self.env.payload)
-    }
-
-    /// The raw JSON of `input` (the whole FlatBuffer for FlatBuffers requests).
-    pub fn raw_input(&self) -> &[u8] {
-        &self.env.payload[self.input.start as usize..self.input.end as usize]
-    }
-
-    /// Padded tokens this request would add to a batch of sequence length `seq`.
-    pub fn cost_at(&self, seq: u32) -> u64 {
-        self.items as u64 * seq as u64
-    }
 }
 
 /// Milliseconds since the Unix epoch.

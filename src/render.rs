@@ -1,10 +1,11 @@
-//! Rendering outcomes: the result record JSON (DESIGN.md §3) and the dead-letter fields (§4).
+//! Rendering outcomes: the result record JSON and the dead-letter headers (README "Result
+//! record" and "Dead letter" state the contract).
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
-use super::outcome::{Outcome, Verdict};
-use crate::models::{BatchOutput, OutputKind};
+use crate::core::{BatchOutput, OutputKind};
+use crate::core::{Outcome, Verdict};
 
 struct OutputRows<'a> {
     out: &'a BatchOutput,
@@ -109,15 +110,45 @@ pub fn result_key(o: &Outcome) -> &[u8] {
     }
 }
 
-/// The dead-letter headers of DESIGN.md §4 for a failed outcome, in order.
-pub fn dlq_headers(o: &Outcome) -> Option<[(&'static str, String); 6]> {
-    let f = o.failure()?;
-    Some([
-        ("sluice.error.class", f.class.as_str().to_string()),
-        ("sluice.error.reason", f.reason.clone()),
-        ("sluice.source.topic", o.env.source.topic.to_string()),
-        ("sluice.source.partition", o.env.source.partition.to_string()),
-        ("sluice.source.offset", o.env.source.offset.to_string()),
-        ("sluice.attempts", o.env.attempts.to_string()),
-    ])
+/// The headers of a dead letter (see README "Dead letter"): the error's class and reason,
+/// where the record came from, and how often it was tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterHeaders {
+    /// `sluice.error.class`.
+    pub class: &'static str,
+    /// `sluice.error.reason`.
+    pub reason: String,
+    /// `sluice.source.topic`, `sluice.source.partition`, `sluice.source.offset`.
+    pub topic: String,
+    pub partition: String,
+    pub offset: String,
+    /// `sluice.attempts`.
+    pub attempts: String,
+}
+
+impl DeadLetterHeaders {
+    /// The headers of a failed outcome; `None` for a result.
+    pub fn of(o: &Outcome) -> Option<Self> {
+        let f = o.failure()?;
+        Some(DeadLetterHeaders {
+            class: f.class.as_str(),
+            reason: f.reason.clone(),
+            topic: o.env.source.topic.to_string(),
+            partition: o.env.source.partition.to_string(),
+            offset: o.env.source.offset.to_string(),
+            attempts: o.env.attempts.to_string(),
+        })
+    }
+
+    /// `(name, value)` of every header, in the order they are written.
+    pub fn pairs(&self) -> [(&'static str, &str); 6] {
+        [
+            ("sluice.error.class", self.class),
+            ("sluice.error.reason", &self.reason),
+            ("sluice.source.topic", &self.topic),
+            ("sluice.source.partition", &self.partition),
+            ("sluice.source.offset", &self.offset),
+            ("sluice.attempts", &self.attempts),
+        ]
+    }
 }

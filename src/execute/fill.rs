@@ -2,18 +2,18 @@
 //! payload's strings, features straight from its numbers (JSON), or token ids and features
 //! copied once from the FlatBuffer in place. No per-request allocation.
 
-use crate::ingest::flatbuf;
-use crate::ingest::json_input::{for_each_feature_row, for_each_text};
-use crate::ingest::request::InputKind;
-use crate::ingest::Request;
+use crate::core::InputKind;
+use crate::decode::flatbuf;
+use crate::decode::json::{for_each_feature_row, for_each_text};
 use crate::models::wordpiece::Scratch;
 use crate::models::{LoadedModel, ModelInput};
+use crate::queue::Request;
 
-use super::staging::HostStaging;
+use crate::core::HostStaging;
 
 /// Per-lane scratch space for staging.
 #[derive(Default)]
-pub struct StageScratch {
+pub struct FillScratch {
     pub tokenizer: Scratch,
     pub row: Vec<f32>,
 }
@@ -21,11 +21,11 @@ pub struct StageScratch {
 /// Stages `reqs` (all for `model`) into `st`. On failure returns the index of the request
 /// that could not be staged and why (it passed validation, so this means a bug or a model
 /// swapped underneath; the lane turns it into an `inference` dead letter).
-pub fn stage_batch(
+pub fn fill_batch(
     model: &LoadedModel,
     reqs: &[Request],
     st: &mut HostStaging,
-    scratch: &mut StageScratch,
+    scratch: &mut FillScratch,
 ) -> Result<(), (usize, String)> {
     let rows: usize = reqs.iter().map(|r| r.items as usize).sum();
     match &model.input {

@@ -7,38 +7,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::flatbuf;
-use super::json_input::{for_each_feature_row, for_each_text};
-use super::request::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, Request};
-use crate::emit::{ErrorClass, Failure};
+use super::json::{for_each_feature_row, for_each_text};
+use crate::core::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, Limits};
+use crate::core::{ErrorClass, Failure};
 use crate::models::wordpiece::Scratch;
 use crate::models::{LoadedModel, ModelCache, ModelError, ModelInput};
-
-/// Size limits applied at ingest.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest record value accepted (`too_large` above).
-    pub max_record_bytes: usize,
-    /// Most inputs in one request.
-    pub max_items: usize,
-    /// Longest id in bytes.
-    pub max_id_bytes: usize,
-    /// A request must fit in one batch: at most this many rows...
-    pub max_batch_rows: usize,
-    /// ...and this many padded tokens.
-    pub max_batch_tokens: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_record_bytes: 1 << 20,
-            max_items: 64,
-            max_id_bytes: 256,
-            max_batch_rows: 64,
-            max_batch_tokens: 8192,
-        }
-    }
-}
+use crate::queue::Request;
 
 /// A JSON string borrowed from the payload when it has no escapes. (serde's own
 /// `Option<Cow<str>>` always allocates, which the hot path cannot afford.)
@@ -264,10 +238,10 @@ impl Decoder {
     /// A request must fit in one batch's padded-token budget.
     fn check_padded(&self, items: usize, longest: usize) -> Result<(), Failure> {
         let padded = items * longest;
-        if padded > self.limits.max_batch_tokens {
+        if padded > self.limits.caps.max_tokens {
             return Err(fail(
                 ErrorClass::TooLarge,
-                format!("request needs {padded} padded tokens ({items} inputs × {longest}), a batch holds {} (streaming.inference.batching.maxBatchTokens)", self.limits.max_batch_tokens),
+                format!("request needs {padded} padded tokens ({items} inputs × {longest}), a batch holds {} (streaming.inference.batching.maxBatchTokens)", self.limits.caps.max_tokens),
             ));
         }
         Ok(())
@@ -276,7 +250,7 @@ impl Decoder {
     /// Validates the input's shape against the model; returns (items, longest in tokens).
     fn check_input(&mut self, model: &LoadedModel, raw: &[u8]) -> Result<(u32, u32), Failure> {
         let lim = &self.limits;
-        let max_items = lim.max_items.min(lim.max_batch_rows);
+        let max_items = lim.max_items.min(lim.caps.max_rows);
         let (items, longest) = match &model.input {
             ModelInput::Text { tokenizer, max_seq_len } => {
                 let mut longest = 0usize;

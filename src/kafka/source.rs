@@ -1,14 +1,13 @@
-//! The ingest thread: consumes the input and priority topics, decodes and validates each
-//! record, queues it on its ring, pauses partitions while a ring is full, and commits the
-//! acknowledged offsets.
+//! The Kafka record source (thread `sluice-ingest`): consumes the input and priority topics,
+//! offers each record to the engine's intake (which decodes, validates and queues it),
+//! pauses the assignment while a ring is full, and commits the acknowledged offsets.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Headers, Message};
@@ -16,23 +15,13 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::commit::{CommitPoint, CommitTracker};
 use super::payload::payload_bytes;
-use crate::emit::{ErrorClass, Failure, Outcome};
-use crate::ingest::{ContentType, Decoder, Envelope, Priority, Request, Source};
-use crate::queue::Rings;
-
-/// Ingest counters.
-#[derive(Debug, Default)]
-pub struct IngestStats {
-    pub consumed: AtomicU64,
-    pub rejected: AtomicU64,
-    pub pauses: AtomicU64,
-    pub rebalances: AtomicU64,
-    pub commits: AtomicU64,
-    pub commit_failures: AtomicU64,
-}
+use super::probe::PartitionLag;
+use crate::core::{ContentType, Envelope, ErrorClass, Failure, IngestStats, Priority, Source};
+use crate::queue::Request;
+use crate::run::{Intake, RecordSource, RunError};
 
 /// State the consumer thread shares with its rebalance callbacks and the pipeline.
-pub struct IngestShared {
+pub struct SourceShared {
     pub tracker: Arc<Mutex<CommitTracker>>,
     /// Requests consumed but not yet queued (their ring was full).
     pending: Mutex<VecDeque<Request>>,
@@ -40,31 +29,31 @@ pub struct IngestShared {
     pub assigned: Mutex<Vec<(String, i32)>>,
     pub paused: AtomicBool,
     pub revoke_timeout: Duration,
-    pub stats: IngestStats,
+    pub stats: Arc<IngestStats>,
 }
 
-impl IngestShared {
+impl SourceShared {
     /// Fresh shared state.
     pub fn new(tracker: Arc<Mutex<CommitTracker>>, revoke_timeout: Duration) -> Arc<Self> {
-        Arc::new(IngestShared {
+        Arc::new(SourceShared {
             tracker,
             pending: Mutex::new(VecDeque::new()),
             assigned: Mutex::new(Vec::new()),
             paused: AtomicBool::new(false),
             revoke_timeout,
-            stats: IngestStats::default(),
+            stats: Arc::default(),
         })
     }
 }
 
 /// The consumer's librdkafka context: runs the rebalance protocol's Sluice side.
-pub struct IngestContext {
-    pub shared: Arc<IngestShared>,
+pub struct SourceContext {
+    pub shared: Arc<SourceShared>,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for SourceContext {}
 
-impl ConsumerContext for IngestContext {
+impl ConsumerContext for SourceContext {
     /// On revocation: drop the revoked partitions' not-yet-queued records (un-committed, the
     /// next owner reads them again), wait for their in-flight records' outcomes to be
     /// acknowledged, commit, and only then let the revocation complete.
@@ -133,7 +122,7 @@ impl ConsumerContext for IngestContext {
 
 /// Commits `points` (next offsets to read).
 pub fn commit_points(
-    consumer: &BaseConsumer<IngestContext>,
+    consumer: &BaseConsumer<SourceContext>,
     points: &[CommitPoint],
     mode: CommitMode,
     stats: &IngestStats,
@@ -158,17 +147,13 @@ pub fn commit_points(
     }
 }
 
-/// What the ingest thread needs.
-pub struct IngestThread {
-    pub consumer: Arc<BaseConsumer<IngestContext>>,
-    pub shared: Arc<IngestShared>,
-    pub decoder: Decoder,
-    pub rings: Arc<Rings>,
-    pub completions: Sender<Outcome>,
+/// The Kafka record source: what the ingest thread needs.
+pub struct KafkaSource {
+    pub consumer: Arc<BaseConsumer<SourceContext>>,
+    pub shared: Arc<SourceShared>,
     pub priority_topic: String,
     pub input_topic: String,
     pub commit_interval: Duration,
-    pub stop: Arc<AtomicBool>,
 }
 
 fn content_type(msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<ContentType, String> {
@@ -188,21 +173,25 @@ fn content_type(msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<ContentTy
     Ok(ContentType::Json)
 }
 
-impl IngestThread {
-    /// Runs until `stop` is set; then queues what it holds and returns.
-    pub fn run(mut self) {
+impl RecordSource for KafkaSource {
+    fn thread_name(&self) -> &'static str {
+        "sluice-ingest"
+    }
+
+    /// Polls until `stop` is set; then queues what it holds and returns.
+    fn run(self: Box<Self>, mut intake: Intake, stop: &AtomicBool) -> Result<(), RunError> {
         let input: Arc<str> = self.input_topic.as_str().into();
         let priority: Arc<str> = self.priority_topic.as_str().into();
         let mut last_commit = Instant::now();
         let mut last_poll_error: Option<Instant> = None;
         tracing::info!(input = %input, priority = %priority, "ingest started");
         let consumer = self.consumer.clone();
-        while !self.stop.load(Ordering::SeqCst) {
-            let backlog = self.flush_pending();
+        while !stop.load(Ordering::SeqCst) {
+            let backlog = self.flush_pending(&intake);
             self.set_paused(backlog);
             if backlog {
                 // Let the lanes make room; the consumer keeps polling (heartbeats, rebalances).
-                self.rings.wait_for_space(Duration::from_millis(5));
+                intake.rings().wait_for_space(Duration::from_millis(5));
             }
             match consumer.poll(Duration::from_millis(if backlog { 0 } else { 50 })) {
                 None => {}
@@ -214,9 +203,12 @@ impl IngestThread {
                 }
                 Some(Err(_)) => {}
                 Some(Ok(msg)) => {
-                    let topic =
-                        if msg.topic() == &*priority { priority.clone() } else { input.clone() };
-                    self.handle(msg, topic);
+                    let (topic, prio) = if msg.topic() == &*priority {
+                        (priority.clone(), Priority::High)
+                    } else {
+                        (input.clone(), Priority::Normal)
+                    };
+                    self.handle(msg, topic, prio, &mut intake);
                 }
             }
             if last_commit.elapsed() >= self.commit_interval {
@@ -228,61 +220,51 @@ impl IngestThread {
         // Stopping: everything consumed gets an outcome, so queue what is held.
         let held: Vec<Request> = self.shared.pending.lock().drain(..).collect();
         for r in held {
-            self.rings.push_wait(r);
+            intake.queue_wait(r);
         }
         tracing::info!("ingest stopped");
+        Ok(())
     }
+}
 
-    fn handle(&mut self, msg: rdkafka::message::BorrowedMessage<'_>, topic: Arc<str>) {
-        self.shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
-        let priority =
-            if *topic == *self.priority_topic { Priority::High } else { Priority::Normal };
+impl KafkaSource {
+    fn handle(
+        &self,
+        msg: rdkafka::message::BorrowedMessage<'_>,
+        topic: Arc<str>,
+        priority: Priority,
+        intake: &mut Intake,
+    ) {
         let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
         self.shared.tracker.lock().track(&source.topic, source.partition, source.offset);
         let key = msg.key().map(Bytes::copy_from_slice);
         let ct = content_type(&msg);
         let event_time_ms = msg.timestamp().to_millis();
         let payload = payload_bytes(&self.consumer, msg);
-        let env = Envelope {
-            payload,
-            key,
-            source,
-            priority,
-            content_type: *ct.as_ref().unwrap_or(&ContentType::Json),
-            arrived: Instant::now(),
-            event_time_ms,
-            attempts: 1,
-        };
-        let decoded = match ct {
-            Err(reason) => Err((env, Failure::new(ErrorClass::Parse, reason))),
-            Ok(_) if env.payload.is_empty() => {
-                Err((env, Failure::new(ErrorClass::Parse, "empty record value")))
-            }
-            Ok(_) => self.decoder.decode(env),
-        };
-        match decoded {
-            Ok(req) => {
+        let mut env = Envelope::new(payload, source, priority);
+        env.key = key;
+        env.event_time_ms = event_time_ms;
+        match ct {
+            Err(reason) => intake.reject_unread(env, Failure::new(ErrorClass::Parse, reason)),
+            Ok(content_type) => {
+                env.content_type = content_type;
+                let Some(req) = intake.decode(env) else { return };
                 let mut pending = self.shared.pending.lock();
-                if pending.is_empty() {
-                    if let Err(back) = self.rings.push(req) {
-                        pending.push_back(back);
-                    }
-                } else {
+                // Behind requests already held, a request waits its turn (arrival order).
+                if !pending.is_empty() {
                     pending.push_back(req);
+                } else if let Err(back) = intake.queue(req) {
+                    pending.push_back(back);
                 }
-            }
-            Err((env, f)) => {
-                self.shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                let _ = self.completions.send(Outcome::rejected(env, f));
             }
         }
     }
 
     /// Moves held requests onto the rings; true if some are still held.
-    fn flush_pending(&mut self) -> bool {
+    fn flush_pending(&self, intake: &Intake) -> bool {
         let mut pending = self.shared.pending.lock();
         while let Some(r) = pending.pop_front() {
-            if let Err(back) = self.rings.push(r) {
+            if let Err(back) = intake.queue(r) {
                 pending.push_front(back);
                 return true;
             }
@@ -317,22 +299,85 @@ impl IngestThread {
     }
 }
 
-/// Drops a client on a helper thread and waits up to 10 s: librdkafka's destroy can hang
-/// (rust-rdkafka #509). A hung close is logged and abandoned; the process exit ends it.
-pub fn close_in_background<T: Send + 'static>(client: T) {
-    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-    let spawned = std::thread::Builder::new().name("sluice-kafka-close".into()).spawn(move || {
-        drop(client);
-        let _ = tx.send(());
-    });
-    match spawned {
-        Ok(h) => {
-            if rx.recv_timeout(Duration::from_secs(10)).is_ok() {
-                let _ = h.join();
-            } else {
-                tracing::warn!("closing a Kafka client did not finish within 10 s; abandoning it");
+/// The pipeline's hold on the consumer outside the ingest thread: lag, the final commit and
+/// closing. (The ingest thread polls; these calls only read positions and commit.)
+pub struct SourceHandle {
+    pub(super) consumer: Arc<BaseConsumer<SourceContext>>,
+    pub shared: Arc<SourceShared>,
+}
+
+impl SourceHandle {
+    /// Consumer lag of every assigned partition: its high watermark (asked from the broker,
+    /// within `budget` in all) minus the consumer's position. Before the first record of a
+    /// partition is fetched, the group's committed offset (or the low watermark) stands in for
+    /// the position. Blocking: call it off the hot path, now and then.
+    pub fn consumer_lag(&self, budget: Duration) -> Vec<PartitionLag> {
+        let deadline = Instant::now() + budget;
+        let left =
+            || deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        let assigned = self.shared.assigned.lock().clone();
+        let valid = |o: rdkafka::Offset| o.to_raw().filter(|o| *o >= 0);
+        let positions = self.consumer.position().ok();
+        let mut lags: Vec<PartitionLag> = assigned
+            .into_iter()
+            .map(|(topic, partition)| {
+                let position = positions
+                    .as_ref()
+                    .and_then(|t| t.find_partition(&topic, partition))
+                    .and_then(|e| valid(e.offset()));
+                PartitionLag { topic, partition, position, high_watermark: None, lag: None }
+            })
+            .collect();
+        let unknown: Vec<usize> = (0..lags.len()).filter(|i| lags[*i].position.is_none()).collect();
+        if !unknown.is_empty() && !left().is_zero() {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for i in &unknown {
+                tpl.add_partition(&lags[*i].topic, lags[*i].partition);
+            }
+            if let Ok(got) = self.consumer.committed_offsets(tpl, left()) {
+                for i in unknown {
+                    let l = &mut lags[i];
+                    l.position =
+                        got.find_partition(&l.topic, l.partition).and_then(|e| valid(e.offset()));
+                }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "could not spawn the close thread"),
+        for l in &mut lags {
+            if left().is_zero() {
+                break;
+            }
+            if let Ok((low, high)) = self.consumer.fetch_watermarks(&l.topic, l.partition, left()) {
+                l.high_watermark = Some(high);
+                let position = *l.position.get_or_insert(low);
+                l.lag = Some((high - position).max(0));
+            }
+        }
+        lags
+    }
+
+    /// Commits every acknowledged offset synchronously (the last step of a drain), and
+    /// reports partitions whose commits are blocked by an undeliverable outcome.
+    pub fn commit_acknowledged(&self) {
+        let points = self.shared.tracker.lock().take_commits();
+        commit_points(&self.consumer, &points, CommitMode::Sync, &self.shared.stats);
+        let blocked = self.shared.tracker.lock().blocked();
+        if !blocked.is_empty() {
+            tracing::error!(
+                ?blocked,
+                "partitions with undeliverable outcomes: not committed past them"
+            );
+        }
+    }
+
+    /// Leaves the consumer group.
+    pub fn unsubscribe(&self) {
+        self.consumer.unsubscribe();
+    }
+}
+
+impl Drop for SourceHandle {
+    fn drop(&mut self) {
+        // Closed off-thread: librdkafka's destroy can hang (rust-rdkafka #509).
+        super::close_in_background(self.consumer.clone());
     }
 }

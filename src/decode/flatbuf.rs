@@ -30,9 +30,7 @@ use flatbuffers::{
     Verifier, VerifierOptions, WIPOffset,
 };
 
-use super::decode::Limits;
-use super::request::InputKind;
-use crate::emit::{ErrorClass, Failure};
+use crate::core::{ErrorClass, Failure, InputKind, Limits};
 use crate::models::wordpiece::Scratch;
 use crate::models::{LoadedModel, ModelInput};
 
@@ -82,9 +80,14 @@ macro_rules! fb_table {
         }
         impl<'a> Follow<'a> for $name<'a> {
             type Inner = $name<'a>;
+            /// # Safety
+            ///
+            /// `loc` must be the offset of a table of this type inside `buf`, which the
+            /// verifier has checked (`parse` verifies every buffer before any table is read).
             #[inline]
             unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                $name { tab: Table::new(buf, loc) }
+                // SAFETY: the caller guarantees `loc` is a verified table of this type.
+                $name { tab: unsafe { Table::new(buf, loc) } }
             }
         }
     };
@@ -570,7 +573,7 @@ pub fn check_input(
     limits: &Limits,
     scratch: &mut Scratch,
 ) -> Result<(InputKind, usize, usize), Failure> {
-    let max_items = limits.max_items.min(limits.max_batch_rows);
+    let max_items = limits.max_items.min(limits.caps.max_rows);
     let kind = fb.input_kind().map_err(validation)?;
     let wrong = |what: &str, reads: &str| {
         validation(format!("input: {what} given, but model '{}' reads {reads}", model.name))

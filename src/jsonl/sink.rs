@@ -1,0 +1,107 @@
+//! The JSONL outcome sink (thread `sluice-jsonl-writer`): results to one file, dead letters
+//! to another, one line each.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use crossbeam_channel::Receiver;
+use serde::Serialize;
+
+use crate::core::{EmitStats, Failure, Outcome};
+use crate::render::write_result;
+use crate::run::{OutcomeSink, RunError};
+
+/// Writes results and dead letters as JSON lines.
+pub struct JsonlSink<W: Write + Send + 'static> {
+    out: W,
+    dlq: W,
+    stats: Arc<EmitStats>,
+}
+
+impl<W: Write + Send + 'static> JsonlSink<W> {
+    /// A sink writing results to `out` and dead letters to `dlq`, counting into `stats`.
+    pub fn new(out: W, dlq: W, stats: Arc<EmitStats>) -> Self {
+        JsonlSink { out, dlq, stats }
+    }
+}
+
+fn write_err(stage: &'static str) -> impl Fn(std::io::Error) -> RunError {
+    move |e| RunError::Stage { stage, reason: e.to_string() }
+}
+
+impl<W: Write + Send + 'static> OutcomeSink for JsonlSink<W> {
+    fn thread_name(&self) -> &'static str {
+        "sluice-jsonl-writer"
+    }
+
+    fn run(self: Box<Self>, outcomes: Receiver<Outcome>) -> Result<(), RunError> {
+        let JsonlSink { mut out, mut dlq, stats } = *self;
+        let mut buf = Vec::with_capacity(4096);
+        // Ends when every sender (the source's intake and every lane) is gone.
+        for o in outcomes {
+            match o.failure() {
+                None => {
+                    buf.clear();
+                    if !write_result(&o, &mut buf) {
+                        tracing::error!(line = o.env.source.offset, "could not render a result");
+                        continue;
+                    }
+                    buf.push(b'\n');
+                    out.write_all(&buf).map_err(write_err("writing output"))?;
+                }
+                Some(f) => write_dead_letter(&o, f, &mut dlq).map_err(write_err("writing DLQ"))?,
+            }
+            stats.count(&o);
+        }
+        out.flush().map_err(write_err("writing output"))?;
+        dlq.flush().map_err(write_err("writing DLQ"))?;
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct DeadLetterLine<'a> {
+    error: ErrorRef<'a>,
+    source: SourceRef<'a>,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_base64: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorRef<'a> {
+    class: &'a str,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct SourceRef<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+/// Writes one dead-letter line: the original bytes (as text when valid UTF-8, else base64),
+/// the error class and reason, and the source.
+fn write_dead_letter(o: &Outcome, f: &Failure, w: &mut impl Write) -> std::io::Result<()> {
+    let (value, value_base64) = match std::str::from_utf8(&o.env.payload) {
+        Ok(s) => (Some(s), None),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&o.env.payload))),
+    };
+    let line = DeadLetterLine {
+        error: ErrorRef { class: f.class.as_str(), reason: &f.reason },
+        source: SourceRef {
+            topic: &o.env.source.topic,
+            partition: o.env.source.partition,
+            offset: o.env.source.offset,
+        },
+        attempts: o.env.attempts,
+        value,
+        value_base64,
+    };
+    serde_json::to_writer(&mut *w, &line)?;
+    w.write_all(b"\n")
+}

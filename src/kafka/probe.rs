@@ -1,0 +1,57 @@
+//! Reachability and lag: a probe client for the control plane's health check, and the
+//! consumer lag of an assigned partition.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
+
+use super::{base_client_config, instance_name, KafkaLayerError};
+use crate::config::Config;
+
+/// Consumer lag of one assigned partition (see [`SourceHandle::consumer_lag`](super::source::SourceHandle::consumer_lag)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset this instance will read.
+    pub position: Option<i64>,
+    /// The next offset the broker will write.
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - position`; `None` when the broker did not answer in time.
+    pub lag: Option<i64>,
+}
+
+/// A Kafka client for reachability checks outside the pipeline (the control plane's health).
+pub struct KafkaProbe {
+    client: Option<BaseConsumer>,
+    topic: String,
+}
+
+impl KafkaProbe {
+    /// A probe for the brokers of `cfg` (connects lazily).
+    pub fn new(cfg: &Config) -> Result<KafkaProbe, KafkaLayerError> {
+        let client: BaseConsumer =
+            base_client_config(cfg, &format!("{}-probe", instance_name())).create()?;
+        Ok(KafkaProbe { client: Some(client), topic: cfg.kafka.topics.streaming.input.clone() })
+    }
+
+    /// The number of brokers in the cluster, when one answered a metadata request within
+    /// `timeout`. Blocking.
+    pub fn check(&self, timeout: Duration) -> Result<usize, String> {
+        let client = self.client.as_ref().ok_or("probe closed")?;
+        let md = client.fetch_metadata(Some(&self.topic), timeout).map_err(|e| e.to_string())?;
+        if md.brokers().is_empty() {
+            return Err("metadata lists no brokers".into());
+        }
+        Ok(md.brokers().len())
+    }
+}
+
+impl Drop for KafkaProbe {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            super::close_in_background(c);
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The one run loop: a record source and an outcome sink around one engine.
+//!
+//! Every way of running Sluice is a composition of the same three parts:
+//!
+//! - a [`RecordSource`] on its own thread turns records into [`Envelope`]s and offers them
+//!   to an [`Intake`], which decodes them, queues the valid requests on the engine's rings
+//!   and sends every rejected record's outcome straight to the sink;
+//! - the [`Engine`]'s lanes batch, compute and send one [`Outcome`] per request;
+//! - an [`OutcomeSink`] on its own thread writes every outcome (results and dead letters).
+//!
+//! `sluice serve` is the Kafka source and sink (`kafka::source`, `kafka::sink`), `sluice
+//! batch` the JSONL file source and sink (`jsonl`), and `sluice demo` the Kafka pair against
+//! an in-process broker. [`Running`] spawns and joins the source and sink threads; the
+//! engine spawns and joins its lanes. Stopping drains in one order: the source stops and
+//! hands over what it holds, the lanes finish everything queued, the sink writes every
+//! outcome and returns once the completion channel is closed and everything is settled.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::core::{EngineStats, Envelope, ErrorClass, Failure, IngestStats, Outcome};
+use crate::decode::Decoder;
+use crate::engine::{Engine, EngineSettings};
+use crate::queue::{Request, Rings};
+
+/// Why a run could not start or ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The lanes could not start (a GPU lane that cannot open its device, say).
+    #[error("starting lanes: {0}")]
+    Lanes(std::io::Error),
+    /// A thread could not be spawned.
+    #[error("spawning thread {name}: {source}")]
+    Spawn { name: &'static str, source: std::io::Error },
+    /// A source or sink failed (reading input, writing output).
+    #[error("{stage}: {reason}")]
+    Stage { stage: &'static str, reason: String },
+    /// A source or sink thread panicked.
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+}
+
+/// Where records come from: Kafka topics, a JSONL file.
+pub trait RecordSource: Send + 'static {
+    /// The name of its thread (`sluice-ingest`, `sluice-jsonl-reader`).
+    fn thread_name(&self) -> &'static str;
+
+    /// Reads records and offers each to `intake` until the input ends or `stop` is set.
+    /// Every record it takes in either reaches `intake` (and so gets exactly one outcome)
+    /// or is left for the next reader (an uncommitted Kafka offset). Before returning it
+    /// queues whatever it still holds.
+    fn run(self: Box<Self>, intake: Intake, stop: &AtomicBool) -> Result<(), RunError>;
+}
+
+/// Where outcomes go: Kafka topics, JSONL files.
+pub trait OutcomeSink: Send + 'static {
+    /// The name of its thread (`sluice-emit`, `sluice-jsonl-writer`).
+    fn thread_name(&self) -> &'static str;
+
+    /// Writes every outcome it receives; returns once `outcomes` is closed (all sources and
+    /// lanes are gone) and everything written is settled (acknowledged or given up on).
+    fn run(self: Box<Self>, outcomes: Receiver<Outcome>) -> Result<(), RunError>;
+}
+
+/// A source's way into the engine: decoding, queueing, and rejecting records. Owned by the
+/// source thread.
+pub struct Intake {
+    decoder: Decoder,
+    rings: Arc<Rings>,
+    completions: Sender<Outcome>,
+    stats: Arc<IngestStats>,
+}
+
+impl Intake {
+    /// Decodes `env` into a request. A record that is empty or fails to decode gets its
+    /// dead-letter outcome at once (`None`).
+    pub fn decode(&mut self, env: Envelope) -> Option<Request> {
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        if env.payload.iter().all(u8::is_ascii_whitespace) {
+            self.reject(env, Failure::new(ErrorClass::Parse, "empty record value"));
+            return None;
+        }
+        match self.decoder.decode(env) {
+            Ok(req) => Some(req),
+            Err((env, failure)) => {
+                self.reject(env, failure);
+                None
+            }
+        }
+    }
+
+    /// [`decode`](Self::decode)s `env` and queues its request. A valid request whose ring is
+    /// full is handed back (`Err`) for the source to hold and [`queue`](Self::queue) again.
+    pub fn offer(&mut self, env: Envelope) -> Result<(), Request> {
+        match self.decode(env) {
+            Some(req) => self.rings.push(req),
+            None => Ok(()),
+        }
+    }
+
+    /// [`offer`](Self::offer), waiting while the request's ring is full (a source that has
+    /// nothing else to do, such as a file reader).
+    pub fn offer_wait(&mut self, env: Envelope) {
+        if let Err(req) = self.offer(env) {
+            self.rings.push_wait(req);
+        }
+    }
+
+    /// Counts `env` as consumed and sends its dead letter without decoding it (a record the
+    /// source itself found unreadable: an unknown content type, an over-long line).
+    pub fn reject_unread(&self, env: Envelope, failure: Failure) {
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        self.reject(env, failure);
+    }
+
+    fn reject(&self, env: Envelope, failure: Failure) {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        // The sink holds the receiver until every sender is gone, so this fails only if
+        // the sink thread died; the pipeline's health check reports that.
+        let _ = self.completions.send(Outcome::rejected(env, failure));
+    }
+
+    /// Queues a request the source held back; hands it back if its ring is still full.
+    pub fn queue(&self, req: Request) -> Result<(), Request> {
+        self.rings.push(req)
+    }
+
+    /// Queues a request, waiting while its ring is full.
+    pub fn queue_wait(&self, req: Request) {
+        self.rings.push_wait(req)
+    }
+
+    /// The engine's rings (for a source that waits for space while it keeps polling).
+    pub fn rings(&self) -> &Arc<Rings> {
+        &self.rings
+    }
+}
+
+/// A source, an engine and a sink, running.
+pub struct Running {
+    engine: Option<Engine>,
+    rings: Arc<Rings>,
+    engine_stats: Arc<EngineStats>,
+    source: Option<(&'static str, JoinHandle<Result<(), RunError>>)>,
+    sink: Option<(&'static str, JoinHandle<Result<(), RunError>>)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Builds the engine and spawns the sink, then the source. The channel of outcomes to
+    /// the sink is bounded (the lanes wait when it is full).
+    pub fn start(
+        source: Box<dyn RecordSource>,
+        sink: Box<dyn OutcomeSink>,
+        settings: &EngineSettings,
+        decoder: Decoder,
+        ingest_stats: Arc<IngestStats>,
+    ) -> Result<Running, RunError> {
+        let (tx, rx) = crossbeam_channel::bounded(settings.ring_capacity.max(256));
+        let engine = Engine::start(settings, tx.clone()).map_err(RunError::Lanes)?;
+        let rings = engine.rings().clone();
+        let mut running = Running {
+            rings: rings.clone(),
+            engine_stats: engine.stats().clone(),
+            engine: Some(engine),
+            source: None,
+            sink: None,
+            stop: Arc::default(),
+        };
+        let name = sink.thread_name();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || sink.run(rx))
+            .map_err(|source| RunError::Spawn { name, source })?;
+        running.sink = Some((name, handle));
+        let intake = Intake { decoder, rings, completions: tx, stats: ingest_stats };
+        let stop = running.stop.clone();
+        let name = source.thread_name();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || source.run(intake, &stop))
+            .map_err(|source| RunError::Spawn { name, source })?;
+        running.source = Some((name, handle));
+        Ok(running)
+    }
+
+    /// The engine's batch statistics.
+    pub fn engine_stats(&self) -> &Arc<EngineStats> {
+        &self.engine_stats
+    }
+
+    /// The engine's rings (depth gauges).
+    pub fn rings(&self) -> &Arc<Rings> {
+        &self.rings
+    }
+
+    /// Whether the source and the sink threads are both still running.
+    pub fn is_healthy(&self) -> bool {
+        let alive = |t: &Option<(&'static str, JoinHandle<_>)>| {
+            t.as_ref().is_some_and(|(_, h)| !h.is_finished())
+        };
+        alive(&self.source) && alive(&self.sink)
+    }
+
+    /// Whether the source has ended by itself (the end of its input).
+    pub fn source_finished(&self) -> bool {
+        self.source.as_ref().is_none_or(|(_, h)| h.is_finished())
+    }
+
+    /// Asks the source to stop reading; [`finish`](Self::finish) then drains.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the source to end (by itself, or after [`request_stop`](Self::request_stop)),
+    /// lets the lanes finish every queued request, and waits for the sink to settle every
+    /// outcome. Returns the first error of the source or the sink.
+    pub fn finish(mut self) -> Result<(), RunError> {
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<(), RunError> {
+        let source = join(self.source.take());
+        if let Some(engine) = self.engine.take() {
+            engine.shutdown();
+        }
+        let sink = join(self.sink.take());
+        source.and(sink)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.source.is_some() || self.sink.is_some() || self.engine.is_some() {
+            self.request_stop();
+            if let Err(e) = self.drain() {
+                tracing::error!(error = %e, "run ended with an error");
+            }
+        }
+    }
+}
+
+fn join(t: Option<(&'static str, JoinHandle<Result<(), RunError>>)>) -> Result<(), RunError> {
+    match t {
+        None => Ok(()),
+        Some((name, h)) => h.join().unwrap_or(Err(RunError::Panicked(name))),
+    }
+}
