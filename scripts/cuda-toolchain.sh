@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provisions the CUDA 13.0 toolchain needed to *build* Sluice's `cuda` feature on a machine
-# without a GPU or a system CUDA install (DESIGN.md §9), and prints the environment for it.
+# without a GPU or a system CUDA install (README "GPU (CUDA)"), and prints the environment for it.
 #
 #   eval "$(scripts/cuda-toolchain.sh)"      # provision (cached, idempotent) + export
 #

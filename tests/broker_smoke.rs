@@ -1,4 +1,4 @@
-//! The test broker itself (DESIGN.md section 10): topic admin, keyed records with headers through
+//! The test broker itself (README "Tests" describes it): topic admin, keyed records with headers through
 //! 4 partitions, consumer-group commit and resume. Runs against `SLUICE_TEST_BROKER` when set,
 //! otherwise against a fresh Tansu per test.
 

@@ -47,18 +47,18 @@ use std::sync::OnceLock;
 /// exist.
 const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["core"]),
-    ("settings", &["config"]),
+    ("configuration", &["config"]),
     ("telemetry", &["telemetry"]),
     ("models", &["models"]),
-    ("decode", &["decode"]),
-    ("queue", &["queue"]),
-    ("execute", &["execute"]),
+    ("requests and rings", &["queue"]),
+    ("decoding", &["decode"]),
+    ("execution", &["execute"]),
     ("engine", &["engine"]),
-    ("render", &["render"]),
-    ("io", &["kafka", "jsonl"]),
-    ("run", &["run"]),
-    ("apps", &["pipeline", "demo"]),
-    ("control", &["control"]),
+    ("run loop, settings, rendering", &["run", "settings", "render"]),
+    ("sources and sinks", &["kafka", "jsonl"]),
+    ("streaming pipeline", &["pipeline"]),
+    ("demo", &["demo"]),
+    ("control plane", &["control"]),
     ("tools", &["loadgen", "testkit"]),
 ];
 

@@ -2,7 +2,7 @@
 """The hand-written peer for Sluice's open-loop latency bench: a Kafka consumer in Python
 (confluent-kafka) that micro-batches requests and embeds them with sentence-transformers
 (PyTorch, CPU). It is what a team writes without Sluice, held to the same contract
-(DESIGN.md sections 2-4) and the same client settings as Sluice against the Tansu broker.
+(the request, result and dead-letter records of README "Running against Kafka") and the same client settings as Sluice against the Tansu broker.
 
 Loop (one thread, at-least-once):
   1. consume() records from --input-topic and --priority-topic (both subscribed, no

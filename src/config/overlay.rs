@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use serde_yaml::Value;
 
-use super::{Config, ConfigError};
+use super::error::ConfigError;
+use super::types::Config;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SLUICE_";

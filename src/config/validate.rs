@@ -1,6 +1,6 @@
 //! Semantic checks on a deserialized [`Config`]: ranges, topic names, cross-field rules.
 
-use super::Config;
+use super::types::Config;
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;

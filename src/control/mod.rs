@@ -1,4 +1,4 @@
-//! The control plane (DESIGN.md §6): HTTP on `control.listen`, served by `hyper` on a
+//! The control plane (README "Operating Sluice (control plane)"): HTTP on `control.listen`, served by `hyper` on a
 //! current-thread tokio runtime of its own OS thread (`sluice-control`).
 //!
 //! It never blocks the hot path and shares no lock with it: it reads the pipeline's atomics,
@@ -13,6 +13,7 @@
 pub mod lifecycle;
 mod observe;
 mod routes;
+mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,9 +30,9 @@ use crate::pipeline::StopReport;
 use crate::telemetry::metrics::Metrics;
 
 pub use lifecycle::{Lifecycle, PipelineState, StateInfo};
+use state::Control;
+pub use state::MAX_BODY_BYTES;
 
-/// Largest request body accepted (bigger: 413).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Most connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 64;
 
@@ -59,17 +60,6 @@ pub enum ControlError {
     EmptyToken,
     #[error("control plane: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// What the handlers share.
-pub(crate) struct Control {
-    pub cfg: Config,
-    pub cache: Arc<ModelCache>,
-    pub token: Option<Vec<u8>>,
-    pub metrics: Arc<Metrics>,
-    pub lifecycle: Lifecycle,
-    pub observer: observe::Observer,
-    pub started: Instant,
 }
 
 /// A running control plane. [`shutdown`](Self::shutdown) drains the pipeline and stops it.
@@ -129,7 +119,7 @@ impl ControlPlane {
                             return;
                         }
                     };
-                    tokio::spawn(observe::run(ctl.clone(), opts.lag_interval, shutdown_rx.clone()));
+                    tokio::spawn(state::run(ctl.clone(), opts.lag_interval, shutdown_rx.clone()));
                     if opts.autostart {
                         let c = ctl.clone();
                         tokio::spawn(async move {

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::lifecycle::PipelineState;
-use super::Control;
 use crate::config::Config;
 use crate::kafka::{KafkaProbe, PartitionLag};
 use crate::telemetry::metrics::{HistogramSnapshot, Metrics};
@@ -18,13 +16,13 @@ use crate::telemetry::metrics::{HistogramSnapshot, Metrics};
 /// Throughput and percentiles cover about this much recent time.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// How often a window sample is taken.
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// A broker check is reused for this long.
 const KAFKA_CHECK_TTL: Duration = Duration::from_secs(2);
 /// How long a broker check may take.
 const KAFKA_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Budget of one lag sample (all partitions).
-const LAG_BUDGET: Duration = Duration::from_secs(3);
+pub const LAG_BUDGET: Duration = Duration::from_secs(3);
 
 /// Totals at one moment, for rates and windowed percentiles.
 #[derive(Debug, Clone)]
@@ -97,7 +95,7 @@ pub struct Observer {
     cfg: Config,
     metrics: Arc<Metrics>,
     window: Mutex<VecDeque<Sample>>,
-    lag: Mutex<LagSample>,
+    pub(super) lag: Mutex<LagSample>,
     kafka_last: tokio::sync::Mutex<Option<(Instant, Result<usize, String>)>>,
     probe: Arc<Mutex<Option<KafkaProbe>>>,
 }
@@ -137,7 +135,7 @@ impl Observer {
         (oldest.unwrap_or_else(|| now.clone()), now)
     }
 
-    fn push_sample(&self) {
+    pub(super) fn push_sample(&self) {
         let s = Sample::take(&self.metrics);
         let mut w = self.window.lock();
         w.push_back(s);
@@ -173,137 +171,6 @@ impl Observer {
     pub fn close(&self) {
         self.probe.lock().take();
     }
-}
-
-/// Mirrors the pipeline's and the cache's counters and gauges into the registry.
-pub fn refresh(ctl: &Control) {
-    let m = &ctl.metrics;
-    if let Some((generation, p)) = ctl.lifecycle.pipeline() {
-        m.observe_pipeline(generation, &p.source().stats, &p.emit_stats, &p.engine_stats);
-        let (prio, normal, cap) = p.ring_depths();
-        m.ring_depth.with_label_values(&["priority"]).set(prio as i64);
-        m.ring_depth.with_label_values(&["normal"]).set(normal as i64);
-        m.ring_capacity.set(cap as i64);
-        m.consumer_paused
-            .set(i64::from(p.source().paused.load(std::sync::atomic::Ordering::Relaxed)));
-        m.assigned_partitions.set(p.source().assigned.lock().len() as i64);
-    } else {
-        m.ring_depth.with_label_values(&["priority"]).set(0);
-        m.ring_depth.with_label_values(&["normal"]).set(0);
-        m.consumer_paused.set(0);
-        m.assigned_partitions.set(0);
-        m.consumer_lag.reset();
-        m.consumer_lag_total.set(0);
-    }
-    m.observe_cache(&ctl.cache.stats, ctl.cache.loaded().len());
-}
-
-async fn sample_lag(ctl: &Arc<Control>) {
-    let Some((generation, p)) = ctl.lifecycle.pipeline() else { return };
-    let lags =
-        tokio::task::spawn_blocking(move || p.consumer_lag(LAG_BUDGET)).await.unwrap_or_default();
-    let m = &ctl.metrics;
-    m.consumer_lag.reset();
-    for l in &lags {
-        if let Some(lag) = l.lag {
-            m.consumer_lag.with_label_values(&[&l.topic, &l.partition.to_string()]).set(lag);
-        }
-    }
-    let sample = LagSample { at: Some(Instant::now()), generation, partitions: lags };
-    m.consumer_lag_total.set(sample.total());
-    *ctl.observer.lag.lock() = sample;
-}
-
-/// The sampler: every second checks the pipeline's threads and mirrors the metrics; every
-/// [`SAMPLE_EVERY`] takes a window sample; every `lag_every` samples consumer lag.
-pub async fn run(
-    ctl: Arc<Control>,
-    lag_every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_sample = Instant::now();
-    let mut last_lag: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => break,
-        }
-        ctl.lifecycle.check_threads();
-        refresh(&ctl);
-        if last_sample.elapsed() >= SAMPLE_EVERY {
-            last_sample = Instant::now();
-            ctl.observer.push_sample();
-        }
-        let running = ctl.lifecycle.info().state == PipelineState::Running;
-        if running && last_lag.is_none_or(|t| t.elapsed() >= lag_every) {
-            last_lag = Some(Instant::now());
-            sample_lag(&ctl).await;
-        }
-    }
-    ctl.observer.close();
-}
-
-/// The readiness checks: pipeline running, Kafka reachable, models loaded. A full queue
-/// (backpressure) is reported but fails nothing.
-pub async fn checks(ctl: &Control) -> Vec<Check> {
-    let info = ctl.lifecycle.info();
-    let mut pipeline_detail = json!({"state": info.state.as_str()});
-    if let Some(cause) = &info.cause {
-        pipeline_detail["cause"] = cause.clone().into();
-    }
-    if let Some((_, p)) = ctl.lifecycle.pipeline() {
-        let (prio, normal, cap) = p.ring_depths();
-        pipeline_detail["backpressure"] = json!({
-            "paused": p.source().paused.load(std::sync::atomic::Ordering::Relaxed),
-            "ring_depth": {"priority": prio, "normal": normal, "capacity": cap},
-        });
-    }
-    let pipeline = Check {
-        name: "pipeline",
-        ok: info.state == PipelineState::Running,
-        detail: pipeline_detail,
-    };
-    let kafka = match ctl.observer.kafka().await {
-        Ok(brokers) => Check {
-            name: "kafka",
-            ok: true,
-            detail: json!({"servers": ctl.cfg.kafka.bootstrap.servers, "brokers": brokers}),
-        },
-        Err(e) => Check {
-            name: "kafka",
-            ok: false,
-            detail: json!({"servers": ctl.cfg.kafka.bootstrap.servers, "error": e}),
-        },
-    };
-    let loaded: Vec<Value> =
-        ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
-    let loads = ctl.cache.stats.loads.load(std::sync::atomic::Ordering::Relaxed);
-    let models = match ctl.cache.repository().list() {
-        Err(e) => Check {
-            name: "models",
-            ok: false,
-            detail: json!({"error": format!("model repository {}: {e}", ctl.cache.repository().root().display())}),
-        },
-        Ok(list) if list.is_empty() => Check {
-            name: "models",
-            ok: false,
-            detail: json!({"error": format!("model repository {} holds no models", ctl.cache.repository().root().display())}),
-        },
-        // Loaded at start; a model evicted later (TTL) is loaded again on its next request.
-        Ok(_) if loaded.is_empty() && loads == 0 => Check {
-            name: "models",
-            ok: false,
-            detail: json!({"error": "no model loaded yet", "loaded": loaded}),
-        },
-        Ok(list) => Check {
-            name: "models",
-            ok: true,
-            detail: json!({"loaded": loaded, "in_repository": list.len()}),
-        },
-    };
-    vec![kafka, models, pipeline]
 }
 
 /// `{"status": "ok"|"unavailable", "checks": {...}, "failing": [...]}` and whether all passed.

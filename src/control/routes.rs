@@ -1,8 +1,8 @@
-//! The endpoints (DESIGN.md §6; README "Operating Sluice (control plane)").
+//! The endpoints (README "Operating Sluice (control plane)" is their contract).
 //!
 //! Every response is JSON except `GET /metrics` (Prometheus text). Mutating calls (every
 //! `POST`) need `Authorization: Bearer <control.token>` when a token is configured; their
-//! bodies are optional JSON objects of at most [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES).
+//! bodies are optional JSON objects of at most [`MAX_BODY_BYTES`](super::state::MAX_BODY_BYTES).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::observe::{self, LagSample};
-use super::{Control, MAX_BODY_BYTES};
+use super::state::{self, Control, MAX_BODY_BYTES};
 use crate::core::ErrorClass;
 use crate::models::repository::valid_component;
 use crate::models::ModelError;
@@ -201,12 +201,12 @@ async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
     match route {
         Route::Live => live(ctl),
         Route::Ready | Route::Health => {
-            let checks = observe::checks(ctl).await;
+            let checks = state::checks(ctl).await;
             let (ok, body) = observe::health_body(&checks);
             json_resp(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
         }
         Route::Prometheus => {
-            observe::refresh(ctl);
+            state::refresh(ctl);
             match ctl.metrics.render_text() {
                 Ok(text) => respond(
                     StatusCode::OK,
@@ -331,7 +331,7 @@ fn live(ctl: &Control) -> Resp {
 
 /// `GET /batch-inference/streaming/metrics`.
 pub(crate) fn metrics(ctl: &Control) -> Value {
-    observe::refresh(ctl);
+    state::refresh(ctl);
     let m = &ctl.metrics;
     let (old, now) = ctl.observer.window();
     let secs = now.at.duration_since(old.at).as_secs_f64();

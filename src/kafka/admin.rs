@@ -14,7 +14,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
-use super::KafkaLayerError;
+use super::client::{close_in_background, KafkaLayerError};
 
 struct ThreadWaker(Thread);
 
@@ -54,7 +54,7 @@ pub fn partition_counts(
                 .map(|mt| mt.partitions().len())
         })
         .collect();
-    super::close_in_background(consumer);
+    close_in_background(consumer);
     Ok(out)
 }
 

@@ -10,7 +10,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
-use super::KafkaLayerError;
+use super::client::{close_in_background, KafkaLayerError};
 
 /// librdkafka's in-process mock cluster (one broker). Dropping it stops the broker.
 pub struct LocalBroker {
@@ -121,7 +121,7 @@ impl TopicReader {
 impl Drop for TopicReader {
     fn drop(&mut self) {
         if let Some(c) = self.consumer.take() {
-            super::close_in_background(c);
+            close_in_background(c);
         }
     }
 }

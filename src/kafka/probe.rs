@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 
-use super::{base_client_config, instance_name, KafkaLayerError};
+use super::client::{base_client_config, close_in_background, instance_name, KafkaLayerError};
 use crate::config::Config;
 
 /// Consumer lag of one assigned partition (see [`SourceHandle::consumer_lag`](super::source::SourceHandle::consumer_lag)).
@@ -51,7 +51,7 @@ impl KafkaProbe {
 impl Drop for KafkaProbe {
     fn drop(&mut self) {
         if let Some(c) = self.client.take() {
-            super::close_in_background(c);
+            close_in_background(c);
         }
     }
 }

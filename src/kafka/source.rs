@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::client::close_in_background;
 use super::commit::{CommitPoint, CommitTracker};
 use super::payload::payload_bytes;
 use super::probe::PartitionLag;
@@ -378,6 +379,6 @@ impl SourceHandle {
 impl Drop for SourceHandle {
     fn drop(&mut self) {
         // Closed off-thread: librdkafka's destroy can hang (rust-rdkafka #509).
-        super::close_in_background(self.consumer.clone());
+        close_in_background(self.consumer.clone());
     }
 }

@@ -1,4 +1,4 @@
-//! A real Kafka-compatible broker for integration tests (DESIGN.md section 10).
+//! A real Kafka-compatible broker for integration tests (README "Tests" describes it).
 //!
 //! `TestBroker::start()` uses the broker named by `SLUICE_TEST_BROKER` (`host:port[,host:port...]`;
 //! CI starts one with `scripts/broker.sh start`, a developer may point it at Apache Kafka), or else
@@ -152,7 +152,7 @@ impl TestBroker {
     }
 
     /// Whether a `read_committed` reader is known to hide aborted transactions on this broker.
-    /// Tansu's is not (DESIGN.md section 10): tests of reader-side exactly-once print this reason
+    /// Tansu's is not (README "Tests"): tests of reader-side exactly-once print this reason
     /// and skip when `Some`.
     pub fn read_committed_gap(&self) -> Option<&'static str> {
         self.tansu.then_some(
@@ -193,7 +193,7 @@ impl TestBroker {
         )
     }
 
-    /// Settings DESIGN.md section 10 recommends, for any client: bootstrap, IPv4, the group timings
+    /// Settings the test broker needs (README "Tests"), for any client: bootstrap, IPv4, the group timings
     /// tests use (`session.timeout.ms=3000`, `heartbeat.interval.ms=500`) and `linger.ms=5`.
     /// Producer-only or consumer-only keys only draw a logged warning from the other kind; use
     /// [`producer_config`](Self::producer_config) / [`consumer_config`](Self::consumer_config) for a
