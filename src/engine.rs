@@ -113,7 +113,8 @@ impl Engine {
         stream: usize,
     ) -> std::io::Result<()> {
         use crate::execute::cuda::CudaExecutor;
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+        let (ready_tx, ready_rx) =
+            crossbeam_channel::bounded::<Result<(), crate::execute::cuda::GpuError>>(1);
         let caps = settings.policy.caps;
         let (shared, lane_settings, stats) =
             (shared.clone(), settings.lane_settings(index), self.stats.clone());
@@ -125,7 +126,7 @@ impl Engine {
                         Lane::new(executor, shared, lane_settings).run();
                     }
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
+                        let _ = ready_tx.send(Err(e));
                     }
                 }
             })?;

@@ -85,14 +85,28 @@ pub struct Lifecycle {
     current: Mutex<Option<Current>>,
 }
 
+/// Why a model repository cannot serve.
+#[derive(Debug, thiserror::Error)]
+enum NotServable {
+    #[error("model repository {root}: {source}")]
+    Unreadable { root: String, source: crate::models::ModelError },
+    #[error("model repository {root} holds no models")]
+    Empty { root: String },
+    #[error("model repository {root}: no model could be loaded ({first})")]
+    NoneLoads { root: String, first: String },
+}
+
 /// A model repository that can serve: it exists, lists at least one model, and the serving
 /// version of at least one model loads. Warms the serving version of each model (up to the
 /// cache's capacity) so the first requests do not wait for a load.
-fn prepare_models(cfg: &Config, cache: &ModelCache) -> Result<usize, String> {
+fn prepare_models(cfg: &Config, cache: &ModelCache) -> Result<usize, NotServable> {
     let root = cache.repository().root().display().to_string();
-    let models = cache.repository().list().map_err(|e| format!("model repository {root}: {e}"))?;
+    let models = cache
+        .repository()
+        .list()
+        .map_err(|source| NotServable::Unreadable { root: root.clone(), source })?;
     if models.is_empty() {
-        return Err(format!("model repository {root} holds no models"));
+        return Err(NotServable::Empty { root });
     }
     let mut loaded = 0;
     let mut first_error = None;
@@ -106,10 +120,7 @@ fn prepare_models(cfg: &Config, cache: &ModelCache) -> Result<usize, String> {
         }
     }
     if loaded == 0 {
-        return Err(format!(
-            "model repository {root}: no model could be loaded ({})",
-            first_error.unwrap_or_default()
-        ));
+        return Err(NotServable::NoneLoads { root, first: first_error.unwrap_or_default() });
     }
     Ok(loaded)
 }
@@ -206,8 +217,8 @@ impl Lifecycle {
         let (cfg, cache, outcomes) =
             (self.cfg.clone(), self.cache.clone(), self.metrics.outcomes.clone());
         let result = tokio::task::spawn_blocking(move || {
-            let models =
-                prepare_models(&cfg, &cache).map_err(|cause| StartError { cause, kafka: false })?;
+            let models = prepare_models(&cfg, &cache)
+                .map_err(|e| StartError { cause: e.to_string(), kafka: false })?;
             tracing::info!(models, "models warmed up");
             Pipeline::start_with_metrics(&cfg, cache, outcomes).map_err(|e| StartError {
                 kafka: matches!(e, PipelineError::Kafka { .. }),

@@ -10,7 +10,10 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::kafka::{KafkaProbe, PartitionLag};
+use crate::kafka::{KafkaLayerError, KafkaProbe, PartitionLag};
+
+/// A broker check: the number of brokers, or why none answered (shared by cached answers).
+pub type KafkaCheck = Result<usize, Arc<KafkaLayerError>>;
 use crate::telemetry::metrics::{HistogramSnapshot, Metrics};
 
 /// Throughput and percentiles cover about this much recent time.
@@ -96,7 +99,7 @@ pub struct Observer {
     metrics: Arc<Metrics>,
     window: Mutex<VecDeque<Sample>>,
     pub(super) lag: Mutex<LagSample>,
-    kafka_last: tokio::sync::Mutex<Option<(Instant, Result<usize, String>)>>,
+    kafka_last: tokio::sync::Mutex<Option<(Instant, KafkaCheck)>>,
     probe: Arc<Mutex<Option<KafkaProbe>>>,
 }
 
@@ -145,7 +148,7 @@ impl Observer {
     }
 
     /// Whether a broker answers (cached for a moment; one check at a time).
-    pub async fn kafka(&self) -> Result<usize, String> {
+    pub async fn kafka(&self) -> KafkaCheck {
         let mut last = self.kafka_last.lock().await;
         if let Some((at, r)) = &*last {
             if at.elapsed() < KAFKA_CHECK_TTL {
@@ -156,12 +159,17 @@ impl Observer {
         let r = tokio::task::spawn_blocking(move || {
             let mut p = probe.lock();
             if p.is_none() {
-                *p = Some(KafkaProbe::new(&cfg).map_err(|e| e.to_string())?);
+                *p = Some(KafkaProbe::new(&cfg).map_err(Arc::new)?);
             }
-            p.as_ref().map_or(Err("no probe".to_string()), |p| p.check(KAFKA_CHECK_TIMEOUT))
+            match p.as_ref() {
+                Some(p) => p.check(KAFKA_CHECK_TIMEOUT).map_err(Arc::new),
+                None => Err(Arc::new(KafkaLayerError::Other("no probe".into()))),
+            }
         })
         .await
-        .unwrap_or_else(|e| Err(format!("broker check panicked: {e}")));
+        .unwrap_or_else(|e| {
+            Err(Arc::new(KafkaLayerError::Other(format!("broker check panicked: {e}"))))
+        });
         self.metrics.kafka_reachable.set(i64::from(r.is_ok()));
         *last = Some((Instant::now(), r.clone()));
         r

@@ -213,7 +213,7 @@ async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
                     "text/plain; version=0.0.4; charset=utf-8",
                     text.into_bytes(),
                 ),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
         Route::Status => json_resp(StatusCode::OK, &status(ctl)),

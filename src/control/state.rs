@@ -125,7 +125,7 @@ pub async fn checks(ctl: &Control) -> Vec<Check> {
         Err(e) => Check {
             name: "kafka",
             ok: false,
-            detail: json!({"servers": ctl.cfg.kafka.bootstrap.servers, "error": e}),
+            detail: json!({"servers": ctl.cfg.kafka.bootstrap.servers, "error": e.to_string()}),
         },
     };
     let loaded: Vec<Value> =

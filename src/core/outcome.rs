@@ -69,6 +69,38 @@ impl Failure {
     }
 }
 
+/// Why an input is not acceptable, in words an operator can act on (it becomes the reason of
+/// a `parse` or `validation` dead letter). The readers of request inputs (JSON, FlatBuffers,
+/// tokenizers) return it; the decoder gives it its class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+impl InvalidInput {
+    /// An error saying `why`.
+    pub fn new(why: impl Into<String>) -> Self {
+        InvalidInput(why.into())
+    }
+}
+
+impl From<String> for InvalidInput {
+    fn from(why: String) -> Self {
+        InvalidInput(why)
+    }
+}
+
+impl From<&str> for InvalidInput {
+    fn from(why: &str) -> Self {
+        InvalidInput(why.to_owned())
+    }
+}
+
+impl From<InvalidInput> for String {
+    fn from(e: InvalidInput) -> Self {
+        e.0
+    }
+}
+
 /// Microsecond timings of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timings {

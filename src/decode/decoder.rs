@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::flatbuf;
 use super::json::{for_each_feature_row, for_each_text};
-use crate::core::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, Limits};
+use crate::core::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, InvalidInput, Limits};
 use crate::core::{ErrorClass, Failure};
 use crate::models::wordpiece::Scratch;
 use crate::models::{LoadedModel, ModelCache, ModelError, ModelInput};
@@ -259,7 +259,8 @@ impl Decoder {
                     if i >= max_items {
                         return Err(format!(
                             "too_large: more than {max_items} inputs in one request"
-                        ));
+                        )
+                        .into());
                     }
                     let t = tokenizer.count_tokens(text, *max_seq_len, scratch)?;
                     longest = longest.max(t);
@@ -276,7 +277,8 @@ impl Decoder {
                     if i >= max_items {
                         return Err(format!(
                             "too_large: more than {max_items} inputs in one request"
-                        ));
+                        )
+                        .into());
                     }
                     Ok(())
                 })
@@ -304,7 +306,8 @@ fn check_deadline(deadline_ms: Option<u64>) -> Result<(), Failure> {
     Ok(())
 }
 
-fn classify_input_error(msg: String) -> Failure {
+fn classify_input_error(e: InvalidInput) -> Failure {
+    let msg = e.0;
     match msg.find("too_large: ") {
         Some(i) => fail(ErrorClass::TooLarge, msg[i + "too_large: ".len()..].to_string()),
         None => fail(ErrorClass::Validation, msg),

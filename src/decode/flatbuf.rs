@@ -30,7 +30,7 @@ use flatbuffers::{
     Verifier, VerifierOptions, WIPOffset,
 };
 
-use crate::core::{ErrorClass, Failure, InputKind, Limits};
+use crate::core::{ErrorClass, Failure, InputKind, InvalidInput, Limits};
 use crate::models::wordpiece::Scratch;
 use crate::models::{LoadedModel, ModelInput};
 
@@ -232,13 +232,14 @@ impl<'a, T: LeScalar> LeSlice<'a, T> {
     }
 
     /// Copies the values into `dst` (which must be exactly as long) and returns their number.
-    pub fn copy_to(&self, dst: &mut [T]) -> Result<usize, String> {
+    pub fn copy_to(&self, dst: &mut [T]) -> Result<usize, InvalidInput> {
         if dst.len() != self.len() {
             return Err(format!(
                 "row of {} values does not fit a slot of {}",
                 self.len(),
                 dst.len()
-            ));
+            )
+            .into());
         }
         for (d, c) in dst.iter_mut().zip(self.bytes.chunks_exact(4)) {
             *d = T::from_le([c[0], c[1], c[2], c[3]]);
@@ -362,12 +363,13 @@ fn verifier_options(payload_len: usize) -> VerifierOptions {
 
 /// Verifies `payload` as a `sluice.fb.Request` with file identifier `SLU1`. The error names
 /// what is wrong (every `Err` is a `parse` failure). Allocates only on failure.
-pub fn parse(payload: &[u8]) -> Result<FbRequest<'_>, String> {
+pub fn parse(payload: &[u8]) -> Result<FbRequest<'_>, InvalidInput> {
     if payload.len() < 8 {
         return Err(format!(
             "FlatBuffer of {} bytes is too short to hold a root offset and identifier",
             payload.len()
-        ));
+        )
+        .into());
     }
     if payload.len() > u32::MAX as usize {
         return Err("FlatBuffer larger than 4 GiB".into());
@@ -376,7 +378,7 @@ pub fn parse(payload: &[u8]) -> Result<FbRequest<'_>, String> {
         return Err(format!(
             "FlatBuffer file identifier is {:?}, expected \"{FILE_IDENTIFIER}\" (schemas/inference.fbs)",
             String::from_utf8_lossy(&payload[4..8])
-        ));
+        ).into());
     }
     let opts = verifier_options(payload.len());
     let root = flatbuffers::root_with_opts::<RequestT>(&opts, payload)
@@ -477,7 +479,7 @@ impl<'a> FbRequest<'a> {
     }
 
     /// Which staging path the input takes, or why there is none.
-    pub fn input_kind(&self) -> Result<InputKind, String> {
+    pub fn input_kind(&self) -> Result<InputKind, InvalidInput> {
         match self.input() {
             FbInput::Texts(_) => Ok(InputKind::FbTexts),
             FbInput::TokenIds(_) => Ok(InputKind::FbTokens),
@@ -485,14 +487,15 @@ impl<'a> FbRequest<'a> {
             FbInput::None => Err("missing field 'input'".into()),
             FbInput::Unknown(t) => Err(format!(
                 "input: unknown Input union type {t} (this build knows Texts, TokenIds, Features)"
-            )),
+            )
+            .into()),
         }
     }
 
     /// Calls `f(index, text)` for each string of a `Texts` input; returns their number.
-    pub fn for_each_text<F>(&self, mut f: F) -> Result<usize, String>
+    pub fn for_each_text<F>(&self, mut f: F) -> Result<usize, InvalidInput>
     where
-        F: FnMut(usize, &'a str) -> Result<(), String>,
+        F: FnMut(usize, &'a str) -> Result<(), InvalidInput>,
     {
         let FbInput::Texts(t) = self.input() else {
             return Err("input is not Texts".into());
@@ -506,9 +509,9 @@ impl<'a> FbRequest<'a> {
 
     /// Calls `f(row, ids)` for each row of a `TokenIds` input (`ids` read in place; copy them
     /// with [`LeSlice::copy_to`]). Checks the rows tile `ids` exactly; returns their number.
-    pub fn for_each_token_row<F>(&self, mut f: F) -> Result<usize, String>
+    pub fn for_each_token_row<F>(&self, mut f: F) -> Result<usize, InvalidInput>
     where
-        F: FnMut(usize, LeSlice<'a, u32>) -> Result<(), String>,
+        F: FnMut(usize, LeSlice<'a, u32>) -> Result<(), InvalidInput>,
     {
         let FbInput::TokenIds(t) = self.input() else {
             return Err("input is not TokenIds".into());
@@ -525,7 +528,8 @@ impl<'a> FbRequest<'a> {
             return Err(format!(
                 "input: lengths add up to {at} tokens but ids holds {}",
                 t.ids.len()
-            ));
+            )
+            .into());
         }
         Ok(t.lengths.len())
     }
@@ -533,9 +537,9 @@ impl<'a> FbRequest<'a> {
     /// Calls `f(row, values)` for each `width`-value row of a `Features` input (values read in
     /// place; copy them with [`LeSlice::copy_to`]). Checks `values` holds `rows × width`
     /// values; returns the number of rows.
-    pub fn for_each_feature_row<F>(&self, width: usize, mut f: F) -> Result<usize, String>
+    pub fn for_each_feature_row<F>(&self, width: usize, mut f: F) -> Result<usize, InvalidInput>
     where
-        F: FnMut(usize, LeSlice<'a, f32>) -> Result<(), String>,
+        F: FnMut(usize, LeSlice<'a, f32>) -> Result<(), InvalidInput>,
     {
         let FbInput::Features(t) = self.input() else {
             return Err("input is not Features".into());
@@ -545,7 +549,8 @@ impl<'a> FbRequest<'a> {
             return Err(format!(
                 "input: {} values for {rows} rows × {width} features",
                 t.values.len()
-            ));
+            )
+            .into());
         }
         for r in 0..rows {
             f(r, t.values.slice(r * width..(r + 1) * width).unwrap_or(LeSlice::empty()))?;
@@ -608,10 +613,10 @@ pub fn check_input(
             fb.for_each_token_row(|row, ids| {
                 let len = ids.len();
                 if !(2..=*max_seq_len).contains(&len) {
-                    return Err(format!("input: row {row} has {len} tokens, must be 2..={max_seq_len} ([CLS] and [SEP] included)"));
+                    return Err(format!("input: row {row} has {len} tokens, must be 2..={max_seq_len} ([CLS] and [SEP] included)").into());
                 }
                 if let Some((col, id)) = ids.iter().enumerate().find(|&(_, id)| id as usize >= vocab) {
-                    return Err(format!("input: row {row} token {col} is id {id}, the vocabulary has {vocab}"));
+                    return Err(format!("input: row {row} token {col} is id {id}, the vocabulary has {vocab}").into());
                 }
                 longest = longest.max(len);
                 Ok(())
@@ -758,7 +763,7 @@ mod tests {
         assert_eq!(rows, vec![vec![101, 7, 102], vec![101, 102]]);
         let mut wrong = buf.clone();
         wrong[4..8].copy_from_slice(b"XXXX");
-        assert!(parse(&wrong).unwrap_err().contains("identifier"));
+        assert!(parse(&wrong).unwrap_err().0.contains("identifier"));
         assert!(parse(&buf[..7]).is_err());
     }
 

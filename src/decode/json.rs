@@ -9,11 +9,13 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer as _, SeqAccess, Visitor};
 
+use crate::core::InvalidInput;
+
 /// Calls `f(index, text)` for each string of a text input (a string, or an array of strings).
 /// Returns the number of strings. Errors are human-readable and name the offending element.
-pub fn for_each_text<F>(raw: &[u8], mut f: F) -> Result<usize, String>
+pub fn for_each_text<F>(raw: &[u8], mut f: F) -> Result<usize, InvalidInput>
 where
-    F: FnMut(usize, &str) -> Result<(), String>,
+    F: FnMut(usize, &str) -> Result<(), InvalidInput>,
 {
     let mut de = serde_json::Deserializer::from_slice(raw);
     let mut count = 0usize;
@@ -31,9 +33,9 @@ pub fn for_each_feature_row<F>(
     width: usize,
     row_buf: &mut Vec<f32>,
     mut f: F,
-) -> Result<usize, String>
+) -> Result<usize, InvalidInput>
 where
-    F: FnMut(usize, &[f32]) -> Result<(), String>,
+    F: FnMut(usize, &[f32]) -> Result<(), InvalidInput>,
 {
     let mut de = serde_json::Deserializer::from_slice(raw);
     let mut rows = 0usize;
@@ -43,14 +45,14 @@ where
     Ok(rows)
 }
 
-fn clean_error(e: serde_json::Error) -> String {
+fn clean_error(e: serde_json::Error) -> InvalidInput {
     // serde_json appends " at line 1 column N"; the column inside the input value is noise to
     // an operator, the message before it is what matters.
-    let s = e.to_string();
-    match s.find(" at line ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
+    let mut s = e.to_string();
+    if let Some(i) = s.find(" at line ") {
+        s.truncate(i);
     }
+    InvalidInput(s)
 }
 
 struct TextTop<'a, F> {
@@ -60,7 +62,7 @@ struct TextTop<'a, F> {
 
 impl<'de, F> Visitor<'de> for TextTop<'_, F>
 where
-    F: FnMut(usize, &str) -> Result<(), String>,
+    F: FnMut(usize, &str) -> Result<(), InvalidInput>,
 {
     type Value = ();
 
@@ -91,7 +93,7 @@ struct TextItem<'a, F> {
 
 impl<'de, F> DeserializeSeed<'de> for TextItem<'_, F>
 where
-    F: FnMut(usize, &str) -> Result<(), String>,
+    F: FnMut(usize, &str) -> Result<(), InvalidInput>,
 {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -101,7 +103,7 @@ where
 
 impl<'de, F> Visitor<'de> for TextItem<'_, F>
 where
-    F: FnMut(usize, &str) -> Result<(), String>,
+    F: FnMut(usize, &str) -> Result<(), InvalidInput>,
 {
     type Value = ();
     fn expecting(&self, fm: &mut fmt::Formatter) -> fmt::Result {
@@ -121,7 +123,7 @@ struct FeaturesTop<'a, F> {
 
 impl<'de, F> Visitor<'de> for FeaturesTop<'_, F>
 where
-    F: FnMut(usize, &[f32]) -> Result<(), String>,
+    F: FnMut(usize, &[f32]) -> Result<(), InvalidInput>,
 {
     type Value = ();
     fn expecting(&self, fm: &mut fmt::Formatter) -> fmt::Result {

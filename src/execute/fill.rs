@@ -53,7 +53,7 @@ pub fn fill_batch(
                         fb.for_each_token_row(|_, ids| {
                             let n = ids.len();
                             if !(2..=seq).contains(&n) {
-                                return Err(format!("row of {n} tokens does not fit a batch of sequence length {seq}"));
+                                return Err(format!("row of {n} tokens does not fit a batch of sequence length {seq}").into());
                             }
                             ids.copy_to(&mut st.row_ids_mut(row)[..n])?;
                             st.set_row_len(row, n);
@@ -63,7 +63,7 @@ pub fn fill_batch(
                     }),
                     InputKind::FbFeatures => Err("Features input staged for a text model".into()),
                 }
-                .map_err(|e| (k, e))?;
+                .map_err(|e| (k, String::from(e)))?;
             }
         }
         ModelInput::Features { width } => {
@@ -92,7 +92,7 @@ pub fn fill_batch(
                         Err("text input staged for a tabular model".into())
                     }
                 }
-                .map_err(|e| (k, e))?;
+                .map_err(|e| (k, String::from(e)))?;
             }
         }
     }

@@ -38,11 +38,12 @@ impl KafkaProbe {
 
     /// The number of brokers in the cluster, when one answered a metadata request within
     /// `timeout`. Blocking.
-    pub fn check(&self, timeout: Duration) -> Result<usize, String> {
-        let client = self.client.as_ref().ok_or("probe closed")?;
-        let md = client.fetch_metadata(Some(&self.topic), timeout).map_err(|e| e.to_string())?;
+    pub fn check(&self, timeout: Duration) -> Result<usize, KafkaLayerError> {
+        let closed = || KafkaLayerError::Other("probe closed".into());
+        let client = self.client.as_ref().ok_or_else(closed)?;
+        let md = client.fetch_metadata(Some(&self.topic), timeout)?;
         if md.brokers().is_empty() {
-            return Err("metadata lists no brokers".into());
+            return Err(KafkaLayerError::Other("metadata lists no brokers".into()));
         }
         Ok(md.brokers().len())
     }

@@ -17,7 +17,9 @@ use super::client::close_in_background;
 use super::commit::{CommitPoint, CommitTracker};
 use super::payload::payload_bytes;
 use super::probe::PartitionLag;
-use crate::core::{ContentType, Envelope, ErrorClass, Failure, IngestStats, Priority, Source};
+use crate::core::{
+    ContentType, Envelope, ErrorClass, Failure, IngestStats, InvalidInput, Priority, Source,
+};
 use crate::queue::Request;
 use crate::run::{Intake, RecordSource, RunError};
 
@@ -157,7 +159,7 @@ pub struct KafkaSource {
     pub commit_interval: Duration,
 }
 
-fn content_type(msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<ContentType, String> {
+fn content_type(msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<ContentType, InvalidInput> {
     let Some(headers) = msg.headers() else { return Ok(ContentType::Json) };
     for h in headers.iter() {
         if h.key.eq_ignore_ascii_case("content-type") {
@@ -167,7 +169,7 @@ fn content_type(msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<ContentTy
             return match base {
                 "" | "application/json" => Ok(ContentType::Json),
                 "application/x-flatbuffers" => Ok(ContentType::FlatBuffers),
-                other => Err(format!("unsupported content-type '{other}' (use application/json or application/x-flatbuffers)")),
+                other => Err(format!("unsupported content-type '{other}' (use application/json or application/x-flatbuffers)").into()),
             };
         }
     }

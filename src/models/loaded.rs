@@ -139,7 +139,7 @@ impl LoadedModel {
                     for r in 0..rows {
                         let n = tokenizer
                             .encode_into(&text, seq, &mut scratch, st.row_ids_mut(r))
-                            .map_err(ModelError::Inference)?;
+                            .map_err(|e| ModelError::Inference(e.0))?;
                         st.set_row_len(r, n);
                     }
                     self.check_finite(&st)?;

@@ -3,6 +3,7 @@
 //! The fast path is our own allocation-free [`WordPiece`]; a tokenizer.json it does not
 //! support falls back to the Hugging Face `tokenizers` crate (correct, but allocating).
 
+use crate::core::InvalidInput;
 use std::path::Path;
 
 use super::wordpiece::{Scratch, TokenizerError, WordPiece};
@@ -72,7 +73,7 @@ impl TextTokenizer {
         text: &str,
         max_len: usize,
         scratch: &mut Scratch,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, InvalidInput> {
         match self {
             TextTokenizer::Fast(w) => Ok(w.count_tokens(text, max_len, scratch)),
             TextTokenizer::Hf { tokenizer, .. } => {
@@ -89,7 +90,7 @@ impl TextTokenizer {
         max_len: usize,
         scratch: &mut Scratch,
         out: &mut [u32],
-    ) -> Result<usize, String> {
+    ) -> Result<usize, InvalidInput> {
         match self {
             TextTokenizer::Fast(w) => Ok(w.encode_into(text, max_len, scratch, out)),
             TextTokenizer::Hf { tokenizer, cls, sep, .. } => {

@@ -490,10 +490,10 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render_text(&self) -> Result<String, String> {
+    pub fn render_text(&self) -> Result<String, prometheus::Error> {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).map_err(|e| e.to_string())?;
-        String::from_utf8(buf).map_err(|e| e.to_string())
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 }
 
