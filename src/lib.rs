@@ -20,6 +20,7 @@ pub mod engine;
 pub mod execute;
 pub mod ingest;
 pub mod kafka;
+#[cfg(feature = "loadgen")]
 pub mod loadgen;
 pub mod models;
 pub mod pipeline;
