@@ -26,4 +26,3 @@ pub mod models;
 pub mod pipeline;
 pub mod queue;
 pub mod telemetry;
-pub mod testkit;

@@ -211,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Models { command: ModelsCommand::GenDemo { dir } } => {
-            sluice::testkit::write_demo_repository(&dir)?;
+            sluice::demo::models::write_demo_repository(&dir)?;
             println!("demo models written to {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -166,14 +166,14 @@ fn control(cfg: &Config, repo: &TestRepo, autostart: bool) -> ControlPlane {
 /// there is work in flight when the pipeline is stopped.
 fn slowish_repo() -> TestRepo {
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec {
+    let spec = common::testkit::MlpSpec {
         inputs: 8,
         hidden: vec![4],
         outputs: 2,
         activation: "relu".into(),
         softmax: false,
     };
-    let dir = sluice::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
+    let dir = common::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
     let p = dir.join("sluice.toml");
     let toml = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, format!("simulate_latency_ms = 20\n{toml}")).unwrap();
@@ -458,9 +458,9 @@ fn readiness_follows_the_broker_and_liveness_does_not() {
 fn mutating_calls_need_the_token_and_bodies_are_checked() {
     let b = TestBroker::start().expect("broker");
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec::default();
-    sluice::testkit::write_mlp(repo.dir.path(), "dual", "1", &spec, 1).unwrap();
-    sluice::testkit::write_mlp(repo.dir.path(), "dual", "2", &spec, 2).unwrap();
+    let spec = common::testkit::MlpSpec::default();
+    common::testkit::write_mlp(repo.dir.path(), "dual", "1", &spec, 1).unwrap();
+    common::testkit::write_mlp(repo.dir.path(), "dual", "2", &spec, 2).unwrap();
     std::fs::write(repo.dir.path().join("dual/model.toml"), "serving = \"1\"\n").unwrap();
     let t = topics(&b, "cp-auth", 1);
     let mut cfg = config(&b.bootstrap, &t, &repo);

@@ -13,6 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::testkit::SeededRng;
 use common::{envelope, TestRepo};
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use sluice::emit::ErrorClass;
@@ -23,7 +24,6 @@ use sluice::ingest::request::InputKind;
 use sluice::ingest::{ContentType, Decoder, Envelope, Limits, Priority, Request};
 use sluice::models::wordpiece::Scratch;
 use sluice::models::{LoadedModel, ModelInput};
-use sluice::testkit::SeededRng;
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator (per thread): tests/common/alloc.rs.

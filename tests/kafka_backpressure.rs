@@ -28,14 +28,14 @@ fn rss_kib() -> u64 {
 fn a_slow_model_and_a_fast_producer_keep_memory_bounded_without_loss() {
     let b = TestBroker::start().expect("broker");
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec {
+    let spec = common::testkit::MlpSpec {
         inputs: 8,
         hidden: vec![4],
         outputs: 2,
         activation: "relu".into(),
         softmax: false,
     };
-    let dir = sluice::testkit::write_mlp(repo.dir.path(), "slow", "1", &spec, 3).unwrap();
+    let dir = common::testkit::write_mlp(repo.dir.path(), "slow", "1", &spec, 3).unwrap();
     let toml_path = dir.join("sluice.toml");
     let toml = std::fs::read_to_string(&toml_path).unwrap();
     std::fs::write(&toml_path, format!("simulate_latency_ms = 10\n{toml}")).unwrap();

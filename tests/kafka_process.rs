@@ -130,14 +130,14 @@ fn result_ids(b: &TestBroker, topic: &str, n: usize, timeout: Duration) -> HashM
 
 fn slowish_repo() -> TestRepo {
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec {
+    let spec = common::testkit::MlpSpec {
         inputs: 8,
         hidden: vec![4],
         outputs: 2,
         activation: "relu".into(),
         softmax: false,
     };
-    let dir = sluice::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
+    let dir = common::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
     let p = dir.join("sluice.toml");
     let toml = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, format!("simulate_latency_ms = 3\n{toml}")).unwrap();
