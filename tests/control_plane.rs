@@ -162,21 +162,19 @@ fn control(cfg: &Config, repo: &TestRepo, autostart: bool) -> ControlPlane {
     .expect("control plane")
 }
 
-/// A repository with the demo models plus `slowish` (an MLP that takes 20 ms per batch), so
-/// there is work in flight when the pipeline is stopped.
+/// A repository with the demo models plus `slowish`: an MLP with three hidden layers of 1024,
+/// a few milliseconds of real work per batch, so there is work in flight when the pipeline is
+/// stopped.
 fn slowish_repo() -> TestRepo {
     let repo = TestRepo::new();
     let spec = common::testkit::MlpSpec {
         inputs: 8,
-        hidden: vec![4],
+        hidden: vec![1024, 1024, 1024],
         outputs: 2,
         activation: "relu".into(),
         softmax: false,
     };
-    let dir = common::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
-    let p = dir.join("sluice.toml");
-    let toml = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, format!("simulate_latency_ms = 20\n{toml}")).unwrap();
+    common::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
     repo
 }
 
@@ -242,7 +240,7 @@ fn lifecycle_under_traffic_stop_drains_and_restart_resumes() {
     let repo = slowish_repo();
     let t = topics(&b, "cp-life", 2);
     let mut cfg = config(&b.bootstrap, &t, &repo);
-    // Small batches of a slow model: about 4 s of work for the first 1500 records.
+    // Small batches of a slow model: seconds of work for the first 1500 records.
     cfg.streaming.inference.batching.max_batch_rows = 8;
     let cp = control(&cfg, &repo, false);
     let addr = cp.local_addr();
