@@ -28,6 +28,9 @@
 //! [--sentences PATH] [--models DIR] [--model minilm] [--skip-e2e]`; each option also reads
 //! `SLUICE_BENCH_<OPTION>`. `benches/run-gpu-bench.sh` runs it on a GPU machine.
 
+#[path = "../tests/common/testkit.rs"]
+mod testkit;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,7 +49,7 @@ use sluice::jsonl::BatchJob;
 use sluice::models::cache::CacheSettings;
 use sluice::models::{ModelCache, Repository};
 use sluice::queue::BatchPolicy;
-use sluice::testkit::{self, SeededRng, TinyBertSpec};
+use testkit::{SeededRng, SeededRngExt, TinyBertSpec};
 
 struct Options {
     batch_sizes: Vec<usize>,

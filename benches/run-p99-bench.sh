@@ -50,7 +50,7 @@ log() { echo "[p99 $(date -u +%H:%M:%S)] $*" >&2; }
 want() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
 log "building sluice (release)"
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet --features loadgen
 SLUICE="$ROOT/target/release/sluice"
 [[ -n "${CARGO_TARGET_DIR:-}" ]] && SLUICE="$CARGO_TARGET_DIR/release/sluice"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

@@ -5,7 +5,8 @@
 #    sentence-transformers parity test runs for real;
 #  - starts a Kafka-compatible broker (Tansu, from PyPI) unless SLUICE_TEST_BROKER names one,
 #    and stops it afterwards;
-#  - runs `cargo test` (unit, integration, CLI and broker tests). Extra arguments go to cargo.
+#  - runs `cargo test --features loadgen` (unit, integration, CLI, broker and loadgen tests).
+#    Extra arguments go to cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +22,4 @@ if [[ -z "${SLUICE_TEST_BROKER:-}" && -x scripts/broker.sh ]]; then
     echo "test broker: $SLUICE_TEST_BROKER"
 fi
 
-cargo test --locked --no-fail-fast "$@"
+cargo test --locked --no-fail-fast --features loadgen "$@"

@@ -31,6 +31,7 @@ pub mod engine;
 pub mod execute;
 pub mod jsonl;
 pub mod kafka;
+#[cfg(feature = "loadgen")]
 pub mod loadgen;
 pub mod models;
 pub mod pipeline;
@@ -39,4 +40,3 @@ pub mod render;
 pub mod run;
 pub mod settings;
 pub mod telemetry;
-pub mod testkit;

@@ -1,6 +1,9 @@
 //! `sluice batch` end to end: a file mixing valid and invalid lines; every line gets exactly
 //! one outcome, in the results file or the DLQ file, with the right class.
 
+#[path = "common/testkit.rs"]
+mod testkit;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -16,7 +19,7 @@ fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 fn every_line_has_exactly_one_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    sluice::testkit::write_demo_repository(&models).unwrap();
+    testkit::write_demo_repository(&models).unwrap();
 
     let mut input: Vec<Vec<u8>> = Vec::new();
     let mut expect: BTreeMap<usize, &str> = BTreeMap::new(); // line → "ok" or DLQ class

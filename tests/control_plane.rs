@@ -162,21 +162,19 @@ fn control(cfg: &Config, repo: &TestRepo, autostart: bool) -> ControlPlane {
     .expect("control plane")
 }
 
-/// A repository with the demo models plus `slowish` (an MLP that takes 20 ms per batch), so
-/// there is work in flight when the pipeline is stopped.
+/// A repository with the demo models plus `slowish`: an MLP with three hidden layers of 1024,
+/// a few milliseconds of real work per batch, so there is work in flight when the pipeline is
+/// stopped.
 fn slowish_repo() -> TestRepo {
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec {
+    let spec = common::testkit::MlpSpec {
         inputs: 8,
-        hidden: vec![4],
+        hidden: vec![1024, 1024, 1024],
         outputs: 2,
         activation: "relu".into(),
         softmax: false,
     };
-    let dir = sluice::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
-    let p = dir.join("sluice.toml");
-    let toml = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, format!("simulate_latency_ms = 20\n{toml}")).unwrap();
+    common::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
     repo
 }
 
@@ -242,7 +240,7 @@ fn lifecycle_under_traffic_stop_drains_and_restart_resumes() {
     let repo = slowish_repo();
     let t = topics(&b, "cp-life", 2);
     let mut cfg = config(&b.bootstrap, &t, &repo);
-    // Small batches of a slow model: about 4 s of work for the first 1500 records.
+    // Small batches of a slow model: seconds of work for the first 1500 records.
     cfg.streaming.inference.batching.max_batch_rows = 8;
     let cp = control(&cfg, &repo, false);
     let addr = cp.local_addr();
@@ -458,9 +456,9 @@ fn readiness_follows_the_broker_and_liveness_does_not() {
 fn mutating_calls_need_the_token_and_bodies_are_checked() {
     let b = TestBroker::start().expect("broker");
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec::default();
-    sluice::testkit::write_mlp(repo.dir.path(), "dual", "1", &spec, 1).unwrap();
-    sluice::testkit::write_mlp(repo.dir.path(), "dual", "2", &spec, 2).unwrap();
+    let spec = common::testkit::MlpSpec::default();
+    common::testkit::write_mlp(repo.dir.path(), "dual", "1", &spec, 1).unwrap();
+    common::testkit::write_mlp(repo.dir.path(), "dual", "2", &spec, 2).unwrap();
     std::fs::write(repo.dir.path().join("dual/model.toml"), "serving = \"1\"\n").unwrap();
     let t = topics(&b, "cp-auth", 1);
     let mut cfg = config(&b.bootstrap, &t, &repo);

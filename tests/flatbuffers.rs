@@ -13,6 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::testkit::SeededRng;
 use common::{envelope, TestRepo};
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use sluice::core::BatchCaps;
@@ -26,7 +27,6 @@ use sluice::execute::fill::{fill_batch, FillScratch};
 use sluice::models::wordpiece::Scratch;
 use sluice::models::{LoadedModel, ModelInput};
 use sluice::queue::Request;
-use sluice::testkit::SeededRng;
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator (per thread): tests/common/alloc.rs.

@@ -9,14 +9,18 @@ fn needs_the_cuda_feature() {
 }
 
 #[cfg(feature = "cuda")]
+#[path = "common/testkit.rs"]
+mod testkit;
+
+#[cfg(feature = "cuda")]
 mod cuda {
     use std::sync::Arc;
 
+    use crate::testkit::{SeededRng, SeededRngExt};
     use cudarc::driver::{CudaContext, CudaStream};
     use sluice::execute::cuda::{device_count, Kernels};
     use sluice::execute::reference::{mask_from_lengths, pool_rows};
     use sluice::models::spec::Pooling;
-    use sluice::testkit::SeededRng;
 
     /// The first GPU's context and a stream on it, or `None` (with the reason printed) when this
     /// machine has no usable CUDA driver or device.

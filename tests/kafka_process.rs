@@ -103,7 +103,7 @@ fn records(from: usize, to: usize) -> Vec<common::kafka::Record> {
         .map(|i| {
             (
                 None,
-                format!(r#"{{"id":"r{i}","model":"slowish","input":[{i},0,0,0,0,0,0,0]}}"#)
+                format!(r#"{{"id":"r{i}","model":"mlp","input":[{i},0,0,0,0,0,0,0]}}"#)
                     .into_bytes(),
                 vec![],
             )
@@ -128,34 +128,36 @@ fn result_ids(b: &TestBroker, topic: &str, n: usize, timeout: Duration) -> HashM
     }
 }
 
-fn slowish_repo() -> TestRepo {
+/// The demo models plus `mlp`, the small MLP the records name.
+fn mlp_repo() -> TestRepo {
     let repo = TestRepo::new();
-    let spec = sluice::testkit::MlpSpec {
+    let spec = common::testkit::MlpSpec {
         inputs: 8,
         hidden: vec![4],
         outputs: 2,
         activation: "relu".into(),
         softmax: false,
     };
-    let dir = sluice::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
-    let p = dir.join("sluice.toml");
-    let toml = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, format!("simulate_latency_ms = 3\n{toml}")).unwrap();
+    common::testkit::write_mlp(repo.dir.path(), "mlp", "1", &spec, 5).unwrap();
     repo
 }
 
 #[test]
 fn sigkill_and_restart_loses_nothing() {
     let b = TestBroker::start().expect("broker");
-    let repo = slowish_repo();
+    let repo = mlp_repo();
     let s = setup(&b, &repo, "kill", 2);
     let n = 3000;
-    b.produce(&s.input, &records(0, n), None).unwrap();
+    // Half of the records before the first process starts, the other half while no process
+    // runs (after the kill): whatever the first one got through, the second has work to pick up
+    // from the committed offsets.
+    b.produce(&s.input, &records(0, n / 2), None).unwrap();
     let first = Serve::start(&s.config);
     let partial = result_ids(&b, &s.output, 300, Duration::from_secs(60));
     assert!(partial.len() >= 300, "first process made progress: {}", first.log());
     first.signal("-KILL");
     drop(first);
+    b.produce(&s.input, &records(n / 2, n), None).unwrap();
     let mut second = Serve::start(&s.config);
     let all = result_ids(&b, &s.output, n, Duration::from_secs(180));
     let dups: usize = all.values().map(|c| c - 1).sum();
@@ -170,7 +172,7 @@ fn sigkill_and_restart_loses_nothing() {
 #[test]
 fn two_processes_split_the_partitions_and_one_takes_over() {
     let b = TestBroker::start().expect("broker");
-    let repo = slowish_repo();
+    let repo = mlp_repo();
     let s = setup(&b, &repo, "pair", 4);
     let mut a = Serve::start(&s.config);
     b.produce(&s.input, &records(0, 500), None).unwrap();

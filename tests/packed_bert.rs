@@ -10,6 +10,9 @@
 //!   batches whose rows have very different lengths: per-row cosine ≥ 0.99999 and a small
 //!   max abs difference. MiniLM (`models/minilm/1`) too when present.
 
+#[path = "common/testkit.rs"]
+mod testkit;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -17,7 +20,7 @@ use sluice::core::HostStaging;
 use sluice::models::bert::{BertBackend, BertRunner};
 use sluice::models::packed_bert::kernels::{self, Act, PackedLinear, Store};
 use sluice::models::ModelSpec;
-use sluice::testkit::{write_bert_embedding, write_demo_repository, SeededRng, TinyBertSpec};
+use testkit::{write_bert_embedding, write_demo_repository, SeededRng, TinyBertSpec};
 
 // ------------------------------------------------------------------ kernels
 

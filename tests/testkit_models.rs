@@ -1,5 +1,9 @@
-//! Tests for `sluice::testkit`: generated model directories are deterministic, load with
+//! Tests for the seeded generators (`sluice::demo::models`, as tests see them through
+//! `tests/common/testkit.rs`): generated model directories are deterministic, load with
 //! candle / tokenizers / toml, and have the documented layout.
+
+#[path = "common/testkit.rs"]
+mod testkit;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,11 +13,12 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use serde::Deserialize;
-use sluice::testkit::{
-    self, set_serving, write_bert_classifier, write_bert_embedding, write_demo_repository,
-    write_mlp, MlpSpec, SeededRng, TinyBertSpec,
-};
 use tokenizers::Tokenizer;
+
+use testkit::{
+    set_serving, write_bert_classifier, write_bert_embedding, write_demo_repository, write_mlp,
+    MlpSpec, SeededRng, SeededRngExt, TinyBertSpec,
+};
 
 const LABELS: [&str; 3] = ["negative", "neutral", "positive"];
 
@@ -398,4 +403,12 @@ fn tokenizer_knows_common_words() {
             .unwrap(),
         "fox"
     );
+}
+
+#[test]
+fn rng_below_stays_in_range() {
+    let mut r = SeededRng::new(7);
+    for _ in 0..10_000 {
+        assert!(r.below(5) < 5);
+    }
 }

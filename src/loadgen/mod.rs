@@ -9,8 +9,12 @@
 //! Layout: [`schedule`] (intended send times) → [`workload`] (what each record is) →
 //! [`open_loop`] (the send loop, over a clock and a sink) → [`step`] (one rate against a real
 //! broker, with [`recorder`] checking and measuring) → [`sweep`] → [`report`] and [`plot`].
-//! This is a tool beside the pipeline, not part of it: it talks to rdkafka directly.
+//! This is a tool beside the pipeline, not part of it: it talks to rdkafka directly, and it is
+//! only built with the `loadgen` cargo feature. [`cli`] holds the `sluice loadgen` arguments
+//! and the glue to the harness; the harness itself returns [`LoadgenError`].
 
+pub mod cli;
+pub mod error;
 pub mod open_loop;
 pub mod passthrough;
 pub mod plot;
@@ -20,3 +24,5 @@ pub mod schedule;
 pub mod step;
 pub mod sweep;
 pub mod workload;
+
+pub use error::LoadgenError;

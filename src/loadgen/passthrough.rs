@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::error::{LoadgenError, Result};
 use crate::config::Config;
 use crate::kafka::close_in_background;
 use crate::kafka::{admin, base_client_config, consumer_config, producer_config, CommitTracker};
@@ -58,7 +58,7 @@ pub fn run(
     cfg: &Config,
     stop: &AtomicBool,
     mut on_ready: impl FnMut(),
-) -> anyhow::Result<PassthroughReport> {
+) -> Result<PassthroughReport> {
     let topics = &cfg.kafka.topics.streaming;
     let instance = format!("sluice-passthrough-{}", std::process::id());
     let all = [topics.input.as_str(), topics.priority.as_str(), topics.output.as_str()];
@@ -68,24 +68,24 @@ pub fn run(
         1,
         Duration::from_secs(10),
     )
-    .context("creating topics")?;
+    .map_err(LoadgenError::topics("creating topics"))?;
     let tracker = Arc::new(Mutex::new(CommitTracker::new()));
     let producer: BaseProducer<AckContext> = producer_config(cfg, &format!("{instance}-producer"))
         .create_with_context(AckContext { tracker: tracker.clone(), failures: AtomicU64::new(0) })
-        .context("creating the producer")?;
+        .map_err(LoadgenError::kafka("creating the producer"))?;
     let consumer: BaseConsumer = consumer_config(cfg, &format!("{instance}-consumer"))
         .create()
-        .context("creating the consumer")?;
+        .map_err(LoadgenError::kafka("creating the consumer"))?;
     consumer
         .subscribe(&[topics.priority.as_str(), topics.input.as_str()])
-        .context("subscribing")?;
+        .map_err(LoadgenError::kafka("subscribing"))?;
     let names: [Arc<str>; 2] =
         [Arc::from(topics.input.as_str()), Arc::from(topics.priority.as_str())];
     let commit_every = Duration::from_millis(cfg.kafka.consumer.commit_interval_ms.max(1));
     let mut report = PassthroughReport::default();
     let mut last_commit = Instant::now();
     let mut ready = false;
-    let commit = |mode: CommitMode, report: &mut PassthroughReport| -> anyhow::Result<()> {
+    let commit = |mode: CommitMode, report: &mut PassthroughReport| -> Result<()> {
         let points = tracker.lock().take_commits();
         if points.is_empty() {
             return Ok(());
@@ -94,7 +94,7 @@ pub fn run(
         for p in points {
             tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.offset))?;
         }
-        consumer.commit(&tpl, mode).context("committing")?;
+        consumer.commit(&tpl, mode).map_err(LoadgenError::kafka("committing"))?;
         report.commits += 1;
         Ok(())
     };
@@ -132,7 +132,7 @@ pub fn run(
                             rec = back;
                             producer.poll(Duration::from_millis(1));
                         }
-                        Err((e, _)) => return Err(e).context("forwarding a record"),
+                        Err((e, _)) => return Err(LoadgenError::kafka("forwarding a record")(e)),
                     }
                 }
                 report.forwarded += 1;
@@ -147,7 +147,9 @@ pub fn run(
         }
     }
     // Drain: everything forwarded is acknowledged, then committed.
-    producer.flush(Duration::from_secs(30)).context("waiting for acknowledgements")?;
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(LoadgenError::kafka("waiting for acknowledgements"))?;
     commit(CommitMode::Sync, &mut report)?;
     report.delivery_failures = producer.context().failures.load(Ordering::Relaxed);
     close_in_background(consumer);

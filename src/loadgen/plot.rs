@@ -5,6 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use super::error::{LoadgenError, Result};
 use super::report::RunReport;
 use super::step::StepResult;
 
@@ -17,8 +18,8 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing: {e}")
+fn err<E: std::fmt::Display>(e: E) -> LoadgenError {
+    LoadgenError::Plot(e.to_string())
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -58,7 +59,7 @@ fn label(v: &f64) -> String {
 
 /// p50 (thin) and p99 (thick) end-to-end latency against offered rate, one colour per system,
 /// both axes logarithmic.
-pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> anyhow::Result<()> {
+pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> Result<()> {
     let steps: Vec<(usize, &StepResult)> = reports
         .iter()
         .enumerate()
@@ -135,7 +136,7 @@ pub fn spectrum(
     picks: &[Option<&StepResult>],
     title: &str,
     path: &Path,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let (y0, y1) =
         bounds(picks.iter().flatten().flat_map(|s| s.spectrum.iter().map(|(_, ms)| *ms)));
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::error::{LoadgenError, Result};
 use super::open_loop::{run_open_loop, Clock, RealClock, SendStats, Sink};
 use super::recorder::{spectrum, OutcomeKind, Percentiles, Recorder, ResultFacts};
 use super::schedule::{intended_times, Arrival};
@@ -200,7 +200,7 @@ impl Sink for KafkaSink<'_> {
 
 /// Creates the topics if missing and assigns a consumer to every partition of the output and
 /// dead-letter topics at their current end, so that only what comes after is read.
-fn collector(target: &Target, run: &str) -> anyhow::Result<BaseConsumer> {
+fn collector(target: &Target, run: &str) -> Result<BaseConsumer> {
     let admin_cfg = client(&target.bootstrap, &format!("sluice-loadgen-{run}-admin"));
     let mut topics = vec![
         target.input_topic.as_str(),
@@ -212,7 +212,7 @@ fn collector(target: &Target, run: &str) -> anyhow::Result<BaseConsumer> {
     topics.sort_unstable();
     topics.dedup();
     admin::ensure_topics(&admin_cfg, &topics, 4, Duration::from_secs(10))
-        .context("creating the topics")?;
+        .map_err(LoadgenError::topics("creating the topics"))?;
     let consumer: BaseConsumer =
         client(&target.bootstrap, &format!("sluice-loadgen-{run}-collector"))
             .set("group.id", format!("sluice-loadgen-{run}"))
@@ -221,32 +221,33 @@ fn collector(target: &Target, run: &str) -> anyhow::Result<BaseConsumer> {
             .set("fetch.wait.max.ms", "5")
             .set("enable.partition.eof", "false")
             .create()
-            .context("creating the collector")?;
-    let md =
-        consumer.fetch_metadata(None, Duration::from_secs(10)).context("reading topic metadata")?;
+            .map_err(LoadgenError::kafka("creating the collector"))?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(LoadgenError::kafka("reading topic metadata"))?;
     let mut tpl = TopicPartitionList::new();
     let mut outs = vec![&target.output_topic, &target.dlq_topic];
     outs.dedup();
     for t in outs {
         let Some(mt) = md.topics().iter().find(|mt| mt.name() == t.as_str()) else {
-            anyhow::bail!("topic {t} does not exist");
+            return Err(LoadgenError::MissingTopic(t.clone()));
         };
         for p in mt.partitions() {
             // Start at the high watermark (a broker that reports it too low only makes the
             // collector skip a few old records as foreign).
             let (_, high) = consumer
                 .fetch_watermarks(t, p.id(), Duration::from_secs(10))
-                .with_context(|| format!("watermarks of {t}/{}", p.id()))?;
+                .map_err(LoadgenError::kafka(format!("watermarks of {t}/{}", p.id())))?;
             tpl.add_partition_offset(t, p.id(), Offset::Offset(high))?;
         }
     }
-    consumer.assign(&tpl).context("assigning the output partitions")?;
+    consumer.assign(&tpl).map_err(LoadgenError::kafka("assigning the output partitions"))?;
     Ok(consumer)
 }
 
 /// Runs one step and returns what it measured. `stop` ends it early (what was sent is still
 /// drained and checked).
-pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::Result<StepResult> {
+pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> Result<StepResult> {
     let run = run_id();
     let duration_ns = spec.duration.as_nanos() as u64;
     let intended: Arc<[u64]> = intended_times(
@@ -267,7 +268,7 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::
             .set("queue.buffering.max.kbytes", "1048576")
             .set("message.max.bytes", "8388608")
             .create_with_context(SendContext { failed: Mutex::new(Vec::new()) })
-            .context("creating the load producer")?;
+            .map_err(LoadgenError::kafka("creating the load producer"))?;
 
     // Start a little in the future so both threads are running at t = 0.
     let origin = Instant::now() + Duration::from_millis(200);
@@ -278,9 +279,10 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::
     let mut rec = Recorder::new(intended.clone(), plan.clone(), warmup_ns);
     let send_end_ns = intended.last().map_or(0, |t| t + 1);
 
-    let (send_stats, drain_s) = std::thread::scope(|s| -> anyhow::Result<(SendStats, f64)> {
-        let collector =
-            std::thread::Builder::new().name("loadgen-collector".into()).spawn_scoped(s, || {
+    let (send_stats, drain_s) = std::thread::scope(|s| -> Result<(SendStats, f64)> {
+        let collector = std::thread::Builder::new()
+            .name("loadgen-collector".into())
+            .spawn_scoped(s, || {
                 let clock = RealClock::new(origin);
                 loop {
                     match consumer.poll(Duration::from_millis(20)) {
@@ -319,7 +321,8 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::
                         }
                     }
                 }
-            })?;
+            })
+            .map_err(LoadgenError::Thread)?;
         let clock = RealClock::new(origin);
         let mut sink = KafkaSink {
             producer: &producer,
@@ -335,7 +338,7 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::
         let _ = producer.flush(Duration::from_secs(30));
         sent.store(stats.sent, Ordering::SeqCst);
         done.store(true, Ordering::SeqCst);
-        let drain = collector.join().map_err(|_| anyhow::anyhow!("collector thread panicked"))?;
+        let drain = collector.join().map_err(|_| LoadgenError::CollectorPanicked)?;
         Ok((stats, drain))
     })?;
     close_in_background(consumer);
@@ -378,7 +381,7 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> anyhow::
 
 /// Reads the output and dead-letter topics until nothing has arrived for `quiet`, or `max`
 /// has passed: lets a system that fell behind work off its backlog before the next step.
-pub fn quiesce(target: &Target, quiet: Duration, max: Duration) -> anyhow::Result<Duration> {
+pub fn quiesce(target: &Target, quiet: Duration, max: Duration) -> Result<Duration> {
     let consumer = collector(target, &run_id())?;
     let start = Instant::now();
     let mut last = Instant::now();

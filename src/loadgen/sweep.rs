@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::Result;
 use super::step::{quiesce, run_step, StepResult, StepSpec, Target};
 
 /// Which rates to try.
@@ -138,7 +139,7 @@ pub fn run_sweep(
     spec: &SweepSpec,
     stop: &AtomicBool,
     mut on_step: impl FnMut(&StepResult),
-) -> anyhow::Result<SweepOutcome> {
+) -> Result<SweepOutcome> {
     let mut out = SweepOutcome::default();
     let mut failures = 0usize;
     let mut i = 0usize;

@@ -40,8 +40,6 @@ pub struct LoadedModel {
     pub load_time: Duration,
     /// Time spent on warm-up batches.
     pub warmup_time: Duration,
-    /// `simulate_latency_ms` from `sluice.toml` (tests only).
-    simulate_latency: Option<Duration>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -86,7 +84,6 @@ impl LoadedModel {
             runner,
             load_time: started.elapsed(),
             warmup_time: Duration::ZERO,
-            simulate_latency: spec.simulate_latency_ms.map(Duration::from_millis),
         })
     }
 
@@ -110,9 +107,6 @@ impl LoadedModel {
     pub fn forward(&self, staging: &HostStaging) -> Result<BatchOutput, ModelError> {
         if staging.rows == 0 {
             return Err(ModelError::Inference("empty batch".into()));
-        }
-        if let Some(d) = self.simulate_latency {
-            std::thread::sleep(d);
         }
         match &self.runner {
             Runner::Bert(b) => b.forward(staging),

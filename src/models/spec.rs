@@ -93,9 +93,6 @@ pub struct ModelSpec {
     /// `mlp`: raw output or softmax.
     #[serde(default)]
     pub output: MlpOutput,
-    /// For tests and benchmarks only: sleep this many milliseconds per batch, to make a
-    /// deliberately slow model (backpressure tests).
-    pub simulate_latency_ms: Option<u64>,
 }
 
 impl ModelSpec {

@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod broker;
 pub mod kafka;
+pub mod testkit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ impl TestRepo {
 
     pub fn with_settings(settings: CacheSettings) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        sluice::testkit::write_demo_repository(dir.path()).expect("demo repository");
+        testkit::write_demo_repository(dir.path()).expect("demo repository");
         let repo = Repository::open(dir.path()).expect("open repo");
         let cache = Arc::new(ModelCache::new(repo, settings));
         TestRepo { dir, cache }

@@ -5,6 +5,8 @@
 //! small share of bad records, and a live one-line-per-second view of throughput, end-to-end
 //! latency percentiles, batch size and dead letters.
 
+pub mod models;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,7 +77,7 @@ fn demo_models(opt: &DemoOptions) -> Result<(PathBuf, String), DemoError> {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("sluice"));
     let dir = cache.join("demo-models");
-    crate::testkit::write_demo_repository(&dir).map_err(during("writing the demo models"))?;
+    models::write_demo_repository(&dir).map_err(during("writing the demo models"))?;
     Ok((dir, "tiny-embed".into()))
 }
 
