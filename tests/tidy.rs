@@ -59,7 +59,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("streaming pipeline", &["pipeline"]),
     ("demo", &["demo"]),
     ("control plane", &["control"]),
-    ("tools", &["loadgen", "testkit"]),
+    ("tools", &["loadgen"]),
 ];
 
 /// Whether two different top-level modules on the same layer may import each other.
@@ -75,7 +75,12 @@ const CANDLE_ALLOWED: &[&str] = &["models", "execute"];
 
 /// Known dangling document references to tolerate: `(referencing file, reference as written
 /// without its #anchor)`, e.g. `("benches/results/old.md", "NOTES.md")`.
-const DOC_REFERENCE_EXCEPTIONS: &[(&str, &str)] = &[];
+const DOC_REFERENCE_EXCEPTIONS: &[(&str, &str)] = &[
+    // The report's file name pattern in `sluice loadgen report --help`, not a document.
+    ("src/loadgen/cli.rs", "NAME.md"),
+    // A report the smoke test writes into a temporary directory and reads back.
+    ("tests/loadgen_smoke.rs", "smoke.md"),
+];
 
 // =============================================================================================
 // The checks.

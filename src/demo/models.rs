@@ -28,10 +28,69 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 use serde_json::{json, Value};
+
+/// Why a model could not be generated (a bad spec, or writing its files failed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GenerateError(String);
+
+macro_rules! from_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for GenerateError {
+            fn from(e: $t) -> Self {
+                GenerateError(e.to_string())
+            }
+        }
+    )*};
+}
+from_error!(safetensors::SafeTensorError, toml::ser::Error, serde_json::Error, std::io::Error);
+
+/// The generators' result type.
+pub type Result<T, E = GenerateError> = std::result::Result<T, E>;
+
+/// `ensure!(cond, "...")`: returns a [`GenerateError`] with the message when `cond` is false.
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(GenerateError(format!($($msg)+)));
+        }
+    };
+}
+
+/// `bail!("...")`: returns a [`GenerateError`] with the message.
+macro_rules! bail {
+    ($($msg:tt)+) => {
+        return Err(GenerateError(format!($($msg)+)))
+    };
+}
+
+/// Adds what was being done to an error (or a missing value) as it becomes a
+/// [`GenerateError`].
+trait Context<T> {
+    fn context(self, what: &str) -> Result<T>;
+    fn with_context<F: FnOnce() -> String>(self, what: F) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: &str) -> Result<T> {
+        self.map_err(|e| GenerateError(format!("{what}: {e}")))
+    }
+    fn with_context<F: FnOnce() -> String>(self, what: F) -> Result<T> {
+        self.map_err(|e| GenerateError(format!("{}: {e}", what())))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: &str) -> Result<T> {
+        self.ok_or_else(|| GenerateError(what.to_owned()))
+    }
+    fn with_context<F: FnOnce() -> String>(self, what: F) -> Result<T> {
+        self.ok_or_else(|| GenerateError(what()))
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // PRNG
@@ -437,7 +496,7 @@ impl Tensors {
             views.push((*name, TensorView::new(Dtype::F32, shape.to_vec(), raw)?));
         }
         let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
-        Ok(safetensors::serialize(views, Some(metadata))?)
+        safetensors::serialize(views, Some(metadata)).context("serializing tensors")
     }
 }
 
