@@ -1,0 +1,318 @@
+//! The packed GEMM: weights repacked into 16-column panels, a 6×16 register-blocked
+//! micro-kernel (AVX2/FMA, or portable), and the store epilogue (bias, activation, residual).
+
+use rayon::prelude::*;
+
+use super::math::{apply_act, Act};
+use super::{simd, tile_rows, Line, SyncPtr, MR, NR};
+
+/// Depth of one K block (a 16-column panel slice of `KC` rows is 16 KiB: it stays in L1).
+const KC: usize = 256;
+/// Rows of one M block (its `MC × KC` slice of A, 96 KiB, stays in L2).
+const MC: usize = 96;
+
+/// A linear layer `y = x · Wᵀ + b` with `W` (`[n, k]`, PyTorch layout) repacked into
+/// `ceil(n/16)` panels of `k` lines of 16 columns (zero-padded), 64-byte aligned.
+pub struct PackedLinear {
+    pub k: usize,
+    pub n: usize,
+    panels: Vec<Line>,
+    bias: Vec<f32>,
+}
+
+impl PackedLinear {
+    /// Packs `w` (`[n, k]` row-major) and `bias` (`[n]`, zero when absent).
+    pub fn new(w: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight shape");
+        let np = n.div_ceil(NR);
+        let mut panels = vec![Line::default(); np * k];
+        for j in 0..n {
+            let (p, c) = (j / NR, j % NR);
+            for kk in 0..k {
+                panels[p * k + kk].0[c] = w[j * k + kk];
+            }
+        }
+        let mut b = vec![0f32; np * NR];
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), n, "bias shape");
+            b[..n].copy_from_slice(bias);
+        }
+        PackedLinear { k, n, panels, bias: b }
+    }
+
+    pub(super) fn panel_ptr(&self, p: usize, k0: usize) -> *const f32 {
+        self.panels[p * self.k + k0..].as_ptr() as *const f32
+    }
+}
+
+/// What happens to `acc = A · Wᵀ + b` when it is stored into `C`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// `C = act(acc)`.
+    Set(Act),
+    /// `C += acc` (the residual connection, in place).
+    Add,
+}
+
+/// `C[m, n] (store) A[m, k] · Wᵀ + b`, row-major, `lda = k`, `ldc = n`; split over the
+/// pool's threads when `par`.
+pub fn linear(a: &[f32], m: usize, w: &PackedLinear, c: &mut [f32], store: Store, par: bool) {
+    let (k, n) = (w.k, w.n);
+    assert!(a.len() >= m * k && c.len() >= m * n, "linear: buffers too small");
+    if m == 0 {
+        return;
+    }
+    let np = n.div_ceil(NR);
+    // M blocks of at most MC rows, as equal as possible (multiples of MR but the last).
+    let nmb = m.div_ceil(MC);
+    let mc = m.div_ceil(nmb).div_ceil(MR) * MR;
+    let nmb = m.div_ceil(mc);
+    let threads = if par { rayon::current_num_threads().max(1) } else { 1 };
+    // At least 4 tasks per thread, so that work stealing evens out unequal blocks (and a
+    // core taken by another process); column parts as equal as possible.
+    let nparts = if threads > 1 { (4 * threads).div_ceil(nmb).clamp(1, np) } else { 1 };
+    let tasks = nmb * nparts;
+    let cp = SyncPtr(c.as_mut_ptr());
+    let ap = a.as_ptr() as usize;
+    let run = move |t: usize| {
+        let cp = cp;
+        let (mb, pc) = (t / nparts, t % nparts);
+        let r0 = mb * mc;
+        let rows = mc.min(m - r0);
+        let (p0, p1) = (pc * np / nparts, (pc + 1) * np / nparts);
+        // SAFETY: tasks write disjoint (row block, panel range) regions of C; A and the
+        // weights are only read; bounds were checked above.
+        unsafe { block(ap as *const f32, r0, rows, w, cp.0, p0, p1, store) }
+    };
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().with_max_len(1).for_each(run);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    a: *const f32,
+    r0: usize,
+    rows: usize,
+    w: &PackedLinear,
+    c: *mut f32,
+    p0: usize,
+    p1: usize,
+    store: Store,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        return block_avx2(a, r0, rows, w, c, p0, p1, store);
+    }
+    block_body::<false>(a, r0, rows, w, c, p0, p1, store)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2(
+    a: *const f32,
+    r0: usize,
+    rows: usize,
+    w: &PackedLinear,
+    c: *mut f32,
+    p0: usize,
+    p1: usize,
+    store: Store,
+) {
+    block_body::<true>(a, r0, rows, w, c, p0, p1, store)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_body<const SIMD: bool>(
+    a: *const f32,
+    r0: usize,
+    rows: usize,
+    w: &PackedLinear,
+    c: *mut f32,
+    p0: usize,
+    p1: usize,
+    store: Store,
+) {
+    let (k, n) = (w.k, w.n);
+    let ntiles = rows.div_ceil(MR);
+    let mut tile = [[0f32; NR]; MR];
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        let first = k0 == 0;
+        let last = k0 + kc == k;
+        for p in p0..p1 {
+            let bp = w.panel_ptr(p, k0);
+            let c0 = p * NR;
+            let ncols = NR.min(n - c0);
+            let bias = &w.bias[c0..c0 + NR];
+            for t in 0..ntiles {
+                let (ts, mr) = tile_rows(rows, t, ntiles);
+                let row = r0 + ts;
+                let ap = a.add(row * k + k0);
+                micro::<SIMD>(mr, ap, k, bp, kc, &mut tile);
+                let cp = c.add(row * n + c0);
+                // Accumulate into C when a previous K block (or the residual) is there.
+                let accumulate = !first || store == Store::Add;
+                let act = match store {
+                    Store::Set(act) if last => Some(act),
+                    Store::Add if last => Some(Act::None),
+                    _ => None,
+                };
+                store_tile::<SIMD>(&tile, mr, ncols, cp, n, accumulate, act.map(|a| (bias, a)));
+            }
+        }
+        k0 += kc;
+    }
+}
+
+#[inline(always)]
+pub(super) unsafe fn micro<const SIMD: bool>(
+    mr: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    kc: usize,
+    tile: &mut [[f32; NR]; MR],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        let t = tile.as_mut_ptr() as *mut f32;
+        match mr {
+            6 => micro_avx2::<6>(a, lda, b, kc, t),
+            5 => micro_avx2::<5>(a, lda, b, kc, t),
+            4 => micro_avx2::<4>(a, lda, b, kc, t),
+            3 => micro_avx2::<3>(a, lda, b, kc, t),
+            2 => micro_avx2::<2>(a, lda, b, kc, t),
+            _ => micro_avx2::<1>(a, lda, b, kc, t),
+        }
+        return;
+    }
+    micro_portable(mr, a, lda, b, kc, tile)
+}
+
+/// `tile[0..M][0..16] = A[0..M, 0..kc] · B[0..kc, 0..16]`: 2×M accumulators in registers,
+/// A broadcast from its rows, B one 64-byte line per K step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn micro_avx2<const M: usize>(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    kc: usize,
+    tile: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut c0 = [_mm256_setzero_ps(); M];
+    let mut c1 = [_mm256_setzero_ps(); M];
+    let mut bp = b;
+    let mut ap = a;
+    let mut kk = 0;
+    while kk + 2 <= kc {
+        let b0 = _mm256_load_ps(bp);
+        let b1 = _mm256_load_ps(bp.add(8));
+        for r in 0..M {
+            let av = _mm256_broadcast_ss(&*ap.add(r * lda));
+            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+        }
+        let b0 = _mm256_load_ps(bp.add(NR));
+        let b1 = _mm256_load_ps(bp.add(NR + 8));
+        for r in 0..M {
+            let av = _mm256_broadcast_ss(&*ap.add(r * lda + 1));
+            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+        }
+        bp = bp.add(2 * NR);
+        ap = ap.add(2);
+        kk += 2;
+    }
+    if kk < kc {
+        let b0 = _mm256_load_ps(bp);
+        let b1 = _mm256_load_ps(bp.add(8));
+        for r in 0..M {
+            let av = _mm256_broadcast_ss(&*ap.add(r * lda));
+            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+        }
+    }
+    for r in 0..M {
+        _mm256_storeu_ps(tile.add(r * NR), c0[r]);
+        _mm256_storeu_ps(tile.add(r * NR + 8), c1[r]);
+    }
+}
+
+#[inline(always)]
+unsafe fn micro_portable(
+    mr: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    kc: usize,
+    tile: &mut [[f32; NR]; MR],
+) {
+    for row in tile.iter_mut().take(mr) {
+        row.fill(0.0);
+    }
+    for kk in 0..kc {
+        let brow = std::slice::from_raw_parts(b.add(kk * NR), NR);
+        for (r, row) in tile.iter_mut().enumerate().take(mr) {
+            let av = *a.add(r * lda + kk);
+            for (d, bv) in row.iter_mut().zip(brow) {
+                *d += av * bv;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn store_tile<const F: bool>(
+    tile: &[[f32; NR]; MR],
+    mr: usize,
+    ncols: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    fin: Option<(&[f32], Act)>,
+) {
+    for (r, trow) in tile.iter().enumerate().take(mr) {
+        let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), ncols);
+        if ncols == NR {
+            let mut v = *trow;
+            finish::<F>(&mut v, dst, accumulate, fin);
+            dst.copy_from_slice(&v);
+        } else {
+            let mut v = [0f32; NR];
+            v[..ncols].copy_from_slice(&trow[..ncols]);
+            let mut d = [0f32; NR];
+            d[..ncols].copy_from_slice(dst);
+            finish::<F>(&mut v, &d, accumulate, fin);
+            dst.copy_from_slice(&v[..ncols]);
+        }
+    }
+}
+
+#[inline(always)]
+fn finish<const F: bool>(
+    v: &mut [f32; NR],
+    old: &[f32],
+    accumulate: bool,
+    fin: Option<(&[f32], Act)>,
+) {
+    if accumulate {
+        for (x, o) in v.iter_mut().zip(old) {
+            *x += *o;
+        }
+    }
+    if let Some((bias, act)) = fin {
+        for (x, b) in v.iter_mut().zip(bias) {
+            *x += *b;
+        }
+        apply_act::<F>(v, act);
+    }
+}

@@ -1,0 +1,46 @@
+//! LayerNorm over the rows of a packed `[T, H]` matrix.
+
+use super::math::{dot, sum};
+use super::{par_ranges, simd, SyncPtr};
+
+/// LayerNorm of one row in place: `(x - mean) / sqrt(var + eps) * g + b`.
+#[inline(always)]
+fn layer_norm_row(x: &mut [f32], g: &[f32], b: &[f32], eps: f32) {
+    let h = x.len() as f32;
+    let mean = sum(x) / h;
+    x.iter_mut().for_each(|v| *v -= mean);
+    let var = dot(x, x) / h;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), b) in x.iter_mut().zip(g).zip(b) {
+        *v = *v * inv * g + b;
+    }
+}
+
+#[inline(always)]
+fn layer_norm_rows_body(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(h) {
+        layer_norm_row(row, g, b, eps);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_rows_avx2(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32) {
+    layer_norm_rows_body(x, h, g, b, eps)
+}
+
+/// LayerNorm of every `h`-wide row of `x` in place (rows in parallel when `par`).
+pub fn layer_norm(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32, par: bool) {
+    let rows = x.len() / h;
+    let xp = SyncPtr(x.as_mut_ptr());
+    par_ranges(par, rows, 32, move |s, e| {
+        let xp = xp;
+        // SAFETY: disjoint row ranges of `x`.
+        let part = unsafe { std::slice::from_raw_parts_mut(xp.0.add(s * h), (e - s) * h) };
+        #[cfg(target_arch = "x86_64")]
+        if simd() {
+            return unsafe { layer_norm_rows_avx2(part, h, g, b, eps) };
+        }
+        layer_norm_rows_body(part, h, g, b, eps)
+    });
+}
