@@ -33,7 +33,7 @@ use crate::execute::staging::HostStaging;
 pub use kernels::{Act, PackedLinear};
 pub use pool::pool_packed;
 
-use kernels::{Attention, Store};
+use kernels::{Attention, Isa, Store};
 
 /// Shapes and options of a BERT encoder, from `config.json`.
 #[derive(Debug, Clone)]
@@ -105,9 +105,24 @@ pub struct PackedBert {
     emb_ln: (Vec<f32>, Vec<f32>),
     layers: Vec<Layer>,
     scratch: Mutex<Vec<Scratch>>,
+    /// Kernels every operation runs on: [`Isa::detect`] at load, changed only by
+    /// [`PackedBert::with_isa`].
+    isa: Isa,
 }
 
 impl PackedBert {
+    /// Runs on the given kernels instead of the detected ones (tests compare the portable and
+    /// AVX2/FMA paths this way).
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = isa;
+        self
+    }
+
+    /// The kernels this encoder runs on.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
     /// Encodes the staged batch (only the first `row_tokens[r]` ids of each row are read) and
     /// calls `f(states, offsets)`: `states` is `[T, H]`, sequence `r` is rows
     /// `offsets[r]..offsets[r+1]`.
@@ -171,23 +186,24 @@ impl PackedBert {
         self.embed(st, offsets, hidden);
         clock.lap(profile::Op::Embed);
         for layer in &self.layers {
-            kernels::linear(hidden, t, &layer.qkv, qkv, Store::Set(Act::None), true);
+            kernels::linear(hidden, t, &layer.qkv, qkv, Store::Set(Act::None), true, self.isa);
             clock.lap(profile::Op::Qkv);
             kernels::attention(
                 &Attention { qkv, offsets, base: 0, hidden: h, heads: c.heads },
                 ctx,
                 true,
+                self.isa,
             );
             clock.lap(profile::Op::Attention);
-            kernels::linear(ctx, t, &layer.attn_out, hidden, Store::Add, true);
+            kernels::linear(ctx, t, &layer.attn_out, hidden, Store::Add, true, self.isa);
             clock.lap(profile::Op::AttnOut);
-            kernels::layer_norm(hidden, h, &layer.ln1.0, &layer.ln1.1, c.eps, true);
+            kernels::layer_norm(hidden, h, &layer.ln1.0, &layer.ln1.1, c.eps, true, self.isa);
             clock.lap(profile::Op::LayerNorm);
-            kernels::linear(hidden, t, &layer.ffn_in, ffn, Store::Set(c.act), true);
+            kernels::linear(hidden, t, &layer.ffn_in, ffn, Store::Set(c.act), true, self.isa);
             clock.lap(profile::Op::FfnIn);
-            kernels::linear(ffn, t, &layer.ffn_out, hidden, Store::Add, true);
+            kernels::linear(ffn, t, &layer.ffn_out, hidden, Store::Add, true, self.isa);
             clock.lap(profile::Op::FfnOut);
-            kernels::layer_norm(hidden, h, &layer.ln2.0, &layer.ln2.1, c.eps, true);
+            kernels::layer_norm(hidden, h, &layer.ln2.0, &layer.ln2.1, c.eps, true, self.isa);
             clock.lap(profile::Op::LayerNorm);
         }
         Ok(f(hidden, offsets))
@@ -207,6 +223,14 @@ impl PackedBert {
                 }
             }
         }
-        kernels::layer_norm(hidden, h, &self.emb_ln.0, &self.emb_ln.1, self.config.eps, true);
+        kernels::layer_norm(
+            hidden,
+            h,
+            &self.emb_ln.0,
+            &self.emb_ln.1,
+            self.config.eps,
+            true,
+            self.isa,
+        );
     }
 }

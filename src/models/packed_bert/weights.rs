@@ -6,6 +6,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use parking_lot::Mutex;
 
+use super::kernels::Isa;
 use super::{Layer, PackedBert, PackedConfig, PackedLinear};
 
 /// Reads tensors by name from a safetensors file, trying the name prefixes BERT checkpoints use.
@@ -119,6 +120,7 @@ impl PackedBert {
             emb_ln,
             layers,
             scratch: Mutex::new(Vec::new()),
+            isa: Isa::detect(),
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use super::gemm::micro;
 use super::math::{exp_impl, sum};
-use super::{par_ranges, simd, tile_rows, Line, SyncPtr, MR, NR};
+use super::{par_ranges, tile_rows, Isa, Line, SyncPtr, MR, NR};
 
 /// Where the tokens of each sequence are: rows `offsets[s] - base..offsets[s+1] - base`
 /// of `qkv` (and of the output).
@@ -114,8 +114,8 @@ thread_local! {
 }
 
 /// Self-attention of every sequence over its own tokens: `ctx[T, H]` = softmax(QKᵀ)V per
-/// head. Units of (sequence, head) run in parallel when `par`.
-pub fn attention(at: &Attention<'_>, ctx: &mut [f32], par: bool) {
+/// head. Units of (sequence, head) run in parallel when `par`; `isa` picks the kernels.
+pub fn attention(at: &Attention<'_>, ctx: &mut [f32], par: bool, isa: Isa) {
     let seqs = at.offsets.len() - 1;
     let total = at.offsets[seqs] - at.base;
     assert!(at.offsets[0] >= at.base);
@@ -134,7 +134,7 @@ pub fn attention(at: &Attention<'_>, ctx: &mut [f32], par: bool) {
                 let (s, h) = (u / at.heads, u % at.heads);
                 // SAFETY: bounds checked above; units write disjoint parts of `ctx`.
                 #[cfg(target_arch = "x86_64")]
-                if simd() {
+                if isa.is_avx2_fma() {
                     unsafe { attend_avx2(at, s, h, cp.0, &mut scratch) };
                     continue;
                 }

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::math::{apply_act, Act};
-use super::{simd, tile_rows, Line, SyncPtr, MR, NR};
+use super::{tile_rows, Isa, Line, SyncPtr, MR, NR};
 
 /// Depth of one K block (a 16-column panel slice of `KC` rows is 16 KiB: it stays in L1).
 const KC: usize = 256;
@@ -55,8 +55,16 @@ pub enum Store {
 }
 
 /// `C[m, n] (store) A[m, k] · Wᵀ + b`, row-major, `lda = k`, `ldc = n`; split over the
-/// pool's threads when `par`.
-pub fn linear(a: &[f32], m: usize, w: &PackedLinear, c: &mut [f32], store: Store, par: bool) {
+/// pool's threads when `par`; `isa` picks the micro-kernel.
+pub fn linear(
+    a: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    c: &mut [f32],
+    store: Store,
+    par: bool,
+    isa: Isa,
+) {
     let (k, n) = (w.k, w.n);
     assert!(a.len() >= m * k && c.len() >= m * n, "linear: buffers too small");
     if m == 0 {
@@ -82,7 +90,7 @@ pub fn linear(a: &[f32], m: usize, w: &PackedLinear, c: &mut [f32], store: Store
         let (p0, p1) = (pc * np / nparts, (pc + 1) * np / nparts);
         // SAFETY: tasks write disjoint (row block, panel range) regions of C; A and the
         // weights are only read; bounds were checked above.
-        unsafe { block(ap as *const f32, r0, rows, w, cp.0, p0, p1, store) }
+        unsafe { block(ap as *const f32, r0, rows, w, cp.0, p0, p1, store, isa) }
     };
     if tasks == 1 || threads == 1 {
         (0..tasks).for_each(run);
@@ -101,9 +109,10 @@ unsafe fn block(
     p0: usize,
     p1: usize,
     store: Store,
+    isa: Isa,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd() {
+    if isa.is_avx2_fma() {
         return block_avx2(a, r0, rows, w, c, p0, p1, store);
     }
     block_body::<false>(a, r0, rows, w, c, p0, p1, store)

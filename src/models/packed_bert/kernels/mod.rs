@@ -1,7 +1,8 @@
 //! Matrix product, attention and element-wise kernels on f32 slices.
 //!
 //! Self-contained (std and rayon only), so the kernels can be read, tested and benchmarked
-//! apart from the encoder.
+//! apart from the encoder. Which instruction set runs is an explicit [`Isa`] argument of every
+//! entry point, never global state, so tests can run both paths side by side.
 
 mod attention;
 mod gemm;
@@ -14,32 +15,51 @@ pub use math::{erf_f, exp_f, gelu_erf, gelu_tanh, Act};
 pub use norm::layer_norm;
 
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Columns of one packed weight panel (two AVX registers).
 pub const NR: usize = 16;
 /// Rows of one micro-tile.
 pub const MR: usize = 6;
 
-static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
+/// The kernel set a call runs: AVX2/FMA or portable.
+///
+/// A struct around a private enum, not a public enum: a value selecting AVX2/FMA can only be
+/// obtained from [`Isa::detect`] or [`Isa::avx2_fma`], which check the CPU, so safe code
+/// cannot make the kernels execute instructions the CPU lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Isa(Kind);
 
-/// Forces the portable (non-SIMD) kernels, for tests of that path.
-pub fn force_portable(on: bool) {
-    FORCE_PORTABLE.store(on, Ordering::Relaxed);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    // Only built on x86_64, after detection.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2Fma,
+    Portable,
 }
 
-/// Whether the AVX2/FMA kernels run.
-#[inline]
-pub fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        !FORCE_PORTABLE.load(Ordering::Relaxed)
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
+impl Isa {
+    /// The portable kernels (plain Rust, any CPU).
+    pub const PORTABLE: Isa = Isa(Kind::Portable);
+
+    /// The AVX2/FMA kernels, when this CPU has both features.
+    pub fn avx2_fma() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(Isa(Kind::Avx2Fma));
+        }
+        None
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The fastest kernels this CPU runs: AVX2/FMA where available, else portable.
+    pub fn detect() -> Isa {
+        Self::avx2_fma().unwrap_or(Self::PORTABLE)
+    }
+
+    /// Whether this selects the AVX2/FMA kernels (and so the CPU has AVX2 and FMA).
+    #[inline]
+    pub fn is_avx2_fma(self) -> bool {
+        self.0 == Kind::Avx2Fma
     }
 }
 

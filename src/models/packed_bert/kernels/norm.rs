@@ -1,7 +1,7 @@
 //! LayerNorm over the rows of a packed `[T, H]` matrix.
 
 use super::math::{dot, sum};
-use super::{par_ranges, simd, SyncPtr};
+use super::{par_ranges, Isa, SyncPtr};
 
 /// LayerNorm of one row in place: `(x - mean) / sqrt(var + eps) * g + b`.
 #[inline(always)]
@@ -29,8 +29,9 @@ unsafe fn layer_norm_rows_avx2(x: &mut [f32], h: usize, g: &[f32], b: &[f32], ep
     layer_norm_rows_body(x, h, g, b, eps)
 }
 
-/// LayerNorm of every `h`-wide row of `x` in place (rows in parallel when `par`).
-pub fn layer_norm(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32, par: bool) {
+/// LayerNorm of every `h`-wide row of `x` in place (rows in parallel when `par`), on the
+/// kernels `isa` picks.
+pub fn layer_norm(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32, par: bool, isa: Isa) {
     let rows = x.len() / h;
     let xp = SyncPtr(x.as_mut_ptr());
     par_ranges(par, rows, 32, move |s, e| {
@@ -38,7 +39,7 @@ pub fn layer_norm(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32, par: 
         // SAFETY: disjoint row ranges of `x`.
         let part = unsafe { std::slice::from_raw_parts_mut(xp.0.add(s * h), (e - s) * h) };
         #[cfg(target_arch = "x86_64")]
-        if simd() {
+        if isa.is_avx2_fma() {
             return unsafe { layer_norm_rows_avx2(part, h, g, b, eps) };
         }
         layer_norm_rows_body(part, h, g, b, eps)
