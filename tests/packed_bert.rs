@@ -98,7 +98,7 @@ fn linear_kernel_matches_reference_on_every_edge() {
             let want = reference(&a, m, k, &w, &b, n);
             let tol = |y: f64| 2e-6 * (k as f64).sqrt() * (1.0 + y.abs());
             let mut c = vec![f32::NAN; m * n];
-            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::None), par, isa);
+            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::None), par, isa).unwrap();
             for (x, y) in c.iter().zip(&want) {
                 assert!(
                     (*x as f64 - y).abs() <= tol(*y),
@@ -107,7 +107,7 @@ fn linear_kernel_matches_reference_on_every_edge() {
             }
             let old = data(m * n, 4);
             let mut c = old.clone();
-            kernels::linear(&a, m, &pl, &mut c, Store::Add, par, isa);
+            kernels::linear(&a, m, &pl, &mut c, Store::Add, par, isa).unwrap();
             for ((x, y), o) in c.iter().zip(&want).zip(&old) {
                 assert!(
                     (*x as f64 - (y + *o as f64)).abs() <= tol(*y),
@@ -115,7 +115,7 @@ fn linear_kernel_matches_reference_on_every_edge() {
                 );
             }
             let mut c = vec![0f32; m * n];
-            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::GeluErf), par, isa);
+            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::GeluErf), par, isa).unwrap();
             for (x, y) in c.iter().zip(&want) {
                 let g = 0.5 * y * (1.0 + erf64(y / 2f64.sqrt()));
                 assert!(

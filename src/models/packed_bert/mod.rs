@@ -33,7 +33,7 @@ use crate::execute::staging::HostStaging;
 pub use kernels::{Act, PackedLinear};
 pub use pool::pool_packed;
 
-use kernels::{Attention, Isa, Store};
+use kernels::{Attention, Isa, ShapeError, Store};
 
 /// Shapes and options of a BERT encoder, from `config.json`.
 #[derive(Debug, Clone)]
@@ -182,35 +182,46 @@ impl PackedBert {
         let qkv = grow(&mut sc.qkv, t * 3 * h);
         let ctx = grow(&mut sc.ctx, t * h);
         let ffn = grow(&mut sc.ffn, t * inter);
+        // The buffers were sized for these shapes just above, so no kernel fails here; the
+        // errors are passed on rather than unwrapped all the same.
+        let shape = |e: ShapeError| e.to_string();
+        let isa = self.isa;
         let mut clock = profile::Clock::start();
-        self.embed(st, offsets, hidden);
+        self.embed(st, offsets, hidden).map_err(shape)?;
         clock.lap(profile::Op::Embed);
         for layer in &self.layers {
-            kernels::linear(hidden, t, &layer.qkv, qkv, Store::Set(Act::None), true, self.isa);
+            kernels::linear(hidden, t, &layer.qkv, qkv, Store::Set(Act::None), true, isa)
+                .map_err(shape)?;
             clock.lap(profile::Op::Qkv);
-            kernels::attention(
-                &Attention { qkv, offsets, base: 0, hidden: h, heads: c.heads },
-                ctx,
-                true,
-                self.isa,
-            );
+            let at = Attention::new(qkv, offsets, 0, h, c.heads).map_err(shape)?;
+            kernels::attention(&at, ctx, true, isa).map_err(shape)?;
             clock.lap(profile::Op::Attention);
-            kernels::linear(ctx, t, &layer.attn_out, hidden, Store::Add, true, self.isa);
+            kernels::linear(ctx, t, &layer.attn_out, hidden, Store::Add, true, isa)
+                .map_err(shape)?;
             clock.lap(profile::Op::AttnOut);
-            kernels::layer_norm(hidden, h, &layer.ln1.0, &layer.ln1.1, c.eps, true, self.isa);
+            kernels::layer_norm(hidden, h, &layer.ln1.0, &layer.ln1.1, c.eps, true, isa)
+                .map_err(shape)?;
             clock.lap(profile::Op::LayerNorm);
-            kernels::linear(hidden, t, &layer.ffn_in, ffn, Store::Set(c.act), true, self.isa);
+            kernels::linear(hidden, t, &layer.ffn_in, ffn, Store::Set(c.act), true, isa)
+                .map_err(shape)?;
             clock.lap(profile::Op::FfnIn);
-            kernels::linear(ffn, t, &layer.ffn_out, hidden, Store::Add, true, self.isa);
+            kernels::linear(ffn, t, &layer.ffn_out, hidden, Store::Add, true, isa)
+                .map_err(shape)?;
             clock.lap(profile::Op::FfnOut);
-            kernels::layer_norm(hidden, h, &layer.ln2.0, &layer.ln2.1, c.eps, true, self.isa);
+            kernels::layer_norm(hidden, h, &layer.ln2.0, &layer.ln2.1, c.eps, true, isa)
+                .map_err(shape)?;
             clock.lap(profile::Op::LayerNorm);
         }
         Ok(f(hidden, offsets))
     }
 
     /// word + position (0..len per sequence) + token type 0, then LayerNorm.
-    fn embed(&self, st: &HostStaging, offsets: &[usize], hidden: &mut [f32]) {
+    fn embed(
+        &self,
+        st: &HostStaging,
+        offsets: &[usize],
+        hidden: &mut [f32],
+    ) -> Result<(), ShapeError> {
         let h = self.config.hidden;
         for r in 0..offsets.len() - 1 {
             let (o, e) = (offsets[r], offsets[r + 1]);
@@ -231,6 +242,6 @@ impl PackedBert {
             self.config.eps,
             true,
             self.isa,
-        );
+        )
     }
 }

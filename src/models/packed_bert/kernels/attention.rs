@@ -2,17 +2,50 @@
 
 use super::gemm::micro;
 use super::math::{exp_impl, sum};
-use super::{par_ranges, tile_rows, Isa, Line, SyncPtr, MR, NR};
+use super::{par_ranges, tile_rows, Isa, Line, ShapeError, SyncPtr, MR, NR};
 
 /// Where the tokens of each sequence are: rows `offsets[s] - base..offsets[s+1] - base`
 /// of `qkv` (and of the output).
+///
+/// The fields are private and [`Attention::new`] checks them: [`attention`] writes through
+/// raw pointers at these offsets, so safe code must not be able to build a bad one.
 pub struct Attention<'a> {
     /// `[rows, 3H]`: Q (pre-scaled by 1/√d), K, V of every token.
-    pub qkv: &'a [f32],
-    pub offsets: &'a [usize],
-    pub base: usize,
-    pub hidden: usize,
-    pub heads: usize,
+    qkv: &'a [f32],
+    offsets: &'a [usize],
+    base: usize,
+    hidden: usize,
+    heads: usize,
+}
+
+impl<'a> Attention<'a> {
+    /// Sequences at `offsets` (rows `offsets[s] - base..offsets[s+1] - base` of `qkv`, which
+    /// is `[rows, 3 * hidden]`), with `heads` heads. Fails unless `offsets` is non-empty,
+    /// non-decreasing and starts at or after `base`, its rows fit in `qkv`, and `heads` is
+    /// non-zero and divides `hidden`. O(sequences).
+    pub fn new(
+        qkv: &'a [f32],
+        offsets: &'a [usize],
+        base: usize,
+        hidden: usize,
+        heads: usize,
+    ) -> Result<Self, ShapeError> {
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
+            return Err(ShapeError("attention: no offsets"));
+        };
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            return Err(ShapeError("attention: hidden size not a multiple of the head count"));
+        }
+        if first < base || offsets.windows(2).any(|w| w[1] < w[0]) {
+            return Err(ShapeError("attention: offsets decrease or start before base"));
+        }
+        // Checked: a wrapped product would let huge offsets pass with a small `qkv`. It also
+        // bounds `total * hidden`, which `attention` then computes unchecked.
+        match (last - base).checked_mul(3).and_then(|x| x.checked_mul(hidden)) {
+            Some(need) if qkv.len() >= need => Ok(Attention { qkv, offsets, base, hidden, heads }),
+            _ => Err(ShapeError("attention: offsets run past the end of qkv")),
+        }
+    }
 }
 
 /// One (sequence, head) unit. K is packed transposed into 16-key panels and V into
@@ -115,11 +148,19 @@ thread_local! {
 
 /// Self-attention of every sequence over its own tokens: `ctx[T, H]` = softmax(QKᵀ)V per
 /// head. Units of (sequence, head) run in parallel when `par`; `isa` picks the kernels.
-pub fn attention(at: &Attention<'_>, ctx: &mut [f32], par: bool, isa: Isa) {
+/// Fails, writing nothing, when `ctx` is shorter than the `[T, H]` the offsets span.
+pub fn attention(
+    at: &Attention<'_>,
+    ctx: &mut [f32],
+    par: bool,
+    isa: Isa,
+) -> Result<(), ShapeError> {
+    // `Attention::new` checked the offsets against `qkv`; only `ctx` is left.
     let seqs = at.offsets.len() - 1;
     let total = at.offsets[seqs] - at.base;
-    assert!(at.offsets[0] >= at.base);
-    assert!(at.qkv.len() >= total * 3 * at.hidden && ctx.len() >= total * at.hidden);
+    if ctx.len() < total * at.hidden {
+        return Err(ShapeError("attention: ctx holds fewer rows than the offsets span"));
+    }
     let units = seqs * at.heads;
     let cp = SyncPtr(ctx.as_mut_ptr());
     // Work per unit ∝ len²; aim for chunks of a few thousand token pairs.
@@ -142,4 +183,45 @@ pub fn attention(at: &Attention<'_>, ctx: &mut [f32], par: bool, isa: Isa) {
             }
         });
     });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crafted_offsets_are_rejected() {
+        let (hidden, heads) = (32, 2);
+        let qkv = vec![0.5f32; 10 * 3 * hidden];
+        let ok =
+            |offsets: &[usize], base| Attention::new(&qkv, offsets, base, hidden, heads).is_ok();
+        assert!(ok(&[0, 4, 10], 0));
+        assert!(ok(&[5, 9, 15], 5), "a slice of a larger batch");
+        assert!(ok(&[0, 0, 3, 3], 0), "empty sequences");
+        assert!(!ok(&[], 0), "no offsets");
+        assert!(!ok(&[0, 8, 4, 10], 0), "a sequence of negative length");
+        assert!(!ok(&[0, 100, 10], 0), "a middle offset past the end");
+        assert!(!ok(&[0, 4, 11], 0), "past the end of qkv");
+        assert!(!ok(&[3, 6], 4), "before base");
+        assert!(!ok(&[0, usize::MAX / 2], 0), "rows × 3H overflows");
+        assert!(Attention::new(&qkv, &[0, 10], 0, hidden, 0).is_err());
+        assert!(Attention::new(&qkv, &[0, 10], 0, hidden, 3).is_err());
+    }
+
+    #[test]
+    fn short_ctx_is_rejected_and_left_untouched() {
+        let (hidden, heads) = (32, 2);
+        let qkv = vec![0.5f32; 10 * 3 * hidden];
+        let at = Attention::new(&qkv, &[0, 4, 10], 0, hidden, heads).unwrap();
+        let mut ctx = vec![0f32; 10 * hidden];
+        for isa in [Isa::PORTABLE, Isa::detect()] {
+            assert!(attention(&at, &mut ctx[..9 * hidden], false, isa).is_err());
+            assert!(ctx.iter().all(|&x| x == 0.0));
+            // All values equal: every output is the value 0.5.
+            assert!(attention(&at, &mut ctx, false, isa).is_ok());
+            assert!(ctx.iter().all(|&x| (x - 0.5).abs() < 1e-6));
+            ctx.fill(0.0);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::math::{apply_act, Act};
-use super::{tile_rows, Isa, Line, SyncPtr, MR, NR};
+use super::{tile_rows, Isa, Line, ShapeError, SyncPtr, MR, NR};
 
 /// Depth of one K block (a 16-column panel slice of `KC` rows is 16 KiB: it stays in L1).
 const KC: usize = 256;
@@ -13,9 +13,11 @@ const MC: usize = 96;
 
 /// A linear layer `y = x · Wᵀ + b` with `W` (`[n, k]`, PyTorch layout) repacked into
 /// `ceil(n/16)` panels of `k` lines of 16 columns (zero-padded), 64-byte aligned.
+///
+/// The fields are private: `linear` trusts `k` and `n` to describe `panels` and `bias`.
 pub struct PackedLinear {
-    pub k: usize,
-    pub n: usize,
+    k: usize,
+    n: usize,
     panels: Vec<Line>,
     bias: Vec<f32>,
 }
@@ -40,6 +42,16 @@ impl PackedLinear {
         PackedLinear { k, n, panels, bias: b }
     }
 
+    /// Input width (columns of `x`).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Output width (columns of `y`).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
     pub(super) fn panel_ptr(&self, p: usize, k0: usize) -> *const f32 {
         self.panels[p * self.k + k0..].as_ptr() as *const f32
     }
@@ -55,7 +67,8 @@ pub enum Store {
 }
 
 /// `C[m, n] (store) A[m, k] · Wᵀ + b`, row-major, `lda = k`, `ldc = n`; split over the
-/// pool's threads when `par`; `isa` picks the micro-kernel.
+/// pool's threads when `par`; `isa` picks the micro-kernel. Fails, writing nothing, when `a`
+/// or `c` is too small for `m` rows.
 pub fn linear(
     a: &[f32],
     m: usize,
@@ -64,11 +77,15 @@ pub fn linear(
     store: Store,
     par: bool,
     isa: Isa,
-) {
+) -> Result<(), ShapeError> {
     let (k, n) = (w.k, w.n);
-    assert!(a.len() >= m * k && c.len() >= m * n, "linear: buffers too small");
+    // Checked products: a wrapped `m * k` would let a huge `m` pass with small buffers.
+    match (m.checked_mul(k), m.checked_mul(n)) {
+        (Some(mk), Some(mn)) if a.len() >= mk && c.len() >= mn => {}
+        _ => return Err(ShapeError("linear: buffers too small for m rows")),
+    }
     if m == 0 {
-        return;
+        return Ok(());
     }
     let np = n.div_ceil(NR);
     // M blocks of at most MC rows, as equal as possible (multiples of MR but the last).
@@ -97,6 +114,7 @@ pub fn linear(
     } else {
         (0..tasks).into_par_iter().with_max_len(1).for_each(run);
     }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -323,5 +341,27 @@ fn finish<const F: bool>(
             *x += *b;
         }
         apply_act::<F>(v, act);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_too_small_for_the_shape_are_rejected() {
+        let (n, k) = (3, 5);
+        let w = PackedLinear::new(&[0.5; 15], None, n, k);
+        let a = vec![1f32; 4 * k];
+        let mut c = vec![0f32; 4 * n];
+        let isa = Isa::detect();
+        assert!(linear(&a, 4, &w, &mut c, Store::Add, false, isa).is_ok());
+        assert!(linear(&a, 5, &w, &mut c, Store::Add, false, isa).is_err());
+        assert!(linear(&a, 4, &w, &mut c[..11], Store::Add, false, isa).is_err());
+        // `m * k` wraps around to a small number.
+        let m = usize::MAX / k + 1;
+        assert!(linear(&a, m, &w, &mut c, Store::Add, false, isa).is_err());
+        // Only the first call wrote: each output is 5 × (1 × 0.5).
+        assert!(c.iter().all(|&x| x == 2.5));
     }
 }

@@ -63,6 +63,19 @@ impl Isa {
     }
 }
 
+/// Arguments of a kernel call that do not fit together (a buffer too small for the shape,
+/// offsets out of order or out of range). Nothing has been written when this is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShapeError(&'static str);
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
 /// A raw pointer that parallel tasks may share; every task writes a disjoint region.
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);

@@ -1,7 +1,7 @@
 //! LayerNorm over the rows of a packed `[T, H]` matrix.
 
 use super::math::{dot, sum};
-use super::{par_ranges, Isa, SyncPtr};
+use super::{par_ranges, Isa, ShapeError, SyncPtr};
 
 /// LayerNorm of one row in place: `(x - mean) / sqrt(var + eps) * g + b`.
 #[inline(always)]
@@ -30,8 +30,19 @@ unsafe fn layer_norm_rows_avx2(x: &mut [f32], h: usize, g: &[f32], b: &[f32], ep
 }
 
 /// LayerNorm of every `h`-wide row of `x` in place (rows in parallel when `par`), on the
-/// kernels `isa` picks.
-pub fn layer_norm(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32, par: bool, isa: Isa) {
+/// kernels `isa` picks. Fails, writing nothing, when `h` is 0 or `g`, `b` are not `h` long.
+pub fn layer_norm(
+    x: &mut [f32],
+    h: usize,
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    par: bool,
+    isa: Isa,
+) -> Result<(), ShapeError> {
+    if h == 0 || g.len() != h || b.len() != h {
+        return Err(ShapeError("layer_norm: row width 0, or scale and shift not one row wide"));
+    }
     let rows = x.len() / h;
     let xp = SyncPtr(x.as_mut_ptr());
     par_ranges(par, rows, 32, move |s, e| {
@@ -44,4 +55,21 @@ pub fn layer_norm(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32, par: 
         }
         layer_norm_rows_body(part, h, g, b, eps)
     });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_widths_are_rejected() {
+        let mut x = vec![1f32, 2.0, 3.0, 4.0];
+        let isa = Isa::detect();
+        assert!(layer_norm(&mut x, 0, &[], &[], 1e-12, false, isa).is_err());
+        assert!(layer_norm(&mut x, 2, &[1.0], &[0.0, 0.0], 1e-12, false, isa).is_err());
+        assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
+        assert!(layer_norm(&mut x, 2, &[1.0, 1.0], &[0.0, 0.0], 1e-12, false, isa).is_ok());
+        assert!(x.iter().zip([-1.0, 1.0, -1.0, 1.0]).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
 }
