@@ -21,6 +21,10 @@
 //! `weights` (loading a checkpoint), [`profile`] (per-operation timers), `pool` (pooling);
 //! this file holds the encoder itself.
 
+// Every unsafe operation in an `unsafe fn` of the kernels gets its own block and SAFETY
+// argument (the crate root will deny this crate-wide too).
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod kernels;
 mod pool;
 pub mod profile;

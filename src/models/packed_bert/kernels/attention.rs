@@ -51,6 +51,14 @@ impl<'a> Attention<'a> {
 /// One (sequence, head) unit. K is packed transposed into 16-key panels and V into
 /// 16-column panels, so that S = QKᵀ and O = softmax(S)V both run on the GEMM
 /// micro-kernel, six queries at a time.
+///
+/// # Safety
+///
+/// - `s + 1 < at.offsets.len()` and `h < at.heads`;
+/// - `ctx` points to a `[T, at.hidden]` matrix (`T = offsets[last] - base`) valid for writes,
+///   and nothing else accesses rows `offsets[s] - base..offsets[s + 1] - base`, columns
+///   `h * hd..(h + 1) * hd` (`hd = hidden / heads`) of it during the call;
+/// - when `SIMD`, the CPU supports AVX2 and FMA.
 #[inline(always)]
 unsafe fn attend_body<const SIMD: bool>(
     at: &Attention<'_>,
@@ -101,35 +109,58 @@ unsafe fn attend_body<const SIMD: bool>(
     let ntiles = len.div_ceil(MR);
     for t in 0..ntiles {
         let (ts, mr) = tile_rows(len, t, ntiles);
-        let q = qkv.as_ptr().add((o + ts) * ld + qc);
+        // SAFETY: row `o + ts < e <= T` of `qkv`, which `Attention::new` checked holds
+        // `T × 3H` floats; column `qc < H`.
+        let q = unsafe { qkv.as_ptr().add((o + ts) * ld + qc) };
         for p in 0..kp {
-            micro::<SIMD>(mr, q, ld, kt[p * hd..].as_ptr() as *const f32, hd, &mut tile);
+            // SAFETY: `1 <= mr <= MR`; Q rows `o + ts..o + ts + mr <= e`, columns
+            // `qc..qc + hd` of `qkv`; `kt[p * hd..]` is `hd` aligned lines of panel `p < kp`;
+            // SIMD only with AVX2/FMA (caller).
+            unsafe { micro::<SIMD>(mr, q, ld, kt[p * hd..].as_ptr() as *const f32, hd, &mut tile) };
             for (r, trow) in tile.iter().enumerate().take(mr) {
-                std::ptr::copy_nonoverlapping(trow.as_ptr(), sp.add(r * sld + p * NR), NR);
+                // SAFETY: row `r < MR`, columns `p * NR..(p + 1) * NR <= sld` of the scores,
+                // which `sc` holds (`MR × kp` lines); `tile` is a separate local.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(trow.as_ptr(), sp.add(r * sld + p * NR), NR)
+                };
             }
         }
         for r in 0..mr {
-            let row = std::slice::from_raw_parts_mut(sp.add(r * sld), len);
+            // SAFETY: score row `r < MR`, its first `len <= sld` columns, inside `sc`; no
+            // other reference to `sc` is live while `row` is.
+            let row = unsafe { std::slice::from_raw_parts_mut(sp.add(r * sld), len) };
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             row.iter_mut().for_each(|x| *x = exp_impl::<SIMD>(*x - max));
             let inv = 1.0 / sum(row);
             row.iter_mut().for_each(|x| *x *= inv);
         }
         for p in 0..vp {
-            micro::<SIMD>(mr, sp, sld, vt[p * len..].as_ptr() as *const f32, len, &mut tile);
+            // SAFETY: `1 <= mr <= MR` score rows of `len <= sld` columns, inside `sc`;
+            // `vt[p * len..]` is `len` aligned lines of panel `p < vp`; SIMD as above.
+            unsafe {
+                micro::<SIMD>(mr, sp, sld, vt[p * len..].as_ptr() as *const f32, len, &mut tile)
+            };
             let ncols = NR.min(hd - p * NR);
             for (r, trow) in tile.iter().enumerate().take(mr) {
-                // SAFETY: each (sequence, head) unit writes its own rows × head columns.
-                std::ptr::copy_nonoverlapping(
-                    trow.as_ptr(),
-                    ctx.add((o + ts + r) * at.hidden + qc + p * NR),
-                    ncols,
-                );
+                // SAFETY: row `o + ts + r < e` of `ctx`, columns `qc + p * NR..` up to
+                // `qc + hd`: this unit's own rows × head columns (caller's contract).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        trow.as_ptr(),
+                        ctx.add((o + ts + r) * at.hidden + qc + p * NR),
+                        ncols,
+                    )
+                };
             }
         }
     }
 }
 
+/// `attend_body::<true>` compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+///
+/// `attend_body`'s contract, and the CPU supports AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2(
@@ -139,7 +170,8 @@ unsafe fn attend_avx2(
     ctx: *mut f32,
     scratch: &mut Vec<Line>,
 ) {
-    attend_body::<true>(at, s, h, ctx, scratch)
+    // SAFETY: the caller's contract, CPU features included.
+    unsafe { attend_body::<true>(at, s, h, ctx, scratch) }
 }
 
 thread_local! {
@@ -173,12 +205,15 @@ pub fn attention(
             let mut scratch = sc.borrow_mut();
             for u in u0..u1 {
                 let (s, h) = (u / at.heads, u % at.heads);
-                // SAFETY: bounds checked above; units write disjoint parts of `ctx`.
                 #[cfg(target_arch = "x86_64")]
                 if isa.is_avx2_fma() {
+                    // SAFETY: as below; an AVX2/FMA `Isa` exists only on a CPU with both.
                     unsafe { attend_avx2(at, s, h, cp.0, &mut scratch) };
                     continue;
                 }
+                // SAFETY: `s < seqs`, `h < heads`; `ctx` holds the `T × H` the offsets span
+                // (checked above) and stays mutably borrowed by this call; each unit
+                // (sequence, head) is handed out once and writes only its rows × head columns.
                 unsafe { attend_body::<false>(at, s, h, cp.0, &mut scratch) };
             }
         });

@@ -105,8 +105,9 @@ pub fn linear(
         let r0 = mb * mc;
         let rows = mc.min(m - r0);
         let (p0, p1) = (pc * np / nparts, (pc + 1) * np / nparts);
-        // SAFETY: tasks write disjoint (row block, panel range) regions of C; A and the
-        // weights are only read; bounds were checked above.
+        // SAFETY: `a` and `c` hold `m` rows (checked above) and `r0 + rows <= m`; `p1 <= np`;
+        // the (row block, panel range) of every task is its own, so no two tasks touch the
+        // same part of C, and A (a shared borrow) is not written while they run.
         unsafe { block(ap as *const f32, r0, rows, w, cp.0, p0, p1, store, isa) }
     };
     if tasks == 1 || threads == 1 {
@@ -117,6 +118,16 @@ pub fn linear(
     Ok(())
 }
 
+/// Rows `r0..r0 + rows`, panels `p0..p1` of `C` for [`linear`], on the kernels `isa` picks.
+///
+/// # Safety
+///
+/// - `a` points to a row-major `[m, w.k]` matrix valid for reads and not written during the
+///   call, `c` to a row-major `[m, w.n]` matrix valid for reads and writes, and
+///   `r0 + rows <= m`;
+/// - `p0 <= p1 <= w.n.div_ceil(NR)`;
+/// - nothing else accesses rows `r0..r0 + rows`, columns `p0 * NR..min(p1 * NR, w.n)` of `c`
+///   during the call.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
     a: *const f32,
@@ -131,11 +142,20 @@ unsafe fn block(
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx2_fma() {
-        return block_avx2(a, r0, rows, w, c, p0, p1, store);
+        // SAFETY: the caller's contract is `block_avx2`'s; an AVX2/FMA `Isa` exists only on a
+        // CPU with both features.
+        return unsafe { block_avx2(a, r0, rows, w, c, p0, p1, store) };
     }
-    block_body::<false>(a, r0, rows, w, c, p0, p1, store)
+    // SAFETY: the caller's contract is `block_body`'s (which needs no CPU feature when not
+    // SIMD).
+    unsafe { block_body::<false>(a, r0, rows, w, c, p0, p1, store) }
 }
 
+/// [`block`] compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+///
+/// [`block`]'s contract, and the CPU supports AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -149,9 +169,15 @@ unsafe fn block_avx2(
     p1: usize,
     store: Store,
 ) {
-    block_body::<true>(a, r0, rows, w, c, p0, p1, store)
+    // SAFETY: the caller's contract, CPU features included.
+    unsafe { block_body::<true>(a, r0, rows, w, c, p0, p1, store) }
 }
 
+/// The body of [`block`]; `SIMD` selects the AVX2 micro-kernel and fused multiply-adds.
+///
+/// # Safety
+///
+/// [`block`]'s contract; when `SIMD`, the CPU supports AVX2 and FMA.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_body<const SIMD: bool>(
@@ -180,9 +206,15 @@ unsafe fn block_body<const SIMD: bool>(
             for t in 0..ntiles {
                 let (ts, mr) = tile_rows(rows, t, ntiles);
                 let row = r0 + ts;
-                let ap = a.add(row * k + k0);
-                micro::<SIMD>(mr, ap, k, bp, kc, &mut tile);
-                let cp = c.add(row * n + c0);
+                // SAFETY: the tiles split the block, so rows `row..row + mr` lie in
+                // `r0..r0 + rows`, inside `a` (caller's contract), and `k0 < k`.
+                let ap = unsafe { a.add(row * k + k0) };
+                // SAFETY: `1 <= mr <= MR` (`tile_rows`); those rows of A have columns
+                // `k0..k0 + kc` (`k0 + kc <= k`); `bp` starts `kc` aligned lines of panel
+                // `p < p1 <= w.n.div_ceil(NR)` (`panel_ptr`); SIMD only with AVX2/FMA (caller).
+                unsafe { micro::<SIMD>(mr, ap, k, bp, kc, &mut tile) };
+                // SAFETY: row `row` of `c` (as for `ap`), column `c0 < w.n` (`p < p1`).
+                let cp = unsafe { c.add(row * n + c0) };
                 // Accumulate into C when a previous K block (or the residual) is there.
                 let accumulate = !first || store == Store::Add;
                 let act = match store {
@@ -190,13 +222,25 @@ unsafe fn block_body<const SIMD: bool>(
                     Store::Add if last => Some(Act::None),
                     _ => None,
                 };
-                store_tile::<SIMD>(&tile, mr, ncols, cp, n, accumulate, act.map(|a| (bias, a)));
+                // SAFETY: rows `row..row + mr`, columns `c0..c0 + ncols` of `c` (`ncols <= NR`,
+                // `c0 + ncols <= w.n`) are in this call's region, which nothing else touches.
+                unsafe {
+                    store_tile::<SIMD>(&tile, mr, ncols, cp, n, accumulate, act.map(|a| (bias, a)))
+                };
             }
         }
         k0 += kc;
     }
 }
 
+/// `tile[0..mr] = A[0..mr, 0..kc] · B[0..kc, 0..16]`, on the AVX2 kernel when `SIMD`.
+///
+/// # Safety
+///
+/// - `1 <= mr <= MR`;
+/// - `a.add(r * lda + kk)` is valid for reads for every `r < mr`, `kk < kc`;
+/// - `b` is valid for reads of `kc * NR` floats and 32-byte aligned (a run of [`Line`]s);
+/// - when `SIMD`, the CPU supports AVX2 and FMA.
 #[inline(always)]
 pub(super) unsafe fn micro<const SIMD: bool>(
     mr: usize,
@@ -209,21 +253,33 @@ pub(super) unsafe fn micro<const SIMD: bool>(
     #[cfg(target_arch = "x86_64")]
     if SIMD {
         let t = tile.as_mut_ptr() as *mut f32;
-        match mr {
-            6 => micro_avx2::<6>(a, lda, b, kc, t),
-            5 => micro_avx2::<5>(a, lda, b, kc, t),
-            4 => micro_avx2::<4>(a, lda, b, kc, t),
-            3 => micro_avx2::<3>(a, lda, b, kc, t),
-            2 => micro_avx2::<2>(a, lda, b, kc, t),
-            _ => micro_avx2::<1>(a, lda, b, kc, t),
+        // SAFETY: `tile` holds `MR × NR` floats and `mr <= MR` rows are written (`mr >= 1`, so
+        // the last arm is `mr == 1`); A, B and the CPU as the caller guarantees.
+        unsafe {
+            match mr {
+                6 => micro_avx2::<6>(a, lda, b, kc, t),
+                5 => micro_avx2::<5>(a, lda, b, kc, t),
+                4 => micro_avx2::<4>(a, lda, b, kc, t),
+                3 => micro_avx2::<3>(a, lda, b, kc, t),
+                2 => micro_avx2::<2>(a, lda, b, kc, t),
+                _ => micro_avx2::<1>(a, lda, b, kc, t),
+            }
         }
         return;
     }
-    micro_portable(mr, a, lda, b, kc, tile)
+    // SAFETY: the caller's contract covers `micro_portable`'s.
+    unsafe { micro_portable(mr, a, lda, b, kc, tile) }
 }
 
 /// `tile[0..M][0..16] = A[0..M, 0..kc] · B[0..kc, 0..16]`: 2×M accumulators in registers,
 /// A broadcast from its rows, B one 64-byte line per K step.
+///
+/// # Safety
+///
+/// - the CPU supports AVX2 and FMA;
+/// - `a.add(r * lda + kk)` is valid for reads for every `r < M`, `kk < kc`;
+/// - `b` is valid for reads of `kc * NR` floats and 32-byte aligned;
+/// - `tile` is valid for writes of `M * NR` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -241,39 +297,57 @@ unsafe fn micro_avx2<const M: usize>(
     let mut ap = a;
     let mut kk = 0;
     while kk + 2 <= kc {
-        let b0 = _mm256_load_ps(bp);
-        let b1 = _mm256_load_ps(bp.add(8));
-        for r in 0..M {
-            let av = _mm256_broadcast_ss(&*ap.add(r * lda));
-            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
-            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+        // SAFETY: `bp` is line `kk` of B and `ap` column `kk` of A's row 0; `kk + 2 <= kc`,
+        // so lines `kk`, `kk + 1` (32-byte aligned: a line is 64 bytes) and columns `kk`,
+        // `kk + 1` of rows `r < M` are in the caller's ranges; after the step the pointers are
+        // at most one past them.
+        unsafe {
+            let b0 = _mm256_load_ps(bp);
+            let b1 = _mm256_load_ps(bp.add(8));
+            for r in 0..M {
+                let av = _mm256_broadcast_ss(&*ap.add(r * lda));
+                c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+                c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+            }
+            let b0 = _mm256_load_ps(bp.add(NR));
+            let b1 = _mm256_load_ps(bp.add(NR + 8));
+            for r in 0..M {
+                let av = _mm256_broadcast_ss(&*ap.add(r * lda + 1));
+                c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+                c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+            }
+            bp = bp.add(2 * NR);
+            ap = ap.add(2);
         }
-        let b0 = _mm256_load_ps(bp.add(NR));
-        let b1 = _mm256_load_ps(bp.add(NR + 8));
-        for r in 0..M {
-            let av = _mm256_broadcast_ss(&*ap.add(r * lda + 1));
-            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
-            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
-        }
-        bp = bp.add(2 * NR);
-        ap = ap.add(2);
         kk += 2;
     }
     if kk < kc {
-        let b0 = _mm256_load_ps(bp);
-        let b1 = _mm256_load_ps(bp.add(8));
-        for r in 0..M {
-            let av = _mm256_broadcast_ss(&*ap.add(r * lda));
-            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
-            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+        // SAFETY: as in the loop, for the one line `kk = kc - 1` left.
+        unsafe {
+            let b0 = _mm256_load_ps(bp);
+            let b1 = _mm256_load_ps(bp.add(8));
+            for r in 0..M {
+                let av = _mm256_broadcast_ss(&*ap.add(r * lda));
+                c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+                c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+            }
         }
     }
     for r in 0..M {
-        _mm256_storeu_ps(tile.add(r * NR), c0[r]);
-        _mm256_storeu_ps(tile.add(r * NR + 8), c1[r]);
+        // SAFETY: row `r < M` of `tile`, which the caller makes valid for `M * NR` floats.
+        unsafe {
+            _mm256_storeu_ps(tile.add(r * NR), c0[r]);
+            _mm256_storeu_ps(tile.add(r * NR + 8), c1[r]);
+        }
     }
 }
 
+/// [`micro`] in plain Rust.
+///
+/// # Safety
+///
+/// - `a.add(r * lda + kk)` is valid for reads for every `r < min(mr, MR)`, `kk < kc`;
+/// - `b` is valid for reads of `kc * NR` floats, f32-aligned, and not written during the call.
 #[inline(always)]
 unsafe fn micro_portable(
     mr: usize,
@@ -287,9 +361,11 @@ unsafe fn micro_portable(
         row.fill(0.0);
     }
     for kk in 0..kc {
-        let brow = std::slice::from_raw_parts(b.add(kk * NR), NR);
+        // SAFETY: line `kk < kc` of B, in the caller's range and not written meanwhile.
+        let brow = unsafe { std::slice::from_raw_parts(b.add(kk * NR), NR) };
         for (r, row) in tile.iter_mut().enumerate().take(mr) {
-            let av = *a.add(r * lda + kk);
+            // SAFETY: row `r < min(mr, MR)`, column `kk < kc` of A, in the caller's range.
+            let av = unsafe { *a.add(r * lda + kk) };
             for (d, bv) in row.iter_mut().zip(brow) {
                 *d += av * bv;
             }
@@ -297,6 +373,14 @@ unsafe fn micro_portable(
     }
 }
 
+/// Stores the first `mr` rows, `ncols` columns of `tile` into `C` (row stride `ldc`): added to
+/// what is there when `accumulate`, then bias and activation when `fin` (fused multiply-adds
+/// when `F`).
+///
+/// # Safety
+///
+/// For every `r < min(mr, MR)`, the `ncols` floats at `c.add(r * ldc)` are valid for reads and
+/// writes, and nothing else accesses them during the call.
 #[inline(always)]
 unsafe fn store_tile<const F: bool>(
     tile: &[[f32; NR]; MR],
@@ -308,7 +392,8 @@ unsafe fn store_tile<const F: bool>(
     fin: Option<(&[f32], Act)>,
 ) {
     for (r, trow) in tile.iter().enumerate().take(mr) {
-        let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), ncols);
+        // SAFETY: row `r < min(mr, MR)` of the caller's region, which is ours alone.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), ncols) };
         if ncols == NR {
             let mut v = *trow;
             finish::<F>(&mut v, dst, accumulate, fin);

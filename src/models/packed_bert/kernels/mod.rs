@@ -79,7 +79,12 @@ impl std::error::Error for ShapeError {}
 /// A raw pointer that parallel tasks may share; every task writes a disjoint region.
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
+// SAFETY: a `SyncPtr` is only dereferenced by tasks that each touch a region of the buffer no
+// other task touches (see `linear`, `layer_norm`, `attention`), while the spawning call holds
+// the buffer's `&mut` borrow: what sending disjoint `&mut` parts would allow.
 unsafe impl Send for SyncPtr {}
+// SAFETY: as for `Send`: shared references only copy the pointer out; the writes through it
+// go to disjoint regions.
 unsafe impl Sync for SyncPtr {}
 
 /// Runs `f(start, end)` over `0..n` in chunks of at least `min_chunk`, in parallel when

@@ -23,6 +23,11 @@ fn layer_norm_rows_body(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32)
     }
 }
 
+/// `layer_norm_rows_body` compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+///
+/// The CPU supports AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn layer_norm_rows_avx2(x: &mut [f32], h: usize, g: &[f32], b: &[f32], eps: f32) {
@@ -47,10 +52,12 @@ pub fn layer_norm(
     let xp = SyncPtr(x.as_mut_ptr());
     par_ranges(par, rows, 32, move |s, e| {
         let xp = xp;
-        // SAFETY: disjoint row ranges of `x`.
+        // SAFETY: rows `s..e <= rows = x.len() / h` of `x`, which stays mutably borrowed by
+        // this call; `par_ranges` hands out disjoint ranges, so no two parts overlap.
         let part = unsafe { std::slice::from_raw_parts_mut(xp.0.add(s * h), (e - s) * h) };
         #[cfg(target_arch = "x86_64")]
         if isa.is_avx2_fma() {
+            // SAFETY: an AVX2/FMA `Isa` exists only on a CPU with both features.
             return unsafe { layer_norm_rows_avx2(part, h, g, b, eps) };
         }
         layer_norm_rows_body(part, h, g, b, eps)
