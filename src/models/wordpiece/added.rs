@@ -1,9 +1,5 @@
-//! Added tokens (`[CLS]`, `[MASK]`, user additions): id assignment as the `tokenizers` crate
-//! does it, and the leftmost-longest matcher that splits them out of the text.
-
-use std::collections::HashMap;
-
-use super::{Scratch, TokenizerError, WordPiece};
+//! The added-token matcher: splits added tokens (`[CLS]`, `[MASK]`, user additions) out of the
+//! text, leftmost-longest. Which tokens and ids it holds is decided in `load.rs`.
 
 /// Added tokens matched by exact string comparison, leftmost-longest (as the
 /// `tokenizers` crate's Aho-Corasick matcher does).
@@ -92,87 +88,4 @@ fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
         i += 8;
     }
     hay[i..].iter().position(|&b| b == needle).map(|p| p + i)
-}
-
-/// One added token as declared in `added_tokens`.
-pub(super) struct AddedDecl {
-    pub(super) content: String,
-    pub(super) single_word: bool,
-    pub(super) normalized: bool,
-}
-
-impl WordPiece {
-    pub(super) fn install_added_tokens(
-        &mut self,
-        decls: Vec<AddedDecl>,
-    ) -> Result<(), TokenizerError> {
-        // content -> (id, index into `decls` of the latest declaration)
-        let mut by_content: HashMap<String, (u32, usize)> = HashMap::new();
-        let mut next_id = self.vocab_size as u32;
-        for (i, d) in decls.iter().enumerate() {
-            if d.content.is_empty() {
-                continue;
-            }
-            let id = match by_content.get(&d.content) {
-                Some(&(id, _)) => id,
-                None => match self.vocab.get(&d.content) {
-                    Some(id) => id,
-                    None => {
-                        next_id += 1;
-                        next_id - 1
-                    }
-                },
-            };
-            by_content.insert(d.content.clone(), (id, i));
-        }
-        // The tokenizers crate keys tokens by id: a later declaration with the same id
-        // replaces the earlier one.
-        let mut by_id: HashMap<u32, usize> = HashMap::new();
-        for (_, &(id, i)) in by_content.iter() {
-            let e = by_id.entry(id).or_insert(i);
-            *e = (*e).max(i);
-        }
-        let mut raw = Vec::new();
-        let mut norm = Vec::new();
-        let mut scratch = Scratch::default();
-        for (&id, &i) in &by_id {
-            let d = &decls[i];
-            if d.single_word {
-                return Err(TokenizerError::Unsupported(format!(
-                    "added token {:?} with single_word=true",
-                    d.content
-                )));
-            }
-            if d.normalized {
-                self.normalize_into(&d.content, &mut scratch);
-                let pat = scratch.norm.as_str();
-                if pat.is_empty() {
-                    return Err(TokenizerError::Unsupported(format!(
-                        "added token {:?} normalizes to an empty string",
-                        d.content
-                    )));
-                }
-                if pat.chars().any(char::is_whitespace) {
-                    self.chunking = false;
-                }
-                norm.push((Box::<str>::from(pat), id));
-            } else {
-                raw.push((Box::<str>::from(d.content.as_str()), id));
-            }
-        }
-        for list in [&mut raw, &mut norm] {
-            list.sort();
-            if let Some(w) = list.windows(2).find(|w| w[0].0 == w[1].0) {
-                // The tokenizers crate then picks one of them depending on hash-map
-                // iteration order, which we cannot reproduce.
-                return Err(TokenizerError::Unsupported(format!(
-                    "two added tokens match the same text {:?}",
-                    w[0].0
-                )));
-            }
-        }
-        self.raw_added = AddedMatcher::new(raw);
-        self.norm_added = AddedMatcher::new(norm);
-        Ok(())
-    }
 }

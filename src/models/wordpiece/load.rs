@@ -1,13 +1,14 @@
 //! Parsing `tokenizer.json`: the supported pipeline is checked component by component, and
 //! anything this tokenizer does not reproduce is reported as unsupported.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::added::{AddedDecl, AddedMatcher};
+use super::added::AddedMatcher;
 use super::hash::Vocab;
-use super::{TokenizerError, WordPiece};
+use super::{Scratch, TokenizerError, WordPiece};
 
 fn field<'a>(obj: &'a Value, key: &str, what: &str) -> Result<&'a Value, TokenizerError> {
     obj.get(key).ok_or_else(|| TokenizerError::Invalid(format!("{what}: missing field `{key}`")))
@@ -29,6 +30,13 @@ fn as_id(v: &Value, what: &str) -> Result<u32, TokenizerError> {
     v.as_u64()
         .and_then(|x| u32::try_from(x).ok())
         .ok_or_else(|| TokenizerError::Invalid(format!("{what}: id is not a u32")))
+}
+
+/// One added token as declared in `added_tokens`.
+struct AddedDecl {
+    content: String,
+    single_word: bool,
+    normalized: bool,
 }
 
 impl WordPiece {
@@ -189,6 +197,79 @@ impl WordPiece {
         }
         wp.install_added_tokens(decls)?;
         Ok(wp)
+    }
+
+    /// Assigns ids to the declared added tokens as `AddedVocabulary::add_tokens` does and
+    /// builds the raw and normalized matchers.
+    fn install_added_tokens(&mut self, decls: Vec<AddedDecl>) -> Result<(), TokenizerError> {
+        // content -> (id, index into `decls` of the latest declaration)
+        let mut by_content: HashMap<String, (u32, usize)> = HashMap::new();
+        let mut next_id = self.vocab_size as u32;
+        for (i, d) in decls.iter().enumerate() {
+            if d.content.is_empty() {
+                continue;
+            }
+            let id = match by_content.get(&d.content) {
+                Some(&(id, _)) => id,
+                None => match self.vocab.get(&d.content) {
+                    Some(id) => id,
+                    None => {
+                        next_id += 1;
+                        next_id - 1
+                    }
+                },
+            };
+            by_content.insert(d.content.clone(), (id, i));
+        }
+        // The tokenizers crate keys tokens by id: a later declaration with the same id
+        // replaces the earlier one.
+        let mut by_id: HashMap<u32, usize> = HashMap::new();
+        for (_, &(id, i)) in by_content.iter() {
+            let e = by_id.entry(id).or_insert(i);
+            *e = (*e).max(i);
+        }
+        let mut raw = Vec::new();
+        let mut norm = Vec::new();
+        let mut scratch = Scratch::default();
+        for (&id, &i) in &by_id {
+            let d = &decls[i];
+            if d.single_word {
+                return Err(TokenizerError::Unsupported(format!(
+                    "added token {:?} with single_word=true",
+                    d.content
+                )));
+            }
+            if d.normalized {
+                self.normalize_into(&d.content, &mut scratch);
+                let pat = scratch.norm.as_str();
+                if pat.is_empty() {
+                    return Err(TokenizerError::Unsupported(format!(
+                        "added token {:?} normalizes to an empty string",
+                        d.content
+                    )));
+                }
+                if pat.chars().any(char::is_whitespace) {
+                    self.chunking = false;
+                }
+                norm.push((Box::<str>::from(pat), id));
+            } else {
+                raw.push((Box::<str>::from(d.content.as_str()), id));
+            }
+        }
+        for list in [&mut raw, &mut norm] {
+            list.sort();
+            if let Some(w) = list.windows(2).find(|w| w[0].0 == w[1].0) {
+                // The tokenizers crate then picks one of them depending on hash-map
+                // iteration order, which we cannot reproduce.
+                return Err(TokenizerError::Unsupported(format!(
+                    "two added tokens match the same text {:?}",
+                    w[0].0
+                )));
+            }
+        }
+        self.raw_added = AddedMatcher::new(raw);
+        self.norm_added = AddedMatcher::new(norm);
+        Ok(())
     }
 }
 
