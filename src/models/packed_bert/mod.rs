@@ -42,13 +42,21 @@ use kernels::{Attention, Isa, ShapeError, Store};
 /// Shapes and options of a BERT encoder, from `config.json`.
 #[derive(Debug, Clone)]
 pub struct PackedConfig {
+    /// Hidden size `H`.
     pub hidden: usize,
+    /// Number of encoder layers.
     pub layers: usize,
+    /// Attention heads; they divide `hidden`.
     pub heads: usize,
+    /// Width of the feed-forward layer.
     pub intermediate: usize,
+    /// Vocabulary size (rows of the word embeddings).
     pub vocab: usize,
+    /// Longest sequence the position embeddings cover.
     pub max_position: usize,
+    /// LayerNorm epsilon.
     pub eps: f32,
+    /// Feed-forward activation.
     pub act: Act,
 }
 
@@ -102,6 +110,7 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// The padding-free encoder: weights repacked for [`kernels::linear`], plus a pool of
 /// scratch buffers (one per concurrent caller).
 pub struct PackedBert {
+    /// Shapes and options the encoder was loaded with.
     pub config: PackedConfig,
     word: Vec<f32>,
     position: Vec<f32>,

@@ -7,12 +7,19 @@ use std::time::Instant;
 /// Encoder operations.
 #[derive(Clone, Copy, Debug)]
 pub enum Op {
+    /// Embedding sum and its LayerNorm.
     Embed,
+    /// The fused Q/K/V projection.
     Qkv,
+    /// Self-attention.
     Attention,
+    /// The attention output projection, residual included.
     AttnOut,
+    /// The LayerNorms after attention and after the feed-forward layers.
     LayerNorm,
+    /// The first feed-forward layer and its activation.
     FfnIn,
+    /// The second feed-forward layer, residual included.
     FfnOut,
 }
 
@@ -37,13 +44,16 @@ pub fn take() -> [(&'static str, f64); 7] {
     out
 }
 
+/// Times the operations of one encoder pass; inert (no clock reads) when collection is off.
 pub(super) struct Clock(Option<Instant>);
 
 impl Clock {
+    /// Starts timing, if collection is on.
     pub(super) fn start() -> Self {
         Clock(ON.load(Ordering::Relaxed).then(Instant::now))
     }
 
+    /// Adds the time since the last lap (or the start) to `op`.
     pub(super) fn lap(&mut self, op: Op) {
         if let Some(t) = &mut self.0 {
             let now = Instant::now();

@@ -14,6 +14,7 @@ pub(super) struct AddedMatcher {
 }
 
 impl AddedMatcher {
+    /// A matcher for `patterns` (pattern, id); no pattern may be empty.
     pub(super) fn new(mut patterns: Vec<(Box<str>, u32)>) -> Self {
         patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let mut first_byte = vec![false; 256];
@@ -30,6 +31,7 @@ impl AddedMatcher {
     }
 
     #[inline]
+    /// Whether there is nothing to match.
     pub(super) fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }

@@ -58,6 +58,7 @@ type FxMap<V> = HashMap<Box<str>, V, BuildHasherDefault<FxHasher>>;
 #[derive(Debug, Clone, Default)]
 pub(super) struct Vocab {
     map: FxMap<u32>,
+    /// Byte length of the longest key.
     pub(super) max_key_len: usize,
 }
 
@@ -72,12 +73,14 @@ impl Vocab {
         self.map.len()
     }
 
+    /// Adds `key` → `id`.
     pub(super) fn insert(&mut self, key: &str, id: u32) {
         self.max_key_len = self.max_key_len.max(key.len());
         self.map.insert(key.into(), id);
     }
 
     #[inline]
+    /// The id of `key`.
     pub(super) fn get(&self, key: &str) -> Option<u32> {
         self.map.get(key).copied()
     }

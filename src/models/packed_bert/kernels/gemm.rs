@@ -52,6 +52,7 @@ impl PackedLinear {
         self.n
     }
 
+    /// Start of panel `p` at depth `k0`: 64-byte aligned, `k - k0` lines follow.
     pub(super) fn panel_ptr(&self, p: usize, k0: usize) -> *const f32 {
         self.panels[p * self.k + k0..].as_ptr() as *const f32
     }

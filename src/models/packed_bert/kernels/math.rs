@@ -5,14 +5,17 @@
 /// Activation applied as a tile is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Act {
+    /// The accumulator as is.
     None,
     /// `x · Φ(x)` with the exact (erf) normal CDF.
     GeluErf,
     /// The tanh approximation of GELU.
     GeluTanh,
+    /// `max(x, 0)`.
     Relu,
 }
 
+/// Applies `act` to every element (fused multiply-adds when `F`).
 #[inline(always)]
 pub(super) fn apply_act<const F: bool>(v: &mut [f32], act: Act) {
     match act {
@@ -40,6 +43,7 @@ pub fn exp_f(x: f32) -> f32 {
     exp_impl::<false>(x)
 }
 
+/// [`exp_f`], with fused multiply-adds when `F`.
 #[inline(always)]
 pub(super) fn exp_impl<const F: bool>(x: f32) -> f32 {
     // 1.5 · 2²³: adding it rounds to an integer, which then sits in the low mantissa bits
@@ -139,6 +143,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Sum of `a`, 8 independent lanes (vectorizes without reassociation).
 #[inline(always)]
 pub(super) fn sum(a: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
