@@ -2,7 +2,7 @@
 # Engine throughput, Sluice vs sentence-transformers (PyTorch CPU), same sentences, same
 # thread count, alternating the two per batch size so both see the same machine state.
 #
-# Usage: benches/run-engine-bench.sh [OUT.md]
+# Usage: benches/run-engine-bench.sh [OUT_FILE]   (Markdown)
 #   default OUT: benches/results/engine-cpu-<UTC date>.md (raw JSON beside it, .json)
 # Env:
 #   THREADS=2              threads for both (RAYON_NUM_THREADS / torch.set_num_threads)

@@ -20,7 +20,7 @@
 // of boxing it) is what keeps the hot path free of per-request allocation. Model enums hold
 // their one big variant inline for the same reason.
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
-// #![deny(unsafe_op_in_unsafe_fn)] -- enabled once packed_bert carries its unsafe blocks
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod config;
 pub mod control;

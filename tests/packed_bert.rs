@@ -3,7 +3,8 @@
 //!
 //! - Kernels: the packed GEMM (every edge: rows not a multiple of 6, columns not a multiple
 //!   of 16, K split into blocks) with each epilogue, `exp` and `erf`, on the AVX2 path and on
-//!   the portable path.
+//!   the portable path, each asked for explicitly (the AVX2 half is skipped, with a
+//!   message, only on a CPU without AVX2/FMA).
 //! - Models: the generated `tiny-embed` (mean pooling, no tensor prefix) and
 //!   `tiny-sentiment` (classifier, `bert.` prefix, pooler), plus a wider generated model with
 //!   random LayerNorm parameters, tanh GELU, CLS pooling and K-blocked feed-forward, on
@@ -18,7 +19,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use sluice::core::HostStaging;
 use sluice::models::bert::{BertBackend, BertRunner};
-use sluice::models::packed_bert::kernels::{self, Act, PackedLinear, Store};
+use sluice::models::packed_bert::kernels::{self, Act, Isa, PackedLinear, Store};
+use sluice::models::packed_bert::{pool_packed, PackedBert, PackedConfig};
+use sluice::models::spec::Pooling;
 use sluice::models::ModelSpec;
 use testkit::{write_bert_embedding, write_demo_repository, SeededRng, TinyBertSpec};
 
@@ -66,10 +69,22 @@ fn erf64(x: f64) -> f64 {
     (1.0 - erfc).copysign(x)
 }
 
+/// The kernel sets to test: portable always, AVX2/FMA where the CPU has it.
+fn isas() -> Vec<Isa> {
+    match Isa::avx2_fma() {
+        Some(avx2) => vec![avx2, Isa::PORTABLE],
+        None => {
+            eprintln!("this CPU lacks AVX2/FMA: the AVX2 half of this test is skipped");
+            vec![Isa::PORTABLE]
+        }
+    }
+}
+
 #[test]
 fn linear_kernel_matches_reference_on_every_edge() {
-    for (portable, par) in [(false, true), (true, true), (false, false)] {
-        kernels::force_portable(portable);
+    // Every kernel set in parallel, and the detected one on a single thread too.
+    let runs = isas().into_iter().map(|isa| (isa, true)).chain([(Isa::detect(), false)]);
+    for (isa, par) in runs {
         for &(m, k, n) in &[
             (1, 1, 1),
             (7, 5, 3),
@@ -86,34 +101,33 @@ fn linear_kernel_matches_reference_on_every_edge() {
             let want = reference(&a, m, k, &w, &b, n);
             let tol = |y: f64| 2e-6 * (k as f64).sqrt() * (1.0 + y.abs());
             let mut c = vec![f32::NAN; m * n];
-            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::None), par);
+            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::None), par, isa).unwrap();
             for (x, y) in c.iter().zip(&want) {
                 assert!(
                     (*x as f64 - y).abs() <= tol(*y),
-                    "portable={portable} par={par} m{m} k{k} n{n}: {x} vs {y}"
+                    "{isa:?} par={par} m{m} k{k} n{n}: {x} vs {y}"
                 );
             }
             let old = data(m * n, 4);
             let mut c = old.clone();
-            kernels::linear(&a, m, &pl, &mut c, Store::Add, par);
+            kernels::linear(&a, m, &pl, &mut c, Store::Add, par, isa).unwrap();
             for ((x, y), o) in c.iter().zip(&want).zip(&old) {
                 assert!(
                     (*x as f64 - (y + *o as f64)).abs() <= tol(*y),
-                    "add: portable={portable} m{m} k{k} n{n}"
+                    "add: {isa:?} m{m} k{k} n{n}"
                 );
             }
             let mut c = vec![0f32; m * n];
-            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::GeluErf), par);
+            kernels::linear(&a, m, &pl, &mut c, Store::Set(Act::GeluErf), par, isa).unwrap();
             for (x, y) in c.iter().zip(&want) {
                 let g = 0.5 * y * (1.0 + erf64(y / 2f64.sqrt()));
                 assert!(
                     (*x as f64 - g).abs() <= tol(*y),
-                    "gelu: portable={portable} m{m} k{k} n{n}: {x} vs {g}"
+                    "gelu: {isa:?} m{m} k{k} n{n}: {x} vs {g}"
                 );
             }
         }
     }
-    kernels::force_portable(false);
 }
 
 #[test]
@@ -181,16 +195,28 @@ fn runners(dir: &Path) -> (BertRunner, BertRunner) {
 /// Runs both encoders on batches of mixed lengths; returns the worst (cosine, max abs diff).
 fn compare(dir: &Path, batches: &[Vec<usize>]) -> (f64, f32) {
     let (packed, candle) = runners(dir);
+    compare_with(dir, batches, &candle, |st| packed.forward(st).unwrap().data)
+}
+
+/// As [`compare`], with the packed side given as a function of the batch (its `rows × width`
+/// output, row-major).
+fn compare_with(
+    dir: &Path,
+    batches: &[Vec<usize>],
+    candle: &BertRunner,
+    packed: impl Fn(&HostStaging) -> Vec<f32>,
+) -> (f64, f32) {
     let vocab = vocab_size(dir);
     let mut worst = (1.0f64, 0f32);
     for (i, lens) in batches.iter().enumerate() {
         let st = staging(lens, vocab, 7 + i as u64);
-        let a = packed.forward(&st).unwrap();
+        let a = packed(&st);
         let b = candle.forward(&st).unwrap();
-        assert_eq!((a.rows(), a.width), (b.rows(), b.width));
+        assert_eq!(a.len(), b.rows() * b.width);
+        let a_row = |r: usize| &a[r * b.width..(r + 1) * b.width];
         for (r, len) in lens.iter().enumerate() {
-            let c = cosine(a.row(r), b.row(r));
-            let d = a.row(r).iter().zip(b.row(r)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let c = cosine(a_row(r), b.row(r));
+            let d = a_row(r).iter().zip(b.row(r)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(c >= 0.99999, "{}: batch {i} row {r} (len {len}): cosine {c}", dir.display());
             assert!(
                 d <= 2e-4,
@@ -233,15 +259,43 @@ fn tiny_sentiment_packed_matches_candle() {
     println!("tiny-sentiment: worst cosine {c:.8}, max abs diff {d:.2e}");
 }
 
+/// The packed encoder of the embedding model in `dir`, on the given kernels.
+fn packed_encoder(dir: &Path, isa: Isa) -> PackedBert {
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let cfg: candle_transformers::models::bert::Config = serde_json::from_str(&text).unwrap();
+    let model = PackedBert::load(
+        &dir.join("model.safetensors"),
+        PackedConfig::from_bert(&cfg),
+        cfg.model_type.as_deref(),
+    )
+    .unwrap();
+    model.with_isa(isa)
+}
+
 #[test]
-fn portable_kernels_match_candle() {
+fn every_kernel_set_matches_candle() {
+    // Each kernel set is asked for explicitly, so both paths run in every test run.
     let repo = demo_repo();
-    kernels::force_portable(true);
-    let r =
-        std::panic::catch_unwind(|| compare(&repo.path().join("tiny-embed/1"), &mixed_batches(64)));
-    kernels::force_portable(false);
-    let (c, d) = r.unwrap();
-    println!("tiny-embed, portable kernels: worst cosine {c:.8}, max abs diff {d:.2e}");
+    let dir = repo.path().join("tiny-embed/1");
+    let (_, candle) = runners(&dir);
+    let (pooling, normalize) = candle.embedding_head().expect("tiny-embed is an embedding model");
+    let h = candle.hidden();
+    for isa in isas() {
+        let model = packed_encoder(&dir, isa);
+        assert_eq!(model.isa(), isa);
+        let forward = |st: &HostStaging| {
+            let mut data = vec![0f32; st.rows * h];
+            let mean = matches!(pooling, Pooling::Mean);
+            model
+                .encode(st, |states, offsets| {
+                    pool_packed(states, offsets, h, mean, normalize, &mut data)
+                })
+                .unwrap();
+            data
+        };
+        let (c, d) = compare_with(&dir, &mixed_batches(64), &candle, forward);
+        println!("tiny-embed, {isa:?} kernels: worst cosine {c:.8}, max abs diff {d:.2e}");
+    }
 }
 
 /// A wider model: 3 heads of 32, intermediate 640 (K-blocked), random LayerNorm parameters,
