@@ -24,7 +24,7 @@ use sluice::core::{ContentType, Envelope, Limits, Priority};
 use sluice::decode::flatbuf::{self, input_type, slot};
 use sluice::decode::Decoder;
 use sluice::execute::fill::{fill_batch, FillScratch};
-use sluice::models::wordpiece::Scratch;
+use sluice::models::wordpiece::TokenScratch;
 use sluice::models::{LoadedModel, ModelInput};
 use sluice::queue::Request;
 
@@ -179,7 +179,8 @@ fn stage(model: &LoadedModel, reqs: &[Request]) -> HostStaging {
 fn tokenize(model: &LoadedModel, text: &str) -> Vec<u32> {
     let ModelInput::Text { tokenizer, max_seq_len } = &model.input else { panic!("text model") };
     let mut out = vec![0u32; *max_seq_len];
-    let n = tokenizer.encode_into(text, *max_seq_len, &mut Scratch::default(), &mut out).unwrap();
+    let n =
+        tokenizer.encode_into(text, *max_seq_len, &mut TokenScratch::default(), &mut out).unwrap();
     out.truncate(n);
     out
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde_json::json;
-use sluice::models::wordpiece::{Scratch, WordPiece};
+use sluice::models::wordpiece::{TokenScratch, WordPiece};
 use tokenizers::{Tokenizer, TruncationParams};
 
 // ---------------------------------------------------------------------------------------
@@ -516,7 +516,7 @@ fn compare_all(
     max_len: Option<usize>,
 ) -> usize {
     with_max_len(hf, max_len);
-    let mut scratch = Scratch::default();
+    let mut scratch = TokenScratch::default();
     let mut out = Vec::new();
     for text in texts {
         let want = hf.encode(text.as_str(), true).expect("hf encode");
@@ -590,7 +590,7 @@ fn synthetic_parity() {
 }
 
 fn assert_no_steady_state_allocs(label: &str, wp: &WordPiece, texts: &[String]) {
-    let mut scratch = Scratch::default();
+    let mut scratch = TokenScratch::default();
     let mut out = vec![0u32; MAX_LEN];
     // Warm-up: grow the scratch to the largest input.
     for t in texts {
@@ -639,7 +639,7 @@ fn speed() {
     with_max_len(&mut hf, Some(MAX_LEN));
     let text = "The quick brown fox jumps over the lazy dog while the café owner, \
                 naïvely, counts 42 coins.";
-    let mut scratch = Scratch::default();
+    let mut scratch = TokenScratch::default();
     let mut out = vec![0u32; MAX_LEN];
     let iters = 200_000;
     let t = std::time::Instant::now();

@@ -10,7 +10,7 @@ use super::flatbuf;
 use super::json::{for_each_feature_row, for_each_text};
 use crate::core::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, InvalidInput, Limits};
 use crate::core::{ErrorClass, Failure};
-use crate::models::wordpiece::Scratch;
+use crate::models::wordpiece::TokenScratch;
 use crate::models::{LoadedModel, ModelCache, ModelError, ModelInput};
 use crate::queue::Request;
 
@@ -59,7 +59,7 @@ pub struct Decoder {
     cache: Arc<ModelCache>,
     limits: Limits,
     default_model: Option<String>,
-    scratch: Scratch,
+    scratch: TokenScratch,
     row_buf: Vec<f32>,
     seq: u64,
 }
@@ -103,7 +103,7 @@ impl Decoder {
             cache,
             limits,
             default_model,
-            scratch: Scratch::default(),
+            scratch: TokenScratch::default(),
             row_buf: Vec::new(),
             seq: 0,
         }

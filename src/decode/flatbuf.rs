@@ -31,7 +31,7 @@ use flatbuffers::{
 };
 
 use crate::core::{ErrorClass, Failure, InputKind, InvalidInput, Limits};
-use crate::models::wordpiece::Scratch;
+use crate::models::wordpiece::TokenScratch;
 use crate::models::{LoadedModel, ModelInput};
 
 /// The schema's `file_identifier` (bytes 4..8 of every request buffer).
@@ -576,7 +576,7 @@ pub fn check_input(
     fb: &FbRequest<'_>,
     model: &LoadedModel,
     limits: &Limits,
-    scratch: &mut Scratch,
+    scratch: &mut TokenScratch,
 ) -> Result<(InputKind, usize, usize), Failure> {
     let max_items = limits.max_items.min(limits.caps.max_rows);
     let kind = fb.input_kind().map_err(validation)?;

@@ -5,7 +5,7 @@
 use crate::core::InputKind;
 use crate::decode::flatbuf;
 use crate::decode::json::{for_each_feature_row, for_each_text};
-use crate::models::wordpiece::Scratch;
+use crate::models::wordpiece::TokenScratch;
 use crate::models::{LoadedModel, ModelInput};
 use crate::queue::Request;
 
@@ -14,7 +14,7 @@ use crate::core::HostStaging;
 /// Per-lane scratch space for staging.
 #[derive(Default)]
 pub struct FillScratch {
-    pub tokenizer: Scratch,
+    pub tokenizer: TokenScratch,
     pub row: Vec<f32>,
 }
 

@@ -10,7 +10,7 @@ use super::bert::BertRunner;
 use super::mlp::MlpRunner;
 use super::spec::{ModelKind, ModelSpec};
 use super::text::TextTokenizer;
-use super::wordpiece::Scratch;
+use super::wordpiece::TokenScratch;
 use super::ModelError;
 use crate::core::{BatchOutput, HostStaging, ModelId};
 
@@ -123,7 +123,7 @@ impl LoadedModel {
         let rows = max_rows.clamp(1, 8);
         match &self.input {
             ModelInput::Text { tokenizer, max_seq_len } => {
-                let mut scratch = Scratch::default();
+                let mut scratch = TokenScratch::default();
                 let mut len = 8usize;
                 loop {
                     let seq = len.min(*max_seq_len);

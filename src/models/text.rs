@@ -6,7 +6,7 @@
 use crate::core::InvalidInput;
 use std::path::Path;
 
-use super::wordpiece::{Scratch, TokenizerError, WordPiece};
+use super::wordpiece::{TokenScratch, TokenizerError, WordPiece};
 use super::ModelError;
 
 /// A model's tokenizer.
@@ -72,7 +72,7 @@ impl TextTokenizer {
         &self,
         text: &str,
         max_len: usize,
-        scratch: &mut Scratch,
+        scratch: &mut TokenScratch,
     ) -> Result<usize, InvalidInput> {
         match self {
             TextTokenizer::Fast(w) => Ok(w.count_tokens(text, max_len, scratch)),
@@ -88,7 +88,7 @@ impl TextTokenizer {
         &self,
         text: &str,
         max_len: usize,
-        scratch: &mut Scratch,
+        scratch: &mut TokenScratch,
         out: &mut [u32],
     ) -> Result<usize, InvalidInput> {
         match self {

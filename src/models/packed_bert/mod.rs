@@ -10,7 +10,7 @@
 //! and multiplied by a 6×16 AVX2/FMA register-blocked micro-kernel (a portable kernel is used
 //! where AVX2/FMA is missing), with the bias, GELU or the residual add applied as the tile is
 //! stored. Work is split over rayon's global pool (`RAYON_NUM_THREADS`), the same pool candle
-//! uses. Buffers live in a small pool of [`Scratch`]es held by the model, so steady state
+//! uses. Buffers live in a small pool of [`EncoderScratch`]es held by the model, so steady state
 //! allocates nothing per batch here; the pool holds one scratch per concurrent caller.
 //!
 //! Numerics: f32 throughout; GELU uses erf (|error| < 3e-7) and
@@ -92,7 +92,7 @@ struct Layer {
 
 /// Per-call working memory; grows to the largest batch seen, then is reused.
 #[derive(Default)]
-pub struct Scratch {
+pub struct EncoderScratch {
     offsets: Vec<usize>,
     hidden: Vec<f32>,
     qkv: Vec<f32>,
@@ -117,7 +117,7 @@ pub struct PackedBert {
     token_type0: Vec<f32>,
     emb_ln: (Vec<f32>, Vec<f32>),
     layers: Vec<Layer>,
-    scratch: Mutex<Vec<Scratch>>,
+    scratch: Mutex<Vec<EncoderScratch>>,
     /// Kernels every operation runs on: [`Isa::detect`] at load, changed only by
     /// [`PackedBert::with_isa`].
     isa: Isa,
@@ -159,7 +159,7 @@ impl PackedBert {
     fn run<R>(
         &self,
         st: &HostStaging,
-        sc: &mut Scratch,
+        sc: &mut EncoderScratch,
         f: impl FnOnce(&[f32], &[usize]) -> R,
     ) -> Result<R, String> {
         let c = &self.config;

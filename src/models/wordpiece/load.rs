@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::added::AddedMatcher;
 use super::hash::Vocab;
-use super::{Scratch, TokenizerError, WordPiece};
+use super::{TokenScratch, TokenizerError, WordPiece};
 
 fn field<'a>(obj: &'a Value, key: &str, what: &str) -> Result<&'a Value, TokenizerError> {
     obj.get(key).ok_or_else(|| TokenizerError::Invalid(format!("{what}: missing field `{key}`")))
@@ -230,7 +230,7 @@ impl WordPiece {
         }
         let mut raw = Vec::new();
         let mut norm = Vec::new();
-        let mut scratch = Scratch::default();
+        let mut scratch = TokenScratch::default();
         for (&id, &i) in &by_id {
             let d = &decls[i];
             if d.single_word {

@@ -4,7 +4,7 @@
 //! for BERT-style `tokenizer.json` files (normalizer `BertNormalizer`, pre-tokenizer
 //! `BertPreTokenizer`, model `WordPiece`, post-processor adding `[CLS] ... [SEP]`), but
 //! writes ids straight into a caller's buffer and performs no heap allocation per call
-//! once its [`Scratch`] has grown to the largest chunk of input seen.
+//! once its [`TokenScratch`] has grown to the largest chunk of input seen.
 //!
 //! Pipeline (mirrors `tokenizers` 0.23):
 //! 1. Added tokens with `normalized: false` (e.g. `[CLS]`, `[MASK]`) are split out of the
@@ -57,13 +57,13 @@ pub enum TokenizerError {
 /// a run of more than 64 spacing combining marks with nonzero combining class is
 /// reordered with the std stable sort, which may allocate.)
 #[derive(Debug, Default, Clone)]
-pub struct Scratch {
+pub struct TokenScratch {
     norm: String,
     run: Vec<(u8, char)>,
 }
 
-impl Scratch {
-    /// Creates an empty scratch space (same as `Scratch::default()`).
+impl TokenScratch {
+    /// Creates an empty scratch space (same as `TokenScratch::default()`).
     pub fn new() -> Self {
         Self::default()
     }
@@ -73,7 +73,7 @@ impl Scratch {
 /// post-processing) that writes ids into a caller's buffer without allocating.
 ///
 /// Build it with [`WordPiece::from_file`] or [`WordPiece::from_json_str`]; share it
-/// across threads (it is immutable) and give each thread its own [`Scratch`].
+/// across threads (it is immutable) and give each thread its own [`TokenScratch`].
 #[derive(Debug, Clone)]
 pub struct WordPiece {
     /// Full vocab, used for the first piece of a word.

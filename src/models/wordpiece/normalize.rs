@@ -4,7 +4,7 @@
 use unicode_categories::UnicodeCategories;
 use unicode_normalization::char::{canonical_combining_class, decompose_canonical};
 
-use super::{Scratch, WordPiece};
+use super::{TokenScratch, WordPiece};
 
 /// Runs of (non-Mn) combining characters longer than this are sorted with the std stable
 /// sort (which may allocate) instead of an insertion sort.
@@ -12,8 +12,8 @@ const INSERTION_SORT_MAX: usize = 64;
 
 impl WordPiece {
     /// `BertNormalizer` into `scratch.norm`.
-    pub(super) fn normalize_into(&self, text: &str, scratch: &mut Scratch) {
-        let Scratch { norm, run } = scratch;
+    pub(super) fn normalize_into(&self, text: &str, scratch: &mut TokenScratch) {
+        let TokenScratch { norm, run } = scratch;
         norm.clear();
         run.clear();
         norm.reserve(text.len());

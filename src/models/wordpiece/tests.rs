@@ -55,7 +55,7 @@ fn id(t: &str) -> u32 {
 }
 
 fn enc(wp: &WordPiece, text: &str) -> Vec<u32> {
-    let mut s = Scratch::default();
+    let mut s = TokenScratch::default();
     let mut out = vec![0u32; 64];
     let n = wp.encode_into(text, 64, &mut s, &mut out);
     assert_eq!(n, wp.count_tokens(text, 64, &mut s));
@@ -171,7 +171,7 @@ fn added_tokens_in_text() {
 fn truncation() {
     let wp = tok();
     let text = "hello world ".repeat(50);
-    let mut s = Scratch::default();
+    let mut s = TokenScratch::default();
     let mut out = vec![0u32; 200];
     assert_eq!(wp.count_tokens(&text, 7, &mut s), 7);
     let n = wp.encode_into(&text, 7, &mut s, &mut out);
@@ -206,7 +206,7 @@ fn long_input_chunking_matches_single_pass() {
 }
 
 fn enc_big(wp: &WordPiece, text: &str) -> Vec<u32> {
-    let mut s = Scratch::default();
+    let mut s = TokenScratch::default();
     let mut out = vec![0u32; 100_000];
     let n = wp.encode_into(text, out.len(), &mut s, &mut out);
     out[1..n - 1].to_vec()

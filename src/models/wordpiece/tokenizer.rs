@@ -3,7 +3,7 @@
 
 use unicode_categories::UnicodeCategories;
 
-use super::{Scratch, WordPiece};
+use super::{TokenScratch, WordPiece};
 
 /// Minimum number of bytes in a chunk of plain text before we look for a whitespace byte
 /// to cut at (see module docs).
@@ -38,7 +38,7 @@ impl Sink<'_> {
 impl WordPiece {
     /// Number of ids [`WordPiece::encode_into`] would write for `text`, including `[CLS]`
     /// and `[SEP]`, truncated to `max_len` (values below 2 are treated as 2).
-    pub fn count_tokens(&self, text: &str, max_len: usize, scratch: &mut Scratch) -> usize {
+    pub fn count_tokens(&self, text: &str, max_len: usize, scratch: &mut TokenScratch) -> usize {
         let limit = max_len.max(2);
         self.run(text, limit, scratch, None)
     }
@@ -54,7 +54,7 @@ impl WordPiece {
         &self,
         text: &str,
         max_len: usize,
-        scratch: &mut Scratch,
+        scratch: &mut TokenScratch,
         out: &mut [u32],
     ) -> usize {
         assert!(out.len() >= 2, "encode_into: output buffer must hold at least 2 ids");
@@ -94,7 +94,7 @@ impl WordPiece {
         &self,
         text: &str,
         limit: usize,
-        scratch: &mut Scratch,
+        scratch: &mut TokenScratch,
         out: Option<&mut [u32]>,
     ) -> usize {
         let mut sink = Sink { out, n: 0, limit: limit - 2 };
@@ -138,7 +138,7 @@ impl WordPiece {
 
     /// Normalizes a piece of text without raw added tokens, splits out normalized added
     /// tokens, and tokenizes the rest.
-    fn plain(&self, text: &str, scratch: &mut Scratch, sink: &mut Sink<'_>) {
+    fn plain(&self, text: &str, scratch: &mut TokenScratch, sink: &mut Sink<'_>) {
         if text.is_empty() || sink.full() {
             return;
         }
