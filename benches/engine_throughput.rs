@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice::core::BatchCaps;
 use sluice::core::Outcome;
-use sluice::core::{ContentType, Envelope, Limits, Priority, Source};
+use sluice::core::{Envelope, Limits, Priority, Source};
 use sluice::decode::Decoder;
 use sluice::engine::{Engine, EngineSettings};
 use sluice::models::cache::CacheSettings;
@@ -158,16 +158,7 @@ fn cpu_model() -> String {
 }
 
 fn envelope(payload: Bytes, offset: i64, topic: &Arc<str>) -> Envelope {
-    Envelope {
-        payload,
-        key: None,
-        source: Source { topic: topic.clone(), partition: 0, offset },
-        priority: Priority::Normal,
-        content_type: ContentType::Json,
-        arrived: Instant::now(),
-        event_time_ms: None,
-        attempts: 1,
-    }
+    Envelope::new(payload, Source { topic: topic.clone(), partition: 0, offset }, Priority::Normal)
 }
 
 fn main() {

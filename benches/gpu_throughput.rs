@@ -356,16 +356,7 @@ fn kernel_rows(device: usize, d2d_gb_s: f64) -> Res<Vec<KernelRow>> {
 // ---------------------------------------------------------------------------------------------
 
 fn envelope(payload: Bytes, offset: i64, topic: &Arc<str>) -> Envelope {
-    Envelope {
-        payload,
-        key: None,
-        source: Source { topic: topic.clone(), partition: 0, offset },
-        priority: Priority::Normal,
-        content_type: ContentType::Json,
-        arrived: Instant::now(),
-        event_time_ms: None,
-        attempts: 1,
-    }
+    Envelope::new(payload, Source { topic: topic.clone(), partition: 0, offset }, Priority::Normal)
 }
 
 struct Bench {

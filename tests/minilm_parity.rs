@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice::core::BatchCaps;
 use sluice::core::HostStaging;
-use sluice::core::{ContentType, Envelope, Limits, Priority, Source};
+use sluice::core::{Envelope, Limits, Priority, Source};
 use sluice::decode::Decoder;
 use sluice::execute::fill::{fill_batch, FillScratch};
 use sluice::models::cache::CacheSettings;
@@ -71,16 +71,8 @@ fn minilm_matches_sentence_transformers() {
         .map(|r| {
             let body =
                 serde_json::json!({"id": r.line.to_string(), "model": "minilm", "input": r.text});
-            let env = Envelope {
-                payload: Bytes::from(body.to_string()),
-                key: None,
-                source: Source { topic: "ref".into(), partition: 0, offset: r.line as i64 },
-                priority: Priority::Normal,
-                content_type: ContentType::Json,
-                arrived: std::time::Instant::now(),
-                event_time_ms: None,
-                attempts: 1,
-            };
+            let source = Source { topic: "ref".into(), partition: 0, offset: r.line as i64 };
+            let env = Envelope::new(Bytes::from(body.to_string()), source, Priority::Normal);
             dec.decode(env).unwrap_or_else(|(_, f)| panic!("line {} rejected: {f:?}", r.line))
         })
         .collect();

@@ -1,6 +1,6 @@
 //! BERT-family encoders: sentence embeddings and sequence classification.
 //!
-//! On the CPU the encoder is [`PackedBert`] (padding-free, see `packed_bert.rs`); on other
+//! On the CPU the encoder is [`PackedBert`] (padding-free, see `packed_bert/`); on other
 //! devices it is candle's `BertModel` over the padded, masked batch. The heads (pooling, or
 //! pooler + classifier + softmax) are the same for both.
 

@@ -8,10 +8,9 @@ pub mod testkit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use sluice::core::{ContentType, Envelope, Limits, Priority, Source};
+use sluice::core::{Envelope, Limits, Priority, Source};
 use sluice::decode::Decoder;
 use sluice::models::cache::CacheSettings;
 use sluice::models::{ModelCache, Repository};
@@ -48,16 +47,8 @@ impl TestRepo {
 pub fn envelope(payload: impl Into<Bytes>, priority: Priority, offset: i64) -> Envelope {
     // One shared topic name, as the Kafka consumer has (no allocation per record).
     static TOPIC: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    Envelope {
-        payload: payload.into(),
-        key: None,
-        source: Source { topic: TOPIC.get_or_init(|| "test".into()).clone(), partition: 0, offset },
-        priority,
-        content_type: ContentType::Json,
-        arrived: Instant::now(),
-        event_time_ms: None,
-        attempts: 1,
-    }
+    let topic = TOPIC.get_or_init(|| "test".into()).clone();
+    Envelope::new(payload.into(), Source { topic, partition: 0, offset }, priority)
 }
 
 /// Decodes a request that must be valid.

@@ -22,8 +22,7 @@
 //! this file holds the encoder itself.
 
 // Every unsafe operation in an `unsafe fn` of the kernels gets its own block and SAFETY
-// argument (the crate root will deny this crate-wide too).
-#![deny(unsafe_op_in_unsafe_fn)]
+// argument (`unsafe_op_in_unsafe_fn` is denied at the crate root).
 
 pub mod kernels;
 mod pool;
