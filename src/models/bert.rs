@@ -197,7 +197,7 @@ impl BertRunner {
             .encode(st, |states, offsets| {
                 pool_packed(states, offsets, h, mean, normalize, &mut data)
             })
-            .map_err(ModelError::Inference)?;
+            .map_err(|e| ModelError::Inference(e.0))?;
         match &self.head {
             Head::Embedding { .. } => {
                 Ok(BatchOutput { data, width: h, kind: OutputKind::Embedding })

@@ -38,6 +38,29 @@ pub use pool::pool_packed;
 
 use kernels::{Attention, Isa, ShapeError, Store};
 
+/// Why the packed encoder could not load its weights or encode a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PackedError(pub String);
+
+impl From<String> for PackedError {
+    fn from(why: String) -> Self {
+        PackedError(why)
+    }
+}
+
+impl From<&str> for PackedError {
+    fn from(why: &str) -> Self {
+        PackedError(why.to_owned())
+    }
+}
+
+impl From<ShapeError> for PackedError {
+    fn from(e: ShapeError) -> Self {
+        PackedError(e.to_string())
+    }
+}
+
 /// Shapes and options of a BERT encoder, from `config.json`.
 #[derive(Debug, Clone)]
 pub struct PackedConfig {
@@ -142,7 +165,7 @@ impl PackedBert {
         &self,
         st: &HostStaging,
         f: impl FnOnce(&[f32], &[usize]) -> R + Send,
-    ) -> Result<R, String> {
+    ) -> Result<R, PackedError> {
         let mut scratch = self.scratch.lock().pop().unwrap_or_default();
         // Run on a pool thread: the parallel sections inside then cost no cross-thread wake-up
         // of the caller.
@@ -160,7 +183,7 @@ impl PackedBert {
         st: &HostStaging,
         sc: &mut EncoderScratch,
         f: impl FnOnce(&[f32], &[usize]) -> R,
-    ) -> Result<R, String> {
+    ) -> Result<R, PackedError> {
         let c = &self.config;
         let (h, inter) = (c.hidden, c.intermediate);
         let rows = st.rows;
@@ -173,13 +196,16 @@ impl PackedBert {
                 return Err(format!(
                     "row {r} has {n} tokens (padded length {}, model limit {})",
                     st.seq_len, c.max_position
-                ));
+                )
+                .into());
             }
             if let Some(&bad) = st.ids[r * st.seq_len..r * st.seq_len + n]
                 .iter()
                 .find(|&&id| id as usize >= c.vocab)
             {
-                return Err(format!("token id {bad} is outside the vocabulary ({})", c.vocab));
+                return Err(
+                    format!("token id {bad} is outside the vocabulary ({})", c.vocab).into()
+                );
             }
             t += n;
             sc.offsets.push(t);
@@ -196,7 +222,7 @@ impl PackedBert {
         let ffn = grow(&mut sc.ffn, t * inter);
         // The buffers were sized for these shapes just above, so no kernel fails here; the
         // errors are passed on rather than unwrapped all the same.
-        let shape = |e: ShapeError| e.to_string();
+        let shape = PackedError::from;
         let isa = self.isa;
         let mut clock = profile::Clock::start();
         self.embed(st, offsets, hidden).map_err(shape)?;

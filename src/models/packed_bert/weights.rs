@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use parking_lot::Mutex;
 
 use super::kernels::Isa;
-use super::{Layer, PackedBert, PackedConfig, PackedLinear};
+use super::{Layer, PackedBert, PackedConfig, PackedError, PackedLinear};
 
 /// Reads tensors by name from a safetensors file, trying the name prefixes BERT checkpoints use.
 struct Weights {
@@ -20,7 +20,7 @@ impl Weights {
         let full = format!("{}{}", self.prefix, name);
         let t = self.st.load(&full, &Device::Cpu).map_err(|e| format!("tensor {full}: {e}"))?;
         if t.dims() != shape {
-            return Err(format!("tensor {full}: shape {:?}, expected {:?}", t.dims(), shape));
+            return Err(format!("tensor {full}: shape {:?}, expected {:?}", t.dims(), shape).into());
         }
         t.to_dtype(DType::F32)
             .and_then(|t| t.flatten_all())
@@ -57,10 +57,12 @@ impl PackedBert {
         weights: &Path,
         config: PackedConfig,
         model_type: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PackedError> {
         let c = &config;
         if c.heads == 0 || !c.hidden.is_multiple_of(c.heads) {
-            return Err(format!("hidden size {} is not a multiple of {} heads", c.hidden, c.heads));
+            return Err(
+                format!("hidden size {} is not a multiple of {} heads", c.hidden, c.heads).into()
+            );
         }
         // SAFETY: mapped read-only; model files are never written while served.
         let st = unsafe { MmapedSafetensors::new(weights) }.map_err(|e| e.to_string())?;
@@ -84,7 +86,7 @@ impl PackedBert {
         let types = tt.dims().first().copied().unwrap_or(0);
         let token_type = w.get("embeddings.token_type_embeddings.weight", &[types, h])?;
         if types == 0 {
-            return Err("empty token_type_embeddings".into());
+            return Err(PackedError::from("empty token_type_embeddings"));
         }
         let token_type0 = token_type[..h].to_vec();
         let emb_ln = w.layer_norm("embeddings.LayerNorm", h)?;
