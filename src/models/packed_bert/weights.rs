@@ -16,7 +16,7 @@ struct Weights {
 }
 
 impl Weights {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, PackedError> {
         let full = format!("{}{}", self.prefix, name);
         let t = self.st.load(&full, &Device::Cpu).map_err(|e| format!("tensor {full}: {e}"))?;
         if t.dims() != shape {
@@ -25,11 +25,11 @@ impl Weights {
         t.to_dtype(DType::F32)
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| format!("tensor {full}: {e}"))
+            .map_err(|e| PackedError(format!("tensor {full}: {e}")))
     }
 
     /// A LayerNorm's (weight, bias), or the older (gamma, beta) names.
-    fn layer_norm(&self, name: &str, h: usize) -> Result<(Vec<f32>, Vec<f32>), String> {
+    fn layer_norm(&self, name: &str, h: usize) -> Result<(Vec<f32>, Vec<f32>), PackedError> {
         match (self.get(&format!("{name}.weight"), &[h]), self.get(&format!("{name}.bias"), &[h])) {
             (Ok(g), Ok(b)) => Ok((g, b)),
             (Err(e), _) | (_, Err(e)) => match (
@@ -42,7 +42,7 @@ impl Weights {
         }
     }
 
-    fn linear(&self, name: &str, n: usize, k: usize) -> Result<(Vec<f32>, Vec<f32>), String> {
+    fn linear(&self, name: &str, n: usize, k: usize) -> Result<(Vec<f32>, Vec<f32>), PackedError> {
         Ok((
             self.get(&format!("{name}.weight"), &[n, k])?,
             self.get(&format!("{name}.bias"), &[n])?,
