@@ -306,3 +306,46 @@ fn graceful_restart_loses_nothing_and_duplicates_nothing() {
     );
     assert!(r1.consumed > 0 && r2.consumed > 0, "both runs did work");
 }
+
+#[test]
+fn metrics_snapshots_reach_the_metrics_topic_and_count_what_was_consumed() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    let t = setup(&b, "metrics", 1);
+    let cfg = config(&b, &t, &repo.path());
+    let recs: Vec<Record> = (0..20)
+        .map(|i| {
+            let body = serde_json::json!({"id": format!("m{i}"), "model": "tabular", "input": [i as f64, 1, 2, 3, 4, 5, 6, 7]});
+            (None, json(body), vec![])
+        })
+        .collect();
+    b.produce(&t.input, &recs, None).unwrap();
+    let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
+    // Every record's outcome first, so a later snapshot has counted them all.
+    let out = b.consume(&t.output, recs.len(), Duration::from_secs(60));
+    assert_eq!(out.len(), recs.len());
+    // Snapshots come every second (reportingIntervalSeconds: 1); read until one has seen all
+    // 20 records (an earlier one may have been taken before they were consumed).
+    let mut seen = 0usize;
+    let mut last = serde_json::Value::Null;
+    for n in 1..=30 {
+        let snaps = b.consume(&t.metrics, n, Duration::from_secs(5));
+        if let Some(s) = snaps.last() {
+            last = serde_json::from_slice(&s.value).expect("a snapshot is JSON");
+            seen = snaps.len();
+            if last["consumed"].as_u64() == Some(recs.len() as u64) {
+                break;
+            }
+        }
+    }
+    assert!(seen > 0, "no metrics snapshot was written");
+    assert_eq!(last["consumed"].as_u64(), Some(recs.len() as u64), "{last}");
+    assert_eq!(last["results"].as_u64(), Some(recs.len() as u64), "{last}");
+    assert_eq!(last["dead_letters"].as_u64(), Some(0), "{last}");
+    assert!(last["instance"].as_str().is_some_and(|s| s.starts_with("sluice-")), "{last}");
+    assert!(last["latency_ms"]["end_to_end"].is_object(), "{last}");
+    for s in b.consume(&t.metrics, seen, Duration::from_secs(5)) {
+        assert!(!s.value.is_empty(), "an empty metrics record was written");
+    }
+    pipeline.stop();
+}

@@ -158,9 +158,12 @@ impl OutcomeSink for KafkaSink {
                 }
             }
             if let Some((every, render)) = &self.metrics {
-                if last_metrics.elapsed() >= *every {
+                // An empty render means the figures are not there yet (the pipeline is still
+                // starting): skip this report rather than write an empty record.
+                let value = if last_metrics.elapsed() >= *every { render() } else { Vec::new() };
+                if !value.is_empty() {
                     last_metrics = Instant::now();
-                    let value = Bytes::from(render());
+                    let value = Bytes::from(value);
                     self.stats().metrics_reports.fetch_add(1, Ordering::Relaxed);
                     let rec = PendingRecord {
                         topic: self.metrics_topic.clone(),
