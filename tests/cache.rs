@@ -73,14 +73,7 @@ fn an_evicted_model_in_use_keeps_working() {
 #[test]
 fn serving_version_and_explicit_versions() {
     let repo = TestRepo::new();
-    let spec = common::testkit::MlpSpec {
-        inputs: 8,
-        hidden: vec![4],
-        outputs: 2,
-        activation: "relu".into(),
-        softmax: false,
-    };
-    common::testkit::write_mlp(repo.dir.path(), "tabular", "2", &spec, 7).unwrap();
+    repo.add_mlp("tabular", "2", vec![4], 7);
     // model.toml still says 1.
     assert_eq!(&*repo.cache.get("tabular", None).unwrap().version, "1");
     assert_eq!(repo.cache.get("tabular", Some("2")).unwrap().output_width(), 2);

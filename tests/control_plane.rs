@@ -167,14 +167,7 @@ fn control(cfg: &Config, repo: &TestRepo, autostart: bool) -> ControlPlane {
 /// stopped.
 fn slowish_repo() -> TestRepo {
     let repo = TestRepo::new();
-    let spec = common::testkit::MlpSpec {
-        inputs: 8,
-        hidden: vec![1024, 1024, 1024],
-        outputs: 2,
-        activation: "relu".into(),
-        softmax: false,
-    };
-    common::testkit::write_mlp(repo.dir.path(), "slowish", "1", &spec, 5).unwrap();
+    repo.add_mlp("slowish", "1", vec![1024, 1024, 1024], 5);
     repo
 }
 

@@ -31,14 +31,7 @@ fn rss_kib() -> u64 {
 fn a_slow_model_and_a_fast_producer_keep_memory_bounded_without_loss() {
     let b = TestBroker::start().expect("broker");
     let repo = TestRepo::new();
-    let spec = common::testkit::MlpSpec {
-        inputs: 8,
-        hidden: vec![1024, 1024, 1024],
-        outputs: 2,
-        activation: "relu".into(),
-        softmax: false,
-    };
-    common::testkit::write_mlp(repo.dir.path(), "slow", "1", &spec, 3).unwrap();
+    repo.add_mlp("slow", "1", vec![1024, 1024, 1024], 3);
     let t = setup(&b, "slow", 2);
     // 4,000 records of ~16 KiB: 64 MiB of backlog, far more than the rings may hold.
     let n = 4000usize;

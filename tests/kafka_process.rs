@@ -131,14 +131,7 @@ fn result_ids(b: &TestBroker, topic: &str, n: usize, timeout: Duration) -> HashM
 /// The demo models plus `mlp`, the small MLP the records name.
 fn mlp_repo() -> TestRepo {
     let repo = TestRepo::new();
-    let spec = common::testkit::MlpSpec {
-        inputs: 8,
-        hidden: vec![4],
-        outputs: 2,
-        activation: "relu".into(),
-        softmax: false,
-    };
-    common::testkit::write_mlp(repo.dir.path(), "mlp", "1", &spec, 5).unwrap();
+    repo.add_mlp("mlp", "1", vec![4], 5);
     repo
 }
 

@@ -39,6 +39,19 @@ impl TestRepo {
         self.dir.path().to_path_buf()
     }
 
+    /// Adds `name`/`version`: an MLP from 8 features to 2 raw outputs with relu hidden layers
+    /// of the sizes in `hidden` (bigger layers make a genuinely slower model).
+    pub fn add_mlp(&self, name: &str, version: &str, hidden: Vec<usize>, seed: u64) {
+        let spec = testkit::MlpSpec {
+            inputs: 8,
+            hidden,
+            outputs: 2,
+            activation: "relu".into(),
+            softmax: false,
+        };
+        testkit::write_mlp(self.dir.path(), name, version, &spec, seed).expect("write the MLP");
+    }
+
     pub fn decoder(&self, limits: Limits) -> Decoder {
         Decoder::new(self.cache.clone(), limits, None)
     }
