@@ -97,7 +97,7 @@ fn defaults_match_the_documented_values() {
     assert!(inf.metrics.enabled);
     assert_eq!(inf.metrics.reporting_interval_seconds, 30);
     assert!(c.gpu.devices.is_empty());
-    assert_eq!(c.gpu.streams_per_device, 2);
+    assert_eq!(c.gpu.streams_per_device, 1);
     assert_eq!(c.control.listen.to_string(), "127.0.0.1:8086");
     assert_eq!(c.control.token, None);
     assert_eq!(c.log.format, LogFormat::Text);

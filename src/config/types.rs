@@ -540,14 +540,16 @@ impl MetricsConfig {
 pub struct GpuConfig {
     /// `devices`: CUDA device ordinals to run lanes on; empty = no GPU lanes.
     pub devices: Vec<usize>,
-    /// `streamsPerDevice`: lanes (CUDA streams) per device.
+    /// `streamsPerDevice`: lanes (CUDA streams) per device. Default 1: on an H200 (see
+    /// `benches/results/gpu-2026-11-30/`) two or four streams on one device gave lower
+    /// throughput and longer batches than one at every batch size.
     #[serde(rename = "streamsPerDevice")]
     pub streams_per_device: usize,
 }
 
 impl Default for GpuConfig {
     fn default() -> Self {
-        Self { devices: Vec::new(), streams_per_device: 2 }
+        Self { devices: Vec::new(), streams_per_device: 1 }
     }
 }
 

@@ -242,6 +242,9 @@ impl BertRunner {
     /// Pooler (dense + tanh, when the checkpoint has one), classifier and softmax over the
     /// `[rows, hidden]` `[CLS]` states.
     fn classify(&self, cls: Tensor) -> Result<BatchOutput, ModelError> {
+        // The [CLS] rows are a strided view of the token states; candle's CUDA matmul takes
+        // only contiguous operands (the CPU one takes any), so the head gets a copy.
+        let cls = cls.contiguous()?;
         match &self.head {
             Head::Embedding { .. } => Err(ModelError::Inference("not a classifier".into())),
             Head::Classifier { pooler, classifier, labels } => {
