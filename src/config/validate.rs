@@ -67,6 +67,14 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
         }
     }
 
+    let dk = c.kafka.producer.dead_letter_key_bytes;
+    if dk > 65_536 {
+        return Err((
+            "kafka.producer.deadLetterKeyBytes".into(),
+            format!("must be between 0 and 65536, got {dk}"),
+        ));
+    }
+
     let inf = &c.streaming.inference;
     let b = &inf.batching;
     at_least(&format!("{INFERENCE}.processing.timeout"), inf.processing.timeout_secs, 1)?;

@@ -17,15 +17,27 @@ pub fn base_client_config(cfg: &Config, client_id: &str) -> ClientConfig {
     c
 }
 
+/// Bytes of Sluice's own headers a dead letter adds to the record it carries (class, a reason
+/// of at most `MAX_REASON_BYTES` plus its note, source coordinates, original sizes), with room
+/// to spare.
+pub const DEAD_LETTER_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// The largest record the consumer accepts in one fetch response (librdkafka's
+/// `receive.message.max.bytes`): its default of 100 MB, or more when `maxRecordBytes` asks for
+/// it. Any record the broker hands us is at most this large.
+pub fn largest_consumed_record(cfg: &Config) -> usize {
+    (cfg.streaming.inference.limits.max_record_bytes + 1024 * 1024).max(100_000_000)
+}
+
 /// The emit thread's producer settings: idempotent, `acks=all`, `linger.ms` from the config,
-/// and room for a dead letter carrying a record of up to `maxRecordBytes` plus headroom.
+/// and a size limit that covers a dead letter carrying the largest record the consumer can be
+/// handed, so that Sluice's own client never cuts one: only the broker's refusal does.
 /// (`sluice loadgen passthrough` uses the same, so that it measures the same client.)
 pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
     let mut c = base_client_config(cfg, client_id);
-    // librdkafka's own default is 1,000,000 bytes, below the default maxRecordBytes (1 MiB);
-    // its ceiling is 1,000,000,000.
-    let max_message = (cfg.streaming.inference.limits.max_record_bytes + 256 * 1024)
-        .clamp(1_000_000, 1_000_000_000);
+    // librdkafka's own default is 1,000,000 bytes; its ceiling is 1,000,000,000.
+    let max_message =
+        (largest_consumed_record(cfg) + DEAD_LETTER_OVERHEAD_BYTES).min(1_000_000_000);
     c.set("message.max.bytes", max_message.to_string())
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -48,6 +60,7 @@ pub fn consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("heartbeat.interval.ms", k.heartbeat_interval_ms.to_string())
         .set("enable.partition.eof", "false")
         .set("queued.max.messages.kbytes", "16384")
+        .set("receive.message.max.bytes", largest_consumed_record(cfg).to_string())
         .set("fetch.wait.max.ms", "10")
         .set("isolation.level", "read_committed");
     c

@@ -65,6 +65,7 @@ pub fn connect(
         metrics_topic: topics.metrics.as_str().into(),
         metrics,
         max_attempts: cfg.kafka.producer.max_attempts.max(1),
+        dead_letter_key_bytes: cfg.kafka.producer.dead_letter_key_bytes,
     };
     let source = KafkaSource {
         consumer: consumer.clone(),
