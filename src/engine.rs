@@ -79,7 +79,7 @@ impl Engine {
             let lane = Lane::new(executor, shared.clone(), settings.lane_settings(index));
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-lane-{index}"))
-                .spawn(move || lane.run());
+                .spawn(move || run_lane(index, || lane.run()));
             match handle {
                 Ok(h) => engine.lanes.push(h),
                 Err(e) => return Err(engine.abort(e)),
@@ -123,7 +123,8 @@ impl Engine {
                 match CudaExecutor::new(device, stream, caps, stats, index) {
                     Ok(executor) => {
                         let _ = ready_tx.send(Ok(()));
-                        Lane::new(executor, shared, lane_settings).run();
+                        let lane = Lane::new(executor, shared, lane_settings);
+                        run_lane(index, || lane.run());
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -161,6 +162,13 @@ impl Engine {
         &self.stats
     }
 
+    /// Whether every lane thread is still running. A lane ends on its own only when it
+    /// panicked outside a model call (a bug in Sluice); the pipeline then reports itself
+    /// failed, and the requests that lane held stay uncommitted.
+    pub fn lanes_alive(&self) -> bool {
+        self.lanes.iter().all(|h| !h.is_finished())
+    }
+
     /// Queues a request; hands it back if its ring is full.
     pub fn submit(&self, req: Request) -> Result<(), Request> {
         self.rings.push(req)
@@ -188,6 +196,15 @@ impl Drop for Engine {
         for h in self.lanes.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+/// Runs a lane loop, logging a panic that escapes it (panics inside model calls are caught
+/// per batch by the lane itself).
+fn run_lane(index: usize, run: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        let why = crate::execute::lane::panic_message(p.as_ref());
+        tracing::error!(lane = index, panic = %why, "lane thread panicked and stopped; the pipeline is failed, and its in-flight records stay uncommitted");
     }
 }
 

@@ -197,12 +197,14 @@ impl Running {
         &self.rings
     }
 
-    /// Whether the source and the sink threads are both still running.
+    /// Whether the source, the sink and every lane thread are still running.
     pub fn is_healthy(&self) -> bool {
         let alive = |t: &Option<(&'static str, JoinHandle<_>)>| {
             t.as_ref().is_some_and(|(_, h)| !h.is_finished())
         };
-        alive(&self.source) && alive(&self.sink)
+        alive(&self.source)
+            && alive(&self.sink)
+            && self.engine.as_ref().is_some_and(Engine::lanes_alive)
     }
 
     /// Whether the source has ended by itself (the end of its input).
