@@ -350,11 +350,21 @@ pub struct ProcessingConfig {
     /// `maxRetries`: retries of a failed batch before its records are dead-lettered.
     #[serde(rename = "maxRetries")]
     pub max_retries: u32,
+    /// `drainTimeout`: how long a stop (`stop`, `restart`, SIGTERM) may drain, in seconds.
+    /// Whatever is not settled by then (a broker that is gone, a hung model) is left
+    /// uncommitted and processed again after the restart.
+    #[serde(rename = "drainTimeout")]
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ProcessingConfig {
     fn default() -> Self {
-        Self { guarantee: DeliveryGuarantee::AtLeastOnce, timeout_secs: 10, max_retries: 3 }
+        Self {
+            guarantee: DeliveryGuarantee::AtLeastOnce,
+            timeout_secs: 10,
+            max_retries: 3,
+            drain_timeout_secs: 30,
+        }
     }
 }
 
@@ -362,6 +372,11 @@ impl ProcessingConfig {
     /// [`timeout_secs`](Self::timeout_secs) as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    /// [`drain_timeout_secs`](Self::drain_timeout_secs) as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
     }
 }
 

@@ -78,6 +78,11 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
     let inf = &c.streaming.inference;
     let b = &inf.batching;
     at_least(&format!("{INFERENCE}.processing.timeout"), inf.processing.timeout_secs, 1)?;
+    at_least(
+        &format!("{INFERENCE}.processing.drainTimeout"),
+        inf.processing.drain_timeout_secs,
+        1,
+    )?;
     at_least(&format!("{INFERENCE}.batching.maxBatchRows"), b.max_batch_rows as u64, 1)?;
     at_least(&format!("{INFERENCE}.batching.maxBatchTokens"), b.max_batch_tokens as u64, 2)?;
     at_least(&format!("{INFERENCE}.batching.ringCapacity"), b.ring_capacity as u64, 1)?;

@@ -78,6 +78,14 @@ impl<E: Executor> Lane<E> {
     pub fn run(mut self) {
         tracing::info!(lane = self.settings.index, executor = %self.executor.describe(), "lane started");
         loop {
+            if self.shared.rings.is_abandoned() {
+                tracing::warn!(
+                    lane = self.settings.index,
+                    "drain deadline passed: lane stops with work still queued (left uncommitted)"
+                );
+                self.drain_inflight();
+                break;
+            }
             if !self.step() {
                 self.drain_inflight();
                 let rings = &self.shared.rings;

@@ -83,8 +83,12 @@ pub fn instance_name() -> String {
     format!("sluice-{host}-{}", std::process::id())
 }
 
-/// Drops a client on a helper thread and waits up to 10 s: librdkafka's destroy can hang
-/// (rust-rdkafka #509). A hung close is logged and abandoned; the process exit ends it.
+/// How long [`close_in_background`] waits for a client to close.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Drops a client on a helper thread and waits up to [`CLOSE_WAIT`]: librdkafka's destroy can
+/// hang (rust-rdkafka #509), on a broker that is gone for one. A hung close is logged and
+/// abandoned; the process exit ends it.
 pub fn close_in_background<T: Send + 'static>(client: T) {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let spawned = std::thread::Builder::new().name("sluice-kafka-close".into()).spawn(move || {
@@ -93,10 +97,13 @@ pub fn close_in_background<T: Send + 'static>(client: T) {
     });
     match spawned {
         Ok(h) => {
-            if rx.recv_timeout(Duration::from_secs(10)).is_ok() {
+            if rx.recv_timeout(CLOSE_WAIT).is_ok() {
                 let _ = h.join();
             } else {
-                tracing::warn!("closing a Kafka client did not finish within 10 s; abandoning it");
+                tracing::warn!(
+                    "closing a Kafka client did not finish within {} s; abandoning it",
+                    CLOSE_WAIT.as_secs()
+                );
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not spawn the close thread"),

@@ -74,5 +74,5 @@ pub fn connect(
         input_topic: topics.input.clone(),
         commit_interval: Duration::from_millis(cfg.kafka.consumer.commit_interval_ms.max(1)),
     };
-    Ok(Connected { source, sink, handle: SourceHandle { consumer, shared } })
+    Ok(Connected { source, sink, handle: SourceHandle { consumer: Some(consumer), shared } })
 }

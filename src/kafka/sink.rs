@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::ClientContext;
 
 use super::commit::CommitTracker;
@@ -158,8 +160,13 @@ impl OutcomeSink for KafkaSink {
         "sluice-emit"
     }
 
-    /// Runs until the completion channel is closed and every record is settled.
-    fn run(self: Box<Self>, completions: Receiver<Outcome>) -> Result<(), RunError> {
+    /// Runs until the completion channel is closed and every record is settled, or until
+    /// `abandon` is set (the drain deadline): then what is unacknowledged stays uncommitted.
+    fn run(
+        self: Box<Self>,
+        completions: Receiver<Outcome>,
+        abandon: &AtomicBool,
+    ) -> Result<(), RunError> {
         let mut retries: BinaryHeap<Reverse<Retry>> = BinaryHeap::new();
         let mut closed = false;
         let mut last_metrics = Instant::now();
@@ -190,7 +197,16 @@ impl OutcomeSink for KafkaSink {
                     }
                 }
             }
-            self.producer.poll(Duration::ZERO);
+            // Draining (no more outcomes can come): wait for acknowledgements instead of
+            // spinning; the next retry's time bounds the wait.
+            let wait = if closed {
+                retries.peek().map_or(Duration::from_millis(50), |r| {
+                    r.0.at.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))
+                })
+            } else {
+                Duration::ZERO
+            };
+            self.producer.poll(wait);
             self.settle_failures(&mut retries);
             while retries.peek().is_some_and(|r| r.0.at <= Instant::now()) {
                 if let Some(Reverse(r)) = retries.pop() {
@@ -223,8 +239,23 @@ impl OutcomeSink for KafkaSink {
             if closed && self.producer.in_flight_count() == 0 && retries.is_empty() {
                 break;
             }
+            if abandon.load(Ordering::SeqCst) {
+                tracing::warn!(
+                    in_flight = self.producer.in_flight_count(),
+                    retrying = retries.len(),
+                    "drain deadline passed: emit stops with outcomes unacknowledged (their offsets stay uncommitted)"
+                );
+                break;
+            }
         }
-        let _ = self.producer.flush(Duration::from_secs(10));
+        if abandon.load(Ordering::SeqCst) {
+            // Nothing more will be waited for: drop what is queued or in flight, so that
+            // destroying the producer does not wait on a broker that is gone.
+            self.producer.purge(PurgeConfig::default().queue().inflight());
+            self.producer.poll(Duration::ZERO);
+        } else {
+            let _ = self.producer.flush(Duration::from_secs(10));
+        }
         tracing::info!("emit stopped");
         Ok(())
     }
