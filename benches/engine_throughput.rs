@@ -253,7 +253,7 @@ fn run() -> Result<(), String> {
                         let req = decoder
                             .decode(envelope(p.clone(), i as i64, &topic))
                             .map_err(|(_, f)| format!("sentence {i} rejected: {f:?}"))?;
-                        engine.submit_wait(req);
+                        engine.submit_wait(req).map_err(|_| "the lanes are gone".to_string())?;
                     }
                     Ok(())
                 });

@@ -402,7 +402,7 @@ impl Bench {
                     let req = decoder
                         .decode(envelope(p.clone(), i as i64, &self.topic))
                         .map_err(|(_, f)| format!("sentence {i} rejected: {f:?}"))?;
-                    engine.submit_wait(req);
+                    engine.submit_wait(req).map_err(|_| "the lanes are gone".to_string())?;
                 }
                 Ok(())
             });

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -79,7 +79,7 @@ impl Engine {
             let lane = Lane::new(executor, shared.clone(), settings.lane_settings(index));
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-lane-{index}"))
-                .spawn(move || lane.run());
+                .spawn(move || run_lane(index, || lane.run()));
             match handle {
                 Ok(h) => engine.lanes.push(h),
                 Err(e) => return Err(engine.abort(e)),
@@ -123,7 +123,8 @@ impl Engine {
                 match CudaExecutor::new(device, stream, caps, stats, index) {
                     Ok(executor) => {
                         let _ = ready_tx.send(Ok(()));
-                        Lane::new(executor, shared, lane_settings).run();
+                        let lane = Lane::new(executor, shared, lane_settings);
+                        run_lane(index, || lane.run());
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -161,24 +162,58 @@ impl Engine {
         &self.stats
     }
 
+    /// Whether every lane thread is still running. A lane ends on its own only when it
+    /// panicked outside a model call (a bug in Sluice); the pipeline then reports itself
+    /// failed, and the requests that lane held stay uncommitted.
+    pub fn lanes_alive(&self) -> bool {
+        self.lanes.iter().all(|h| !h.is_finished())
+    }
+
     /// Queues a request; hands it back if its ring is full.
     pub fn submit(&self, req: Request) -> Result<(), Request> {
         self.rings.push(req)
     }
 
-    /// Queues a request, waiting while its ring is full.
-    pub fn submit_wait(&self, req: Request) {
+    /// Queues a request, waiting while its ring is full; hands it back once the rings are
+    /// abandoned.
+    pub fn submit_wait(&self, req: Request) -> Result<(), Request> {
         self.rings.push_wait(req)
     }
 
     /// Stops taking work, lets the lanes finish everything queued, and joins them.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(self) {
+        let _ = self.shutdown_by(None);
+    }
+
+    /// [`shutdown`](Self::shutdown), but at `deadline` the rings are abandoned (lanes stop
+    /// after their current batch) and lanes still running a second later are left behind:
+    /// returns the indices of those (hung inside a model call, which cannot be interrupted).
+    pub fn shutdown_by(mut self, deadline: Option<Instant>) -> Vec<usize> {
         self.rings.close();
-        for h in self.lanes.drain(..) {
+        let lanes: Vec<JoinHandle<()>> = self.lanes.drain(..).collect();
+        if let Some(deadline) = deadline {
+            if !wait_until(deadline, || lanes.iter().all(JoinHandle::is_finished)) {
+                self.rings.abandon();
+                wait_until(Instant::now() + Duration::from_secs(1), || {
+                    lanes.iter().all(JoinHandle::is_finished)
+                });
+            }
+        }
+        let mut hung = Vec::new();
+        for (i, h) in lanes.into_iter().enumerate() {
+            if deadline.is_some() && !h.is_finished() {
+                tracing::error!(
+                    lane = i,
+                    "lane still busy at the drain deadline (hung in a model call); left behind"
+                );
+                hung.push(i);
+                continue;
+            }
             if h.join().is_err() {
                 tracing::error!("a lane thread panicked");
             }
         }
+        hung
     }
 }
 
@@ -188,6 +223,26 @@ impl Drop for Engine {
         for h in self.lanes.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+/// Waits (in 5 ms steps) until `done()` holds or `deadline` passes; returns `done()`.
+pub fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Runs a lane loop, logging a panic that escapes it (panics inside model calls are caught
+/// per batch by the lane itself).
+fn run_lane(index: usize, run: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        let why = crate::execute::lane::panic_message(p.as_ref());
+        tracing::error!(lane = index, panic = %why, "lane thread panicked and stopped; the pipeline is failed, and its in-flight records stay uncommitted");
     }
 }
 

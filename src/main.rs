@@ -128,13 +128,35 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::load(path.map(|p| p.as_path()))?)
 }
 
-/// A flag set by SIGTERM or SIGINT.
+/// A flag set by SIGTERM or SIGINT. A second signal while the first one's stop is under way
+/// exits at once (status 1).
 fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // Registered first, so it sees the flag as it was before this signal set it.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())
+            .context("installing signal handlers")?;
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
     Ok(flag)
+}
+
+/// Exits the process if the stop that a signal started is not over `limit` later: the drain
+/// itself ends by `processing.drainTimeout`, so this only fires when something outside it
+/// hangs (a client that does not close). Records not committed by then are processed again
+/// after the restart.
+fn exit_watchdog(limit: std::time::Duration) {
+    let spawned = std::thread::Builder::new().name("sluice-exit-watchdog".into()).spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(
+            waited_s = limit.as_secs(),
+            "stop did not finish in time after the signal; exiting now (uncommitted records are processed again after the restart)"
+        );
+        std::process::exit(1);
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the exit watchdog");
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -159,11 +181,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             tracing::info!("signal received");
+            // The drain deadline, then the final commit and closing the clients (each waited
+            // for a few seconds at most).
+            exit_watchdog(
+                cfg.streaming.inference.processing.drain_timeout()
+                    + std::time::Duration::from_secs(20),
+            );
             if let Some(report) = control.shutdown() {
                 eprintln!(
                     "stopped: consumed {}, results {}, dead letters {}",
                     report.consumed, report.results, report.dead_letters
                 );
+                if !report.hung.is_empty() {
+                    eprintln!(
+                        "left behind at the drain deadline: {} (their records are processed again after the restart)",
+                        report.hung.join(", ")
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

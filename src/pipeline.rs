@@ -17,7 +17,7 @@ use crate::core::{EmitStats, EngineStats, ErrorClass};
 use crate::decode::Decoder;
 use crate::kafka::{self, MetricsRenderer, PartitionLag, SourceHandle, SourceShared};
 use crate::models::ModelCache;
-use crate::run::Running;
+use crate::run::{RunError, Running};
 use crate::settings::Settings;
 use crate::telemetry::metrics::OutcomeMetrics;
 
@@ -39,6 +39,8 @@ pub struct Pipeline {
     pub emit_stats: Arc<EmitStats>,
     pub engine_stats: Arc<EngineStats>,
     pub started: Instant,
+    /// `streaming.inference.processing.drainTimeout`.
+    drain_timeout: Duration,
 }
 
 /// Counters of a finished run.
@@ -50,6 +52,10 @@ pub struct StopReport {
     pub delivered: u64,
     pub undeliverable: u64,
     pub seconds: f64,
+    /// Threads still running at the drain deadline and left behind (a lane hung in a model
+    /// call): the pipeline could not be stopped cleanly.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hung: Vec<String>,
 }
 
 /// A JSON metrics snapshot (the metrics topic's record value).
@@ -152,6 +158,7 @@ impl Pipeline {
             emit_stats,
             engine_stats,
             started,
+            drain_timeout: cfg.streaming.inference.processing.drain_timeout(),
         })
     }
 
@@ -182,19 +189,34 @@ impl Pipeline {
     }
 
     /// Drains and stops: every consumed record gets its outcome delivered and its offset
-    /// committed before this returns.
+    /// committed before this returns, unless `processing.drainTimeout` passes first: then
+    /// what is not settled stays uncommitted (processed again after a restart), and threads
+    /// that do not end (a lane hung in a model call) are left behind and named in the report.
     pub fn stop(mut self) -> StopReport {
         let t = Instant::now();
-        tracing::info!("pipeline stopping: draining in-flight work");
+        let deadline = t + self.drain_timeout;
+        tracing::info!(
+            drain_timeout_s = self.drain_timeout.as_secs(),
+            "pipeline stopping: draining in-flight work"
+        );
+        let mut hung = Vec::new();
         if let Some(running) = self.running.take() {
             running.request_stop();
-            if let Err(e) = running.finish() {
-                tracing::error!(error = %e, "pipeline thread failed while draining");
+            match running.finish_by(deadline) {
+                Ok(()) => {}
+                Err(RunError::Hung(what)) => {
+                    tracing::error!(threads = %what, "drain deadline passed with threads still running; they are left behind");
+                    hung.push(what);
+                }
+                Err(e) => tracing::error!(error = %e, "pipeline thread failed while draining"),
             }
         }
-        self.source.commit_acknowledged();
+        // The final commit gets what is left of the deadline, and at least 2 s.
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2));
+        self.source.commit_acknowledged_within(left);
         self.source.unsubscribe();
-        let report = self.report();
+        let mut report = self.report();
+        report.hung = hung;
         tracing::info!(
             drain_ms = t.elapsed().as_millis() as u64,
             consumed = report.consumed,
@@ -214,6 +236,7 @@ impl Pipeline {
             delivered: self.emit_stats.delivered.load(Ordering::Relaxed),
             undeliverable: self.emit_stats.undeliverable.load(Ordering::Relaxed),
             seconds: self.started.elapsed().as_secs_f64(),
+            hung: Vec::new(),
         }
     }
 }

@@ -111,7 +111,8 @@ pub fn result_key(o: &Outcome) -> &[u8] {
 }
 
 /// The headers of a dead letter (see README "Dead letter"): the error's class and reason,
-/// where the record came from, and how often it was tried.
+/// where the record came from, how often it was tried, and, for a dead letter that had to be
+/// cut to be accepted, what the original key and value were.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterHeaders {
     /// `sluice.error.class`.
@@ -124,31 +125,99 @@ pub struct DeadLetterHeaders {
     pub offset: String,
     /// `sluice.attempts`.
     pub attempts: String,
+    /// Set on a cut dead letter.
+    pub original: Option<OriginalRecord>,
+}
+
+/// What a cut dead letter no longer carries whole: `sluice.original.key.bytes`,
+/// `sluice.original.key.fnv1a64` (hex; absent when the record had no key) and
+/// `sluice.original.value.bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginalRecord {
+    pub key_bytes: String,
+    pub key_fnv1a64: Option<String>,
+    pub value_bytes: String,
+}
+
+impl OriginalRecord {
+    /// The sizes (and key hash) of a record with `key` and a value of `value_bytes`.
+    pub fn of(key: Option<&[u8]>, value_bytes: usize) -> Self {
+        OriginalRecord {
+            key_bytes: key.map_or(0, <[u8]>::len).to_string(),
+            key_fnv1a64: key.map(|k| format!("{:016x}", fnv1a64(k))),
+            value_bytes: value_bytes.to_string(),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a stable, dependency-free fingerprint of a cut key (not a security
+/// hash) so that an operator can match a cut dead letter with its input record.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl DeadLetterHeaders {
     /// The headers of a failed outcome; `None` for a result.
     pub fn of(o: &Outcome) -> Option<Self> {
         let f = o.failure()?;
-        Some(DeadLetterHeaders {
-            class: f.class.as_str(),
-            reason: f.reason.clone(),
+        Some(Self::for_source(o, f.class.as_str(), f.reason.clone()))
+    }
+
+    /// The headers of a dead letter of `class` for the record of `o`, whatever its verdict
+    /// (a result the broker refused becomes such a dead letter).
+    pub fn for_source(o: &Outcome, class: &'static str, reason: String) -> Self {
+        DeadLetterHeaders {
+            class,
+            reason,
             topic: o.env.source.topic.to_string(),
             partition: o.env.source.partition.to_string(),
             offset: o.env.source.offset.to_string(),
             attempts: o.env.attempts.to_string(),
-        })
+            original: None,
+        }
     }
 
     /// `(name, value)` of every header, in the order they are written.
-    pub fn pairs(&self) -> [(&'static str, &str); 6] {
-        [
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        let mut v = vec![
             ("sluice.error.class", self.class),
             ("sluice.error.reason", &self.reason),
             ("sluice.source.topic", &self.topic),
             ("sluice.source.partition", &self.partition),
             ("sluice.source.offset", &self.offset),
             ("sluice.attempts", &self.attempts),
-        ]
+        ];
+        if let Some(o) = &self.original {
+            v.push(("sluice.original.key.bytes", &o.key_bytes));
+            if let Some(h) = &o.key_fnv1a64 {
+                v.push(("sluice.original.key.fnv1a64", h));
+            }
+            v.push(("sluice.original.value.bytes", &o.value_bytes));
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn a_cut_dead_letter_names_the_original_sizes() {
+        let o = OriginalRecord::of(Some(b"foobar"), 2_000_000);
+        assert_eq!(o.key_bytes, "6");
+        assert_eq!(o.key_fnv1a64.as_deref(), Some("85944171f73967e8"));
+        assert_eq!(o.value_bytes, "2000000");
+        let none = OriginalRecord::of(None, 3);
+        assert_eq!((none.key_bytes.as_str(), none.key_fnv1a64), ("0", None));
     }
 }

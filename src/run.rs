@@ -18,12 +18,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::core::{EngineStats, Envelope, ErrorClass, Failure, IngestStats, Outcome};
 use crate::decode::Decoder;
-use crate::engine::{Engine, EngineSettings};
+use crate::engine::{wait_until, Engine, EngineSettings};
 use crate::queue::{Request, Rings};
 
 /// Why a run could not start or ended with an error.
@@ -41,6 +42,10 @@ pub enum RunError {
     /// A source or sink thread panicked.
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+    /// Threads still running at the drain deadline, left behind (hung in a model call, or
+    /// in a client call that does not return).
+    #[error("still running at the drain deadline: {0}")]
+    Hung(String),
 }
 
 /// Where records come from: Kafka topics, a JSONL file.
@@ -61,8 +66,14 @@ pub trait OutcomeSink: Send + 'static {
     fn thread_name(&self) -> &'static str;
 
     /// Writes every outcome it receives; returns once `outcomes` is closed (all sources and
-    /// lanes are gone) and everything written is settled (acknowledged or given up on).
-    fn run(self: Box<Self>, outcomes: Receiver<Outcome>) -> Result<(), RunError>;
+    /// lanes are gone) and everything written is settled (acknowledged or given up on), or
+    /// soon after `abandon` is set (the drain deadline passed: what is not settled then
+    /// stays uncommitted).
+    fn run(
+        self: Box<Self>,
+        outcomes: Receiver<Outcome>,
+        abandon: &AtomicBool,
+    ) -> Result<(), RunError>;
 }
 
 /// A source's way into the engine: decoding, queueing, and rejecting records. Owned by the
@@ -102,10 +113,12 @@ impl Intake {
     }
 
     /// [`offer`](Self::offer), waiting while the request's ring is full (a source that has
-    /// nothing else to do, such as a file reader).
-    pub fn offer_wait(&mut self, env: Envelope) {
-        if let Err(req) = self.offer(env) {
-            self.rings.push_wait(req);
+    /// nothing else to do, such as a file reader). Hands the request back only when the
+    /// rings were abandoned at the drain deadline.
+    pub fn offer_wait(&mut self, env: Envelope) -> Result<(), Request> {
+        match self.offer(env) {
+            Ok(()) => Ok(()),
+            Err(req) => self.rings.push_wait(req),
         }
     }
 
@@ -128,8 +141,9 @@ impl Intake {
         self.rings.push(req)
     }
 
-    /// Queues a request, waiting while its ring is full.
-    pub fn queue_wait(&self, req: Request) {
+    /// Queues a request, waiting while its ring is full; hands it back when the rings were
+    /// abandoned at the drain deadline.
+    pub fn queue_wait(&self, req: Request) -> Result<(), Request> {
         self.rings.push_wait(req)
     }
 
@@ -147,6 +161,7 @@ pub struct Running {
     source: Option<(&'static str, JoinHandle<Result<(), RunError>>)>,
     sink: Option<(&'static str, JoinHandle<Result<(), RunError>>)>,
     stop: Arc<AtomicBool>,
+    abandon: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -169,11 +184,13 @@ impl Running {
             source: None,
             sink: None,
             stop: Arc::default(),
+            abandon: Arc::default(),
         };
         let name = sink.thread_name();
+        let abandon = running.abandon.clone();
         let handle = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || sink.run(rx))
+            .spawn(move || sink.run(rx, &abandon))
             .map_err(|source| RunError::Spawn { name, source })?;
         running.sink = Some((name, handle));
         let intake = Intake { decoder, rings, completions: tx, stats: ingest_stats };
@@ -197,12 +214,14 @@ impl Running {
         &self.rings
     }
 
-    /// Whether the source and the sink threads are both still running.
+    /// Whether the source, the sink and every lane thread are still running.
     pub fn is_healthy(&self) -> bool {
         let alive = |t: &Option<(&'static str, JoinHandle<_>)>| {
             t.as_ref().is_some_and(|(_, h)| !h.is_finished())
         };
-        alive(&self.source) && alive(&self.sink)
+        alive(&self.source)
+            && alive(&self.sink)
+            && self.engine.as_ref().is_some_and(Engine::lanes_alive)
     }
 
     /// Whether the source has ended by itself (the end of its input).
@@ -219,15 +238,31 @@ impl Running {
     /// lets the lanes finish every queued request, and waits for the sink to settle every
     /// outcome. Returns the first error of the source or the sink.
     pub fn finish(mut self) -> Result<(), RunError> {
-        self.drain()
+        self.drain(None)
     }
 
-    fn drain(&mut self) -> Result<(), RunError> {
-        let source = join(self.source.take());
-        if let Some(engine) = self.engine.take() {
-            engine.shutdown();
+    /// [`finish`](Self::finish), ending by `deadline` whatever is stuck: at the deadline the
+    /// rings are abandoned (lanes stop taking work, waiting sources get their requests back)
+    /// and the sink stops waiting for acknowledgements. What was not settled stays
+    /// uncommitted. Threads that still do not end (a lane hung in a model call) are left
+    /// behind and named in [`RunError::Hung`].
+    pub fn finish_by(mut self, deadline: Instant) -> Result<(), RunError> {
+        self.drain(Some(deadline))
+    }
+
+    fn drain(&mut self, deadline: Option<Instant>) -> Result<(), RunError> {
+        let mut hung = Vec::new();
+        let rings = self.rings.clone();
+        let source = join_by(self.source.take(), deadline, &mut hung, || rings.abandon());
+        let lanes = self.engine.take().map(|e| e.shutdown_by(deadline)).unwrap_or_default();
+        hung.extend(lanes.iter().map(|i| format!("sluice-lane-{i}")));
+        let abandon = self.abandon.clone();
+        let sink = join_by(self.sink.take(), deadline, &mut hung, || {
+            abandon.store(true, Ordering::SeqCst)
+        });
+        if !hung.is_empty() {
+            return Err(RunError::Hung(hung.join(", ")));
         }
-        let sink = join(self.sink.take());
         source.and(sink)
     }
 }
@@ -236,16 +271,36 @@ impl Drop for Running {
     fn drop(&mut self) {
         if self.source.is_some() || self.sink.is_some() || self.engine.is_some() {
             self.request_stop();
-            if let Err(e) = self.drain() {
+            if let Err(e) = self.drain(None) {
                 tracing::error!(error = %e, "run ended with an error");
             }
         }
     }
 }
 
-fn join(t: Option<(&'static str, JoinHandle<Result<(), RunError>>)>) -> Result<(), RunError> {
-    match t {
-        None => Ok(()),
-        Some((name, h)) => h.join().unwrap_or(Err(RunError::Panicked(name))),
+/// Joins a stage's thread. With a deadline: waits until it, then calls `give_up` (which tells
+/// the thread to stop waiting) and waits up to 2 s more; a thread still running then is left
+/// behind and its name added to `hung`.
+fn join_by(
+    t: Option<(&'static str, JoinHandle<Result<(), RunError>>)>,
+    deadline: Option<Instant>,
+    hung: &mut Vec<String>,
+    give_up: impl FnOnce(),
+) -> Result<(), RunError> {
+    let Some((name, h)) = t else { return Ok(()) };
+    if let Some(deadline) = deadline {
+        if !wait_until(deadline, || h.is_finished()) {
+            tracing::warn!(thread = name, "drain deadline passed; telling it to stop waiting");
+            give_up();
+            if !wait_until(Instant::now() + Duration::from_secs(2), || h.is_finished()) {
+                tracing::error!(
+                    thread = name,
+                    "still running after the drain deadline; left behind"
+                );
+                hung.push(name.to_owned());
+                return Ok(());
+            }
+        }
     }
+    h.join().unwrap_or(Err(RunError::Panicked(name)))
 }

@@ -230,7 +230,7 @@ fn every_dead_letter_class_lands_in_the_dlq_and_neighbours_are_unaffected() {
 }
 
 #[test]
-fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_truncated_and_commits_go_on() {
+fn a_record_over_max_record_bytes_is_dead_lettered_whole_and_commits_go_on() {
     let b = TestBroker::start().expect("broker");
     let repo = TestRepo::new();
     let t = setup(&b, "huge", 1);
@@ -243,8 +243,8 @@ fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_truncated_and_commit
             vec![],
         )
     };
-    // 1.5 MB: over maxRecordBytes (1 MiB by default) and over what the producer may send
-    // (maxRecordBytes + 256 KiB), so its dead letter cannot carry it whole.
+    // 1.5 MB: over maxRecordBytes (1 MiB by default). The broker took it as input, so it
+    // takes its dead letter whole too: Sluice's own producer never cuts it.
     let huge = format!(r#"{{"id":"huge","model":"tabular","input":"{}"}}"#, "h".repeat(1_500_000))
         .into_bytes();
     let records: Vec<Record> =
@@ -259,13 +259,9 @@ fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_truncated_and_commit
     let d = &dlq[0];
     assert_eq!(header(d, "sluice.error.class"), Some("too_large"));
     let reason = header(d, "sluice.error.reason").unwrap_or_default();
-    assert!(reason.contains("truncated to its first 65536 of"), "{reason}");
-    assert_eq!(d.value.len(), sluice::kafka::sink::DLQ_TRUNCATED_BYTES);
-    assert_eq!(
-        d.value[..],
-        huge[..d.value.len()],
-        "the dead letter starts with the original bytes"
-    );
+    assert!(reason.contains("maxRecordBytes"), "{reason}");
+    assert!(d.value[..] == huge[..], "the dead letter carries the whole record");
+    assert_eq!(header(d, "sluice.original.value.bytes"), None, "not cut");
     assert_eq!(d.key.as_deref(), Some(&b"huge-key"[..]));
     assert_eq!(
         committed(&b, &t, 1),

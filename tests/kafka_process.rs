@@ -208,3 +208,32 @@ fn two_processes_split_the_partitions_and_one_takes_over() {
     c.signal("-TERM");
     assert!(c.wait(Duration::from_secs(60)).is_some_and(|s| s.success()));
 }
+
+#[test]
+fn sigterm_with_the_broker_gone_exits_soon_after_the_drain_deadline() {
+    // A broker of its own, to kill.
+    let mut b = TestBroker::start_tansu().expect("broker");
+    let repo = mlp_repo();
+    let s = setup(&b, &repo, "sigterm-gone", 1);
+    let yaml = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("    model: {", "    processing: {drainTimeout: 3}\n    model: {");
+    std::fs::write(&s.config, yaml).unwrap();
+    b.produce(&s.input, &records(0, 50), Some(0)).unwrap();
+    let mut serve = Serve::start(&s.config);
+    let got = result_ids(&b, &s.output, 50, Duration::from_secs(90));
+    assert_eq!(got.len(), 50, "the pipeline ran before the broker went: {}", serve.log());
+    assert!(b.kill(), "the test broker is ours to kill");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    serve.signal("-TERM");
+    // drainTimeout (3 s) + the final commit and client closes (a few seconds each at most);
+    // before this fix it took about a minute. The exit watchdog would fire at 23 s with
+    // status 1, so a clean exit status also shows that the drain ended by itself.
+    let status = serve.wait(Duration::from_secs(60));
+    let waited = t.elapsed();
+    let log = serve.log();
+    let status = status.unwrap_or_else(|| panic!("no exit 60 s after SIGTERM: {log}"));
+    assert!(status.success(), "exit status {status:?} after {waited:?}: {log}");
+    assert!(waited < Duration::from_secs(20), "took {waited:?}: {log}");
+}

@@ -115,15 +115,27 @@ pub struct KafkaProducer {
     /// `kafka.producer.deliveryTimeoutMs`: librdkafka's own retry window for one send.
     #[serde(rename = "deliveryTimeoutMs")]
     pub delivery_timeout_ms: u64,
-    /// `kafka.producer.maxAttempts`: sends of one record (each after the retry window above,
-    /// with exponential backoff between them) before its partition's commits stop.
+    /// `kafka.producer.maxAttempts`: sends of one outcome (each after the retry window above,
+    /// with exponential backoff between them) before it is reported as undeliverable (an
+    /// error log and `sluice_undeliverable_total`). It is still retried, every 10 s at most,
+    /// until the broker takes it; its partition's commits wait for it.
     #[serde(rename = "maxAttempts")]
     pub max_attempts: u32,
+    /// `kafka.producer.deadLetterKeyBytes`: when the broker refuses an outcome because of the
+    /// record itself (its size, say), the dead letter sent in its place carries at most this
+    /// many leading bytes of the request's key (0 ..= 65536).
+    #[serde(rename = "deadLetterKeyBytes")]
+    pub dead_letter_key_bytes: usize,
 }
 
 impl Default for KafkaProducer {
     fn default() -> Self {
-        Self { linger_ms: 5, delivery_timeout_ms: 30_000, max_attempts: 5 }
+        Self {
+            linger_ms: 5,
+            delivery_timeout_ms: 30_000,
+            max_attempts: 5,
+            dead_letter_key_bytes: 1024,
+        }
     }
 }
 
@@ -338,11 +350,21 @@ pub struct ProcessingConfig {
     /// `maxRetries`: retries of a failed batch before its records are dead-lettered.
     #[serde(rename = "maxRetries")]
     pub max_retries: u32,
+    /// `drainTimeout`: how long a stop (`stop`, `restart`, SIGTERM) may drain, in seconds.
+    /// Whatever is not settled by then (a broker that is gone, a hung model) is left
+    /// uncommitted and processed again after the restart.
+    #[serde(rename = "drainTimeout")]
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ProcessingConfig {
     fn default() -> Self {
-        Self { guarantee: DeliveryGuarantee::AtLeastOnce, timeout_secs: 10, max_retries: 3 }
+        Self {
+            guarantee: DeliveryGuarantee::AtLeastOnce,
+            timeout_secs: 10,
+            max_retries: 3,
+            drain_timeout_secs: 30,
+        }
     }
 }
 
@@ -350,6 +372,11 @@ impl ProcessingConfig {
     /// [`timeout_secs`](Self::timeout_secs) as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    /// [`drain_timeout_secs`](Self::drain_timeout_secs) as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
     }
 }
 

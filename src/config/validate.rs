@@ -67,9 +67,22 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
         }
     }
 
+    let dk = c.kafka.producer.dead_letter_key_bytes;
+    if dk > 65_536 {
+        return Err((
+            "kafka.producer.deadLetterKeyBytes".into(),
+            format!("must be between 0 and 65536, got {dk}"),
+        ));
+    }
+
     let inf = &c.streaming.inference;
     let b = &inf.batching;
     at_least(&format!("{INFERENCE}.processing.timeout"), inf.processing.timeout_secs, 1)?;
+    at_least(
+        &format!("{INFERENCE}.processing.drainTimeout"),
+        inf.processing.drain_timeout_secs,
+        1,
+    )?;
     at_least(&format!("{INFERENCE}.batching.maxBatchRows"), b.max_batch_rows as u64, 1)?;
     at_least(&format!("{INFERENCE}.batching.maxBatchTokens"), b.max_batch_tokens as u64, 2)?;
     at_least(&format!("{INFERENCE}.batching.ringCapacity"), b.ring_capacity as u64, 1)?;

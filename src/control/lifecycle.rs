@@ -300,7 +300,19 @@ impl Lifecycle {
                     "pipeline drained and committed"
                 );
                 self.info.lock().last_stop = Some(report.clone());
-                self.set_state(PipelineState::Stopped, None);
+                if report.hung.is_empty() {
+                    self.set_state(PipelineState::Stopped, None);
+                } else {
+                    // A lane hung in a model call cannot be joined: only a process restart
+                    // frees it.
+                    self.set_state(
+                        PipelineState::Failed,
+                        Some(format!(
+                            "stop passed streaming.inference.processing.drainTimeout with threads still running ({}); restart the process",
+                            report.hung.join(", ")
+                        )),
+                    );
+                }
                 (true, Some(report))
             }
             Err(e) => {

@@ -55,18 +55,41 @@ impl ErrorClass {
     }
 }
 
+/// The longest failure reason, in bytes. Reasons quote what they are about (a model name,
+/// a header value, the parser's view of the input), and all of that comes from the record:
+/// the cap keeps a hostile record from making its dead letter (or a log line) arbitrarily
+/// large.
+pub const MAX_REASON_BYTES: usize = 1024;
+
 /// A failure with its class and a reason an operator can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub class: ErrorClass,
+    /// At most [`MAX_REASON_BYTES`] (plus a note saying how much was cut).
     pub reason: String,
 }
 
 impl Failure {
-    /// A failure of `class` with `reason`.
+    /// A failure of `class` with `reason`, cut to [`MAX_REASON_BYTES`].
     pub fn new(class: ErrorClass, reason: impl Into<String>) -> Self {
-        Failure { class, reason: reason.into() }
+        Failure { class, reason: bounded_reason(reason.into()) }
     }
+}
+
+/// `reason` when it is at most [`MAX_REASON_BYTES`] long; else its first
+/// [`MAX_REASON_BYTES`] bytes (at a character boundary) and a note of the full length.
+pub fn bounded_reason(mut reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let full = reason.len();
+    let mut cut = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    reason.truncate(cut);
+    reason.push_str(&format!("… [reason cut to {cut} of {full} bytes]"));
+    reason
 }
 
 /// Why an input is not acceptable, in words an operator can act on (it becomes the reason of
@@ -217,5 +240,31 @@ impl Outcome {
             Verdict::Failure(f) => Some(f),
             Verdict::Success { .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_bounded_at_a_character_boundary_and_say_so() {
+        let short = Failure::new(ErrorClass::UnknownModel, "model \"m\" is not in the repository");
+        assert_eq!(short.reason, "model \"m\" is not in the repository");
+
+        // A 1 MB model name quoted in a reason, in two-byte characters so that the cut
+        // falls inside one.
+        let name = "é".repeat(500_000);
+        let full = format!("model \"{name}\" is unknown");
+        let full_len = full.len();
+        let f = Failure::new(ErrorClass::UnknownModel, full);
+        assert!(f.reason.len() <= MAX_REASON_BYTES + 64, "{} bytes", f.reason.len());
+        assert!(f.reason.starts_with("model \"éé"));
+        assert!(
+            f.reason.ends_with(&format!("[reason cut to 1023 of {full_len} bytes]")),
+            "{}",
+            f.reason.chars().rev().take(60).collect::<String>().chars().rev().collect::<String>()
+        );
+        assert_eq!(bounded_reason("x".repeat(MAX_REASON_BYTES)).len(), MAX_REASON_BYTES);
     }
 }

@@ -244,6 +244,9 @@ pub struct EmitStats {
     pub delivered: AtomicU64,
     pub delivery_retries: AtomicU64,
     pub undeliverable: AtomicU64,
+    /// Outcomes the broker or client refused because of the record (its size), sent again as
+    /// a cut dead letter (counted once per cut: a result may be cut twice).
+    pub cut_outcomes: AtomicU64,
     pub metrics_reports: AtomicU64,
 }
 
@@ -264,7 +267,7 @@ impl EmitStats {
 
     /// The emit side's delivery counters, named (results and dead letters are exported per
     /// outcome, with their latencies, by telemetry).
-    pub fn readings(&self) -> [CounterReading; 4] {
+    pub fn readings(&self) -> [CounterReading; 5] {
         [
             reading(
                 "sluice_deliveries_total",
@@ -278,8 +281,13 @@ impl EmitStats {
             ),
             reading(
                 "sluice_undeliverable_total",
-                "Records given up on after kafka.producer.maxAttempts (their partition's commits stop)",
+                "Outcomes still undelivered after kafka.producer.maxAttempts sends (still retried; their partition's commits wait)",
                 &self.undeliverable,
+            ),
+            reading(
+                "sluice_outcomes_cut_total",
+                "Outcomes refused for their size and sent again as a cut dead letter",
+                &self.cut_outcomes,
             ),
             reading(
                 "sluice_metrics_snapshots_total",

@@ -78,6 +78,14 @@ impl<E: Executor> Lane<E> {
     pub fn run(mut self) {
         tracing::info!(lane = self.settings.index, executor = %self.executor.describe(), "lane started");
         loop {
+            if self.shared.rings.is_abandoned() {
+                tracing::warn!(
+                    lane = self.settings.index,
+                    "drain deadline passed: lane stops with work still queued (left uncommitted)"
+                );
+                self.drain_inflight();
+                break;
+            }
             if !self.step() {
                 self.drain_inflight();
                 let rings = &self.shared.rings;
@@ -124,7 +132,7 @@ impl<E: Executor> Lane<E> {
         }
         let st = self.executor.staging();
         let (rows, real, padded) = (st.rows, st.real_tokens(), st.padded_tokens());
-        let submitted = self.executor.submit(&model);
+        let submitted = guarded("submit", || self.executor.submit(&model));
         let job = InFlight { reqs, model, started, rows, real_tokens: real, padded_tokens: padded };
         match submitted {
             Ok(()) => {
@@ -150,7 +158,7 @@ impl<E: Executor> Lane<E> {
 
     fn finish_oldest(&mut self) {
         let Some(job) = self.inflight.pop_front() else { return };
-        let collected = self.executor.collect();
+        let collected = guarded("collect", || self.executor.collect());
         self.shared.stats.mark_busy(self.settings.index);
         match collected {
             Ok(out) => self.emit_success(job, out),
@@ -188,12 +196,13 @@ impl<E: Executor> Lane<E> {
 
     /// Retries a failed batch synchronously: the whole batch once more if it is a single
     /// request, else each half (an out-of-memory batch usually fits when halved). Splitting
-    /// an out-of-memory batch of several requests does not spend a retry: halving ends after
-    /// log2(requests) rounds, and a batch too big for the device is never dead-lettered for
-    /// its size alone.
+    /// a batch of several requests that ran out of memory or panicked does not spend a
+    /// retry: halving ends after log2(requests) rounds, a batch too big for the device is
+    /// never dead-lettered for its size alone, and a request that makes the model panic is
+    /// isolated and fails alone.
     fn retry(&mut self, mut job: InFlight, attempt: u32, error: ModelError) {
         self.shared.stats.failed_batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let free_split = error.is_out_of_memory() && job.reqs.len() > 1;
+        let free_split = error.splits_for_free() && job.reqs.len() > 1;
         if error.is_out_of_memory() {
             self.shared
                 .stats
@@ -254,12 +263,38 @@ impl<E: Executor> Lane<E> {
                 real_tokens: real,
                 padded_tokens: padded,
             };
-            let result = self.executor.submit(&sub.model).and_then(|_| self.executor.collect());
+            let result = guarded("submit", || self.executor.submit(&sub.model))
+                .and_then(|_| guarded("collect", || self.executor.collect()));
             match result {
                 Ok(out) => self.emit_success(sub, out),
                 Err(e) => self.retry(sub, next_attempt, e),
             }
         }
+    }
+}
+
+/// Runs one executor call; a panic inside it (a bug in a model, a kernel wrapper, a library)
+/// becomes an inference error of the batch, so the lane retries and halves the batch like any
+/// failure, isolates the request that triggers it, and keeps serving.
+fn guarded<T>(call: &str, f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let why = panic_message(payload.as_ref());
+            tracing::error!(call, panic = %why, "the executor panicked; the batch counts as failed");
+            Err(ModelError::Panicked(why))
+        }
+    }
+}
+
+/// The message of a panic payload (`panic!` with a literal or a formatted string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 

@@ -2,6 +2,7 @@
 //! to another, one line each.
 
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -35,7 +36,12 @@ impl<W: Write + Send + 'static> OutcomeSink for JsonlSink<W> {
         "sluice-jsonl-writer"
     }
 
-    fn run(self: Box<Self>, outcomes: Receiver<Outcome>) -> Result<(), RunError> {
+    /// Batch mode has no drain deadline: `abandon` is never set, and every outcome is written.
+    fn run(
+        self: Box<Self>,
+        outcomes: Receiver<Outcome>,
+        _abandon: &AtomicBool,
+    ) -> Result<(), RunError> {
         let JsonlSink { mut out, mut dlq, stats } = *self;
         let mut buf = Vec::with_capacity(4096);
         // Ends when every sender (the source's intake and every lane) is gone.

@@ -66,7 +66,13 @@ impl RecordSource for JsonlSource {
             match line {
                 Ok(l) => {
                     bytes_read += l.len() as u64 + 1;
-                    intake.offer_wait(Envelope::new(Bytes::from(l), source, Priority::Normal));
+                    let env = Envelope::new(Bytes::from(l), source, Priority::Normal);
+                    if intake.offer_wait(env).is_err() {
+                        break Err(RunError::Stage {
+                            stage: "reading input",
+                            reason: format!("stopped at line {line_no}: the lanes are gone"),
+                        });
+                    }
                 }
                 Err(prefix) => {
                     bytes_read += prefix.len() as u64 + 1;

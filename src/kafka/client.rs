@@ -17,15 +17,27 @@ pub fn base_client_config(cfg: &Config, client_id: &str) -> ClientConfig {
     c
 }
 
+/// Bytes of Sluice's own headers a dead letter adds to the record it carries (class, a reason
+/// of at most `MAX_REASON_BYTES` plus its note, source coordinates, original sizes), with room
+/// to spare.
+pub const DEAD_LETTER_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// The largest record the consumer accepts in one fetch response (librdkafka's
+/// `receive.message.max.bytes`): its default of 100 MB, or more when `maxRecordBytes` asks for
+/// it. Any record the broker hands us is at most this large.
+pub fn largest_consumed_record(cfg: &Config) -> usize {
+    (cfg.streaming.inference.limits.max_record_bytes + 1024 * 1024).max(100_000_000)
+}
+
 /// The emit thread's producer settings: idempotent, `acks=all`, `linger.ms` from the config,
-/// and room for a dead letter carrying a record of up to `maxRecordBytes` plus headroom.
+/// and a size limit that covers a dead letter carrying the largest record the consumer can be
+/// handed, so that Sluice's own client never cuts one: only the broker's refusal does.
 /// (`sluice loadgen passthrough` uses the same, so that it measures the same client.)
 pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
     let mut c = base_client_config(cfg, client_id);
-    // librdkafka's own default is 1,000,000 bytes, below the default maxRecordBytes (1 MiB);
-    // its ceiling is 1,000,000,000.
-    let max_message = (cfg.streaming.inference.limits.max_record_bytes + 256 * 1024)
-        .clamp(1_000_000, 1_000_000_000);
+    // librdkafka's own default is 1,000,000 bytes; its ceiling is 1,000,000,000.
+    let max_message =
+        (largest_consumed_record(cfg) + DEAD_LETTER_OVERHEAD_BYTES).min(1_000_000_000);
     c.set("message.max.bytes", max_message.to_string())
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -48,6 +60,7 @@ pub fn consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("heartbeat.interval.ms", k.heartbeat_interval_ms.to_string())
         .set("enable.partition.eof", "false")
         .set("queued.max.messages.kbytes", "16384")
+        .set("receive.message.max.bytes", largest_consumed_record(cfg).to_string())
         .set("fetch.wait.max.ms", "10")
         .set("isolation.level", "read_committed");
     c
@@ -70,8 +83,12 @@ pub fn instance_name() -> String {
     format!("sluice-{host}-{}", std::process::id())
 }
 
-/// Drops a client on a helper thread and waits up to 10 s: librdkafka's destroy can hang
-/// (rust-rdkafka #509). A hung close is logged and abandoned; the process exit ends it.
+/// How long [`close_in_background`] waits for a client to close.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Drops a client on a helper thread and waits up to [`CLOSE_WAIT`]: librdkafka's destroy can
+/// hang (rust-rdkafka #509), on a broker that is gone for one. A hung close is logged and
+/// abandoned; the process exit ends it.
 pub fn close_in_background<T: Send + 'static>(client: T) {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let spawned = std::thread::Builder::new().name("sluice-kafka-close".into()).spawn(move || {
@@ -80,10 +97,13 @@ pub fn close_in_background<T: Send + 'static>(client: T) {
     });
     match spawned {
         Ok(h) => {
-            if rx.recv_timeout(Duration::from_secs(10)).is_ok() {
+            if rx.recv_timeout(CLOSE_WAIT).is_ok() {
                 let _ = h.join();
             } else {
-                tracing::warn!("closing a Kafka client did not finish within 10 s; abandoning it");
+                tracing::warn!(
+                    "closing a Kafka client did not finish within {} s; abandoning it",
+                    CLOSE_WAIT.as_secs()
+                );
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not spawn the close thread"),

@@ -65,6 +65,7 @@ pub fn connect(
         metrics_topic: topics.metrics.as_str().into(),
         metrics,
         max_attempts: cfg.kafka.producer.max_attempts.max(1),
+        dead_letter_key_bytes: cfg.kafka.producer.dead_letter_key_bytes,
     };
     let source = KafkaSource {
         consumer: consumer.clone(),
@@ -73,5 +74,5 @@ pub fn connect(
         input_topic: topics.input.clone(),
         commit_interval: Duration::from_millis(cfg.kafka.consumer.commit_interval_ms.max(1)),
     };
-    Ok(Connected { source, sink, handle: SourceHandle { consumer, shared } })
+    Ok(Connected { source, sink, handle: SourceHandle { consumer: Some(consumer), shared } })
 }

@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,18 +13,34 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::ClientContext;
 
 use super::commit::CommitTracker;
-use crate::core::{EmitStats, Outcome, Source};
-use crate::render::{result_key, write_result, DeadLetterHeaders};
+use crate::core::{bounded_reason, EmitStats, ErrorClass, Outcome, Source};
+use crate::render::{result_key, write_result, DeadLetterHeaders, OriginalRecord};
 use crate::run::{OutcomeSink, RunError};
 use crate::telemetry::metrics::OutcomeMetrics;
 
-/// A dead letter whose value the producer or broker refuses as too large is sent again with
-/// only this many leading bytes of it.
-pub const DLQ_TRUNCATED_BYTES: usize = 64 * 1024;
+/// A dead letter sent in place of a refused outcome carries at most this many leading bytes
+/// of the request's value.
+pub const CUT_VALUE_BYTES: usize = 64 * 1024;
+
+/// How much of its record an outcome still carries. When the broker (or the client) refuses
+/// an outcome because of the record itself, it is sent again one step smaller: an outcome
+/// whose record is refused can never block its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The outcome as rendered: the result, or the dead letter with the whole request.
+    Whole,
+    /// A dead letter with the key cut to `kafka.producer.deadLetterKeyBytes` and the value
+    /// to [`CUT_VALUE_BYTES`].
+    Cut,
+    /// A dead letter of headers only: no key, an empty value.
+    Bare,
+}
 
 /// A record being produced, kept until it is acknowledged so it can be sent again.
 pub struct PendingRecord {
@@ -34,7 +50,28 @@ pub struct PendingRecord {
     headers: Option<DeadLetterHeaders>,
     /// The input record whose outcome this is (None for metrics reports).
     source: Option<Source>,
+    /// The input record's key and value (shared, not copied), to build a smaller dead
+    /// letter from if this record is refused.
+    request: Option<(Option<Bytes>, Bytes)>,
+    /// For a result: the headers its dead letter would carry if it had to become one.
+    if_refused: Option<DeadLetterHeaders>,
+    shape: Shape,
     attempts: u32,
+}
+
+/// Whether the broker or the client refused a record because of the record itself (so that
+/// sending it again as it is can never succeed), as opposed to a failure of the broker, the
+/// network or the configuration, which heals by itself or by an operator's hand.
+pub fn refused_for_the_record(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 struct Retry {
@@ -106,10 +143,16 @@ pub struct KafkaSink {
     /// Renders a metrics snapshot; `None` disables reports.
     pub metrics: Option<(Duration, MetricsRenderer)>,
     pub max_attempts: u32,
+    /// `kafka.producer.deadLetterKeyBytes`.
+    pub dead_letter_key_bytes: usize,
 }
 
+/// The longest wait between two sends of one record.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// 200 ms after the first failed send, doubling, at most [`MAX_BACKOFF`].
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(10))
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(7))).min(MAX_BACKOFF)
 }
 
 impl OutcomeSink for KafkaSink {
@@ -117,8 +160,13 @@ impl OutcomeSink for KafkaSink {
         "sluice-emit"
     }
 
-    /// Runs until the completion channel is closed and every record is settled.
-    fn run(self: Box<Self>, completions: Receiver<Outcome>) -> Result<(), RunError> {
+    /// Runs until the completion channel is closed and every record is settled, or until
+    /// `abandon` is set (the drain deadline): then what is unacknowledged stays uncommitted.
+    fn run(
+        self: Box<Self>,
+        completions: Receiver<Outcome>,
+        abandon: &AtomicBool,
+    ) -> Result<(), RunError> {
         let mut retries: BinaryHeap<Reverse<Retry>> = BinaryHeap::new();
         let mut closed = false;
         let mut last_metrics = Instant::now();
@@ -149,7 +197,16 @@ impl OutcomeSink for KafkaSink {
                     }
                 }
             }
-            self.producer.poll(Duration::ZERO);
+            // Draining (no more outcomes can come): wait for acknowledgements instead of
+            // spinning; the next retry's time bounds the wait.
+            let wait = if closed {
+                retries.peek().map_or(Duration::from_millis(50), |r| {
+                    r.0.at.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))
+                })
+            } else {
+                Duration::ZERO
+            };
+            self.producer.poll(wait);
             self.settle_failures(&mut retries);
             while retries.peek().is_some_and(|r| r.0.at <= Instant::now()) {
                 if let Some(Reverse(r)) = retries.pop() {
@@ -171,6 +228,9 @@ impl OutcomeSink for KafkaSink {
                         value,
                         headers: None,
                         source: None,
+                        request: None,
+                        if_refused: None,
+                        shape: Shape::Whole,
                         attempts: 1,
                     };
                     self.send(Box::new(rec), &mut retries);
@@ -179,8 +239,23 @@ impl OutcomeSink for KafkaSink {
             if closed && self.producer.in_flight_count() == 0 && retries.is_empty() {
                 break;
             }
+            if abandon.load(Ordering::SeqCst) {
+                tracing::warn!(
+                    in_flight = self.producer.in_flight_count(),
+                    retrying = retries.len(),
+                    "drain deadline passed: emit stops with outcomes unacknowledged (their offsets stay uncommitted)"
+                );
+                break;
+            }
         }
-        let _ = self.producer.flush(Duration::from_secs(10));
+        if abandon.load(Ordering::SeqCst) {
+            // Nothing more will be waited for: drop what is queued or in flight, so that
+            // destroying the producer does not wait on a broker that is gone.
+            self.producer.purge(PurgeConfig::default().queue().inflight());
+            self.producer.poll(Duration::ZERO);
+        } else {
+            let _ = self.producer.flush(Duration::from_secs(10));
+        }
         tracing::info!("emit stopped");
         Ok(())
     }
@@ -195,6 +270,7 @@ impl KafkaSink {
         self.outcomes.record(&o);
         self.stats().count(&o);
         let source = Some(o.env.source.clone());
+        let request = Some((o.env.key.clone(), o.env.payload.clone()));
         let rec = match o.failure() {
             None => {
                 buf.clear();
@@ -208,6 +284,13 @@ impl KafkaSink {
                     value: Bytes::copy_from_slice(buf),
                     headers: None,
                     source,
+                    request,
+                    if_refused: Some(DeadLetterHeaders::for_source(
+                        &o,
+                        ErrorClass::TooLarge.as_str(),
+                        String::new(),
+                    )),
+                    shape: Shape::Whole,
                     attempts: 1,
                 }
             }
@@ -220,6 +303,9 @@ impl KafkaSink {
                     value: o.env.payload.clone(),
                     headers: DeadLetterHeaders::of(&o),
                     source,
+                    request,
+                    if_refused: None,
+                    shape: Shape::Whole,
                     attempts: 1,
                 }
             }
@@ -275,41 +361,103 @@ impl KafkaSink {
         e: KafkaError,
         retries: &mut BinaryHeap<Reverse<Retry>>,
     ) {
-        if let (
-            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-            Some(headers),
-        ) = (&e, rec.headers.as_mut())
-        {
-            if rec.value.len() > DLQ_TRUNCATED_BYTES {
-                // The record itself is what is too large (a `too_large` request, typically):
-                // a dead letter of its first bytes beats one that can never be written and
-                // blocks the partition's commits. The reason header says so.
-                let n = rec.value.len();
-                rec.value = rec.value.slice(..DLQ_TRUNCATED_BYTES);
-                headers.reason.push_str(&format!(" [dead-letter value truncated to its first {DLQ_TRUNCATED_BYTES} of {n} bytes: the producer or broker refused the whole record]"));
-                tracing::warn!(topic = %rec.topic, bytes = n, "dead letter too large to produce; sending its first {DLQ_TRUNCATED_BYTES} bytes");
-                retries.push(Reverse(Retry { at: Instant::now(), rec }));
+        if refused_for_the_record(&e) && rec.source.is_some() {
+            match self.smaller(rec, &e) {
+                Ok(smaller) => {
+                    self.stats().cut_outcomes.fetch_add(1, Ordering::Relaxed);
+                    retries.push(Reverse(Retry { at: Instant::now(), rec: smaller }));
+                    return;
+                }
+                // Even headers alone were refused: that is the broker's doing (a topic limit
+                // below a few kilobytes); retry below like any broker failure.
+                Err(bare) => rec = bare,
+            }
+        }
+        let Some(s) = rec.source.clone() else {
+            if rec.attempts >= self.max_attempts {
+                tracing::warn!(topic = %rec.topic, error = %e, "metrics report could not be delivered; dropped");
                 return;
             }
-        }
-        if rec.attempts >= self.max_attempts {
-            self.stats().undeliverable.fetch_add(1, Ordering::Relaxed);
-            match &rec.source {
-                Some(s) => {
-                    tracing::error!(topic = %rec.topic, source_topic = %s.topic, partition = s.partition, offset = s.offset,
-                        attempts = rec.attempts, error = %e,
-                        "outcome could not be delivered; commits of its partition stop here until restart");
-                    self.producer.context().tracker.lock().block(&s.topic, s.partition, s.offset);
-                }
-                None => {
-                    tracing::warn!(topic = %rec.topic, error = %e, "metrics report could not be delivered")
-                }
-            }
+            rec.attempts += 1;
+            retries.push(Reverse(Retry { at: Instant::now() + backoff(rec.attempts), rec }));
             return;
-        }
+        };
         let wait = backoff(rec.attempts);
-        tracing::warn!(topic = %rec.topic, attempt = rec.attempts, retry_in_ms = wait.as_millis() as u64, error = %e, "delivery failed; retrying");
-        rec.attempts += 1;
+        if rec.attempts == self.max_attempts {
+            self.stats().undeliverable.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(topic = %rec.topic, source_topic = %s.topic, partition = s.partition, offset = s.offset,
+                attempts = rec.attempts, error = %e,
+                "outcome still undelivered after kafka.producer.maxAttempts sends; retrying every {} s, and its partition's commits wait for it",
+                MAX_BACKOFF.as_secs());
+        } else {
+            tracing::warn!(topic = %rec.topic, attempt = rec.attempts, retry_in_ms = wait.as_millis() as u64, error = %e, "delivery failed; retrying");
+        }
+        rec.attempts = rec.attempts.saturating_add(1);
         retries.push(Reverse(Retry { at: Instant::now() + wait, rec }));
+    }
+
+    /// The next smaller shape of a refused outcome (see [`Shape`]); `Err` hands back a record
+    /// that is already bare.
+    fn smaller(
+        &self,
+        mut rec: Box<PendingRecord>,
+        e: &KafkaError,
+    ) -> Result<Box<PendingRecord>, Box<PendingRecord>> {
+        let (key, value) = rec.request.clone().unwrap_or_default();
+        let original = OriginalRecord::of(key.as_deref(), value.len());
+        let what = if rec.headers.is_none() { "result" } else { "dead letter" };
+        let mut headers = match (rec.headers.take(), rec.if_refused.take()) {
+            (Some(h), _) => h,
+            (None, Some(mut h)) => {
+                h.reason = format!(
+                    "the result ({} bytes, key {} bytes) was refused by the broker or client",
+                    rec.value.len(),
+                    rec.key.as_ref().map_or(0, Bytes::len)
+                );
+                h
+            }
+            (None, None) => return Err(rec),
+        };
+        let reason = std::mem::take(&mut headers.reason);
+        match rec.shape {
+            Shape::Whole => {
+                let kb = self.dead_letter_key_bytes;
+                let cut_key = key.map(|k| k.slice(..k.len().min(kb)));
+                let cut_value = value.slice(..value.len().min(CUT_VALUE_BYTES));
+                headers.reason = bounded_reason(format!(
+                    "{reason}; {what} refused ({e}), sent as a dead letter cut to {} of {} key bytes and {} of {} value bytes (sluice.original.* headers)",
+                    cut_key.as_ref().map_or(0, Bytes::len),
+                    original.key_bytes,
+                    cut_value.len(),
+                    original.value_bytes,
+                ));
+                tracing::warn!(source_topic = ?rec.source.as_ref().map(|s| s.topic.clone()),
+                    offset = ?rec.source.as_ref().map(|s| s.offset), error = %e,
+                    key_bytes = %original.key_bytes, value_bytes = %original.value_bytes,
+                    "{what} refused because of the record's size; sending a cut dead letter instead");
+                rec.key = cut_key;
+                rec.value = cut_value;
+                rec.shape = Shape::Cut;
+            }
+            Shape::Cut => {
+                headers.reason = bounded_reason(format!(
+                    "{reason}; the cut dead letter was refused too ({e}): headers only"
+                ));
+                tracing::warn!(error = %e, "cut dead letter refused; sending headers only");
+                rec.key = None;
+                rec.value = Bytes::new();
+                rec.shape = Shape::Bare;
+            }
+            Shape::Bare => {
+                headers.reason = reason;
+                rec.headers = Some(headers);
+                return Err(rec);
+            }
+        }
+        headers.original = Some(original);
+        rec.headers = Some(headers);
+        rec.topic = self.dlq_topic.clone();
+        rec.attempts = 1;
+        Ok(rec)
     }
 }

@@ -220,10 +220,18 @@ impl RecordSource for KafkaSource {
                 last_commit = Instant::now();
             }
         }
-        // Stopping: everything consumed gets an outcome, so queue what is held.
+        // Stopping: everything consumed gets an outcome, so queue what is held. At the drain
+        // deadline the rings hand requests back: those stay uncommitted (processed again
+        // after a restart).
         let held: Vec<Request> = self.shared.pending.lock().drain(..).collect();
+        let mut left = 0usize;
         for r in held {
-            intake.queue_wait(r);
+            if intake.queue_wait(r).is_err() {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            tracing::warn!(records = left, "drain deadline passed: held records left uncommitted");
         }
         tracing::info!("ingest stopped");
         Ok(())
@@ -305,7 +313,9 @@ impl KafkaSource {
 /// The pipeline's hold on the consumer outside the ingest thread: lag, the final commit and
 /// closing. (The ingest thread polls; these calls only read positions and commit.)
 pub struct SourceHandle {
-    pub(super) consumer: Arc<BaseConsumer<SourceContext>>,
+    /// Always `Some` until the handle is dropped: the drop moves this last reference to the
+    /// close thread, so that librdkafka's close (which can hang) runs there, not here.
+    pub(super) consumer: Option<Arc<BaseConsumer<SourceContext>>>,
     pub shared: Arc<SourceShared>,
 }
 
@@ -318,9 +328,10 @@ impl SourceHandle {
         let deadline = Instant::now() + budget;
         let left =
             || deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        let Some(consumer) = &self.consumer else { return Vec::new() };
         let assigned = self.shared.assigned.lock().clone();
         let valid = |o: rdkafka::Offset| o.to_raw().filter(|o| *o >= 0);
-        let positions = self.consumer.position().ok();
+        let positions = consumer.position().ok();
         let mut lags: Vec<PartitionLag> = assigned
             .into_iter()
             .map(|(topic, partition)| {
@@ -337,7 +348,7 @@ impl SourceHandle {
             for i in &unknown {
                 tpl.add_partition(&lags[*i].topic, lags[*i].partition);
             }
-            if let Ok(got) = self.consumer.committed_offsets(tpl, left()) {
+            if let Ok(got) = consumer.committed_offsets(tpl, left()) {
                 for i in unknown {
                     let l = &mut lags[i];
                     l.position =
@@ -349,7 +360,7 @@ impl SourceHandle {
             if left().is_zero() {
                 break;
             }
-            if let Ok((low, high)) = self.consumer.fetch_watermarks(&l.topic, l.partition, left()) {
+            if let Ok((low, high)) = consumer.fetch_watermarks(&l.topic, l.partition, left()) {
                 l.high_watermark = Some(high);
                 let position = *l.position.get_or_insert(low);
                 l.lag = Some((high - position).max(0));
@@ -361,26 +372,63 @@ impl SourceHandle {
     /// Commits every acknowledged offset synchronously (the last step of a drain), and
     /// reports partitions whose commits are blocked by an undeliverable outcome.
     pub fn commit_acknowledged(&self) {
+        self.commit_acknowledged_within(Duration::from_secs(30));
+    }
+
+    /// [`commit_acknowledged`](Self::commit_acknowledged), waiting at most `limit` for the
+    /// broker: a synchronous commit to a broker that is gone does not return by itself. It
+    /// runs on a helper thread; one still waiting at `limit` is left to finish or fail on its
+    /// own (those offsets are then read again after a restart: at-least-once).
+    pub fn commit_acknowledged_within(&self, limit: Duration) {
         let points = self.shared.tracker.lock().take_commits();
-        commit_points(&self.consumer, &points, CommitMode::Sync, &self.shared.stats);
         let blocked = self.shared.tracker.lock().blocked();
         if !blocked.is_empty() {
-            tracing::error!(
+            tracing::warn!(
                 ?blocked,
-                "partitions with undeliverable outcomes: not committed past them"
+                "partitions with records left without an outcome: not committed past them"
             );
+        }
+        let Some(consumer) = self.consumer.clone() else { return };
+        if points.is_empty() {
+            return;
+        }
+        let stats = self.shared.stats.clone();
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let spawned =
+            std::thread::Builder::new().name("sluice-final-commit".into()).spawn(move || {
+                commit_points(&consumer, &points, CommitMode::Sync, &stats);
+                let _ = tx.send(());
+            });
+        match spawned {
+            Ok(h) => {
+                if rx.recv_timeout(limit).is_ok() {
+                    let _ = h.join();
+                } else {
+                    tracing::error!(
+                        waited_ms = limit.as_millis() as u64,
+                        "final offset commit got no answer from the broker in time; leaving it (those records are processed again after a restart)"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not spawn the final commit thread"),
         }
     }
 
     /// Leaves the consumer group.
     pub fn unsubscribe(&self) {
-        self.consumer.unsubscribe();
+        if let Some(c) = &self.consumer {
+            c.unsubscribe();
+        }
     }
 }
 
 impl Drop for SourceHandle {
     fn drop(&mut self) {
-        // Closed off-thread: librdkafka's destroy can hang (rust-rdkafka #509).
-        close_in_background(self.consumer.clone());
+        // Closed off-thread: librdkafka's destroy can hang (rust-rdkafka #509). The ingest
+        // thread has been joined by now, so this is the last reference and the close itself
+        // runs on the close thread.
+        if let Some(c) = self.consumer.take() {
+            close_in_background(c);
+        }
     }
 }

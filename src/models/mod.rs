@@ -39,12 +39,23 @@ pub enum ModelError {
     /// (down to single requests) without spending its retries.
     #[error("out of device memory: {0}")]
     OutOfMemory(String),
+    /// The model (or a library under it) panicked on this batch. Lanes split such a batch
+    /// like an out-of-memory one, so that the request that triggers it is isolated.
+    #[error("the model panicked: {0}")]
+    Panicked(String),
 }
 
 impl ModelError {
     /// Whether this is a device out-of-memory failure.
     pub fn is_out_of_memory(&self) -> bool {
         matches!(self, ModelError::OutOfMemory(_))
+    }
+
+    /// Whether splitting the batch is the remedy, without spending a retry: the failure
+    /// is one of the batch's size (out of memory) or, likely, of one of its requests (a
+    /// panic), not a transient one.
+    pub fn splits_for_free(&self) -> bool {
+        matches!(self, ModelError::OutOfMemory(_) | ModelError::Panicked(_))
     }
 }
 

@@ -49,6 +49,7 @@ pub struct Rings {
     work: Doorbell,
     space: Doorbell,
     closed: AtomicBool,
+    abandoned: AtomicBool,
 }
 
 impl Rings {
@@ -61,6 +62,7 @@ impl Rings {
             work: Doorbell::default(),
             space: Doorbell::default(),
             closed: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
         }
     }
 
@@ -75,18 +77,24 @@ impl Rings {
         Ok(())
     }
 
-    /// Queues a request, waiting for space while the ring is full (batch mode's backpressure).
-    pub fn push_wait(&self, mut req: Request) {
+    /// Queues a request, waiting for space while the ring is full (batch mode's backpressure,
+    /// a source handing over what it holds at stop). Hands the request back only once the
+    /// rings are [abandoned](Self::abandon): nobody will take it any more.
+    pub fn push_wait(&self, mut req: Request) -> Result<(), Request> {
         loop {
+            if self.is_abandoned() {
+                return Err(req);
+            }
             match self.push(req) {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(back) => {
                     req = back;
                     let ring = match req.env.priority {
                         Priority::High => &self.priority,
                         Priority::Normal => &self.normal,
                     };
-                    self.space.wait(Duration::from_millis(50), || !ring.is_full());
+                    self.space
+                        .wait(Duration::from_millis(50), || !ring.is_full() || self.is_abandoned());
                 }
             }
         }
@@ -154,5 +162,20 @@ impl Rings {
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The drain deadline passed: lanes stop after their current batch without taking more,
+    /// and waiting producers get their requests back. What is still queued gets no outcome
+    /// (its offsets stay uncommitted, so it is processed again after a restart).
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.close();
+        let _g = self.space.lock.lock();
+        self.space.cv.notify_all();
+    }
+
+    /// Whether [`abandon`](Self::abandon) was called.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
     }
 }
