@@ -251,6 +251,21 @@ impl Running {
     }
 
     fn drain(&mut self, deadline: Option<Instant>) -> Result<(), RunError> {
+        // A sink that ended before its input did failed (it could not write): nothing the
+        // source reads from here on can be written, so stop reading.
+        let source_done = || self.source.as_ref().is_none_or(|(_, h)| h.is_finished());
+        let sink_failed = || self.sink.as_ref().is_none_or(|(_, h)| h.is_finished());
+        while !source_done() {
+            if sink_failed() {
+                tracing::error!("the outcome writer stopped; the reader stops too");
+                self.request_stop();
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let mut hung = Vec::new();
         let rings = self.rings.clone();
         let source = join_by(self.source.take(), deadline, &mut hung, || rings.abandon());

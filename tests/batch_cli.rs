@@ -157,3 +157,70 @@ fn every_line_has_exactly_one_outcome() {
         expect.into_iter().map(|(k, v)| (k, v.to_string())).collect();
     assert_eq!(seen, expected, "every line has exactly one outcome of the expected kind");
 }
+
+#[test]
+fn a_failed_output_write_ends_with_an_error_and_no_partial_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    testkit::write_demo_repository(&models).unwrap();
+    // 20,000 tabular lines: their results are far over the 256 KiB file-size limit below.
+    let body: String = (0..20_000)
+        .map(|i| {
+            format!("{{\"id\":\"t{i}\",\"model\":\"tabular\",\"input\":[{i},1,2,3,4,5,6,7]}}\n")
+        })
+        .collect();
+    let in_path = dir.path().join("in.jsonl");
+    std::fs::write(&in_path, body).unwrap();
+    let out_path = dir.path().join("out.jsonl");
+    let dlq_path = dir.path().join("dlq.jsonl");
+    // RLIMIT_FSIZE of 256 KiB (512-byte blocks for dash, 1 KiB for bash: either is well below
+    // the output) with SIGXFSZ ignored, so a write past it fails with EFBIG as a full disk
+    // would.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 256; exec \"$0\" batch --models '{}' --model tabular --input '{}' --output '{}' --dlq '{}' --no-progress",
+        models.display(),
+        in_path.display(),
+        out_path.display(),
+        dlq_path.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_sluice")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr as it comes, so that a full pipe never blocks the process.
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    // No deadlock: it ends by itself (a generous bound; it takes about a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sluice batch did not end after its output write failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "a failed write must not exit 0: {stderr}");
+    assert!(stderr.contains("writing output"), "the error names what failed: {stderr}");
+    let written = std::fs::read(&out_path).unwrap();
+    assert!(written.len() < 20_000 * 40, "the limit did stop the output ({} bytes)", written.len());
+    assert!(
+        written.is_empty() || written.ends_with(b"\n"),
+        "the output ends with a whole line ({} bytes)",
+        written.len()
+    );
+    // What is there is whole result lines.
+    for l in String::from_utf8(written).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["id"].as_str().unwrap().starts_with('t'));
+    }
+}

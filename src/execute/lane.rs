@@ -299,8 +299,21 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn send(tx: &Sender<Outcome>, o: Outcome) {
+    thread_local! {
+        static LOST: std::cell::Cell<(u64, Option<Instant>)> = const { std::cell::Cell::new((0, None)) };
+    }
     if tx.send(o).is_err() {
-        // Only happens when the emitter is gone, i.e. the process is shutting down abnormally.
-        tracing::error!("completion channel closed; an outcome was not emitted");
+        // Only happens when the sink is gone (it failed to write): the run is ending with its
+        // error. Logged once per lane every 10 s, with the count, not once per outcome.
+        LOST.with(|l| {
+            let (n, last) = l.get();
+            let n = n + 1;
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::error!(lost = n, "the outcome writer is gone; outcomes are not written (their records stay uncommitted)");
+                l.set((0, Some(Instant::now())));
+            } else {
+                l.set((n, last));
+            }
+        });
     }
 }

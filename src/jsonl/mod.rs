@@ -11,7 +11,7 @@ pub mod sink;
 pub mod source;
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use crate::engine::EngineSettings;
 use crate::models::{ModelCache, ModelError};
 use crate::run::{RunError, Running};
 
-pub use sink::JsonlSink;
+pub use sink::{JsonlSink, LineFile};
 pub use source::JsonlSource;
 
 /// Why a batch job could not run.
@@ -119,7 +119,7 @@ pub fn run(job: BatchJob) -> Result<BatchSummary, JsonlError> {
     let progress = job.progress && std::io::stderr().is_terminal();
     let source = JsonlSource::new(input, topic, job.limits.max_record_bytes, progress);
     let emit = Arc::new(EmitStats::default());
-    let sink = JsonlSink::new(BufWriter::new(out), BufWriter::new(dlq), emit.clone());
+    let sink = JsonlSink::new(LineFile::new(out), LineFile::new(dlq), emit.clone());
     let ingest = Arc::new(IngestStats::default());
     let decoder = Decoder::new(job.cache.clone(), job.limits.clone(), Some(job.model.clone()));
     let running =

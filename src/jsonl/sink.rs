@@ -13,6 +13,60 @@ use crate::core::{EmitStats, Failure, Outcome};
 use crate::render::write_result;
 use crate::run::{OutcomeSink, RunError};
 
+/// A file written in whole lines. Writes go to a buffer; once it holds 64 KiB, the complete
+/// lines in it are written out. When writing fails (a full disk, a file-size limit), the file
+/// is cut back to its last complete line before the error is returned, so an output file
+/// never ends in a partial line.
+pub struct LineFile {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    /// Bytes of the file known to be complete lines.
+    good: u64,
+}
+
+/// Bytes [`LineFile`] gathers before it writes.
+const LINE_FILE_CHUNK: usize = 64 * 1024;
+
+impl LineFile {
+    /// Writes into `file` (new and empty, e.g. from `File::create`).
+    pub fn new(file: std::fs::File) -> Self {
+        LineFile { file, buf: Vec::with_capacity(LINE_FILE_CHUNK * 2), good: 0 }
+    }
+
+    /// Writes `self.buf[..n]` (whole lines); on failure cuts the file back to `good`.
+    fn write_out(&mut self, n: usize) -> std::io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.buf[..n]) {
+            // Best effort: the error that matters is the write's.
+            let _ = self.file.set_len(self.good);
+            return Err(e);
+        }
+        self.good += n as u64;
+        self.buf.drain(..n);
+        Ok(())
+    }
+}
+
+impl Write for LineFile {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= LINE_FILE_CHUNK {
+            let whole = self.buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            self.write_out(whole)?;
+        }
+        Ok(data.len())
+    }
+
+    /// Writes every complete line; a trailing partial line stays buffered.
+    fn flush(&mut self) -> std::io::Result<()> {
+        let whole = self.buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.write_out(whole)?;
+        self.file.flush()
+    }
+}
+
 /// Writes results and dead letters as JSON lines.
 pub struct JsonlSink<W: Write + Send + 'static> {
     out: W,
