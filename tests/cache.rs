@@ -83,3 +83,37 @@ fn serving_version_and_explicit_versions() {
     assert!(matches!(repo.cache.get("nope", None), Err(ModelError::UnknownModel { .. })));
     assert!(matches!(repo.cache.get("../../etc", None), Err(ModelError::InvalidName(_))));
 }
+
+#[test]
+fn a_failed_load_is_remembered_with_backoff_and_retried_once_the_weights_are_fixed() {
+    let repo = TestRepo::new();
+    repo.add_mlp("fragile", "1", vec![4], 3);
+    let weights = repo.path().join("fragile/1/model.safetensors");
+    let good = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, b"not safetensors at all").unwrap();
+    let s = &repo.cache.stats;
+    let t0 = Instant::now();
+
+    let Err(first) = repo.cache.get_at("fragile", Some("1"), t0) else {
+        panic!("broken weights must fail to load")
+    };
+    assert!(first.to_string().contains("model.safetensors"), "{first}");
+    assert_eq!(s.load_failures.load(Ordering::Relaxed), 1);
+    // Records naming it right after fail at once, without loading again.
+    for ms in [1, 100, 900] {
+        let e = repo.cache.get_at("fragile", Some("1"), t0 + Duration::from_millis(ms)).err();
+        let e = e.expect("still failing").to_string();
+        assert!(e.contains("next try in"), "{e}");
+    }
+    assert_eq!(s.load_failures.load(Ordering::Relaxed), 1, "no reload per record");
+    // The next try (1 s later) fails again; the wait doubles.
+    assert!(repo.cache.get_at("fragile", Some("1"), t0 + Duration::from_millis(1001)).is_err());
+    assert_eq!(s.load_failures.load(Ordering::Relaxed), 2);
+    let e = repo.cache.get_at("fragile", Some("1"), t0 + Duration::from_millis(2500)).err();
+    assert!(e.expect("in backoff").to_string().contains("failed 2 time(s)"));
+    // Fixed on disk: the next try loads it, without a restart.
+    std::fs::write(&weights, &good).unwrap();
+    let m = repo.cache.get_at("fragile", Some("1"), t0 + Duration::from_millis(3002));
+    assert!(m.is_ok(), "{:?}", m.err());
+    assert_eq!(loaded(&repo), vec!["fragile/1"]);
+}

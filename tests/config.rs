@@ -426,8 +426,13 @@ fn env_overrides_null_key() {
     assert_eq!(c.control.token.as_deref(), Some("s3cret"));
     let c = parse_env("", &[("SLUICE_CONTROL_TOKEN", "123")]).unwrap();
     assert_eq!(c.control.token.as_deref(), Some("123"));
-    let c = parse_env("control: {token: from-file}", &[("SLUICE_CONTROL_TOKEN", "")]).unwrap();
-    assert_eq!(c.control.token, None, "an empty value unsets it");
+    // A secret set empty is an error: it must not quietly turn authentication off.
+    for empty in ["", "   "] {
+        let e = parse_env("control: {token: from-file}", &[("SLUICE_CONTROL_TOKEN", empty)])
+            .expect_err("an empty token is refused");
+        let msg = e.to_string();
+        assert!(msg.contains("SLUICE_CONTROL_TOKEN") && msg.contains("empty"), "{msg}");
+    }
 }
 
 #[test]

@@ -704,3 +704,58 @@ fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval
     assert_eq!(value(&s, "sluice_pipeline_starts_total", &[]), 2.0);
     cp.shutdown();
 }
+
+/// Sends a GET and reads the status code, giving up after `limit`.
+fn probe_status(addr: SocketAddr, path: &str, limit: Duration) -> Result<u16, String> {
+    let mut s = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status: {text}"))
+}
+
+#[test]
+fn slow_clients_cannot_starve_the_probes_and_the_token_is_trimmed() {
+    let repo = TestRepo::new();
+    let t = topic_names("cp-hostile");
+    // No pipeline is started: this is about the HTTP server alone.
+    let mut cfg = config("127.0.0.1:1", &t, &repo);
+    cfg.control.token = Some("  s3cret\n".into());
+    let cp = control(&cfg, &repo, false);
+    let addr = cp.local_addr();
+    // 70 clients send the headers of an authorized POST .../stop and one byte of its body,
+    // then wait: more than the general connection slots.
+    let mut hostile: Vec<TcpStream> = (0..70)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(
+                b"POST /batch-inference/streaming/stop HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    // The probes still answer, well before the hostile bodies time out (5 s).
+    for path in ["/health/live", "/metrics"] {
+        assert_eq!(probe_status(addr, path, Duration::from_secs(4)), Ok(200), "{path}");
+    }
+    // Each hostile request ends: 408 once its body is overdue, or 503 on a probes-only
+    // connection; none of them ran the stop.
+    let mut seen = HashMap::new();
+    for s in hostile.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        let code = text.split(' ').nth(1).unwrap_or("none").to_string();
+        *seen.entry(code).or_insert(0) += 1;
+    }
+    assert!(seen.keys().all(|c| c == "408" || c == "503"), "hostile requests ended with {seen:?}");
+    assert!(seen.get("408").copied().unwrap_or(0) >= 60, "{seen:?}");
+    // The stored token is trimmed like the presented one: "s3cret" is accepted.
+    let r = post(addr, "/batch-inference/streaming/stop", Some("s3cret"), "");
+    assert_ne!(r.status, 401, "{}", r.body);
+}

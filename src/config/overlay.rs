@@ -357,6 +357,9 @@ fn env_candidates(default: &Value, raw: &str) -> Result<Vec<Value>, String> {
     }
 }
 
+/// Leaves holding secrets: set through the environment, they may not be empty.
+const SECRET_LEAVES: &[&str] = &["control.token"];
+
 /// A YAML scalar read of `s`, or the string itself.
 fn scalar(s: &str) -> Value {
     match serde_yaml::from_str::<Value>(s) {
@@ -453,6 +456,15 @@ pub(crate) fn build(
     let mut origins = EnvOrigins::new();
     for (leaf, name, raw) in env_leaves {
         let key = leaf.dotted();
+        // An empty variable unsets an optional value, except a secret: an empty token set on
+        // purpose must not quietly turn authentication off.
+        if SECRET_LEAVES.contains(&key.as_str()) && raw.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                key,
+                Some(name),
+                "is set but empty: unset the variable for no token, or give a secret",
+            ));
+        }
         let value = env_candidates(&leaf.default, &raw)
             .and_then(|c| {
                 check_leaf(&defaults, &leaf.path, c)

@@ -33,8 +33,19 @@ pub use lifecycle::{Lifecycle, PipelineState, StateInfo};
 use state::Control;
 pub use state::MAX_BODY_BYTES;
 
-/// Most connections served at once; more wait to be accepted.
+/// Most connections served at once for every endpoint.
 const MAX_CONNECTIONS: usize = 64;
+/// Connections accepted beyond [`MAX_CONNECTIONS`]: each answers one request, and only the
+/// probes (`/health/*`, `/metrics`), so that slow or hostile clients holding every general
+/// connection cannot make a liveness check time out. Beyond these, connections are closed at
+/// once.
+const PROBE_CONNECTIONS: usize = 16;
+/// Time a client has to send a request's headers (also the idle limit of a kept-alive
+/// connection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection may stay open, whatever it does (a backstop: requests are bounded
+/// by the header and body read limits, and a `stop` by the drain deadline).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// How the control plane starts.
 #[derive(Debug, Clone)]
@@ -82,7 +93,8 @@ impl ControlPlane {
     ) -> Result<ControlPlane, ControlError> {
         let token = match cfg.control.token.as_deref() {
             Some(t) if t.trim().is_empty() => return Err(ControlError::EmptyToken),
-            Some(t) => Some(t.as_bytes().to_vec()),
+            // Compared as the presented token is: without surrounding whitespace.
+            Some(t) => Some(t.trim().as_bytes().to_vec()),
             None => None,
         };
         let listen = cfg.control.listen;
@@ -184,12 +196,9 @@ async fn serve(
     ctl: Arc<Control>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let general = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let probes = Arc::new(tokio::sync::Semaphore::new(PROBE_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -201,19 +210,38 @@ async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let (permit, probes_only) = match general.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => match probes.clone().try_acquire_owned() {
+                Ok(p) => (p, true),
+                Err(_) => {
+                    tracing::debug!(%peer, "control plane: every connection slot is taken; closing");
+                    continue;
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         let ctl = ctl.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let ctl = ctl.clone();
-                async move { Ok::<_, std::convert::Infallible>(routes::handle(ctl, req).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(routes::handle(ctl, req, probes_only).await)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(!probes_only)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "control plane connection ended with an error");
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "control plane connection ended with an error")
+                }
+                Ok(Ok(())) => {}
+                Err(_) => {
+                    tracing::debug!(%peer, "control plane connection closed at its lifetime limit")
+                }
             }
             drop(permit);
         });

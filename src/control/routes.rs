@@ -27,8 +27,17 @@ use crate::models::ModelError;
 type Resp = Response<Full<Bytes>>;
 
 /// Serves one request; never fails (errors are JSON responses).
-pub async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Resp {
-    let resp = route(&ctl, req).await;
+pub async fn handle(ctl: Arc<Control>, req: Request<Incoming>, probes_only: bool) -> Resp {
+    let is_probe = req.method() == Method::GET
+        && (req.uri().path().starts_with("/health/") || req.uri().path() == "/metrics");
+    let resp = if probes_only && !is_probe {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every control connection is taken; this one answers only /health/* and /metrics: retry",
+        )
+    } else {
+        route(&ctl, req).await
+    };
     ctl.metrics.control_requests.with_label_values(&[resp.status().as_str()]).inc();
     resp
 }
@@ -114,6 +123,9 @@ fn authorized(ctl: &Control, req: &Request<Incoming>) -> bool {
     given.ct_eq(token.as_slice()).into()
 }
 
+/// Time a client has to send a request body, from the end of its headers.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The body as a JSON object (`None` when empty), or the error response.
 async fn json_body(req: Request<Incoming>) -> Result<Option<Map<String, Value>>, Resp> {
     let declared = req
@@ -127,7 +139,17 @@ async fn json_body(req: Request<Incoming>) -> Result<Option<Map<String, Value>>,
             format!("request body over {MAX_BODY_BYTES} bytes"),
         ));
     }
-    let bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
+    );
+    let Ok(read) = read.await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
+        ));
+    };
+    let bytes = match read {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(error(

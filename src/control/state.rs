@@ -82,6 +82,8 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
         ctl.lifecycle.check_threads();
+        // Idle models leave on the TTL even when no record looks a model up.
+        ctl.cache.sweep_at(Instant::now());
         refresh(&ctl);
         if last_sample.elapsed() >= SAMPLE_EVERY {
             last_sample = Instant::now();

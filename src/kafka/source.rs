@@ -26,13 +26,39 @@ use crate::run::{Intake, RecordSource, RunError};
 /// State the consumer thread shares with its rebalance callbacks and the pipeline.
 pub struct SourceShared {
     pub tracker: Arc<Mutex<CommitTracker>>,
-    /// Requests consumed but not yet queued (their ring was full).
-    pending: Mutex<VecDeque<Request>>,
+    /// Requests consumed but not yet queued (their ring was full), one queue per ring, so
+    /// that a priority request never waits behind normal ones.
+    pending: Mutex<Held>,
     /// Currently assigned (topic, partition)s.
     pub assigned: Mutex<Vec<(String, i32)>>,
+    /// Whether any topic is paused for backpressure (the gauge).
     pub paused: AtomicBool,
+    /// Topics whose partitions are paused because the ring they feed is full: the input topic
+    /// (normal ring) and the priority topic (priority ring) independently.
+    paused_topics: Mutex<Vec<String>>,
     pub revoke_timeout: Duration,
     pub stats: Arc<IngestStats>,
+}
+
+/// Requests held back because their ring was full, per ring.
+#[derive(Default)]
+struct Held {
+    priority: VecDeque<Request>,
+    normal: VecDeque<Request>,
+}
+
+impl Held {
+    fn queue_of(&mut self, p: Priority) -> &mut VecDeque<Request> {
+        match p {
+            Priority::High => &mut self.priority,
+            Priority::Normal => &mut self.normal,
+        }
+    }
+
+    /// Every held request, priority first.
+    fn drain_all(&mut self) -> Vec<Request> {
+        self.priority.drain(..).chain(self.normal.drain(..)).collect()
+    }
 }
 
 impl SourceShared {
@@ -40,9 +66,10 @@ impl SourceShared {
     pub fn new(tracker: Arc<Mutex<CommitTracker>>, revoke_timeout: Duration) -> Arc<Self> {
         Arc::new(SourceShared {
             tracker,
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Held::default()),
             assigned: Mutex::new(Vec::new()),
             paused: AtomicBool::new(false),
+            paused_topics: Mutex::new(Vec::new()),
             revoke_timeout,
             stats: Arc::default(),
         })
@@ -68,19 +95,22 @@ impl ConsumerContext for SourceContext {
         {
             let mut pending = self.shared.pending.lock();
             let mut tracker = self.shared.tracker.lock();
-            pending.retain(|r| {
-                let revoked = parts
-                    .iter()
-                    .any(|(t, p)| **t == *r.env.source.topic && *p == r.env.source.partition);
-                if revoked {
-                    tracker.forget(
-                        &r.env.source.topic,
-                        r.env.source.partition,
-                        r.env.source.offset,
-                    );
-                }
-                !revoked
-            });
+            let held = &mut *pending;
+            for queue in [&mut held.priority, &mut held.normal] {
+                queue.retain(|r| {
+                    let revoked = parts
+                        .iter()
+                        .any(|(t, p)| **t == *r.env.source.topic && *p == r.env.source.partition);
+                    if revoked {
+                        tracker.forget(
+                            &r.env.source.topic,
+                            r.env.source.partition,
+                            r.env.source.offset,
+                        );
+                    }
+                    !revoked
+                });
+            }
         }
         let deadline = Instant::now() + self.shared.revoke_timeout;
         loop {
@@ -112,9 +142,15 @@ impl ConsumerContext for SourceContext {
                 let parts: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                 tracing::info!(partitions = ?parts, "partitions assigned");
-                self.shared.assigned.lock().extend(parts);
-                if self.shared.paused.load(Ordering::SeqCst) {
-                    let _ = consumer.pause(tpl);
+                self.shared.assigned.lock().extend(parts.iter().cloned());
+                // New partitions of a paused topic start paused too.
+                let paused = self.shared.paused_topics.lock().clone();
+                let mut to_pause = TopicPartitionList::new();
+                for (t, p) in parts.iter().filter(|(t, _)| paused.contains(t)) {
+                    to_pause.add_partition(t, *p);
+                }
+                if to_pause.count() > 0 {
+                    let _ = consumer.pause(&to_pause);
                 }
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
@@ -190,13 +226,21 @@ impl RecordSource for KafkaSource {
         tracing::info!(input = %input, priority = %priority, "ingest started");
         let consumer = self.consumer.clone();
         while !stop.load(Ordering::SeqCst) {
-            let backlog = self.flush_pending(&intake);
-            self.set_paused(backlog);
-            if backlog {
-                // Let the lanes make room; the consumer keeps polling (heartbeats, rebalances).
+            let (prio_held, normal_held) = self.flush_pending(&intake);
+            self.set_paused(&priority, prio_held);
+            self.set_paused(&input, normal_held);
+            // Both rings full: let the lanes make room, then poll without waiting (heartbeats,
+            // rebalances). One ring full: its topic is paused and the other one's records keep
+            // coming, so poll briefly. Neither: poll normally.
+            let wait = if prio_held && normal_held {
                 intake.rings().wait_for_space(Duration::from_millis(5));
-            }
-            match consumer.poll(Duration::from_millis(if backlog { 0 } else { 50 })) {
+                0
+            } else if prio_held || normal_held {
+                5
+            } else {
+                50
+            };
+            match consumer.poll(Duration::from_millis(wait)) {
                 None => {}
                 Some(Err(e))
                     if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) =>
@@ -223,7 +267,7 @@ impl RecordSource for KafkaSource {
         // Stopping: everything consumed gets an outcome, so queue what is held. At the drain
         // deadline the rings hand requests back: those stay uncommitted (processed again
         // after a restart).
-        let held: Vec<Request> = self.shared.pending.lock().drain(..).collect();
+        let held: Vec<Request> = self.shared.pending.lock().drain_all();
         let mut left = 0usize;
         for r in held {
             if intake.queue_wait(r).is_err() {
@@ -261,51 +305,73 @@ impl KafkaSource {
                 env.content_type = content_type;
                 let Some(req) = intake.decode(env) else { return };
                 let mut pending = self.shared.pending.lock();
-                // Behind requests already held, a request waits its turn (arrival order).
-                if !pending.is_empty() {
-                    pending.push_back(req);
+                // Behind requests already held for its ring, a request waits its turn
+                // (arrival order); a priority request never waits behind normal ones.
+                let held = pending.queue_of(req.env.priority);
+                if !held.is_empty() {
+                    held.push_back(req);
                 } else if let Err(back) = intake.queue(req) {
-                    pending.push_back(back);
+                    held.push_back(back);
                 }
             }
         }
     }
 
-    /// Moves held requests onto the rings; true if some are still held.
-    fn flush_pending(&self, intake: &Intake) -> bool {
+    /// Moves held requests onto the rings, priority first; returns whether some are still
+    /// held (priority, normal).
+    fn flush_pending(&self, intake: &Intake) -> (bool, bool) {
         let mut pending = self.shared.pending.lock();
-        while let Some(r) = pending.pop_front() {
-            if let Err(back) = intake.queue(r) {
-                pending.push_front(back);
-                return true;
+        let flush = |queue: &mut VecDeque<Request>| {
+            while let Some(r) = queue.pop_front() {
+                if let Err(back) = intake.queue(r) {
+                    queue.push_front(back);
+                    return true;
+                }
             }
-        }
-        false
+            false
+        };
+        let prio = flush(&mut pending.priority);
+        let normal = flush(&mut pending.normal);
+        (prio, normal)
     }
 
-    fn set_paused(&self, paused: bool) {
-        if self.shared.paused.load(Ordering::SeqCst) == paused {
+    /// Pauses (or resumes) the assigned partitions of `topic`: only the partitions that feed
+    /// a full ring stop, so a backlog of normal requests never holds priority ones back.
+    fn set_paused(&self, topic: &str, paused: bool) {
+        let is_paused = self.shared.paused_topics.lock().iter().any(|t| t == topic);
+        if is_paused == paused {
             return;
         }
         let Ok(assignment) = self.consumer.assignment() else { return };
-        let r = if paused {
-            self.consumer.pause(&assignment)
+        let mut tpl = TopicPartitionList::new();
+        for e in assignment.elements().iter().filter(|e| e.topic() == topic) {
+            tpl.add_partition(topic, e.partition());
+        }
+        let r = if tpl.count() == 0 {
+            Ok(())
+        } else if paused {
+            self.consumer.pause(&tpl)
         } else {
-            self.consumer.resume(&assignment)
+            self.consumer.resume(&tpl)
         };
         match r {
             Ok(()) => {
-                self.shared.paused.store(paused, Ordering::SeqCst);
+                let mut topics = self.shared.paused_topics.lock();
                 if paused {
+                    topics.push(topic.to_owned());
                     self.shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    topics.retain(|t| t != topic);
                 }
+                self.shared.paused.store(!topics.is_empty(), Ordering::SeqCst);
                 tracing::debug!(
+                    topic,
                     paused,
-                    "backpressure: partitions {}",
+                    "backpressure: {}",
                     if paused { "paused" } else { "resumed" }
                 );
             }
-            Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
+            Err(e) => tracing::warn!(topic, error = %e, "pause/resume failed"),
         }
     }
 }

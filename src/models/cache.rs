@@ -33,12 +33,27 @@ struct Entry {
     last_used: Instant,
 }
 
+/// A version whose last load failed: not tried again before `retry_at`.
+struct FailedLoad {
+    error: String,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// The first wait after a failed load; it doubles with each failure in a row.
+const LOAD_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two loads of a version that keeps failing.
+const LOAD_RETRY_MAX: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct Inner {
     /// Least recently used first.
     entries: Vec<Entry>,
     /// name → serving version, read from the repository once.
     serving: HashMap<String, Arc<str>>,
+    /// (name, version) → its last failed load. Bounded: an entry exists only for a version
+    /// directory that exists in the repository, and a successful load removes it.
+    failed: HashMap<(String, String), FailedLoad>,
 }
 
 /// Loaded models, by name and version.
@@ -109,6 +124,22 @@ impl ModelCache {
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        // A version whose load failed recently is not loaded again for every record that
+        // names it: it fails at once with the remembered error until its retry time.
+        if let Some(f) = self.inner.lock().failed.get(&(name.to_owned(), version.to_owned())) {
+            if now < f.retry_at {
+                return Err(ModelError::Load {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    reason: format!(
+                        "{} (failed {} time(s) in a row; next try in {} ms)",
+                        f.error,
+                        f.failures,
+                        f.retry_at.saturating_duration_since(now).as_millis()
+                    ),
+                });
+            }
+        }
         self.load_at(name, version, now)
     }
 
@@ -129,7 +160,20 @@ impl ModelCache {
             Ok(m) => Arc::new(m),
             Err(e) => {
                 self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(model = name, version, error = %e, "model load failed");
+                let mut inner = self.inner.lock();
+                let f = inner
+                    .failed
+                    .entry((name.to_owned(), version.to_owned()))
+                    .or_insert(FailedLoad { error: String::new(), failures: 0, retry_at: now });
+                f.failures += 1;
+                f.error = e.to_string();
+                let wait = LOAD_RETRY_FIRST
+                    .saturating_mul(1 << (f.failures - 1).min(10))
+                    .min(LOAD_RETRY_MAX);
+                f.retry_at = now + wait;
+                tracing::error!(model = name, version, error = %e, failures = f.failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "model load failed; records naming it are dead-lettered until the next try");
                 return Err(e);
             }
         };
@@ -144,6 +188,7 @@ impl ModelCache {
             "model loaded"
         );
         let mut inner = self.inner.lock();
+        inner.failed.remove(&(name.to_owned(), version.to_owned()));
         inner.entries.retain(|e| !(&*e.model.name == name && &*e.model.version == version));
         inner.entries.push(Entry { model: model.clone(), last_used: now });
         while inner.entries.len() > self.settings.capacity {
