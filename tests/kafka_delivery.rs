@@ -273,3 +273,41 @@ fn a_dead_letter_refused_twice_is_sent_as_headers_only() {
     let reason = d.header("sluice.error.reason").unwrap_or_default();
     assert!(reason.contains("no-such-model") && reason.contains("headers only"), "{reason}");
 }
+
+#[test]
+fn a_failed_offset_commit_is_retried_while_the_partition_is_idle() {
+    let cluster = MockCluster::new(1).unwrap();
+    let repo = TestRepo::new();
+    let cfg = setup(&cluster, &repo, 5);
+    produce_inputs(&cfg, 3);
+    // The pipeline's first commits fail; nothing more arrives afterwards, so only a retry of
+    // the failed commit can move the group's offset.
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 3],
+    );
+    let pipeline = Pipeline::start(&cfg, cache(&cfg)).unwrap();
+    let stats = pipeline.emit_stats.clone();
+    wait_for("3 deliveries", Duration::from_secs(60), || {
+        stats.delivered.load(Ordering::Relaxed) >= 3
+    });
+    let ingest = pipeline.source().stats.clone();
+    eprintln!(
+        "DEBUG commits {} failures {} committed {}",
+        ingest.commits.load(Ordering::Relaxed),
+        ingest.commit_failures.load(Ordering::Relaxed),
+        committed_input_offset(&cfg)
+    );
+    wait_for("a failed commit", Duration::from_secs(60), || {
+        ingest.commit_failures.load(Ordering::Relaxed) >= 1
+    });
+    // Still running, idle: the failed commit is sent again and reaches the broker.
+    wait_for("offset 3 committed while running", Duration::from_secs(60), || {
+        committed_input_offset(&cfg) == 3
+    });
+    assert_eq!(
+        pipeline.source().tracker.lock().confirmed(&cfg.kafka.topics.streaming.input, 0),
+        Some(3)
+    );
+    pipeline.stop();
+}

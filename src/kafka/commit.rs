@@ -16,8 +16,10 @@ struct Partition {
     pending: BTreeMap<i64, bool>,
     /// Next offset to commit (one past the last committable), if anything was acknowledged.
     committable: Option<i64>,
-    /// What was last handed out by `take_commits`.
+    /// What was last handed out by `take_commits` (sent, perhaps not yet confirmed).
     committed: Option<i64>,
+    /// The highest commit the broker confirmed.
+    confirmed: Option<i64>,
     /// Offset whose delivery failed for good; commits stop below it.
     blocked_at: Option<i64>,
 }
@@ -82,6 +84,33 @@ impl CommitTracker {
                 p.blocked_at = Some(p.blocked_at.map_or(offset, |b| b.min(offset)));
             }
         }
+    }
+
+    /// The broker confirmed the commit of `offset`.
+    pub fn commit_confirmed(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.part_mut(topic, partition) {
+            p.confirmed = Some(p.confirmed.map_or(offset, |c| c.max(offset)));
+        }
+    }
+
+    /// The commit of `offset` failed: unless a later commit was handed out meanwhile, the
+    /// partition's committable offset is offered again by the next [`take_commits`]
+    /// (Self::take_commits), so an idle partition whose last commit failed is still
+    /// committed.
+    pub fn commit_failed(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.part_mut(topic, partition) {
+            if p.committed == Some(offset) && p.confirmed != Some(offset) {
+                p.committed = p.confirmed;
+            }
+        }
+    }
+
+    /// The last commit of `topic`/`partition` the broker confirmed.
+    pub fn confirmed(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.parts
+            .iter()
+            .find(|((t, p), _)| &**t == topic && *p == partition)
+            .and_then(|(_, s)| s.confirmed)
     }
 
     /// Partitions whose committable offset moved since the last call, with that offset.
@@ -231,6 +260,29 @@ mod tests {
             }
         }
         assert_eq!(last, [2000, 2000, 2000]);
+    }
+
+    #[test]
+    fn a_failed_commit_is_offered_again_even_on_an_idle_partition() {
+        let mut c = CommitTracker::new();
+        for o in 0..3 {
+            c.track(&t(), 0, o);
+            c.ack("in", 0, o);
+        }
+        assert_eq!(c.take_commits()[0].offset, 3);
+        assert!(c.take_commits().is_empty(), "handed out once");
+        c.commit_failed("in", 0, 3);
+        assert_eq!(c.take_commits()[0].offset, 3, "offered again without new acks");
+        c.commit_confirmed("in", 0, 3);
+        assert_eq!(c.confirmed("in", 0), Some(3));
+        c.commit_failed("in", 0, 3);
+        assert!(c.take_commits().is_empty(), "a confirmed commit is not redone");
+        // A stale failure (a later commit was handed out since) changes nothing.
+        c.track(&t(), 0, 3);
+        c.ack("in", 0, 3);
+        assert_eq!(c.take_commits()[0].offset, 4);
+        c.commit_failed("in", 0, 3);
+        assert!(c.take_commits().is_empty());
     }
 
     #[test]

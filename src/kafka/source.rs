@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -84,6 +85,7 @@ pub struct SourceContext {
 impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
+
     /// On revocation: drop the revoked partitions' not-yet-queued records (un-committed, the
     /// next owner reads them again), wait for their in-flight records' outcomes to be
     /// acknowledged, commit, and only then let the revocation complete.
@@ -131,7 +133,7 @@ impl ConsumerContext for SourceContext {
             let mut t = self.shared.tracker.lock();
             parts.iter().filter_map(|(topic, p)| t.remove(topic, *p)).collect()
         };
-        commit_points(consumer, &points, CommitMode::Sync, &self.shared.stats);
+        commit_points(consumer, &points, CommitMode::Sync, &self.shared);
         self.shared.assigned.lock().retain(|a| !parts.contains(a));
         tracing::info!(partitions = ?parts, "partitions revoked after draining and committing");
     }
@@ -159,12 +161,16 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-/// Commits `points` (next offsets to read).
+/// Commits `points` (next offsets to read). A commit counts as done only once the broker
+/// confirms it, so Sluice commits synchronously (off the polling thread): rust-rdkafka does
+/// not report the results of asynchronous ones (its issue #856). A failed one is offered
+/// again by the tracker's next `take_commits`, so it is retried even if its partition stays
+/// idle.
 pub fn commit_points(
     consumer: &BaseConsumer<SourceContext>,
     points: &[CommitPoint],
     mode: CommitMode,
-    stats: &IngestStats,
+    shared: &SourceShared,
 ) {
     if points.is_empty() {
         return;
@@ -175,14 +181,49 @@ pub fn commit_points(
             continue;
         }
     }
-    match consumer.commit(&tpl, mode) {
-        Ok(()) => {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
+    match (consumer.commit(&tpl, mode), mode) {
+        (Ok(()), CommitMode::Sync) => settle_commit(shared, Ok(()), &tpl),
+        // Confirmed (or not) later, in the commit callback.
+        (Ok(()), CommitMode::Async) => {}
+        (Err(e), _) => settle_commit(shared, Err(e), &tpl),
+    }
+}
+
+/// The commit thread: every `every`, commits what the tracker offers (synchronously), until
+/// `stop` is closed.
+fn commit_loop(
+    consumer: &BaseConsumer<SourceContext>,
+    shared: &SourceShared,
+    every: Duration,
+    stop: &crossbeam_channel::Receiver<()>,
+) {
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        let points = shared.tracker.lock().take_commits();
+        commit_points(consumer, &points, CommitMode::Sync, shared);
+    }
+}
+
+/// Books the broker's answer to a commit of `tpl`.
+fn settle_commit(shared: &SourceShared, result: KafkaResult<()>, tpl: &TopicPartitionList) {
+    let mut tracker = shared.tracker.lock();
+    let mut failed = 0usize;
+    for e in tpl.elements() {
+        let Some(offset) = e.offset().to_raw() else { continue };
+        if result.is_ok() && e.error().is_ok() {
+            tracker.commit_confirmed(e.topic(), e.partition(), offset);
+        } else {
+            tracker.commit_failed(e.topic(), e.partition(), offset);
+            failed += 1;
         }
-        Err(e) => {
-            stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "offset commit failed; it is retried with the next commit");
-        }
+    }
+    drop(tracker);
+    if failed == 0 {
+        shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        let error =
+            result.err().map(|e| e.to_string()).unwrap_or_else(|| "per-partition error".into());
+        tracing::warn!(partitions = failed, %error, "offset commit failed; it is sent again with the next commit");
     }
 }
 
@@ -221,7 +262,18 @@ impl RecordSource for KafkaSource {
     fn run(self: Box<Self>, mut intake: Intake, stop: &AtomicBool) -> Result<(), RunError> {
         let input: Arc<str> = self.input_topic.as_str().into();
         let priority: Arc<str> = self.priority_topic.as_str().into();
-        let mut last_commit = Instant::now();
+        // Commits run on a thread of their own, synchronously, so that each one's result is
+        // known (rust-rdkafka does not report asynchronous commits' results: its issue #856)
+        // and a slow coordinator never stalls polling.
+        let (stop_commits, commit_stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let committer = {
+            let (consumer, shared, every) =
+                (self.consumer.clone(), self.shared.clone(), self.commit_interval);
+            std::thread::Builder::new()
+                .name("sluice-commit".into())
+                .spawn(move || commit_loop(&consumer, &shared, every, &commit_stop_rx))
+                .map_err(|source| RunError::Spawn { name: "sluice-commit", source })?
+        };
         let mut last_poll_error: Option<Instant> = None;
         tracing::info!(input = %input, priority = %priority, "ingest started");
         let consumer = self.consumer.clone();
@@ -258,11 +310,16 @@ impl RecordSource for KafkaSource {
                     self.handle(msg, topic, prio, &mut intake);
                 }
             }
-            if last_commit.elapsed() >= self.commit_interval {
-                let points = self.shared.tracker.lock().take_commits();
-                commit_points(&self.consumer, &points, CommitMode::Async, &self.shared.stats);
-                last_commit = Instant::now();
-            }
+        }
+        // The committer ends after the commit it may be making; one stuck on a broker that is
+        // gone is left behind (Pipeline::stop makes the final commit within the deadline).
+        drop(stop_commits);
+        if crate::engine::wait_until(Instant::now() + Duration::from_secs(5), || {
+            committer.is_finished()
+        }) {
+            let _ = committer.join();
+        } else {
+            tracing::warn!("the commit thread is still waiting on the broker; left behind");
         }
         // Stopping: everything consumed gets an outcome, so queue what is held. At the drain
         // deadline the rings hand requests back: those stay uncommitted (processed again
@@ -458,11 +515,21 @@ impl SourceHandle {
         if points.is_empty() {
             return;
         }
-        let stats = self.shared.stats.clone();
+        let shared = self.shared.clone();
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let until = Instant::now() + limit;
         let spawned =
             std::thread::Builder::new().name("sluice-final-commit".into()).spawn(move || {
-                commit_points(&consumer, &points, CommitMode::Sync, &stats);
+                // A failed commit is offered again by the tracker: retry it until `limit`.
+                let mut points = points;
+                loop {
+                    commit_points(&consumer, &points, CommitMode::Sync, &shared);
+                    points = shared.tracker.lock().take_commits();
+                    if points.is_empty() || Instant::now() >= until {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
                 let _ = tx.send(());
             });
         match spawned {
