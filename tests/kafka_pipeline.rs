@@ -345,3 +345,52 @@ fn metrics_snapshots_reach_the_metrics_topic_and_count_what_was_consumed() {
     }
     pipeline.stop();
 }
+
+#[test]
+fn held_record_bytes_stay_under_max_held_bytes_and_return_to_zero() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    repo.add_mlp("slowish", "1", vec![512, 512], 3);
+    let t = setup(&b, "held", 2);
+    // 1,500 records of ~16 KiB (24 MiB) against a bound of 1 MiB.
+    let pad = "x".repeat(16 * 1024);
+    let records: Vec<Record> = (0..1500)
+        .map(|i| {
+            let body = json(serde_json::json!({"id": format!("h{i}"), "model": "slowish", "input": [i as f64, 0, 0, 0, 0, 0, 0, 0], "pad": pad}));
+            (Some(format!("key-{i}").into_bytes()), body, vec![])
+        })
+        .collect();
+    let largest = records.iter().map(|r| r.1.len() + 16).max().unwrap_or(0) as u64;
+    b.produce(&t.input, &records, None).unwrap();
+    let mut cfg = config(&b, &t, &repo.path());
+    cfg.kafka.consumer.max_held_bytes = 1024 * 1024;
+    let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
+    let stats = pipeline.source().stats.clone();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (peak, (out, dlq)) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(stats.held_bytes.load(std::sync::atomic::Ordering::Relaxed));
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            peak
+        });
+        let got = outcomes(&b, &t, records.len(), Duration::from_secs(240));
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (sampler.join().unwrap(), got)
+    });
+    let report = pipeline.stop();
+    assert_eq!(out.len() + dlq.len(), records.len(), "every record answered ({report:?})");
+    assert!(dlq.is_empty());
+    assert!(peak > 0, "the gauge counted the records");
+    assert!(
+        peak <= 1024 * 1024 + largest,
+        "held bytes peaked at {peak}, over the 1 MiB bound plus one record ({largest})"
+    );
+    assert_eq!(
+        stats.held_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "every record's bytes were released"
+    );
+}

@@ -90,6 +90,11 @@ pub struct KafkaConsumer {
     /// those partitions may take to finish before the revocation goes ahead anyway.
     #[serde(rename = "revokeTimeoutMs")]
     pub revoke_timeout_ms: u64,
+    /// `kafka.consumer.maxHeldBytes`: when the consumed records Sluice still holds (values and
+    /// keys, queued or in flight, counted not copied) reach this many bytes, consumption
+    /// pauses until they fall below it (>= 1 MiB).
+    #[serde(rename = "maxHeldBytes")]
+    pub max_held_bytes: u64,
 }
 
 impl Default for KafkaConsumer {
@@ -100,6 +105,7 @@ impl Default for KafkaConsumer {
             heartbeat_interval_ms: 1_000,
             commit_interval_ms: 200,
             revoke_timeout_ms: 30_000,
+            max_held_bytes: 256 * 1024 * 1024,
         }
     }
 }

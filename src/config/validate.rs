@@ -67,6 +67,7 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
         }
     }
 
+    at_least("kafka.consumer.maxHeldBytes", c.kafka.consumer.max_held_bytes, 1024 * 1024)?;
     let dk = c.kafka.producer.dead_letter_key_bytes;
     if dk > 65_536 {
         return Err((

@@ -38,7 +38,10 @@ pub fn refresh(ctl: &Control) {
         m.consumer_paused
             .set(i64::from(p.source().paused.load(std::sync::atomic::Ordering::Relaxed)));
         m.assigned_partitions.set(p.source().assigned.lock().len() as i64);
+        m.held_bytes
+            .set(p.source().stats.held_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64);
     } else {
+        m.held_bytes.set(0);
         m.ring_depth.with_label_values(&["priority"]).set(0);
         m.ring_depth.with_label_values(&["normal"]).set(0);
         m.consumer_paused.set(0);

@@ -203,6 +203,11 @@ pub struct IngestStats {
     pub rebalances: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
+    /// Bytes of consumed records (value and key) that Sluice still holds, wherever they are:
+    /// held back, queued, batched, in an outcome waiting for the broker. A gauge: each
+    /// record's bytes are counted when it is consumed and uncounted when its last reference
+    /// goes (payloads are shared, never copied, so this is the memory they really take).
+    pub held_bytes: AtomicU64,
 }
 
 impl IngestStats {

@@ -73,6 +73,7 @@ pub fn connect(
         priority_topic: topics.priority.clone(),
         input_topic: topics.input.clone(),
         commit_interval: Duration::from_millis(cfg.kafka.consumer.commit_interval_ms.max(1)),
+        max_held_bytes: cfg.kafka.consumer.max_held_bytes,
     };
     Ok(Connected { source, sink, handle: SourceHandle { consumer: Some(consumer), shared } })
 }

@@ -2,41 +2,75 @@
 //!
 //! The `Bytes` owns the librdkafka message (and an `Arc` of the consumer that produced it),
 //! so the payload stays valid wherever the request travels — rings, batcher, lane, DLQ —
-//! and the only copy of its bytes is the one into the lane's staging buffer.
+//! and the only copy of its bytes is the one into the lane's staging buffer. The key is
+//! shared the same way, and the message's bytes are counted while it lives.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
 
-/// Owns one consumed message. Field order matters: the message is dropped before the
-/// consumer reference, so the client outlives every message it handed out.
-struct OwnedPayload<C: ConsumerContext + 'static> {
+use crate::core::IngestStats;
+
+/// Owns one consumed message, and counts its bytes in `held` while it lives. Field order
+/// matters: the message is dropped before the consumer reference, so the client outlives
+/// every message it handed out.
+struct OwnedMessage<C: ConsumerContext + 'static> {
     msg: BorrowedMessage<'static>,
+    held: Arc<IngestStats>,
+    bytes: u64,
     _consumer: Arc<BaseConsumer<C>>,
 }
 
-impl<C: ConsumerContext + 'static> AsRef<[u8]> for OwnedPayload<C> {
-    fn as_ref(&self) -> &[u8] {
-        self.msg.payload().unwrap_or(&[])
+impl<C: ConsumerContext + 'static> Drop for OwnedMessage<C> {
+    fn drop(&mut self) {
+        self.held.held_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
-/// Wraps `msg` (borrowed from `consumer`) as `Bytes` without copying its value.
-pub fn payload_bytes<C: ConsumerContext + 'static>(
+/// The message's value, as a `Bytes` owner.
+struct ValueOf<C: ConsumerContext + 'static>(Arc<OwnedMessage<C>>);
+/// The message's key, as a `Bytes` owner.
+struct KeyOf<C: ConsumerContext + 'static>(Arc<OwnedMessage<C>>);
+
+impl<C: ConsumerContext + 'static> AsRef<[u8]> for ValueOf<C> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.msg.payload().unwrap_or(&[])
+    }
+}
+
+impl<C: ConsumerContext + 'static> AsRef<[u8]> for KeyOf<C> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.msg.key().unwrap_or(&[])
+    }
+}
+
+/// The key (if any) and value of `msg` (borrowed from `consumer`) as `Bytes`, without copying
+/// either: both share the librdkafka message, which lives until the last of them is dropped.
+/// Its value and key bytes count in `held.held_bytes` until then.
+pub fn message_bytes<C: ConsumerContext + 'static>(
     consumer: &Arc<BaseConsumer<C>>,
     msg: BorrowedMessage<'_>,
-) -> Bytes {
-    if msg.payload().is_none_or(|p| p.is_empty()) {
-        return Bytes::new();
+    held: &Arc<IngestStats>,
+) -> (Option<Bytes>, Bytes) {
+    let value_len = msg.payload().map_or(0, <[u8]>::len);
+    let key_len = msg.key().map(<[u8]>::len);
+    if value_len == 0 && key_len.unwrap_or(0) == 0 {
+        return (key_len.map(|_| Bytes::new()), Bytes::new());
     }
+    let bytes = (value_len + key_len.unwrap_or(0)) as u64;
+    held.held_bytes.fetch_add(bytes, Ordering::Relaxed);
     // SAFETY: a `BorrowedMessage` is tied to its consumer's lifetime only so that it cannot
-    // outlive the client. `OwnedPayload` keeps that client alive through the `Arc` (dropped
+    // outlive the client. `OwnedMessage` keeps that client alive through the `Arc` (dropped
     // after the message, by field order), which gives the same guarantee at run time.
     // librdkafka messages are safe to read and destroy from any thread (`BorrowedMessage`
     // is `Send + Sync`).
     let msg: BorrowedMessage<'static> =
         unsafe { std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(msg) };
-    Bytes::from_owner(OwnedPayload { msg, _consumer: consumer.clone() })
+    let owned =
+        Arc::new(OwnedMessage { msg, held: held.clone(), bytes, _consumer: consumer.clone() });
+    let key = key_len.map(|_| Bytes::from_owner(KeyOf(owned.clone())));
+    (key, Bytes::from_owner(ValueOf(owned)))
 }

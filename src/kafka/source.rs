@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
@@ -16,7 +15,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::client::close_in_background;
 use super::commit::{CommitPoint, CommitTracker};
-use super::payload::payload_bytes;
+use super::payload::message_bytes;
 use super::probe::PartitionLag;
 use crate::core::{
     ContentType, Envelope, ErrorClass, Failure, IngestStats, InvalidInput, Priority, Source,
@@ -85,7 +84,6 @@ pub struct SourceContext {
 impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
-
     /// On revocation: drop the revoked partitions' not-yet-queued records (un-committed, the
     /// next owner reads them again), wait for their in-flight records' outcomes to be
     /// acknowledged, commit, and only then let the revocation complete.
@@ -234,6 +232,8 @@ pub struct KafkaSource {
     pub priority_topic: String,
     pub input_topic: String,
     pub commit_interval: Duration,
+    /// `kafka.consumer.maxHeldBytes`.
+    pub max_held_bytes: u64,
 }
 
 fn content_type(msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<ContentType, InvalidInput> {
@@ -279,12 +279,18 @@ impl RecordSource for KafkaSource {
         let consumer = self.consumer.clone();
         while !stop.load(Ordering::SeqCst) {
             let (prio_held, normal_held) = self.flush_pending(&intake);
+            // At the memory bound nothing more is read until what is held drains.
+            let full = self.shared.stats.held_bytes.load(Ordering::Relaxed) >= self.max_held_bytes;
+            let (prio_held, normal_held) = (prio_held || full, normal_held || full);
             self.set_paused(&priority, prio_held);
             self.set_paused(&input, normal_held);
             // Both rings full: let the lanes make room, then poll without waiting (heartbeats,
             // rebalances). One ring full: its topic is paused and the other one's records keep
             // coming, so poll briefly. Neither: poll normally.
-            let wait = if prio_held && normal_held {
+            let wait = if full {
+                // Paused for memory: nothing arrives; poll only to keep the group alive.
+                5
+            } else if prio_held && normal_held {
                 intake.rings().wait_for_space(Duration::from_millis(5));
                 0
             } else if prio_held || normal_held {
@@ -349,10 +355,9 @@ impl KafkaSource {
     ) {
         let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
         self.shared.tracker.lock().track(&source.topic, source.partition, source.offset);
-        let key = msg.key().map(Bytes::copy_from_slice);
         let ct = content_type(&msg);
         let event_time_ms = msg.timestamp().to_millis();
-        let payload = payload_bytes(&self.consumer, msg);
+        let (key, payload) = message_bytes(&self.consumer, msg, &self.shared.stats);
         let mut env = Envelope::new(payload, source, priority);
         env.key = key;
         env.event_time_ms = event_time_ms;
