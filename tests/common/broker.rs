@@ -105,11 +105,17 @@ impl TestBroker {
     /// Always starts a fresh Tansu, ignoring `SLUICE_TEST_BROKER` (for tests that need a broker of
     /// their own, e.g. to kill it).
     pub fn start_tansu() -> Result<TestBroker, String> {
+        Self::start_tansu_advertising(None)
+    }
+
+    /// A fresh Tansu that tells clients to connect to `127.0.0.1:<advertised>` (a fault proxy
+    /// in front of it, say) instead of its own port; `bootstrap` is still its own address.
+    pub fn start_tansu_advertising(advertised: Option<u16>) -> Result<TestBroker, String> {
         let bin = tansu_binary()?;
         let mut last = String::new();
         // A free port can be taken by someone else before tansu binds it: try a few.
         for _ in 0..4 {
-            match spawn_tansu(&bin) {
+            match spawn_tansu(&bin, advertised) {
                 Ok(child) => {
                     return Ok(TestBroker {
                         bootstrap: format!("127.0.0.1:{}", child.port),
@@ -715,24 +721,26 @@ fn tansu_binary() -> Result<PathBuf, String> {
     .clone()
 }
 
-fn free_port() -> Result<u16, String> {
+/// A port nobody listens on now (it may be taken by the time it is used).
+pub fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
-fn spawn_tansu(bin: &Path) -> Result<TansuChild, String> {
+fn spawn_tansu(bin: &Path, advertised: Option<u16>) -> Result<TansuChild, String> {
     let port = free_port()?;
     let log_dir = cache_root().join("broker/test-logs");
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     remove_old_logs(&log_dir);
     let log = log_dir.join(format!("tansu-{port}.log"));
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
     let mut wrapper = Command::new("bash")
         .arg("-c")
         .arg(WATCHDOG)
         .arg(bin)
         .args(["broker", "--cluster-id", TANSU_CLUSTER_ID, "--listener-url", &url])
-        .args(["--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .args(["--advertised-listener-url", &advertised_url, "--storage-engine", "memory://tansu/"])
         .env("SLUICE_TANSU_LOG", &log)
         // An inherited RUST_LOG=debug makes tansu log thousands of lines per request.
         .env("RUST_LOG", std::env::var("SLUICE_TANSU_RUST_LOG").unwrap_or_else(|_| "warn".into()))

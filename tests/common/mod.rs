@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod broker;
+pub mod faultproxy;
 pub mod kafka;
 pub mod testkit;
 
