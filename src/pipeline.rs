@@ -211,6 +211,7 @@ impl Pipeline {
                 Err(e) => tracing::error!(error = %e, "pipeline thread failed while draining"),
             }
         }
+        self.source.shared.drained.store(true, Ordering::SeqCst);
         // The final commit gets what is left of the deadline, and at least 2 s.
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2));
         self.source.commit_acknowledged_within(left);

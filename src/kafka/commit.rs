@@ -141,6 +141,12 @@ impl CommitTracker {
             .unwrap_or(0)
     }
 
+    /// Offsets tracked and not yet committable (in flight, or acknowledged behind one that is
+    /// still in flight): the tracker's size.
+    pub fn tracked(&self) -> usize {
+        self.parts.values().map(|s| s.pending.len()).sum()
+    }
+
     /// All offsets in flight.
     pub fn total_in_flight(&self) -> usize {
         self.parts.values().map(|s| s.pending.values().filter(|d| !**d).count()).sum()
@@ -225,6 +231,7 @@ mod tests {
         }
         assert_eq!(c.take_commits()[0].offset, 1, "never past the failed record");
         assert_eq!(c.blocked(), vec![(t(), 0, 1)]);
+        assert_eq!(c.tracked(), 4, "offsets 1..5 stay tracked behind the block");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct SourceShared {
     /// Topics whose partitions are paused because the ring they feed is full: the input topic
     /// (normal ring) and the priority topic (priority ring) independently.
     paused_topics: Mutex<Vec<String>>,
+    /// Set once the pipeline has drained: what is still in flight then never completes.
+    pub drained: AtomicBool,
     pub revoke_timeout: Duration,
     pub stats: Arc<IngestStats>,
 }
@@ -70,6 +72,7 @@ impl SourceShared {
             assigned: Mutex::new(Vec::new()),
             paused: AtomicBool::new(false),
             paused_topics: Mutex::new(Vec::new()),
+            drained: AtomicBool::new(false),
             revoke_timeout,
             stats: Arc::default(),
         })
@@ -112,7 +115,14 @@ impl ConsumerContext for SourceContext {
                 });
             }
         }
-        let deadline = Instant::now() + self.shared.revoke_timeout;
+        // Once the pipeline has drained (or given up at its deadline), nothing in flight can
+        // still complete: the revocation of the final close does not wait for it.
+        let wait = if self.shared.drained.load(Ordering::SeqCst) {
+            Duration::ZERO
+        } else {
+            self.shared.revoke_timeout
+        };
+        let deadline = Instant::now() + wait;
         loop {
             let left: usize = {
                 let t = self.shared.tracker.lock();
@@ -121,8 +131,10 @@ impl ConsumerContext for SourceContext {
             if left == 0 {
                 break;
             }
-            if Instant::now() > deadline {
-                tracing::warn!(in_flight = left, "revocation timeout: committing what is acknowledged; the rest will be redelivered");
+            if Instant::now() >= deadline {
+                if !wait.is_zero() {
+                    tracing::warn!(in_flight = left, "revocation timeout: committing what is acknowledged; the rest will be redelivered");
+                }
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -225,6 +237,10 @@ fn settle_commit(shared: &SourceShared, result: KafkaResult<()>, tpl: &TopicPart
     }
 }
 
+/// Most offsets the commit tracker holds (consumed, not yet committable) before the source
+/// stops reading: about 64 MiB of bookkeeping.
+pub const MAX_TRACKED_OFFSETS: usize = 1_000_000;
+
 /// The Kafka record source: what the ingest thread needs.
 pub struct KafkaSource {
     pub consumer: Arc<BaseConsumer<SourceContext>>,
@@ -279,8 +295,11 @@ impl RecordSource for KafkaSource {
         let consumer = self.consumer.clone();
         while !stop.load(Ordering::SeqCst) {
             let (prio_held, normal_held) = self.flush_pending(&intake);
-            // At the memory bound nothing more is read until what is held drains.
-            let full = self.shared.stats.held_bytes.load(Ordering::Relaxed) >= self.max_held_bytes;
+            // At the memory bound nothing more is read until what is held drains. The commit
+            // tracker counts too: while one outcome is held back (a broker failure), every
+            // offset behind it stays tracked, so at MAX_TRACKED_OFFSETS reading stops as well.
+            let full = self.shared.stats.held_bytes.load(Ordering::Relaxed) >= self.max_held_bytes
+                || self.shared.tracker.lock().tracked() >= MAX_TRACKED_OFFSETS;
             let (prio_held, normal_held) = (prio_held || full, normal_held || full);
             self.set_paused(&priority, prio_held);
             self.set_paused(&input, normal_held);
