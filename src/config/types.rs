@@ -95,6 +95,12 @@ pub struct KafkaConsumer {
     /// pauses until they fall below it (>= 1 MiB).
     #[serde(rename = "maxHeldBytes")]
     pub max_held_bytes: u64,
+    /// `kafka.consumer.fetchWaitMaxMs`: how long the broker may hold a fetch that finds no
+    /// data (librdkafka's `fetch.wait.max.ms`, 1 ..= 5000). Apache Kafka answers as soon as
+    /// data arrives, so there a larger value costs no latency and saves idle CPU; Tansu holds
+    /// every empty fetch for the whole time, so the default stays short.
+    #[serde(rename = "fetchWaitMaxMs")]
+    pub fetch_wait_max_ms: u64,
 }
 
 impl Default for KafkaConsumer {
@@ -106,6 +112,7 @@ impl Default for KafkaConsumer {
             commit_interval_ms: 200,
             revoke_timeout_ms: 30_000,
             max_held_bytes: 256 * 1024 * 1024,
+            fetch_wait_max_ms: 10,
         }
     }
 }

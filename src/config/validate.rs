@@ -68,6 +68,13 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
     }
 
     at_least("kafka.consumer.maxHeldBytes", c.kafka.consumer.max_held_bytes, 1024 * 1024)?;
+    let fw = c.kafka.consumer.fetch_wait_max_ms;
+    if !(1..=5000).contains(&fw) {
+        return Err((
+            "kafka.consumer.fetchWaitMaxMs".into(),
+            format!("must be between 1 and 5000, got {fw}"),
+        ));
+    }
     let dk = c.kafka.producer.dead_letter_key_bytes;
     if dk > 65_536 {
         return Err((

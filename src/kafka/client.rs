@@ -61,7 +61,7 @@ pub fn consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("queued.max.messages.kbytes", "16384")
         .set("receive.message.max.bytes", largest_consumed_record(cfg).to_string())
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
         .set("isolation.level", "read_committed");
     c
 }

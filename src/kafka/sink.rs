@@ -172,11 +172,23 @@ impl OutcomeSink for KafkaSink {
         let mut last_metrics = Instant::now();
         let mut buf = Vec::with_capacity(4096);
         loop {
-            // Take outcomes in bursts, blocking briefly only when idle.
+            // Take outcomes in bursts. With records in flight, block only briefly, so that
+            // their delivery reports are served promptly; with nothing in flight there is
+            // nothing to serve, so wait longer (up to the next retry or metrics report): an
+            // idle pipeline's emit thread wakes 10 times a second, not 500.
+            let idle_wait = if self.producer.in_flight_count() > 0 {
+                Duration::from_millis(2)
+            } else {
+                let next_retry = retries
+                    .peek()
+                    .map(|r| r.0.at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(Duration::from_millis(100));
+                next_retry.clamp(Duration::from_millis(1), Duration::from_millis(100))
+            };
             let mut took = 0;
             while took < 512 {
                 let r = if took == 0 {
-                    completions.recv_timeout(Duration::from_millis(2))
+                    completions.recv_timeout(idle_wait)
                 } else {
                     completions.try_recv().map_err(|e| match e {
                         crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
