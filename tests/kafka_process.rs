@@ -73,6 +73,7 @@ impl Drop for Serve {
 struct Setup {
     input: String,
     output: String,
+    group: String,
     config: std::path::PathBuf,
 }
 
@@ -95,7 +96,7 @@ fn setup(b: &TestBroker, repo: &TestRepo, prefix: &str, partitions: i32) -> Setu
     );
     let config = repo.path().join(format!("{p}.yaml"));
     std::fs::write(&config, yaml).unwrap();
-    Setup { input: names[0].clone(), output: names[2].clone(), config }
+    Setup { input: names[0].clone(), output: names[2].clone(), group: format!("{p}-group"), config }
 }
 
 fn records(from: usize, to: usize) -> Vec<common::kafka::Record> {
@@ -236,4 +237,56 @@ fn sigterm_with_the_broker_gone_exits_soon_after_the_drain_deadline() {
     let status = status.unwrap_or_else(|| panic!("no exit 60 s after SIGTERM: {log}"));
     assert!(status.success(), "exit status {status:?} after {waited:?}: {log}");
     assert!(waited < Duration::from_secs(20), "took {waited:?}: {log}");
+}
+
+#[test]
+fn a_second_instance_joining_and_leaving_twice_under_load_loses_nothing() {
+    let b = TestBroker::start().expect("broker");
+    let repo = mlp_repo();
+    let s = setup(&b, &repo, "churn", 4);
+    let mut a = Serve::start(&s.config);
+    let mut next = 0;
+    let mut produce = |n: usize| {
+        b.produce(&s.input, &records(next, next + n), None).unwrap();
+        next += n;
+    };
+    produce(300);
+    for round in 0..2 {
+        let mut c = Serve::start(&s.config);
+        // Records keep coming while the group rebalances onto two members.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !c.log().contains("partitions assigned") {
+            assert!(Instant::now() < deadline, "round {round}: B got no partitions:\n{}", c.log());
+            produce(50);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        produce(500);
+        std::thread::sleep(Duration::from_secs(1));
+        // B leaves while records keep coming.
+        c.signal("-TERM");
+        produce(500);
+        let status = c.wait(Duration::from_secs(60)).expect("B exits after SIGTERM");
+        assert!(status.success(), "round {round}: {}", c.log());
+        produce(200);
+    }
+    let all = result_ids(&b, &s.output, next, Duration::from_secs(240));
+    let missing: Vec<usize> = (0..next).filter(|i| !all.contains_key(&format!("r{i}"))).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} records, e.g. {:?}\nA:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        a.log()
+    );
+    a.signal("-TERM");
+    assert!(a.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", a.log());
+    let ends = b.end_offsets(&s.input).unwrap();
+    let committed = b.committed_offsets(&s.group, &s.input).unwrap();
+    for (p, end) in ends {
+        assert_eq!(
+            committed.get(&p).copied().flatten(),
+            Some(end),
+            "partition {p} committed to its end"
+        );
+    }
 }
