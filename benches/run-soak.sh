@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Soak run (benches/soak.py has the details): a fresh Tansu, the demo models, `sluice serve`,
+# RATE records/s with 1% hostile ones for MINUTES, RSS/threads/fds sampled every 10 s, and a
+# check that every record got its outcome. Results go to benches/results/soak-<UTC date>/.
+#
+#   benches/run-soak.sh [MINUTES=10] [RATE=150]
+#
+# Needs Python with kafka-python (and matplotlib for the plot): pip install kafka-python
+# matplotlib. SOAK_BIN picks the binary (default target/release/sluice, else target/debug).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes="${1:-10}"
+rate="${2:-150}"
+bin="${SOAK_BIN:-}"
+if [[ -z "$bin" ]]; then
+    if [[ -x target/release/sluice ]]; then bin=target/release/sluice; else bin=target/debug/sluice; fi
+fi
+[[ -x "$bin" ]] || { echo "no sluice binary at $bin: cargo build --release first" >&2; exit 1; }
+out="benches/results/soak-$(date -u +%Y-%m-%d)"
+mkdir -p "$out"
+work="$(mktemp -d)"
+trap 'kill "${serve_pid:-0}" 2>/dev/null || true; scripts/broker.sh stop "${port:-}" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+addr="$(scripts/broker.sh start | tail -n 1)"
+port="${addr##*:}"
+"$bin" models gen-demo "$work/models" >/dev/null
+cat > "$work/soak.yaml" <<YAML
+kafka:
+  bootstrap: {servers: "$addr"}
+  consumer: {group: soak}
+  topics:
+    streaming: {input: soak-in, priority: soak-prio, output: soak-out, dlq: soak-dlq, metrics: soak-metrics}
+streaming:
+  inference:
+    model: {repository: "$work/models"}
+control: {listen: "127.0.0.1:0"}
+YAML
+"$bin" serve --config "$work/soak.yaml" > "$out/sluice.log" 2>&1 &
+serve_pid=$!
+sleep 10
+{
+    echo "machine: $(nproc) cores, $(uname -sr); binary: $bin; broker: Tansu at $addr (fresh)"
+    echo "command: benches/run-soak.sh $minutes $rate; started $(date -u +%FT%TZ)"
+} > "$out/README.txt"
+rc=0
+python3 benches/soak.py "$addr" "$serve_pid" "$out" "$minutes" "$rate" | tee "$out/soak.log" || rc=$?
+kill -TERM "$serve_pid"
+wait "$serve_pid" || true
+exit "$rc"
