@@ -110,14 +110,6 @@ fn the_broker_unreachable_for_ten_seconds_mid_stream_loses_nothing() {
     let report = cp.shutdown();
     let missing: Vec<usize> = (0..4000).filter(|i| !got.contains(&format!("r{i}"))).collect();
     assert!(missing.is_empty(), "lost: {:?} ({report:?})", &missing[..missing.len().min(20)]);
-    let ends = b.end_offsets(&t.input).unwrap();
-    let committed = b.committed_offsets(&t.group, &t.input).unwrap();
-    for (p, end) in ends {
-        assert_eq!(
-            committed.get(&p).copied().flatten(),
-            Some(end),
-            "partition {p} committed to its end"
-        );
-    }
+    b.assert_committed_to_end(&t.group, &t.input);
     drop(proxy);
 }

@@ -8,28 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::broker::TestBroker;
-use common::kafka::{cache_for, config, header, json, outcomes, setup, source_of, Record, Topics};
+use common::kafka::{
+    cache_for, committed, config, header, json, outcomes, setup, source_of, Record,
+};
 use common::TestRepo;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::TopicPartitionList;
 use sluice::pipeline::Pipeline;
-
-/// The group's committed offset per input partition.
-fn committed(b: &TestBroker, t: &Topics, partitions: i32) -> Vec<i64> {
-    let mut cfg = b.client_config();
-    cfg.set("group.id", &t.group);
-    let c: BaseConsumer = cfg.create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(&t.input, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    let offs = (0..partitions)
-        .map(|p| got.find_partition(&t.input, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1))
-        .collect();
-    std::thread::spawn(move || drop(c));
-    offs
-}
 
 #[test]
 fn ten_thousand_requests_each_get_exactly_one_outcome_and_priority_goes_first() {

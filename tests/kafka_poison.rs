@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::broker::TestBroker;
-use common::kafka::{cache_for, config, header, json, outcomes, setup, source_of, Record};
+use common::kafka::{
+    cache_for, committed, config, header, json, outcomes, setup, source_of, Record,
+};
 use common::TestRepo;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::TopicPartitionList;
 use sluice::pipeline::Pipeline;
 
 fn normal(i: usize) -> Record {
@@ -89,22 +89,6 @@ fn poison() -> Vec<(&'static str, Record)> {
     ]
 }
 
-fn committed(b: &TestBroker, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let mut cfg = b.client_config();
-    cfg.set("group.id", group);
-    let c: BaseConsumer = cfg.create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    let offs = (0..partitions)
-        .map(|p| got.find_partition(topic, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1))
-        .collect();
-    std::thread::spawn(move || drop(c));
-    offs
-}
-
 #[test]
 fn poison_records_each_get_one_outcome_and_commits_reach_the_end_of_every_partition() {
     let b = TestBroker::start().expect("broker");
@@ -160,5 +144,5 @@ fn poison_records_each_get_one_outcome_and_commits_reach_the_end_of_every_partit
     let ends: Vec<i64> = (0..2)
         .map(|p| sent.iter().filter(|(pp, _)| *pp == p).map(|(_, o)| o + 1).max().unwrap_or(0))
         .collect();
-    assert_eq!(committed(&b, &t.group, &t.input, 2), ends, "commits reach the end");
+    assert_eq!(committed(&b, &t, 2), ends, "commits reach the end");
 }

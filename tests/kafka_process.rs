@@ -280,13 +280,5 @@ fn a_second_instance_joining_and_leaving_twice_under_load_loses_nothing() {
     );
     a.signal("-TERM");
     assert!(a.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", a.log());
-    let ends = b.end_offsets(&s.input).unwrap();
-    let committed = b.committed_offsets(&s.group, &s.input).unwrap();
-    for (p, end) in ends {
-        assert_eq!(
-            committed.get(&p).copied().flatten(),
-            Some(end),
-            "partition {p} committed to its end"
-        );
-    }
+    b.assert_committed_to_end(&s.group, &s.input);
 }

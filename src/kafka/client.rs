@@ -86,26 +86,38 @@ pub fn instance_name() -> String {
 /// How long [`close_in_background`] waits for a client to close.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
+/// Runs `work` on a helper thread named `name` and waits up to `limit` for it: librdkafka
+/// calls that talk to a broker which is gone (a destroy, a synchronous commit) may not return.
+/// A thread that finished is joined; one still running at `limit` is left to end on its own
+/// (the process exit ends it). Returns whether it finished; an error if it could not spawn.
+pub fn run_bounded(
+    name: &str,
+    limit: Duration,
+    work: impl FnOnce() + Send + 'static,
+) -> std::io::Result<bool> {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    let h = std::thread::Builder::new().name(name.into()).spawn(move || {
+        work();
+        let _ = tx.send(());
+    })?;
+    if rx.recv_timeout(limit).is_ok() {
+        let _ = h.join();
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
+
 /// Drops a client on a helper thread and waits up to [`CLOSE_WAIT`]: librdkafka's destroy can
 /// hang (rust-rdkafka #509), on a broker that is gone for one. A hung close is logged and
 /// abandoned; the process exit ends it.
 pub fn close_in_background<T: Send + 'static>(client: T) {
-    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-    let spawned = std::thread::Builder::new().name("sluice-kafka-close".into()).spawn(move || {
-        drop(client);
-        let _ = tx.send(());
-    });
-    match spawned {
-        Ok(h) => {
-            if rx.recv_timeout(CLOSE_WAIT).is_ok() {
-                let _ = h.join();
-            } else {
-                tracing::warn!(
-                    "closing a Kafka client did not finish within {} s; abandoning it",
-                    CLOSE_WAIT.as_secs()
-                );
-            }
-        }
+    match run_bounded("sluice-kafka-close", CLOSE_WAIT, move || drop(client)) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "closing a Kafka client did not finish within {} s; abandoning it",
+            CLOSE_WAIT.as_secs()
+        ),
         Err(e) => tracing::warn!(error = %e, "could not spawn the close thread"),
     }
 }

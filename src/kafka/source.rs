@@ -13,7 +13,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::client::close_in_background;
+use super::client::{close_in_background, run_bounded};
 use super::commit::{CommitPoint, CommitTracker};
 use super::payload::message_bytes;
 use super::probe::PartitionLag;
@@ -517,15 +517,10 @@ impl SourceHandle {
     }
 
     /// Commits every acknowledged offset synchronously (the last step of a drain), and
-    /// reports partitions whose commits are blocked by an undeliverable outcome.
-    pub fn commit_acknowledged(&self) {
-        self.commit_acknowledged_within(Duration::from_secs(30));
-    }
-
-    /// [`commit_acknowledged`](Self::commit_acknowledged), waiting at most `limit` for the
+    /// reports partitions with records left without an outcome. Waits at most `limit` for the
     /// broker: a synchronous commit to a broker that is gone does not return by itself. It
-    /// runs on a helper thread; one still waiting at `limit` is left to finish or fail on its
-    /// own (those offsets are then read again after a restart: at-least-once).
+    /// runs on a helper thread ([`run_bounded`]); one still waiting at `limit` is left to
+    /// finish or fail on its own (those offsets are then read again after a restart).
     pub fn commit_acknowledged_within(&self, limit: Duration) {
         let points = self.shared.tracker.lock().take_commits();
         let blocked = self.shared.tracker.lock().blocked();
@@ -540,33 +535,25 @@ impl SourceHandle {
             return;
         }
         let shared = self.shared.clone();
-        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
         let until = Instant::now() + limit;
-        let spawned =
-            std::thread::Builder::new().name("sluice-final-commit".into()).spawn(move || {
-                // A failed commit is offered again by the tracker: retry it until `limit`.
-                let mut points = points;
-                loop {
-                    commit_points(&consumer, &points, CommitMode::Sync, &shared);
-                    points = shared.tracker.lock().take_commits();
-                    if points.is_empty() || Instant::now() >= until {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
+        // A failed commit is offered again by the tracker: retry it until `limit`.
+        let retry_until_confirmed = move || {
+            let mut points = points;
+            loop {
+                commit_points(&consumer, &points, CommitMode::Sync, &shared);
+                points = shared.tracker.lock().take_commits();
+                if points.is_empty() || Instant::now() >= until {
+                    break;
                 }
-                let _ = tx.send(());
-            });
-        match spawned {
-            Ok(h) => {
-                if rx.recv_timeout(limit).is_ok() {
-                    let _ = h.join();
-                } else {
-                    tracing::error!(
-                        waited_ms = limit.as_millis() as u64,
-                        "final offset commit got no answer from the broker in time; leaving it (those records are processed again after a restart)"
-                    );
-                }
+                std::thread::sleep(Duration::from_millis(200));
             }
+        };
+        match run_bounded("sluice-final-commit", limit, retry_until_confirmed) {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(
+                waited_ms = limit.as_millis() as u64,
+                "final offset commit got no answer from the broker in time; leaving it (those records are processed again after a restart)"
+            ),
             Err(e) => tracing::error!(error = %e, "could not spawn the final commit thread"),
         }
     }

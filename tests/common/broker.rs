@@ -452,6 +452,19 @@ impl TestBroker {
         result
     }
 
+    /// Asserts that `group` has committed every partition of `topic` to its end offset.
+    pub fn assert_committed_to_end(&self, group: &str, topic: &str) {
+        let ends = self.end_offsets(topic).unwrap();
+        let committed = self.committed_offsets(group, topic).unwrap();
+        for (p, end) in ends {
+            assert_eq!(
+                committed.get(&p).copied().flatten(),
+                Some(end),
+                "partition {p} committed to its end"
+            );
+        }
+    }
+
     /// End offsets (high watermarks: the offset the next record gets) of every partition of `topic`.
     ///
     /// Tansu answers ListOffsets(latest) with the base offset of the partition's last record batch

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
 use sluice::config::Config;
 use sluice::models::{ModelCache, Repository};
 use sluice::settings::Settings;
@@ -105,4 +107,21 @@ pub fn outcomes(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The group's committed offset per input partition.
+pub fn committed(b: &TestBroker, t: &Topics, partitions: i32) -> Vec<i64> {
+    let mut cfg = b.client_config();
+    cfg.set("group.id", &t.group);
+    let c: BaseConsumer = cfg.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&t.input, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let offs = (0..partitions)
+        .map(|p| got.find_partition(&t.input, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1))
+        .collect();
+    std::thread::spawn(move || drop(c));
+    offs
 }
