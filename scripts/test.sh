@@ -22,4 +22,4 @@ if [[ -z "${SLUICE_TEST_BROKER:-}" && -x scripts/broker.sh ]]; then
     echo "test broker: $SLUICE_TEST_BROKER"
 fi
 
-cargo test --locked --no-fail-fast --features loadgen "$@"
+cargo test --locked --no-fail-fast --features loadgen,fault-injection "$@"

@@ -241,7 +241,7 @@ pub fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
 /// per batch by the lane itself).
 fn run_lane(index: usize, run: impl FnOnce()) {
     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-        let why = crate::execute::lane::panic_message(p.as_ref());
+        let why = crate::core::panic_message(p.as_ref());
         tracing::error!(lane = index, panic = %why, "lane thread panicked and stopped; the pipeline is failed, and its in-flight records stay uncommitted");
     }
 }

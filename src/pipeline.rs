@@ -138,7 +138,10 @@ impl Pipeline {
                 reason: e.to_string(),
             })?;
         let shared = connected.handle.shared.clone();
-        let decoder = Decoder::new(cache, settings.limits.clone(), None);
+        // Model loads run on the loader thread, never on the ingest thread.
+        let decoder = Decoder::new(cache, settings.limits.clone(), None)
+            .with_background_loads()
+            .map_err(|source| RunError::Spawn { name: "sluice-model-loader", source })?;
         let running = Running::start(
             Box::new(connected.source),
             Box::new(connected.sink),
@@ -202,7 +205,10 @@ impl Pipeline {
         let mut hung = Vec::new();
         if let Some(running) = self.running.take() {
             running.request_stop();
-            match running.finish_by(deadline) {
+            let poller = self.source.drain_poller();
+            let finished = running.finish_by(deadline);
+            drop(poller);
+            match finished {
                 Ok(()) => {}
                 Err(RunError::Hung(what)) => {
                     tracing::error!(threads = %what, "drain deadline passed with threads still running; they are left behind");

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::core::{EngineStats, Envelope, ErrorClass, Failure, IngestStats, Outcome};
-use crate::decode::Decoder;
+use crate::decode::{Decoder, Undecoded};
 use crate::engine::{wait_until, Engine, EngineSettings};
+use crate::models::{LoadDone, ModelKey};
 use crate::queue::{Request, Rings};
 
 /// Why a run could not start or ended with an error.
@@ -85,15 +86,24 @@ pub struct Intake {
     stats: Arc<IngestStats>,
 }
 
+/// What became of a record offered with [`Intake::try_decode`].
+#[derive(Debug)]
+pub enum Intaken {
+    /// A valid request, to queue.
+    Request(Request),
+    /// Rejected: its dead letter is on its way to the sink.
+    Rejected,
+    /// Its model version is loading on the loader thread: keep it, and hand it to
+    /// [`Intake::resume`] once [`Intake::loads_finished`] reports that load.
+    Waiting(Envelope, ModelKey),
+}
+
 impl Intake {
     /// Decodes `env` into a request. A record that is empty or fails to decode gets its
-    /// dead-letter outcome at once (`None`).
+    /// dead-letter outcome at once (`None`). A model that is not loaded is loaded first
+    /// (waiting for the loader, if the decoder has one).
     pub fn decode(&mut self, env: Envelope) -> Option<Request> {
-        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
-        if env.payload.iter().all(u8::is_ascii_whitespace) {
-            self.reject(env, Failure::new(ErrorClass::Parse, "empty record value"));
-            return None;
-        }
+        let env = self.count_and_check(env)?;
         match self.decoder.decode(env) {
             Ok(req) => Some(req),
             Err((env, failure)) => {
@@ -101,6 +111,51 @@ impl Intake {
                 None
             }
         }
+    }
+
+    /// [`decode`](Self::decode) without waiting for a model load: a record whose model
+    /// version is loading comes back as [`Intaken::Waiting`].
+    pub fn try_decode(&mut self, env: Envelope) -> Intaken {
+        let Some(env) = self.count_and_check(env) else { return Intaken::Rejected };
+        let r = self.decoder.try_decode(env);
+        self.intaken(r)
+    }
+
+    /// Decodes a record that waited for `done`'s load (it is not counted again).
+    pub fn resume(&mut self, env: Envelope, done: &LoadDone) -> Intaken {
+        let r = self.decoder.decode_loaded(env, done);
+        self.intaken(r)
+    }
+
+    /// Model loads that finished since the last call.
+    pub fn loads_finished(&mut self) -> Vec<LoadDone> {
+        self.decoder.loads_finished()
+    }
+
+    /// Waits up to `timeout` for the next finished model load.
+    pub fn wait_for_load(&mut self, timeout: Duration) -> Option<LoadDone> {
+        self.decoder.wait_for_load(timeout)
+    }
+
+    fn intaken(&self, r: Result<Request, Undecoded>) -> Intaken {
+        match r {
+            Ok(req) => Intaken::Request(req),
+            Err(Undecoded::Rejected(env, failure)) => {
+                self.reject(env, failure);
+                Intaken::Rejected
+            }
+            Err(Undecoded::Waiting(env, key)) => Intaken::Waiting(env, key),
+        }
+    }
+
+    /// Counts `env` as consumed; rejects an empty one.
+    fn count_and_check(&self, env: Envelope) -> Option<Envelope> {
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        if env.payload.iter().all(u8::is_ascii_whitespace) {
+            self.reject(env, Failure::new(ErrorClass::Parse, "empty record value"));
+            return None;
+        }
+        Some(env)
     }
 
     /// [`decode`](Self::decode)s `env` and queues its request. A valid request whose ring is

@@ -40,8 +40,12 @@ pub fn refresh(ctl: &Control) {
         m.assigned_partitions.set(p.source().assigned.lock().len() as i64);
         m.held_bytes
             .set(p.source().stats.held_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        m.waiting_for_model
+            .set(p.source().stats.waiting_for_model.load(std::sync::atomic::Ordering::Relaxed)
+                as i64);
     } else {
         m.held_bytes.set(0);
+        m.waiting_for_model.set(0);
         m.ring_depth.with_label_values(&["priority"]).set(0);
         m.ring_depth.with_label_values(&["normal"]).set(0);
         m.consumer_paused.set(0);

@@ -15,7 +15,7 @@ pub mod stats;
 
 pub use envelope::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, Priority, Source};
 pub use limits::{BatchCaps, Limits};
-pub use outcome::{bounded_reason, MAX_REASON_BYTES};
+pub use outcome::{bounded_reason, panic_message, MAX_REASON_BYTES};
 pub use outcome::{ErrorClass, Failure, InvalidInput, ModelId, Outcome, Timings, Verdict};
 pub use output::{BatchOutput, OutputKind};
 pub use staging::{HostStaging, PinnedBlock, StagingBuf};

@@ -243,6 +243,17 @@ impl Outcome {
     }
 }
 
+/// The message of a panic payload (`panic!` with a literal or a formatted string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

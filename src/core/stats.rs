@@ -208,6 +208,8 @@ pub struct IngestStats {
     /// record's bytes are counted when it is consumed and uncounted when its last reference
     /// goes (payloads are shared, never copied, so this is the memory they really take).
     pub held_bytes: AtomicU64,
+    /// Records waiting for their model version to load (a gauge).
+    pub waiting_for_model: AtomicU64,
 }
 
 impl IngestStats {

@@ -10,8 +10,10 @@ use super::flatbuf;
 use super::json::{for_each_feature_row, for_each_text};
 use crate::core::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, InvalidInput, Limits};
 use crate::core::{ErrorClass, Failure};
+use crate::models::cache::Lookup;
 use crate::models::wordpiece::TokenScratch;
-use crate::models::{LoadedModel, ModelCache, ModelError, ModelInput};
+use crate::models::ModelLoader;
+use crate::models::{LoadDone, LoadedModel, ModelCache, ModelError, ModelInput, ModelKey};
 use crate::queue::Request;
 
 /// A JSON string borrowed from the payload when it has no escapes. (serde's own
@@ -55,13 +57,59 @@ struct RawRequest<'a> {
 
 /// Decodes records into requests. One per ingest thread: it owns reusable scratch space, so
 /// validating a request allocates nothing in steady state beyond what JSON escapes need.
+///
+/// A record naming a model version that is not loaded either loads it inline (the default:
+/// batch mode, tests) or, with [`with_background_loads`](Self::with_background_loads), asks
+/// the loader thread and hands the record back to wait ([`Undecoded::Waiting`]).
 pub struct Decoder {
     cache: Arc<ModelCache>,
     limits: Limits,
-    default_model: Option<String>,
+    default_model: Option<Arc<str>>,
     scratch: TokenScratch,
     row_buf: Vec<f32>,
     seq: u64,
+    /// Background loads (the streaming path); `None` loads inline.
+    loader: Option<ModelLoader>,
+    /// The model a finished load handed over, used while re-decoding the records that waited
+    /// for it (the cache may have evicted it again already).
+    preloaded: Option<Arc<LoadedModel>>,
+    /// Finished loads seen while waiting for another one, not yet handed out.
+    unclaimed: Vec<LoadDone>,
+}
+
+/// A record that did not become a request.
+#[derive(Debug)]
+pub enum Undecoded {
+    /// Invalid (or its model cannot be served): it gets this dead letter.
+    Rejected(Envelope, Failure),
+    /// Its model version is being loaded in the background: decode it again with
+    /// [`Decoder::decode_loaded`] once the load of this key is done.
+    Waiting(Envelope, ModelKey),
+}
+
+/// Why decoding stopped short of a request.
+enum Stop {
+    Fail(Failure),
+    Wait(ModelKey),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        Stop::Fail(f)
+    }
+}
+
+/// The dead letter of a record whose model cannot be served.
+fn model_failure(model_name: &str, e: ModelError) -> Failure {
+    match e {
+        ModelError::UnknownModel { .. } | ModelError::InvalidName(_) => {
+            fail(ErrorClass::UnknownModel, e.to_string())
+        }
+        other => fail(
+            ErrorClass::Inference,
+            format!("model '{model_name}' could not be loaded: {other}"),
+        ),
+    }
 }
 
 fn fail(class: ErrorClass, reason: impl Into<String>) -> Failure {
@@ -102,11 +150,39 @@ impl Decoder {
         Decoder {
             cache,
             limits,
-            default_model,
+            default_model: default_model.map(Into::into),
             scratch: TokenScratch::default(),
             row_buf: Vec::new(),
             seq: 0,
+            loader: None,
+            preloaded: None,
+            unclaimed: Vec::new(),
         }
+    }
+
+    /// Loads models on a loader thread instead of inline (starts the thread; it stops and is
+    /// joined when the decoder drops). See [`try_decode`](Self::try_decode).
+    pub fn with_background_loads(mut self) -> std::io::Result<Self> {
+        self.loader = Some(ModelLoader::start(self.cache.clone())?);
+        Ok(self)
+    }
+
+    /// Loads that finished since the last call; decode the records that waited for each
+    /// with [`decode_loaded`](Self::decode_loaded).
+    pub fn loads_finished(&mut self) -> Vec<LoadDone> {
+        let mut done = std::mem::take(&mut self.unclaimed);
+        if let Some(l) = &mut self.loader {
+            done.extend(l.finished());
+        }
+        done
+    }
+
+    /// Waits up to `timeout` for the next finished load (`None` without background loads).
+    pub fn wait_for_load(&mut self, timeout: std::time::Duration) -> Option<LoadDone> {
+        if let Some(d) = self.unclaimed.pop() {
+            return Some(d);
+        }
+        self.loader.as_mut()?.wait(timeout)
     }
 
     /// The limits in force.
@@ -115,7 +191,64 @@ impl Decoder {
     }
 
     /// Decodes and validates one record; on failure the envelope comes back with the reason.
+    /// A model that is not loaded is loaded first (with background loads: waits for it).
     pub fn decode(&mut self, env: Envelope) -> Result<Request, (Envelope, Failure)> {
+        match self.try_decode(env) {
+            Ok(req) => Ok(req),
+            Err(Undecoded::Rejected(env, f)) => Err((env, f)),
+            Err(Undecoded::Waiting(env, key)) => {
+                let mut others = Vec::new();
+                let done = self.loader.as_mut().and_then(|l| l.wait_for(&key, &mut others));
+                self.unclaimed.extend(others);
+                let Some(done) = done else {
+                    let f = fail(
+                        ErrorClass::Inference,
+                        format!("model {key} could not be loaded: the loader stopped"),
+                    );
+                    return Err((env, f));
+                };
+                match self.decode_loaded(env, &done) {
+                    Ok(req) => Ok(req),
+                    Err(Undecoded::Rejected(env, f)) => Err((env, f)),
+                    Err(Undecoded::Waiting(env, key)) => {
+                        let f =
+                            fail(ErrorClass::Inference, format!("model {key} is still not loaded"));
+                        Err((env, f))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes a record that waited for `done`'s load: with the model it loaded, or its dead
+    /// letter if the load failed. (It can wait again if it now needs another version: the
+    /// serving version changed meanwhile.)
+    pub fn decode_loaded(&mut self, env: Envelope, done: &LoadDone) -> Result<Request, Undecoded> {
+        match &done.result {
+            Ok(model) => {
+                self.preloaded = Some(model.clone());
+                let r = self.try_decode(env);
+                self.preloaded = None;
+                r
+            }
+            Err(reason) => {
+                let key = &done.key;
+                let f = fail(
+                    ErrorClass::Inference,
+                    format!(
+                        "model '{}' version '{}' could not be loaded: {reason}",
+                        key.name, key.version
+                    ),
+                );
+                Err(Undecoded::Rejected(env, f))
+            }
+        }
+    }
+
+    /// Decodes and validates one record without waiting for a model load: a record whose
+    /// model version is being loaded in the background comes back as
+    /// [`Undecoded::Waiting`].
+    pub fn try_decode(&mut self, env: Envelope) -> Result<Request, Undecoded> {
         match self.decode_inner(&env) {
             Ok(parts) => {
                 self.seq += 1;
@@ -131,17 +264,18 @@ impl Decoder {
                     seq: self.seq,
                 })
             }
-            Err(f) => Err((env, f)),
+            Err(Stop::Fail(f)) => Err(Undecoded::Rejected(env, f)),
+            Err(Stop::Wait(key)) => Err(Undecoded::Waiting(env, key)),
         }
     }
 
-    fn decode_inner(&mut self, env: &Envelope) -> Result<Parts, Failure> {
+    fn decode_inner(&mut self, env: &Envelope) -> Result<Parts, Stop> {
         let payload: &[u8] = &env.payload;
         if payload.len() > self.limits.max_record_bytes {
             return Err(fail(
                 ErrorClass::TooLarge,
                 format!("record is {} bytes, the limit is {} (streaming.inference.limits.maxRecordBytes)", payload.len(), self.limits.max_record_bytes),
-            ));
+            ).into());
         }
         if env.content_type == ContentType::FlatBuffers {
             return self.decode_flatbuffer(payload);
@@ -162,10 +296,13 @@ impl Decoder {
             Cow::Owned(s) => IdText::Owned(s.clone().into_boxed_str()),
         };
 
-        let model_name: &str = match (&raw.model, &self.default_model) {
+        let default = if raw.model.is_none() { self.default_model.clone() } else { None };
+        let model_name: &str = match (&raw.model, &default) {
             (Some(m), _) => &m.0,
             (None, Some(d)) => d,
-            (None, None) => return Err(fail(ErrorClass::Validation, "missing field 'model'")),
+            (None, None) => {
+                return Err(fail(ErrorClass::Validation, "missing field 'model'").into())
+            }
         };
         let model = self.resolve_model(model_name, raw.version.as_ref().map(|v| &*v.0))?;
         check_deadline(raw.deadline_ms)?;
@@ -187,7 +324,7 @@ impl Decoder {
     }
 
     /// The FlatBuffers path (`ingest::flatbuf`): same envelope checks in the same order.
-    fn decode_flatbuffer(&mut self, payload: &[u8]) -> Result<Parts, Failure> {
+    fn decode_flatbuffer(&mut self, payload: &[u8]) -> Result<Parts, Stop> {
         let fb = flatbuf::parse(payload).map_err(|e| fail(ErrorClass::Parse, e))?;
         self.check_id(fb.id())?;
         let model = self.resolve_model(fb.model(), fb.version())?;
@@ -220,19 +357,30 @@ impl Decoder {
     }
 
     fn resolve_model(
-        &self,
+        &mut self,
         model_name: &str,
         version: Option<&str>,
-    ) -> Result<Arc<LoadedModel>, Failure> {
-        self.cache.get(model_name, version).map_err(|e| match e {
-            ModelError::UnknownModel { .. } | ModelError::InvalidName(_) => {
-                fail(ErrorClass::UnknownModel, e.to_string())
+    ) -> Result<Arc<LoadedModel>, Stop> {
+        if let Some(m) = &self.preloaded {
+            if &*m.name == model_name && version.is_none_or(|v| *m.version == *v) {
+                return Ok(m.clone());
             }
-            other => fail(
-                ErrorClass::Inference,
-                format!("model '{model_name}' could not be loaded: {other}"),
-            ),
-        })
+        }
+        let Some(loader) = &mut self.loader else {
+            return self
+                .cache
+                .get(model_name, version)
+                .map_err(|e| model_failure(model_name, e).into());
+        };
+        match self.cache.lookup(model_name, version) {
+            Lookup::Ready(m) => Ok(m),
+            Lookup::Failed(e) => Err(model_failure(model_name, e).into()),
+            Lookup::Missing { version } => {
+                let key = ModelKey { name: model_name.into(), version };
+                loader.request(&key);
+                Err(Stop::Wait(key))
+            }
+        }
     }
 
     /// A request must fit in one batch's padded-token budget.

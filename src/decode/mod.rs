@@ -8,4 +8,4 @@ pub mod decoder;
 pub mod flatbuf;
 pub mod json;
 
-pub use decoder::Decoder;
+pub use decoder::{Decoder, Undecoded};

@@ -8,7 +8,7 @@ use crossbeam_channel::Sender;
 
 use super::executor::Executor;
 use super::fill::{fill_batch, FillScratch};
-use crate::core::{now_epoch_ms, EngineStats, ErrorClass, Failure, Outcome};
+use crate::core::{now_epoch_ms, panic_message, EngineStats, ErrorClass, Failure, Outcome};
 use crate::models::{LoadedModel, ModelError};
 use crate::queue::{BatchPolicy, Batcher, Request, Rings};
 
@@ -284,17 +284,6 @@ fn guarded<T>(call: &str, f: impl FnOnce() -> Result<T, ModelError>) -> Result<T
             tracing::error!(call, panic = %why, "the executor panicked; the batch counts as failed");
             Err(ModelError::Panicked(why))
         }
-    }
-}
-
-/// The message of a panic payload (`panic!` with a literal or a formatted string).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_owned()
     }
 }
 

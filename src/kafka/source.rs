@@ -2,8 +2,8 @@
 //! offers each record to the engine's intake (which decodes, validates and queues it),
 //! pauses the assignment while a ring is full, and commits the acknowledged offsets.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,9 @@ use super::probe::PartitionLag;
 use crate::core::{
     ContentType, Envelope, ErrorClass, Failure, IngestStats, InvalidInput, Priority, Source,
 };
+use crate::models::{LoadDone, ModelKey};
 use crate::queue::Request;
-use crate::run::{Intake, RecordSource, RunError};
+use crate::run::{Intake, Intaken, RecordSource, RunError};
 
 /// State the consumer thread shares with its rebalance callbacks and the pipeline.
 pub struct SourceShared {
@@ -31,22 +32,33 @@ pub struct SourceShared {
     pending: Mutex<Held>,
     /// Currently assigned (topic, partition)s.
     pub assigned: Mutex<Vec<(String, i32)>>,
-    /// Whether any topic is paused for backpressure (the gauge).
+    /// Whether any partition is paused for backpressure (the gauge).
     pub paused: AtomicBool,
-    /// Topics whose partitions are paused because the ring they feed is full: the input topic
-    /// (normal ring) and the priority topic (priority ring) independently.
+    /// Topics whose partitions are all paused because the ring they feed is full (the input
+    /// topic: the normal ring; the priority topic: the priority ring) or memory is at its
+    /// bound. New partitions of such a topic start paused.
     paused_topics: Mutex<Vec<String>>,
+    /// The partitions paused now (whole topics above, plus those whose records wait for a
+    /// model load while the wait queue is full).
+    paused_parts: Mutex<HashSet<(String, i32)>>,
+    /// Bumped by every rebalance: the ingest loop then reconciles what is paused.
+    assignment_epoch: AtomicU64,
     /// Set once the pipeline has drained: what is still in flight then never completes.
     pub drained: AtomicBool,
+    /// Set when the ingest thread stops polling (stopping): the drain poller takes over.
+    pub ingest_stopped: AtomicBool,
     pub revoke_timeout: Duration,
     pub stats: Arc<IngestStats>,
 }
 
-/// Requests held back because their ring was full, per ring.
+/// Requests held back because their ring was full, per ring, and records waiting for their
+/// model to load.
 #[derive(Default)]
 struct Held {
     priority: VecDeque<Request>,
     normal: VecDeque<Request>,
+    /// Records whose model version is loading on the loader thread, in arrival order.
+    waiting: VecDeque<(Envelope, ModelKey)>,
 }
 
 impl Held {
@@ -72,7 +84,10 @@ impl SourceShared {
             assigned: Mutex::new(Vec::new()),
             paused: AtomicBool::new(false),
             paused_topics: Mutex::new(Vec::new()),
+            paused_parts: Mutex::new(HashSet::new()),
+            assignment_epoch: AtomicU64::new(0),
             drained: AtomicBool::new(false),
+            ingest_stopped: AtomicBool::new(false),
             revoke_timeout,
             stats: Arc::default(),
         })
@@ -99,22 +114,21 @@ impl ConsumerContext for SourceContext {
             let mut pending = self.shared.pending.lock();
             let mut tracker = self.shared.tracker.lock();
             let held = &mut *pending;
-            for queue in [&mut held.priority, &mut held.normal] {
-                queue.retain(|r| {
-                    let revoked = parts
-                        .iter()
-                        .any(|(t, p)| **t == *r.env.source.topic && *p == r.env.source.partition);
-                    if revoked {
-                        tracker.forget(
-                            &r.env.source.topic,
-                            r.env.source.partition,
-                            r.env.source.offset,
-                        );
-                    }
-                    !revoked
-                });
-            }
+            // Records of the revoked partitions that are held or wait for a model: never
+            // queued, so dropped un-committed (the next owner reads them again).
+            let mut keep = |src: &Source| {
+                let revoked = parts.iter().any(|(t, p)| **t == *src.topic && *p == src.partition);
+                if revoked {
+                    tracker.forget(&src.topic, src.partition, src.offset);
+                }
+                !revoked
+            };
+            held.priority.retain(|r| keep(&r.env.source));
+            held.normal.retain(|r| keep(&r.env.source));
+            held.waiting.retain(|(env, _)| keep(&env.source));
         }
+        self.shared.paused_parts.lock().retain(|a| !parts.contains(a));
+        self.shared.assignment_epoch.fetch_add(1, Ordering::SeqCst);
         // Once the pipeline has drained (or given up at its deadline), nothing in flight can
         // still complete: the revocation of the final close does not wait for it.
         let wait = if self.shared.drained.load(Ordering::SeqCst) {
@@ -161,9 +175,11 @@ impl ConsumerContext for SourceContext {
                 for (t, p) in parts.iter().filter(|(t, _)| paused.contains(t)) {
                     to_pause.add_partition(t, *p);
                 }
-                if to_pause.count() > 0 {
-                    let _ = consumer.pause(&to_pause);
+                if to_pause.count() > 0 && consumer.pause(&to_pause).is_ok() {
+                    let mut now_paused = self.shared.paused_parts.lock();
+                    now_paused.extend(parts.iter().filter(|(t, _)| paused.contains(t)).cloned());
                 }
+                self.shared.assignment_epoch.fetch_add(1, Ordering::SeqCst);
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -293,30 +309,41 @@ impl RecordSource for KafkaSource {
         let mut last_poll_error: Option<Instant> = None;
         tracing::info!(input = %input, priority = %priority, "ingest started");
         let consumer = self.consumer.clone();
+        // What the loop last asked to be paused, and under which assignment.
+        let mut applied: Option<(PauseWish, u64)> = None;
+        let max_waiting = intake.rings().capacity();
         while !stop.load(Ordering::SeqCst) {
+            self.resume_loaded(&mut intake);
             let (prio_held, normal_held) = self.flush_pending(&intake);
             // At the memory bound nothing more is read until what is held drains. The commit
             // tracker counts too: while one outcome is held back (a broker failure), every
             // offset behind it stays tracked, so at MAX_TRACKED_OFFSETS reading stops as well.
             let full = self.shared.stats.held_bytes.load(Ordering::Relaxed) >= self.max_held_bytes
                 || self.shared.tracker.lock().tracked() >= MAX_TRACKED_OFFSETS;
-            let (prio_held, normal_held) = (prio_held || full, normal_held || full);
-            self.set_paused(&priority, prio_held);
-            self.set_paused(&input, normal_held);
+            let wish = PauseWish {
+                priority: prio_held || full,
+                normal: normal_held || full,
+                waiting: self.waiting_partitions_if_full(max_waiting),
+                all: false,
+            };
             // Both rings full: let the lanes make room, then poll without waiting (heartbeats,
             // rebalances). One ring full: its topic is paused and the other one's records keep
             // coming, so poll briefly. Neither: poll normally.
             let wait = if full {
                 // Paused for memory: nothing arrives; poll only to keep the group alive.
                 5
-            } else if prio_held && normal_held {
+            } else if wish.priority && wish.normal {
                 intake.rings().wait_for_space(Duration::from_millis(5));
                 0
-            } else if prio_held || normal_held {
+            } else if wish.priority || wish.normal {
                 5
             } else {
                 50
             };
+            let epoch = self.shared.assignment_epoch.load(Ordering::SeqCst);
+            if applied.as_ref().is_none_or(|(w, e)| *w != wish || *e != epoch) {
+                applied = self.apply_pauses(&wish, &priority, &input).then_some((wish, epoch));
+            }
             match consumer.poll(Duration::from_millis(wait)) {
                 None => {}
                 Some(Err(e))
@@ -336,6 +363,12 @@ impl RecordSource for KafkaSource {
                 }
             }
         }
+        // Nothing more is read: every assigned partition is paused, and from here on the
+        // drain poller (Pipeline::stop) polls the consumer, so that heartbeats and rebalances
+        // are served while the pipeline drains.
+        let everything = PauseWish { all: true, ..PauseWish::default() };
+        self.apply_pauses(&everything, &priority, &input);
+        self.shared.ingest_stopped.store(true, Ordering::SeqCst);
         // The committer ends after the commit it may be making; one stuck on a broker that is
         // gone is left behind (Pipeline::stop makes the final commit within the deadline).
         drop(stop_commits);
@@ -345,6 +378,24 @@ impl RecordSource for KafkaSource {
             let _ = committer.join();
         } else {
             tracing::warn!("the commit thread is still waiting on the broker; left behind");
+        }
+        // Records waiting for a model load get it first (the loads in progress finish), unless
+        // the drain deadline passes: then they stay uncommitted.
+        loop {
+            let waiting = self.shared.pending.lock().waiting.len();
+            if waiting == 0 {
+                break;
+            }
+            if intake.rings().is_abandoned() {
+                tracing::warn!(
+                    records = waiting,
+                    "drain deadline passed: records waiting for a model load left uncommitted"
+                );
+                break;
+            }
+            if let Some(done) = intake.wait_for_load(Duration::from_millis(50)) {
+                self.resume_waiting(&mut intake, &done);
+            }
         }
         // Stopping: everything consumed gets an outcome, so queue what is held. At the drain
         // deadline the rings hand requests back: those stay uncommitted (processed again
@@ -362,6 +413,19 @@ impl RecordSource for KafkaSource {
         tracing::info!("ingest stopped");
         Ok(())
     }
+}
+
+/// What the ingest loop wants paused.
+#[derive(Debug, Default, PartialEq)]
+struct PauseWish {
+    /// The priority topic (its ring is full, or memory is at its bound).
+    priority: bool,
+    /// The input topic (likewise, for the normal ring).
+    normal: bool,
+    /// Partitions whose records wait for a model load, while the wait queue is full.
+    waiting: Vec<(Arc<str>, i32)>,
+    /// Everything assigned (stopping).
+    all: bool,
 }
 
 impl KafkaSource {
@@ -384,10 +448,20 @@ impl KafkaSource {
             Err(reason) => intake.reject_unread(env, Failure::new(ErrorClass::Parse, reason)),
             Ok(content_type) => {
                 env.content_type = content_type;
-                let Some(req) = intake.decode(env) else { return };
+                let r = intake.try_decode(env);
+                self.place(r, intake);
+            }
+        }
+    }
+
+    /// Puts a decoded record where it goes: onto its ring, behind requests already held for
+    /// that ring (arrival order; a priority request never waits behind normal ones), or
+    /// among the records waiting for their model to load.
+    fn place(&self, r: Intaken, intake: &Intake) {
+        match r {
+            Intaken::Rejected => {}
+            Intaken::Request(req) => {
                 let mut pending = self.shared.pending.lock();
-                // Behind requests already held for its ring, a request waits its turn
-                // (arrival order); a priority request never waits behind normal ones.
                 let held = pending.queue_of(req.env.priority);
                 if !held.is_empty() {
                     held.push_back(req);
@@ -395,7 +469,61 @@ impl KafkaSource {
                     held.push_back(back);
                 }
             }
+            Intaken::Waiting(env, key) => {
+                let mut pending = self.shared.pending.lock();
+                if pending.waiting.is_empty() {
+                    tracing::info!(model = %key, "records wait for a model load (loader thread); the rest keep flowing");
+                }
+                pending.waiting.push_back((env, key));
+                self.shared
+                    .stats
+                    .waiting_for_model
+                    .store(pending.waiting.len() as u64, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Decodes the records whose model load finished (with the model it loaded, or as dead
+    /// letters if it failed) and places them.
+    fn resume_loaded(&self, intake: &mut Intake) {
+        for done in intake.loads_finished() {
+            self.resume_waiting(intake, &done);
+        }
+    }
+
+    fn resume_waiting(&self, intake: &mut Intake, done: &LoadDone) {
+        let mine: Vec<Envelope> = {
+            let mut pending = self.shared.pending.lock();
+            let (mine, rest): (VecDeque<_>, VecDeque<_>) =
+                std::mem::take(&mut pending.waiting).into_iter().partition(|(_, k)| *k == done.key);
+            pending.waiting = rest;
+            self.shared
+                .stats
+                .waiting_for_model
+                .store(pending.waiting.len() as u64, Ordering::Relaxed);
+            mine.into_iter().map(|(env, _)| env).collect()
+        };
+        for env in mine {
+            let r = intake.resume(env, done);
+            self.place(r, intake);
+        }
+    }
+
+    /// The partitions of the records waiting for a model load, once the wait queue holds
+    /// `max` records (then those partitions pause; the others keep flowing).
+    fn waiting_partitions_if_full(&self, max: usize) -> Vec<(Arc<str>, i32)> {
+        let pending = self.shared.pending.lock();
+        if pending.waiting.len() < max {
+            return Vec::new();
+        }
+        let mut parts: Vec<(Arc<str>, i32)> = pending
+            .waiting
+            .iter()
+            .map(|(env, _)| (env.source.topic.clone(), env.source.partition))
+            .collect();
+        parts.sort();
+        parts.dedup();
+        parts
     }
 
     /// Moves held requests onto the rings, priority first; returns whether some are still
@@ -416,44 +544,63 @@ impl KafkaSource {
         (prio, normal)
     }
 
-    /// Pauses (or resumes) the assigned partitions of `topic`: only the partitions that feed
-    /// a full ring stop, so a backlog of normal requests never holds priority ones back.
-    fn set_paused(&self, topic: &str, paused: bool) {
-        let is_paused = self.shared.paused_topics.lock().iter().any(|t| t == topic);
-        if is_paused == paused {
-            return;
-        }
-        let Ok(assignment) = self.consumer.assignment() else { return };
-        let mut tpl = TopicPartitionList::new();
-        for e in assignment.elements().iter().filter(|e| e.topic() == topic) {
-            tpl.add_partition(topic, e.partition());
-        }
-        let r = if tpl.count() == 0 {
-            Ok(())
-        } else if paused {
-            self.consumer.pause(&tpl)
-        } else {
-            self.consumer.resume(&tpl)
-        };
-        match r {
-            Ok(()) => {
-                let mut topics = self.shared.paused_topics.lock();
-                if paused {
-                    topics.push(topic.to_owned());
-                    self.shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    topics.retain(|t| t != topic);
-                }
-                self.shared.paused.store(!topics.is_empty(), Ordering::SeqCst);
-                tracing::debug!(
-                    topic,
-                    paused,
-                    "backpressure: {}",
-                    if paused { "paused" } else { "resumed" }
-                );
+    /// Pauses exactly the assigned partitions `wish` names and resumes the others: a full
+    /// ring pauses only the topic that feeds it, a full wait queue only the partitions whose
+    /// records wait. Returns whether every pause and resume took effect.
+    fn apply_pauses(&self, wish: &PauseWish, priority: &str, input: &str) -> bool {
+        let assigned = self.shared.assigned.lock().clone();
+        let want: HashSet<(String, i32)> = assigned
+            .into_iter()
+            .filter(|(t, p)| {
+                wish.all
+                    || (wish.priority && t == priority)
+                    || (wish.normal && t == input)
+                    || wish.waiting.iter().any(|(wt, wp)| **wt == **t && wp == p)
+            })
+            .collect();
+        let mut now = self.shared.paused_parts.lock();
+        let tpl_of = |parts: &mut dyn Iterator<Item = &(String, i32)>| {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in parts {
+                tpl.add_partition(t, *p);
             }
-            Err(e) => tracing::warn!(topic, error = %e, "pause/resume failed"),
+            tpl
+        };
+        let to_pause = tpl_of(&mut want.difference(&now));
+        let to_resume = tpl_of(&mut now.difference(&want));
+        let mut ok = true;
+        if to_pause.count() > 0 {
+            match self.consumer.pause(&to_pause) {
+                Ok(()) => {
+                    now.extend(want.iter().cloned());
+                    self.shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pausing partitions failed");
+                    ok = false;
+                }
+            }
         }
+        if to_resume.count() > 0 {
+            match self.consumer.resume(&to_resume) {
+                Ok(()) => now.retain(|x| want.contains(x)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "resuming partitions failed");
+                    ok = false;
+                }
+            }
+        }
+        let mut topics = self.shared.paused_topics.lock();
+        topics.clear();
+        if wish.priority || wish.all {
+            topics.push(priority.to_owned());
+        }
+        if wish.normal || wish.all {
+            topics.push(input.to_owned());
+        }
+        self.shared.paused.store(!now.is_empty(), Ordering::SeqCst);
+        tracing::debug!(paused = now.len(), ?wish, "backpressure: paused partitions reconciled");
+        ok
     }
 }
 
@@ -558,10 +705,61 @@ impl SourceHandle {
         }
     }
 
+    /// Starts polling the consumer once the ingest thread has stopped (every assigned
+    /// partition is paused by then), until the returned poller is dropped: heartbeats,
+    /// rebalance callbacks and `max.poll.interval.ms` are served while the pipeline drains.
+    /// A record that still arrives is not processed (it is not tracked, so no commit passes
+    /// it: it is read again later).
+    pub fn drain_poller(&self) -> Option<DrainPoller> {
+        let consumer = self.consumer.clone()?;
+        let shared = self.shared.clone();
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let poll = move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(Duration::from_millis(100))
+            {
+                if !shared.ingest_stopped.load(Ordering::SeqCst) {
+                    continue;
+                }
+                for _ in 0..64 {
+                    match consumer.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Ok(m)) => tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(),
+                            "record fetched while stopping: not processed (read again after a restart)"),
+                        Some(Err(e)) => tracing::debug!(error = %e, "consumer error while draining"),
+                    }
+                }
+            }
+        };
+        match std::thread::Builder::new().name("sluice-drain-poll".into()).spawn(poll) {
+            Ok(thread) => Some(DrainPoller { stop: Some(stop), thread: Some(thread) }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not spawn the drain poller; the consumer is not polled while draining");
+                None
+            }
+        }
+    }
+
     /// Leaves the consumer group.
     pub fn unsubscribe(&self) {
         if let Some(c) = &self.consumer {
             c.unsubscribe();
+        }
+    }
+}
+
+/// The thread that polls the consumer while the pipeline drains; dropping it stops and joins
+/// it (a poll inside a rebalance callback ends within `revokeTimeoutMs`).
+pub struct DrainPoller {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for DrainPoller {
+    fn drop(&mut self) {
+        self.stop = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

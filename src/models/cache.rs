@@ -56,6 +56,18 @@ struct Inner {
     failed: HashMap<(String, String), FailedLoad>,
 }
 
+/// What [`ModelCache::lookup`] found, without loading anything.
+pub enum Lookup {
+    /// Loaded: ready to use.
+    Ready(Arc<LoadedModel>),
+    /// On disk, not loaded: `version` is the concrete version (the serving one when the
+    /// request named none).
+    Missing { version: Arc<str> },
+    /// Cannot be served now: unknown, an invalid name, or a recent load failed (it is not
+    /// tried again before its backoff has passed).
+    Failed(ModelError),
+}
+
 /// Loaded models, by name and version.
 pub struct ModelCache {
     repo: Repository,
@@ -89,6 +101,71 @@ impl ModelCache {
     /// The model `name` at `version` (or its serving version), loading it on a miss.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ModelError> {
         self.get_at(name, version, Instant::now())
+    }
+
+    /// Finds `name` at `version` (or its serving version) without loading it: a hit, a
+    /// version that exists on disk but is not loaded, or why it cannot be served. Cheap
+    /// enough for the ingest thread (a miss costs one `stat` of the version directory).
+    pub fn lookup(&self, name: &str, version: Option<&str>) -> Lookup {
+        self.lookup_at(name, version, Instant::now())
+    }
+
+    /// [`lookup`](Self::lookup) with an explicit clock.
+    pub fn lookup_at(&self, name: &str, version: Option<&str>, now: Instant) -> Lookup {
+        let version: Arc<str> = match version {
+            Some(v) => v.into(),
+            None => match self.serving(name) {
+                Ok(v) => v,
+                Err(e) => return Lookup::Failed(e),
+            },
+        };
+        {
+            let mut inner = self.inner.lock();
+            self.expire(&mut inner, now, Some((name, &version)));
+            if let Some(i) = inner
+                .entries
+                .iter()
+                .position(|e| &*e.model.name == name && e.model.version == version)
+            {
+                let mut e = inner.entries.remove(i);
+                e.last_used = now;
+                let model = e.model.clone();
+                inner.entries.push(e);
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Ready(model);
+            }
+            if let Some(e) = self.remembered_failure(&inner, name, &version, now) {
+                return Lookup::Failed(e);
+            }
+        }
+        match self.repo.version_dir(name, &version) {
+            Ok(_) => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                Lookup::Missing { version }
+            }
+            Err(e) => Lookup::Failed(e),
+        }
+    }
+
+    /// The remembered error of a version whose last load failed, while its backoff lasts.
+    fn remembered_failure(
+        &self,
+        inner: &Inner,
+        name: &str,
+        version: &str,
+        now: Instant,
+    ) -> Option<ModelError> {
+        let f = inner.failed.get(&(name.to_owned(), version.to_owned()))?;
+        (now < f.retry_at).then(|| ModelError::Load {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            reason: format!(
+                "{} (failed {} time(s) in a row; next try in {} ms)",
+                f.error,
+                f.failures,
+                f.retry_at.saturating_duration_since(now).as_millis()
+            ),
+        })
     }
 
     /// [`get`](Self::get) with an explicit clock, for tests of LRU order and TTL.
@@ -126,19 +203,8 @@ impl ModelCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         // A version whose load failed recently is not loaded again for every record that
         // names it: it fails at once with the remembered error until its retry time.
-        if let Some(f) = self.inner.lock().failed.get(&(name.to_owned(), version.to_owned())) {
-            if now < f.retry_at {
-                return Err(ModelError::Load {
-                    name: name.to_owned(),
-                    version: version.to_owned(),
-                    reason: format!(
-                        "{} (failed {} time(s) in a row; next try in {} ms)",
-                        f.error,
-                        f.failures,
-                        f.retry_at.saturating_duration_since(now).as_millis()
-                    ),
-                });
-            }
+        if let Some(e) = self.remembered_failure(&self.inner.lock(), name, version, now) {
+            return Err(e);
         }
         self.load_at(name, version, now)
     }
@@ -159,21 +225,7 @@ impl ModelCache {
         let model = match loaded {
             Ok(m) => Arc::new(m),
             Err(e) => {
-                self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
-                let mut inner = self.inner.lock();
-                let f = inner
-                    .failed
-                    .entry((name.to_owned(), version.to_owned()))
-                    .or_insert(FailedLoad { error: String::new(), failures: 0, retry_at: now });
-                f.failures += 1;
-                f.error = e.to_string();
-                let wait = LOAD_RETRY_FIRST
-                    .saturating_mul(1 << (f.failures - 1).min(10))
-                    .min(LOAD_RETRY_MAX);
-                f.retry_at = now + wait;
-                tracing::error!(model = name, version, error = %e, failures = f.failures,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "model load failed; records naming it are dead-lettered until the next try");
+                self.remember_failure(name, version, &e.to_string(), now);
                 return Err(e);
             }
         };
@@ -197,6 +249,31 @@ impl ModelCache {
             tracing::info!(model = %evicted.model.name, version = %evicted.model.version, reason = "capacity", "model evicted");
         }
         Ok(model)
+    }
+
+    /// Books a failed load of `name`/`version`: it is not tried again before a backoff that
+    /// doubles with each failure in a row (1 s up to 60 s).
+    pub fn remember_failure(&self, name: &str, version: &str, error: &str, now: Instant) {
+        self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.inner.lock();
+        let f = inner.failed.entry((name.to_owned(), version.to_owned())).or_insert(FailedLoad {
+            error: String::new(),
+            failures: 0,
+            retry_at: now,
+        });
+        f.failures += 1;
+        f.error = error.to_owned();
+        let wait =
+            LOAD_RETRY_FIRST.saturating_mul(1 << (f.failures - 1).min(10)).min(LOAD_RETRY_MAX);
+        f.retry_at = now + wait;
+        tracing::error!(
+            model = name,
+            version,
+            error,
+            failures = f.failures,
+            retry_in_ms = wait.as_millis() as u64,
+            "model load failed; records naming it are dead-lettered until the next try"
+        );
     }
 
     /// Drops `name` (one version, or all versions) from the cache. Returns how many were dropped.

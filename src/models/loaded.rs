@@ -40,6 +40,8 @@ pub struct LoadedModel {
     pub load_time: Duration,
     /// Time spent on warm-up batches.
     pub warmup_time: Duration,
+    /// `[testing]` faults (fault-injection builds only; `None` otherwise).
+    testing: Option<super::spec::TestingSpec>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -63,6 +65,12 @@ impl LoadedModel {
     ) -> Result<Self, ModelError> {
         let started = Instant::now();
         let spec = ModelSpec::from_file(&dir.join("sluice.toml"))?;
+        if let Some(t) = &spec.testing {
+            std::thread::sleep(Duration::from_millis(t.load_delay_ms));
+            if let Some(gate) = &t.load_gate {
+                wait_for_gate(gate);
+            }
+        }
         let (input, runner) = match spec.kind {
             ModelKind::BertEmbedding | ModelKind::BertClassifier => {
                 let bert = BertRunner::load(dir, &spec, device)?;
@@ -84,6 +92,7 @@ impl LoadedModel {
             runner,
             load_time: started.elapsed(),
             warmup_time: Duration::ZERO,
+            testing: spec.testing.clone(),
         })
     }
 
@@ -107,6 +116,9 @@ impl LoadedModel {
     pub fn forward(&self, staging: &HostStaging) -> Result<BatchOutput, ModelError> {
         if staging.rows == 0 {
             return Err(ModelError::Inference("empty batch".into()));
+        }
+        if let Some(t) = &self.testing {
+            injected_faults(t, staging);
         }
         match &self.runner {
             Runner::Bert(b) => b.forward(staging),
@@ -169,5 +181,31 @@ impl LoadedModel {
             });
         }
         Ok(())
+    }
+}
+
+/// Waits until `gate` exists, at most 10 minutes (`[testing]` faults only).
+fn wait_for_gate(gate: &Path) {
+    let until = Instant::now() + Duration::from_secs(600);
+    while !gate.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `[testing]` faults of a forward pass (models that have the table exist only in
+/// builds with the `fault-injection` feature): a panic, or a hold until a gate file exists,
+/// on a batch holding a row whose first feature is the marked value.
+fn injected_faults(t: &super::spec::TestingSpec, staging: &HostStaging) {
+    let w = staging.width.max(1);
+    let rows = || staging.features[..staging.rows * staging.width].chunks(w);
+    if let Some(v) = t.panic_on_first_feature {
+        if rows().any(|row| row[0] == v) {
+            panic!("[testing] panic_on_first_feature = {v}: a row starts with it");
+        }
+    }
+    if let (Some(v), Some(gate)) = (t.hold_on_first_feature, &t.hold_gate) {
+        if rows().any(|row| row[0] == v) {
+            wait_for_gate(gate);
+        }
     }
 }

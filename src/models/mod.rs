@@ -6,6 +6,7 @@
 pub mod bert;
 pub mod cache;
 pub mod loaded;
+pub mod loader;
 pub mod mlp;
 pub mod packed_bert;
 pub mod repository;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 pub use cache::ModelCache;
 pub use loaded::{LoadedModel, ModelInput};
+pub use loader::{LoadDone, ModelKey, ModelLoader};
 pub use repository::{ModelEntry, Repository};
 pub use spec::{ModelKind, ModelSpec};
 

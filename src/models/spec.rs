@@ -93,6 +93,28 @@ pub struct ModelSpec {
     /// `mlp`: raw output or softmax.
     #[serde(default)]
     pub output: MlpOutput,
+    /// Test-only behaviour for the fault-injection tests; refused unless Sluice was built
+    /// with the `fault-injection` feature.
+    pub testing: Option<TestingSpec>,
+}
+
+/// `[testing]`: faults a test model injects (builds with the `fault-injection` feature only).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TestingSpec {
+    /// Sleep this long while loading (a slow load).
+    #[serde(default)]
+    pub load_delay_ms: u64,
+    /// `mlp`: panic on a batch holding a row whose first feature is exactly this value.
+    pub panic_on_first_feature: Option<f32>,
+    /// Wait while loading until this file exists (at most 10 minutes): a load the test
+    /// holds open for as long as it needs.
+    pub load_gate: Option<std::path::PathBuf>,
+    /// `mlp`: a batch holding a row whose first feature is exactly this value waits inside
+    /// the model until `hold_gate` exists (at most 10 minutes): a lane the test holds busy.
+    pub hold_on_first_feature: Option<f32>,
+    /// The file that releases held batches.
+    pub hold_gate: Option<std::path::PathBuf>,
 }
 
 impl ModelSpec {
@@ -107,6 +129,9 @@ impl ModelSpec {
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.testing.is_some() && !cfg!(feature = "fault-injection") {
+            return Err("[testing]: test-only model behaviour; this build of Sluice does not have the fault-injection feature".into());
+        }
         match self.kind {
             ModelKind::BertEmbedding | ModelKind::BertClassifier => {
                 if let Some(n) = self.max_seq_len {
