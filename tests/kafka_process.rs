@@ -282,3 +282,87 @@ fn a_second_instance_joining_and_leaving_twice_under_load_loses_nothing() {
     assert!(a.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", a.log());
     b.assert_committed_to_end(&s.group, &s.input);
 }
+
+/// Threads and open descriptors of a process (from /proc).
+fn threads_and_fds(pid: u32) -> (usize, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    (threads, fds)
+}
+
+/// The soak's short version (the 10-minute one is `benches/run-soak.sh`): a minute of steady
+/// load with 1% hostile records. Checks only what does not depend on timing: every record gets
+/// exactly one outcome, nothing is lost, commits reach the end, and the process's threads and
+/// open descriptors do not grow (the last sample is no higher than the first one after the
+/// warm-up, give or take the transient helper threads and broker connections).
+#[test]
+fn a_minute_of_load_with_hostile_records_loses_nothing_and_grows_no_threads_or_descriptors() {
+    let b = TestBroker::start().expect("broker");
+    let repo = mlp_repo();
+    let s = setup(&b, &repo, "soak60", 2);
+    let dlq = s.output.replace("-out", "-dlq");
+    let mut serve = Serve::start(&s.config);
+    let pid = serve.child.id();
+    let hostile = |i: usize| -> Vec<u8> {
+        match (i / 100) % 5 {
+            0 => b"{not json".to_vec(),
+            1 => vec![b'{', 0xff, 0xfe, b'}'],
+            2 => format!(r#"{{"id":"h{i}","model":"nope","input":[1]}}"#).into_bytes(),
+            3 => format!(r#"{{"id":"h{i}","model":"mlp","input":[1,2]}}"#).into_bytes(),
+            _ => format!(r#"{{"id":"h{i}","model":"mlp","input":"text"}}"#).into_bytes(),
+        }
+    };
+    let (mut sent, mut n_hostile, mut samples) = (0usize, 0usize, Vec::new());
+    let start = Instant::now();
+    // 100 records a second for 60 s, 1 in 100 hostile; a sample every 5 s.
+    for second in 0..60 {
+        let batch: Vec<common::kafka::Record> = (sent..sent + 100)
+            .map(|i| {
+                if i % 100 == 37 {
+                    (None, hostile(i), vec![])
+                } else {
+                    (
+                        None,
+                        format!(r#"{{"id":"r{i}","model":"mlp","input":[{i},0,0,0,0,0,0,0]}}"#)
+                            .into_bytes(),
+                        vec![],
+                    )
+                }
+            })
+            .collect();
+        b.produce(&s.input, &batch, None).unwrap();
+        n_hostile += batch.len() / 100;
+        sent += batch.len();
+        if second % 5 == 4 {
+            samples.push(threads_and_fds(pid));
+        }
+        let next = start + Duration::from_secs(second + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let results = result_ids(&b, &s.output, sent - n_hostile, Duration::from_secs(240));
+    let missing: Vec<usize> =
+        (0..sent).filter(|i| i % 100 != 37 && !results.contains_key(&format!("r{i}"))).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} results, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(results.values().all(|n| *n == 1), "a record got two results");
+    let dead = b.consume(&dlq, n_hostile + 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), n_hostile, "one dead letter per hostile record");
+    samples.push(threads_and_fds(pid));
+    serve.signal("-TERM");
+    assert!(serve.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", serve.log());
+    b.assert_committed_to_end(&s.group, &s.input);
+    // The second sample (10 s in) is after the warm-up: the pipeline runs, the group is joined.
+    let (t0, f0) = samples[1];
+    let (t1, f1) = *samples.last().unwrap();
+    assert!(t1 <= t0 + 2, "threads grew: {samples:?}");
+    assert!(f1 <= f0 + 4, "open descriptors grew: {samples:?}");
+}

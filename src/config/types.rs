@@ -98,7 +98,8 @@ pub struct KafkaConsumer {
     /// `kafka.consumer.fetchWaitMaxMs`: how long the broker may hold a fetch that finds no
     /// data (librdkafka's `fetch.wait.max.ms`, 1 ..= 5000). Apache Kafka answers as soon as
     /// data arrives, so there a larger value costs no latency and saves idle CPU; Tansu holds
-    /// every empty fetch for the whole time, so the default stays short.
+    /// every empty fetch for the whole time, so the default stays short: 25 ms, which keeps
+    /// an idle `sluice serve` under 1% of a core (benches/run-idle-cpu.sh).
     #[serde(rename = "fetchWaitMaxMs")]
     pub fetch_wait_max_ms: u64,
 }
@@ -112,7 +113,7 @@ impl Default for KafkaConsumer {
             commit_interval_ms: 200,
             revoke_timeout_ms: 30_000,
             max_held_bytes: 256 * 1024 * 1024,
-            fetch_wait_max_ms: 10,
+            fetch_wait_max_ms: 25,
         }
     }
 }

@@ -129,6 +129,20 @@ impl ConsumerContext for SourceContext {
         }
         self.shared.paused_parts.lock().retain(|a| !parts.contains(a));
         self.shared.assignment_epoch.fetch_add(1, Ordering::SeqCst);
+        // Partitions lost (the session expired: the broker is gone, or this member was
+        // fenced) belong to someone else already: a commit would be refused, and waiting for
+        // their in-flight outcomes helps no one. Forget them; what they held is read again.
+        if consumer.assignment_lost() {
+            {
+                let mut t = self.shared.tracker.lock();
+                for (topic, p) in &parts {
+                    t.remove(topic, *p);
+                }
+            }
+            self.shared.assigned.lock().retain(|a| !parts.contains(a));
+            tracing::warn!(partitions = ?parts, "partitions lost (session expired): not committed; their records are read again by the next owner");
+            return;
+        }
         // Once the pipeline has drained (or given up at its deadline), nothing in flight can
         // still complete: the revocation of the final close does not wait for it.
         let wait = if self.shared.drained.load(Ordering::SeqCst) {
@@ -337,8 +351,13 @@ impl RecordSource for KafkaSource {
                 0
             } else if wish.priority || wish.normal {
                 5
+            } else if self.shared.stats.waiting_for_model.load(Ordering::Relaxed) > 0 {
+                // Records wait for a model load: look for its end often.
+                20
             } else {
-                50
+                // A record ends the wait at once; the timeout only paces the loop's other
+                // duties (stop, held records, finished loads) when nothing arrives.
+                200
             };
             let epoch = self.shared.assignment_epoch.load(Ordering::SeqCst);
             if applied.as_ref().is_none_or(|(w, e)| *w != wish || *e != epoch) {
