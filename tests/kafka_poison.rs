@@ -95,12 +95,12 @@ fn poison_records_each_get_one_outcome_and_commits_reach_the_end_of_every_partit
     let repo = TestRepo::new();
     let t = setup(&b, "poison", 2);
     let poison = poison();
-    // Poison records spread among 2,000 normal ones, on both partitions.
+    // Poison records spread among 10,000 normal ones, on both partitions.
     let mut records = Vec::new();
     let mut what_at = HashMap::new();
     let mut next_poison = poison.into_iter();
-    for i in 0..2000 {
-        if i % 200 == 100 {
+    for i in 0..10_000 {
+        if i % 1000 == 500 {
             if let Some((what, r)) = next_poison.next() {
                 what_at.insert(records.len(), what);
                 records.push(r);
@@ -140,7 +140,7 @@ fn poison_records_each_get_one_outcome_and_commits_reach_the_end_of_every_partit
             v["id"].as_str().is_some_and(|id| id.starts_with('n'))
         })
         .count();
-    assert_eq!(normal_results, 2000, "every normal record got its result");
+    assert_eq!(normal_results, 10_000, "every normal record got its result");
     let ends: Vec<i64> = (0..2)
         .map(|p| sent.iter().filter(|(pp, _)| *pp == p).map(|(_, o)| o + 1).max().unwrap_or(0))
         .collect();
