@@ -7,6 +7,10 @@
 #
 # Needs Python with kafka-python (and matplotlib for the plot): pip install kafka-python
 # matplotlib. SOAK_BIN picks the binary (default target/release/sluice, else target/debug).
+# SOAK_TARGET=passthrough runs `sluice loadgen passthrough` (a loadgen build) instead of
+# `sluice serve`, with the same config and load: whether the test broker itself carries RATE for
+# MINUTES (its memory storage slows as it fills), measured before the soak proper. Its results go
+# to benches/results/soak-<UTC date>/passthrough/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-10}"
@@ -16,7 +20,9 @@ if [[ -z "$bin" ]]; then
     if [[ -x target/release/sluice ]]; then bin=target/release/sluice; else bin=target/debug/sluice; fi
 fi
 [[ -x "$bin" ]] || { echo "no sluice binary at $bin: cargo build --release first" >&2; exit 1; }
+target="${SOAK_TARGET:-serve}"
 out="benches/results/soak-$(date -u +%Y-%m-%d)"
+[[ "$target" == "passthrough" ]] && out="$out/passthrough"
 mkdir -p "$out"
 work="$(mktemp -d)"
 trap 'kill "${serve_pid:-0}" 2>/dev/null || true; scripts/broker.sh stop "${port:-}" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
@@ -34,12 +40,16 @@ streaming:
     model: {repository: "$work/models"}
 control: {listen: "127.0.0.1:0"}
 YAML
-"$bin" serve --config "$work/soak.yaml" > "$out/sluice.log" 2>&1 &
+if [[ "$target" == "passthrough" ]]; then
+    "$bin" loadgen passthrough --config "$work/soak.yaml" > "$out/sluice.log" 2>&1 &
+else
+    "$bin" serve --config "$work/soak.yaml" > "$out/sluice.log" 2>&1 &
+fi
 serve_pid=$!
 sleep 10
 {
     echo "machine: $(nproc) cores, $(uname -sr); binary: $bin; broker: Tansu at $addr (fresh)"
-    echo "command: benches/run-soak.sh $minutes $rate; started $(date -u +%FT%TZ)"
+    echo "command: SOAK_TARGET=$target benches/run-soak.sh $minutes $rate; started $(date -u +%FT%TZ)"
 } > "$out/README.txt"
 rc=0
 python3 benches/soak.py "$addr" "$serve_pid" "$out" "$minutes" "$rate" | tee "$out/soak.log" || rc=$?

@@ -3,7 +3,8 @@
 # (the `device` tool's machine: CUDA driver and PyTorch's CUDA 13 wheels, no cargo, no
 # crates.io).
 #
-#   scripts/gpu-check.sh pack   # here: needs `benches/run-gpu-bench.sh build` first; builds the
+#   scripts/gpu-check.sh pack   # here: needs `benches/run-gpu-bench.sh build` first (not with
+#                               # SKIP_BENCH=1, which packs the tests only); builds the
 #                               # GPU test binaries (--features cuda) and puts them, stripped
 #                               # and gzipped, in gpu-carry/ beside the bench binary
 #   scripts/gpu-check.sh run    # there, from the repository root, with gpu-carry carried:
@@ -20,7 +21,11 @@ TESTS=(gpu_kernels gpu_lane)
 case "${1:-}" in
 pack)
     set -e
-    [[ -x "$CARRY/gpu_throughput" ]] || { echo "run 'benches/run-gpu-bench.sh build' first" >&2; exit 1; }
+    mkdir -p "$CARRY"
+    if [[ "${SKIP_BENCH:-0}" != "1" && ! -x "$CARRY/gpu_throughput" ]]; then
+        echo "run 'benches/run-gpu-bench.sh build' first (or SKIP_BENCH=1 for the tests only)" >&2
+        exit 1
+    fi
     eval "$(scripts/cuda-toolchain.sh)"
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SLUICE_CACHE:-$HOME/.cache/sluice}/ci-target-cuda}"
     args=()

@@ -366,3 +366,38 @@ fn a_minute_of_load_with_hostile_records_loses_nothing_and_grows_no_threads_or_d
     assert!(t1 <= t0 + 2, "threads grew: {samples:?}");
     assert!(f1 <= f0 + 4, "open descriptors grew: {samples:?}");
 }
+
+/// A model that panics on one request, in a real `sluice serve` process (test-only model
+/// behaviour: `fault-injection` builds): that request alone is dead-lettered as `inference`,
+/// every other record gets its result, the process keeps running and exits cleanly on SIGTERM
+/// with the commits at the end.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_panicking_model_in_a_process_dead_letters_one_request_and_the_process_goes_on() {
+    use std::io::Write;
+    let b = TestBroker::start().expect("broker");
+    let repo = mlp_repo();
+    let spec = repo.path().join("mlp/1/sluice.toml");
+    let mut f = std::fs::OpenOptions::new().append(true).open(spec).unwrap();
+    writeln!(f, "\n[testing]\npanic_on_first_feature = -666.0").unwrap();
+    let s = setup(&b, &repo, "proc-panic", 2);
+    let dlq = s.output.replace("-out", "-dlq");
+    let mut serve = Serve::start(&s.config);
+    let mut recs = records(0, 1000);
+    recs[400].1 = br#"{"id":"poison","model":"mlp","input":[-666,0,0,0,0,0,0,0]}"#.to_vec();
+    b.produce(&s.input, &recs, None).unwrap();
+    let results = result_ids(&b, &s.output, 999, Duration::from_secs(240));
+    let missing: Vec<usize> =
+        (0..1000).filter(|i| *i != 400 && !results.contains_key(&format!("r{i}"))).collect();
+    assert!(missing.is_empty(), "lost {missing:?}\n{}", serve.log());
+    assert!(!results.contains_key("poison"));
+    let dead = b.consume(&dlq, 2, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let class =
+        dead[0].headers.iter().find(|(k, _)| k == "sluice.error.class").map(|(_, v)| v.clone());
+    assert_eq!(class.as_deref(), Some(&b"inference"[..]));
+    assert!(serve.child.try_wait().unwrap().is_none(), "the process keeps running");
+    serve.signal("-TERM");
+    assert!(serve.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", serve.log());
+    b.assert_committed_to_end(&s.group, &s.input);
+}
