@@ -29,6 +29,7 @@ fn record(id: &str, model: &str, first: f64) -> Record {
 }
 
 /// Appends a `[testing]` table to `name`/`version`'s sluice.toml.
+#[cfg(feature = "fault-injection")]
 fn add_testing(repo: &TestRepo, name: &str, version: &str, table: &str) {
     use std::io::Write;
     let path = repo.path().join(name).join(version).join("sluice.toml");
