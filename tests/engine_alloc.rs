@@ -97,7 +97,9 @@ impl<E: Executor> Rig<E> {
             lane: Lane::new(executor, shared, settings),
             rings,
             rx,
-            decoder: repo.decoder(Limits::default()),
+            // The streaming path's decoder: models resolved through the cache's non-loading
+            // lookup (a miss waits for the loader threads; the warm-up rounds take it).
+            decoder: repo.decoder(Limits::default()).with_background_loads().unwrap(),
         }
     }
 
@@ -136,7 +138,7 @@ fn tabular_payloads(n: usize, round: usize) -> Vec<Bytes> {
     (0..n)
         .map(|i| {
             Bytes::from(format!(
-                r#"{{"id":"t{round}-{i}","model":"tabular","input":[{i},1,2,3,4,5,6,7.5]}}"#
+                r#"{{"id":"t{round}-{i}","model":"tabular","version":"1","input":[{i},1,2,3,4,5,6,7.5]}}"#
             ))
         })
         .collect()

@@ -112,20 +112,25 @@ impl ModelCache {
 
     /// [`lookup`](Self::lookup) with an explicit clock.
     pub fn lookup_at(&self, name: &str, version: Option<&str>, now: Instant) -> Lookup {
-        let version: Arc<str> = match version {
-            Some(v) => v.into(),
+        // Like `get_at`, the hit path allocates nothing.
+        let serving;
+        let version: &str = match version {
+            Some(v) => v,
             None => match self.serving(name) {
-                Ok(v) => v,
+                Ok(v) => {
+                    serving = v;
+                    &serving
+                }
                 Err(e) => return Lookup::Failed(e),
             },
         };
         {
             let mut inner = self.inner.lock();
-            self.expire(&mut inner, now, Some((name, &version)));
+            self.expire(&mut inner, now, Some((name, version)));
             if let Some(i) = inner
                 .entries
                 .iter()
-                .position(|e| &*e.model.name == name && e.model.version == version)
+                .position(|e| &*e.model.name == name && &*e.model.version == version)
             {
                 let mut e = inner.entries.remove(i);
                 e.last_used = now;
@@ -134,14 +139,14 @@ impl ModelCache {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Lookup::Ready(model);
             }
-            if let Some(e) = self.remembered_failure(&inner, name, &version, now) {
+            if let Some(e) = self.remembered_failure(&inner, name, version, now) {
                 return Lookup::Failed(e);
             }
         }
-        match self.repo.version_dir(name, &version) {
+        match self.repo.version_dir(name, version) {
             Ok(_) => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                Lookup::Missing { version }
+                Lookup::Missing { version: version.into() }
             }
             Err(e) => Lookup::Failed(e),
         }
