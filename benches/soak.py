@@ -75,7 +75,7 @@ def main():
         due = int((now - start) * rate)
         while sent < due:
             if sent % 100 == 99:
-                key, value = hostile(sent)
+                key, value = hostile(sent // 100)  # every kind in turn
             else:
                 key = None
                 value = json.dumps({"id": f"r{sent}", "model": "tabular", "input": [sent % 97, 1, 2, 3, 4, 5, 6, 7]}).encode()
