@@ -70,14 +70,32 @@ fn ends(sent: &[(i32, i64)], partitions: i32) -> Vec<i64> {
         .collect()
 }
 
+/// Waits (up to 60 s) for the group's commits to reach the end of both input partitions,
+/// stops the pipeline, and asserts that they did.
+fn stop_once_committed_to_end(b: &TestBroker, t: &Topics, sent: &[(i32, i64)], pipeline: Pipeline) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(b, t, 2) != ends(sent, 2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report = pipeline.stop();
+    assert_eq!(committed(b, t, 2), ends(sent, 2), "commits reach the end ({report:?})");
+}
+
+/// The demo models plus `gated`/1, whose load waits until the returned file exists.
 #[cfg(feature = "fault-injection")]
-#[test]
-fn a_model_load_does_not_stop_the_stream_only_its_records_wait() {
-    let b = TestBroker::start().expect("broker");
+fn gated_repo() -> (TestRepo, std::path::PathBuf) {
     let repo = TestRepo::new();
     repo.add_mlp("gated", "1", vec![4], 5);
     let gate = repo.path().join("gate-open");
     add_testing(&repo, "gated", "1", &format!("load_gate = {:?}", gate.display().to_string()));
+    (repo, gate)
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_model_load_does_not_stop_the_stream_only_its_records_wait() {
+    let b = TestBroker::start().expect("broker");
+    let (repo, gate) = gated_repo();
     let t = setup(&b, "gated-load", 2);
     // The gated record first, on both partitions, then 400 records of a loaded model.
     let mut records = vec![record("g0", "gated", 1.0), record("g1", "gated", 1.0)];
@@ -108,22 +126,14 @@ fn a_model_load_does_not_stop_the_stream_only_its_records_wait() {
     let seen = assert_one_outcome_each(&t, &sent, &out, &dlq);
     assert_eq!(seen[&sent[0]], "result");
     assert_eq!(seen[&sent[1]], "result");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while committed(&b, &t, 2) != ends(&sent, 2) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let report = pipeline.stop();
-    assert_eq!(committed(&b, &t, 2), ends(&sent, 2), "commits reach the end ({report:?})");
+    stop_once_committed_to_end(&b, &t, &sent, pipeline);
 }
 
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_full_wait_queue_pauses_only_the_partitions_whose_records_wait() {
     let b = TestBroker::start().expect("broker");
-    let repo = TestRepo::new();
-    repo.add_mlp("gated", "1", vec![4], 5);
-    let gate = repo.path().join("gate-open");
-    add_testing(&repo, "gated", "1", &format!("load_gate = {:?}", gate.display().to_string()));
+    let (repo, gate) = gated_repo();
     let t = setup(&b, "wait-full", 2);
     // Partition 0: far more records waiting for the gated model than the wait queue holds
     // (a ring's capacity, 16 here), then normal ones; partition 1: normal ones only.
@@ -159,12 +169,7 @@ fn a_full_wait_queue_pauses_only_the_partitions_whose_records_wait() {
     let (out, dlq) = outcomes(&b, &t, sent.len(), Duration::from_secs(180));
     assert_one_outcome_each(&t, &sent, &out, &dlq);
     assert_eq!(dlq.len(), 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while committed(&b, &t, 2) != ends(&sent, 2) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let report = pipeline.stop();
-    assert_eq!(committed(&b, &t, 2), ends(&sent, 2), "commits reach the end ({report:?})");
+    stop_once_committed_to_end(&b, &t, &sent, pipeline);
 }
 
 #[cfg(feature = "fault-injection")]
@@ -188,12 +193,7 @@ fn a_model_that_panics_on_one_request_dead_letters_that_request_alone() {
     assert_eq!(dlq.len(), 1, "only the poisoned request fails");
     assert_eq!(header(&dlq[0], "sluice.error.class"), Some("inference"));
     assert!(pipeline.is_healthy(), "the lane keeps serving");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while committed(&b, &t, 2) != ends(&sent, 2) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let report = pipeline.stop();
-    assert_eq!(committed(&b, &t, 2), ends(&sent, 2), "commits reach the end ({report:?})");
+    stop_once_committed_to_end(&b, &t, &sent, pipeline);
 }
 
 #[cfg(not(feature = "fault-injection"))]
@@ -249,10 +249,5 @@ fn weights_that_fail_to_load_are_dead_lettered_then_load_once_fixed_without_a_re
     }
     let (out, dlq) = outcomes(&b, &t, sent.len(), Duration::from_secs(60));
     assert_one_outcome_each(&t, &sent, &out, &dlq);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while committed(&b, &t, 2) != ends(&sent, 2) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let report = pipeline.stop();
-    assert_eq!(committed(&b, &t, 2), ends(&sent, 2), "commits reach the end ({report:?})");
+    stop_once_committed_to_end(&b, &t, &sent, pipeline);
 }

@@ -124,24 +124,11 @@ impl ModelCache {
                 Err(e) => return Lookup::Failed(e),
             },
         };
-        {
-            let mut inner = self.inner.lock();
-            self.expire(&mut inner, now, Some((name, version)));
-            if let Some(i) = inner
-                .entries
-                .iter()
-                .position(|e| &*e.model.name == name && &*e.model.version == version)
-            {
-                let mut e = inner.entries.remove(i);
-                e.last_used = now;
-                let model = e.model.clone();
-                inner.entries.push(e);
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Lookup::Ready(model);
-            }
-            if let Some(e) = self.remembered_failure(&inner, name, version, now) {
-                return Lookup::Failed(e);
-            }
+        if let Some(model) = self.hit(name, version, now) {
+            return Lookup::Ready(model);
+        }
+        if let Some(e) = self.remembered_failure(&self.inner.lock(), name, version, now) {
+            return Lookup::Failed(e);
         }
         match self.repo.version_dir(name, version) {
             Ok(_) => {
@@ -150,6 +137,23 @@ impl ModelCache {
             }
             Err(e) => Lookup::Failed(e),
         }
+    }
+
+    /// The loaded `name`/`version`, marked most recently used and counted as a hit (after
+    /// the TTL sweep, which spares it); `None` when it is not loaded. Allocates nothing.
+    fn hit(&self, name: &str, version: &str, now: Instant) -> Option<Arc<LoadedModel>> {
+        let mut inner = self.inner.lock();
+        self.expire(&mut inner, now, Some((name, version)));
+        let i = inner
+            .entries
+            .iter()
+            .position(|e| &*e.model.name == name && &*e.model.version == version)?;
+        let mut e = inner.entries.remove(i);
+        e.last_used = now;
+        let model = e.model.clone();
+        inner.entries.push(e);
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Some(model)
     }
 
     /// The remembered error of a version whose last load failed, while its backoff lasts.
@@ -189,21 +193,8 @@ impl ModelCache {
                 &serving
             }
         };
-        {
-            let mut inner = self.inner.lock();
-            self.expire(&mut inner, now, Some((name, version)));
-            if let Some(i) = inner
-                .entries
-                .iter()
-                .position(|e| &*e.model.name == name && &*e.model.version == version)
-            {
-                let mut e = inner.entries.remove(i);
-                e.last_used = now;
-                let model = e.model.clone();
-                inner.entries.push(e);
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(model);
-            }
+        if let Some(model) = self.hit(name, version, now) {
+            return Ok(model);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         // A version whose load failed recently is not loaded again for every record that
