@@ -7,30 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
-bin="${SOAK_BIN:-}"
-if [[ -z "$bin" ]]; then
-    if [[ -x target/release/sluice ]]; then bin=target/release/sluice; else bin=target/debug/sluice; fi
-fi
-[[ -x "$bin" ]] || { echo "no sluice binary at $bin: cargo build --release first" >&2; exit 1; }
+source benches/serve-rig.sh
+rig_bin
 out="benches/results/idle-cpu-$(date -u +%Y-%m-%d)"
 mkdir -p "$out"
-work="$(mktemp -d)"
-trap 'kill "${serve_pid:-0}" 2>/dev/null || true; scripts/broker.sh stop "${port:-}" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-addr="$(scripts/broker.sh start | tail -n 1)"
-port="${addr##*:}"
+rig_start idle
 broker_pid="$(cat "${SLUICE_CACHE:-$HOME/.cache/sluice}/broker/tansu-$port.pid")"
-"$bin" models gen-demo "$work/models" >/dev/null
-cat > "$work/idle.yaml" <<YAML
-kafka:
-  bootstrap: {servers: "$addr"}
-  consumer: {group: idle}
-  topics:
-    streaming: {input: idle-in, priority: idle-prio, output: idle-out, dlq: idle-dlq, metrics: idle-metrics}
-streaming:
-  inference:
-    model: {repository: "$work/models"}
-control: {listen: "127.0.0.1:0"}
-YAML
 "$bin" serve --config "$work/idle.yaml" > "$out/sluice.log" 2>&1 &
 serve_pid=$!
 sleep 15

@@ -15,31 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-10}"
 rate="${2:-150}"
-bin="${SOAK_BIN:-}"
-if [[ -z "$bin" ]]; then
-    if [[ -x target/release/sluice ]]; then bin=target/release/sluice; else bin=target/debug/sluice; fi
-fi
-[[ -x "$bin" ]] || { echo "no sluice binary at $bin: cargo build --release first" >&2; exit 1; }
+source benches/serve-rig.sh
+rig_bin
 target="${SOAK_TARGET:-serve}"
 out="benches/results/soak-$(date -u +%Y-%m-%d)"
 [[ "$target" == "passthrough" ]] && out="$out/passthrough"
 mkdir -p "$out"
-work="$(mktemp -d)"
-trap 'kill "${serve_pid:-0}" 2>/dev/null || true; scripts/broker.sh stop "${port:-}" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-addr="$(scripts/broker.sh start | tail -n 1)"
-port="${addr##*:}"
-"$bin" models gen-demo "$work/models" >/dev/null
-cat > "$work/soak.yaml" <<YAML
-kafka:
-  bootstrap: {servers: "$addr"}
-  consumer: {group: soak}
-  topics:
-    streaming: {input: soak-in, priority: soak-prio, output: soak-out, dlq: soak-dlq, metrics: soak-metrics}
-streaming:
-  inference:
-    model: {repository: "$work/models"}
-control: {listen: "127.0.0.1:0"}
-YAML
+rig_start soak
 if [[ "$target" == "passthrough" ]]; then
     "$bin" loadgen passthrough --config "$work/soak.yaml" > "$out/sluice.log" 2>&1 &
 else
