@@ -4,8 +4,9 @@
 //! thread for the seconds a load and warm-up take: nothing would be polled or committed
 //! meanwhile. The ingest thread asks the loader instead ([`ModelLoader::request`]), parks the
 //! record, and keeps consuming; the loader threads load versions into the shared
-//! [`ModelCache`] ([`LOADER_THREADS`] at once, never two versions of one model at once) and reports each finished load ([`LoadDone`], with the loaded model itself,
-//! so the parked records are served by it even if the cache evicts it again at once).
+//! [`ModelCache`] ([`LOADER_THREADS`] at once, never two versions of one model at once) and
+//! report each finished load ([`LoadDone`], with the loaded model itself, so the parked
+//! records are served by it even if the cache evicts it again at once).
 //!
 //! Loads triggered by records are rate-limited per model name ([`MIN_LOAD_INTERVAL`]), so
 //! records cycling through more versions than the cache holds cannot turn the loader into a
@@ -69,7 +70,6 @@ struct Shared {
     wake: Condvar,
     cache: Arc<ModelCache>,
     done: Sender<LoadDone>,
-    min_interval: Duration,
 }
 
 /// The handle the ingest thread holds. Dropping it stops the loaders after the loads in
@@ -92,7 +92,6 @@ impl ModelLoader {
             wake: Condvar::new(),
             cache,
             done: done_tx,
-            min_interval: MIN_LOAD_INTERVAL,
         });
         let mut loader = ModelLoader {
             shared: shared.clone(),
@@ -117,11 +116,6 @@ impl ModelLoader {
         }
         self.shared.sched.lock().queue.push(key.clone());
         self.shared.wake.notify_one();
-    }
-
-    /// Whether a load of `key` has been asked for and is not done yet.
-    pub fn is_requested(&self, key: &ModelKey) -> bool {
-        self.requested.contains(key)
     }
 
     /// Loads finished since the last call (does not wait).
@@ -177,7 +171,7 @@ impl Drop for ModelLoader {
 }
 
 /// A loader thread: takes versions in the order asked, except that a model name loading now,
-/// or whose last load started less than `min_interval` ago, waits its turn while others go
+/// or whose last load started less than [`MIN_LOAD_INTERVAL`] ago, waits its turn while others go
 /// ahead. Ends when the handle drops.
 fn load_loop(shared: &Shared) {
     loop {
@@ -189,7 +183,7 @@ fn load_loop(shared: &Shared) {
                 }
                 let now = Instant::now();
                 let ready_at = |k: &ModelKey| {
-                    s.last_start.get(&k.name).map_or(now, |t| *t + shared.min_interval)
+                    s.last_start.get(&k.name).map_or(now, |t| *t + MIN_LOAD_INTERVAL)
                 };
                 let next = s
                     .queue
