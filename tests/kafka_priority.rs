@@ -44,13 +44,18 @@ fn priority_records_are_queued_while_the_normal_ring_is_full_and_its_lane_busy()
             vec![],
         )
     };
-    let normal: Vec<Record> = (0..300).map(|i| rec(format!("n{i}"), "held", -1.0)).collect();
-    let mut sent: Vec<(String, i32, i64)> = b
-        .produce(&t.input, &normal, None)
-        .unwrap()
-        .into_iter()
-        .map(|(p, o)| (t.input.clone(), p, o))
-        .collect();
+    // 150 normal records on each input partition: every partition has records to commit.
+    let mut sent: Vec<(String, i32, i64)> = Vec::new();
+    for p in 0..2 {
+        let normal: Vec<Record> =
+            (0..150).map(|i| rec(format!("n{p}-{i}"), "held", -1.0)).collect();
+        sent.extend(
+            b.produce(&t.input, &normal, Some(p))
+                .unwrap()
+                .into_iter()
+                .map(|(p, o)| (t.input.clone(), p, o)),
+        );
+    }
     let mut cfg = config(&b, &t, &repo.path());
     cfg.streaming.inference.batching.ring_capacity = 16;
     cfg.streaming.inference.lanes.cpu.count = 1;
