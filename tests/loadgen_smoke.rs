@@ -13,7 +13,9 @@ use common::TestRepo;
 use sluice::loadgen::report::{Machine, RunReport};
 use sluice::loadgen::schedule::Arrival;
 use sluice::loadgen::step::{StepSpec, Target};
-use sluice::loadgen::sweep::{run_sweep, Criteria, RatePlan, SweepOutcome, SweepSpec};
+use sluice::loadgen::sweep::{
+    run_sweep, BrokerStepper, Criteria, RatePlan, SweepOutcome, SweepSpec,
+};
 use sluice::loadgen::workload::{Payload, Workload};
 use sluice::pipeline::Pipeline;
 
@@ -27,12 +29,15 @@ fn target(b: &TestBroker, t: &Topics) -> Target {
     }
 }
 
-fn sweep(target: &Target, hostile_share: f64) -> SweepOutcome {
+/// Two steps and the half-rate step; `before_step` runs before each (as `--before-step` does).
+fn sweep(target: &Target, hostile_share: f64, before_step: Option<&str>) -> SweepOutcome {
     let spec = SweepSpec {
         rates: RatePlan::List(vec![50.0, 100.0]),
         // Generous bounds: this checks bookkeeping, not speed, so no step should be judged on time.
         criteria: Criteria { p99_bound_ms: 60_000.0, min_achieved_ratio: 0.0 },
         patience: 2,
+        bisect_to: None,
+        min_measured: 0,
         half_step: true,
         step: StepSpec {
             rate: 0.0,
@@ -49,7 +54,9 @@ fn sweep(target: &Target, hostile_share: f64) -> SweepOutcome {
             },
         },
     };
-    run_sweep(target, &spec, &AtomicBool::new(false), |_| {}).expect("sweep runs")
+    let stop = AtomicBool::new(false);
+    let mut stepper = BrokerStepper { target, stop: &stop, before_step, index: 0 };
+    run_sweep(&mut stepper, &spec, &stop, |_| {}).expect("sweep runs")
 }
 
 fn check_every_record_came_back(o: &SweepOutcome, hostile_expected: bool) {
@@ -95,10 +102,20 @@ fn loadgen_against_sluice_and_passthrough_then_report() {
     let t = setup(&b, "lg-sluice", 2);
     let cfg = config(&b, &t, &repo.path());
     let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
-    let sluice = sweep(&target(&b, &t), 0.1);
+    let hook_dir = tempfile::tempdir().unwrap();
+    let hook_log = hook_dir.path().join("steps");
+    let hook =
+        format!("echo \"$SLUICE_LOADGEN_STEP $SLUICE_LOADGEN_RATE\" >> '{}'", hook_log.display());
+    let sluice = sweep(&target(&b, &t), 0.1, Some(&hook));
     let stats = pipeline.stop();
     check_every_record_came_back(&sluice, true);
     assert!(stats.dead_letters > 0);
+    // The before-step command ran before every step, the half-rate step too, with its rate.
+    let steps = std::fs::read_to_string(&hook_log).expect("the before-step command ran");
+    assert_eq!(steps, "0 50.000\n1 100.000\n2 50.000\n");
+    let phases: Vec<&str> =
+        sluice.steps.iter().chain(sluice.half_step.iter()).map(|s| s.phase.as_str()).collect();
+    assert_eq!(phases, ["grid", "grid", "half"]);
 
     // The passthrough baseline, on its own topics, forwarding everything (hostile records too).
     let t2 = setup(&b, "lg-pass", 2);
@@ -112,7 +129,7 @@ fn loadgen_against_sluice_and_passthrough_then_report() {
             })
         });
         ready_rx.recv_timeout(Duration::from_secs(60)).expect("passthrough joins its group");
-        let o = sweep(&target(&b, &t2), 0.0);
+        let o = sweep(&target(&b, &t2), 0.0, None);
         stop.store(true, Ordering::SeqCst);
         let r = h.join().expect("passthrough thread").expect("passthrough runs");
         (o, r.forwarded)

@@ -55,6 +55,32 @@ const SENTENCES: &[&str] = &[
     "what a lovely day for a walk in the park",
 ];
 
+/// Partitions of the demo's input topic, and of the priority topic.
+const PARTITIONS_IN: usize = 4;
+const PARTITIONS_OTHER: usize = 1;
+/// How long the demo waits for the group join before starting the load anyway.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+/// How long the summary waits for the outcomes of the last records.
+const FINAL_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the pipeline is assigned `want` partitions (or `JOIN_WAIT`, or a stop).
+fn wait_for_partitions(pipeline: &Pipeline, want: usize, stop: &AtomicBool) {
+    let start = Instant::now();
+    let assigned = || pipeline.source().assigned.lock().len();
+    while assigned() < want && start.elapsed() < JOIN_WAIT && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n = assigned();
+    if n < want {
+        println!("  (the pipeline holds {n} of {want} partitions after {JOIN_WAIT:?}; starting the load anyway)");
+    } else {
+        println!(
+            "  pipeline ready after {:.1} s (group joined, {n} partitions); load starts now",
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
@@ -81,6 +107,14 @@ fn demo_models(opt: &DemoOptions) -> Result<(PathBuf, String), DemoError> {
     Ok((dir, "tiny-embed".into()))
 }
 
+/// A result's end-to-end latency in µs, from the intended send time carried in its id
+/// (`demo-<n>-<intended µs>`), and its batch size.
+fn result_facts(result: &[u8]) -> (Option<u64>, u64) {
+    let Ok(r) = serde_json::from_slice::<serde_json::Value>(result) else { return (None, 0) };
+    let sent = r["id"].as_str().and_then(|id| id.rsplit('-').next()?.parse::<u64>().ok());
+    (sent.map(|t| now_us().saturating_sub(t).max(1)), r["batch_size"].as_u64().unwrap_or(0))
+}
+
 /// Runs the demo until `stop` is set or the duration passes.
 pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
     let broker = LocalBroker::start().map_err(during("starting the in-process broker"))?;
@@ -93,7 +127,7 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
     cfg.streaming.inference.metrics.reporting_interval_seconds = 5;
     let topics = cfg.kafka.topics.streaming.clone();
     let create = during("creating the demo topics");
-    broker.create_topic(&topics.input, 4).map_err(&create)?;
+    broker.create_topic(&topics.input, PARTITIONS_IN as i32).map_err(&create)?;
     for t in [&topics.priority, &topics.output, &topics.dlq, &topics.metrics] {
         broker.create_topic(t, 1).map_err(&create)?;
     }
@@ -114,6 +148,21 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
     let cache = Arc::new(ModelCache::new(repo, Settings::from_config(&cfg).cache));
     cache.get(&model, None).map_err(during("loading the model"))?;
     let pipeline = Pipeline::start(&cfg, cache).map_err(during("starting the pipeline"))?;
+    // The load starts once the pipeline holds every partition (and the viewer below its own):
+    // records sent before the group joins would wait for them and show the joins as seconds of
+    // latency.
+    wait_for_partitions(&pipeline, PARTITIONS_IN + PARTITIONS_OTHER, &stop);
+    // The viewer reads results and dead letters and prints a line per second. It is created
+    // before the producer starts, so that an error here cannot leave the producer running.
+    let viewer = TopicReader::new(
+        &bootstrap,
+        "sluice-demo-viewer",
+        &[topics.output.as_str(), topics.dlq.as_str()],
+    )
+    .map_err(during("creating the viewer"))?;
+    if !viewer.wait_assigned(JOIN_WAIT) {
+        println!("  (the viewer has no partitions after {JOIN_WAIT:?}; its first figures include the wait)");
+    }
     let produced = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     std::thread::scope(|s| -> Result<(), DemoError> {
@@ -156,13 +205,6 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
         });
         let producer_thread = producer_thread.map_err(during("spawning the producer"))?;
 
-        // The viewer: reads results and dead letters, prints a line per second.
-        let viewer = TopicReader::new(
-            &bootstrap,
-            "sluice-demo-viewer",
-            &[topics.output.as_str(), topics.dlq.as_str()],
-        )
-        .map_err(during("creating the viewer"))?;
         let mut lat = new_histogram();
         let mut total = new_histogram();
         let (mut out_n, mut dlq_n, mut batch_sum, mut last_out) = (0u64, 0u64, 0u64, 0u64);
@@ -178,17 +220,11 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
                     dlq_n += 1;
                 } else {
                     out_n += 1;
-                    if let Ok(r) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
-                        batch_sum += r["batch_size"].as_u64().unwrap_or(0);
-                        let sent = r["id"]
-                            .as_str()
-                            .and_then(|id| id.rsplit('-').next())
-                            .and_then(|t| t.parse::<u64>().ok());
-                        if let Some(t) = sent {
-                            let us = now_us().saturating_sub(t).max(1);
-                            let _ = lat.record(us);
-                            let _ = total.record(us);
-                        }
+                    let (us, batch) = result_facts(&m.payload);
+                    batch_sum += batch;
+                    if let Some(us) = us {
+                        let _ = lat.record(us);
+                        let _ = total.record(us);
                     }
                 }
             }
@@ -215,11 +251,29 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
         }
         done.store(true, Ordering::SeqCst);
         let _ = producer_thread.join();
+        // The summary counts every record sent: wait for the last outcomes.
+        let sent = produced.load(Ordering::Relaxed);
+        let wait_start = Instant::now();
+        while out_n + dlq_n < sent && wait_start.elapsed() < FINAL_WAIT {
+            if let Some(m) = viewer.poll(Duration::from_millis(20)) {
+                if m.topic == topics.dlq {
+                    dlq_n += 1;
+                } else {
+                    out_n += 1;
+                    if let (Some(us), _) = result_facts(&m.payload) {
+                        let _ = total.record(us);
+                    }
+                }
+            }
+        }
+        let outstanding = sent.saturating_sub(out_n + dlq_n);
         println!(
-            "demo summary: produced {}, results {}, dead letters {}, e2e p50 {:.1} ms p99 {:.1} ms",
-            produced.load(Ordering::Relaxed),
-            out_n,
-            dlq_n,
+            "demo summary: produced {sent}, results {out_n}, dead letters {dlq_n}{}, e2e p50 {:.1} ms p99 {:.1} ms (every result from the first record on)",
+            if outstanding > 0 {
+                format!(" ({outstanding} still without an outcome after {FINAL_WAIT:?})")
+            } else {
+                String::new()
+            },
             total.value_at_quantile(0.5) as f64 / 1e3,
             total.value_at_quantile(0.99) as f64 / 1e3
         );

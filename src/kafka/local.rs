@@ -108,6 +108,21 @@ impl TopicReader {
         Ok(TopicReader { consumer: Some(consumer) })
     }
 
+    /// Polls until the group has assigned this reader its partitions (true), or `timeout`
+    /// passes (false). Only for a reader whose topics are still empty: a record polled while
+    /// waiting is dropped.
+    pub fn wait_assigned(&self, timeout: Duration) -> bool {
+        let Some(c) = self.consumer.as_ref() else { return false };
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if c.assignment().is_ok_and(|a| a.count() > 0) {
+                return true;
+            }
+            let _ = c.poll(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// The next record, waiting up to `timeout`; errors are skipped.
     pub fn poll(&self, timeout: Duration) -> Option<ReadRecord> {
         let m = self.consumer.as_ref()?.poll(timeout)?.ok()?;

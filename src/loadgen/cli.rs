@@ -99,6 +99,22 @@ pub struct LoadgenRun {
     /// Unsustained steps in a row before the sweep stops.
     #[arg(long, default_value_t = 1)]
     patience: usize,
+    /// After the rate grid, bisect between the highest sustained and the lowest failed rate
+    /// until they are within this fraction (e.g. 0.05); 0 skips bisection.
+    #[arg(long, default_value_t = 0.0)]
+    bisect_to: f64,
+    /// Lengthen a step until at least this many records are due after its warm-up (slow
+    /// systems get long enough steps for a stable p99).
+    #[arg(long, default_value_t = 0)]
+    min_measured: u64,
+    /// Shell command run (`sh -c`) before every step, e.g. to start a fresh broker and system;
+    /// it gets the step's rate and index in SLUICE_LOADGEN_RATE and SLUICE_LOADGEN_STEP and must
+    /// exit 0.
+    #[arg(long)]
+    before_step: Option<String>,
+    /// Which repeat of the same sweep this is (1, 2, ...), for the report.
+    #[arg(long)]
+    repeat: Option<u32>,
     /// Skip the extra step at half of the highest sustained rate.
     #[arg(long)]
     no_half_step: bool,
@@ -184,10 +200,17 @@ pub fn run(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
                 p99_bound_ms: a.p99_bound_ms,
                 min_achieved_ratio: a.min_achieved,
             };
+            anyhow::ensure!(
+                (0.0..1.0).contains(&a.bisect_to),
+                "--bisect-to must be at least 0 and below 1, got {}",
+                a.bisect_to
+            );
             let spec = sweep::SweepSpec {
                 rates,
                 criteria,
                 patience: a.patience,
+                bisect_to: (a.bisect_to > 0.0).then_some(a.bisect_to),
+                min_measured: a.min_measured,
                 half_step: !a.no_half_step,
                 step: step::StepSpec {
                     rate: 0.0,
@@ -203,9 +226,16 @@ pub fn run(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
                 a.system, a.bootstrap, a.rates, a.model
             );
             let load_before = report::load_avg_1m();
-            let outcome = sweep::run_sweep(&target, &spec, &stop, |s| {
+            let mut stepper = sweep::BrokerStepper {
+                target: &target,
+                stop: &stop,
+                before_step: a.before_step.as_deref(),
+                index: 0,
+            };
+            let outcome = sweep::run_sweep(&mut stepper, &spec, &stop, |s| {
                 eprintln!(
-                    "  {:>8.0}/s offered  {:>8.0}/s out  p50 {:>8.1} ms  p99 {:>8.1} ms  p99.9 {:>8.1} ms  max {:>8.1} ms  batch {:>5}  dlq {:>5}  missing {}  -> {}",
+                    "  {:<6} {:>8.0}/s offered  {:>8.0}/s out  p50 {:>8.1} ms  p99 {:>8.1} ms  p99.9 {:>8.1} ms  max {:>8.1} ms  batch {:>5}  dlq {:>5}  missing {}  -> {}",
+                    s.phase,
                     s.offered_rps,
                     s.achieved_rps,
                     s.latency.p50_ms,
@@ -225,6 +255,7 @@ pub fn run(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
             let rep = report::RunReport {
                 system: a.system.clone(),
                 system_notes: a.system_notes.clone(),
+                repeat: a.repeat,
                 broker: a.broker.clone(),
                 target: Some(target),
                 machine: report::Machine::detect(),
@@ -262,6 +293,7 @@ pub fn run(command: LoadgenCommand) -> anyhow::Result<ExitCode> {
         LoadgenCommand::Passthrough { config } => {
             let cfg = Config::load(config.as_deref())?;
             crate::telemetry::logging::init(cfg.log.format == LogFormat::Json, &cfg.log.level);
+            let _profile = crate::telemetry::profile::from_env();
             let stop = stop_flag()?;
             let r = passthrough::run(&cfg, &stop, || {
                 println!("ready");

@@ -33,6 +33,9 @@ pub enum LoadgenError {
     /// The collector thread panicked.
     #[error("collector thread panicked")]
     CollectorPanicked,
+    /// The `--before-step` command could not run or failed.
+    #[error("before-step command: {0}")]
+    BeforeStep(String),
     /// Drawing an SVG picture failed.
     #[error("drawing: {0}")]
     Plot(String),

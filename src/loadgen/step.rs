@@ -92,6 +92,9 @@ pub struct StepResult {
     /// Whether the step counts as sustained, and why not (set by the sweep).
     pub sustained: Option<bool>,
     pub verdict: String,
+    /// Which part of the sweep ran it: `grid`, `bisect` or `half` (set by the sweep).
+    #[serde(default)]
+    pub phase: String,
 }
 
 struct SendContext {
@@ -376,6 +379,7 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> Result<S
         drain_s,
         sustained: None,
         verdict: String::new(),
+        phase: String::new(),
     })
 }
 
