@@ -5,7 +5,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
 use crate::core::{BatchOutput, OutputKind};
-use crate::core::{Outcome, Verdict};
+use crate::core::{Outcome, Source, Verdict};
 
 struct OutputRows<'a> {
     out: &'a BatchOutput,
@@ -168,13 +168,19 @@ impl DeadLetterHeaders {
     /// The headers of a dead letter of `class` for the record of `o`, whatever its verdict
     /// (a result the broker refused becomes such a dead letter).
     pub fn for_source(o: &Outcome, class: &'static str, reason: String) -> Self {
+        Self::for_record(&o.env.source, o.env.attempts, class, reason)
+    }
+
+    /// The headers of a dead letter of `class` for the input record at `source`, delivered
+    /// `attempts` times.
+    pub fn for_record(source: &Source, attempts: u32, class: &'static str, reason: String) -> Self {
         DeadLetterHeaders {
             class,
             reason,
-            topic: o.env.source.topic.to_string(),
-            partition: o.env.source.partition.to_string(),
-            offset: o.env.source.offset.to_string(),
-            attempts: o.env.attempts.to_string(),
+            topic: source.topic.to_string(),
+            partition: source.partition.to_string(),
+            offset: source.offset.to_string(),
+            attempts: attempts.to_string(),
             original: None,
         }
     }

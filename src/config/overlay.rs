@@ -18,12 +18,15 @@ use super::types::Config;
 pub const ENV_PREFIX: &str = "SLUICE_";
 
 /// `SLUICE_*` variables that are not configuration keys (used by the CLI, tests and benches).
-const NON_CONFIG_EXACT: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_CACHE"];
-const NON_CONFIG_PREFIXES: &[&str] = &["SLUICE_TEST_", "SLUICE_BENCH_", "SLUICE_BROKER"];
+const NON_CONFIG_EXACT: &[&str] =
+    &["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_CACHE", "SLUICE_PROFILE_SVG"];
+const NON_CONFIG_PREFIXES: &[&str] =
+    &["SLUICE_TEST_", "SLUICE_BENCH_", "SLUICE_BROKER", "SLUICE_LOADGEN_"];
 
 /// Whether `name` is a `SLUICE_*` variable that is deliberately not a configuration key
-/// (`SLUICE_CONFIG`, `SLUICE_LOG`, `SLUICE_CACHE`, `SLUICE_TEST_*`, `SLUICE_BENCH_*`,
-/// `SLUICE_BROKER*`). Such variables are ignored by the override mechanism.
+/// (`SLUICE_CONFIG`, `SLUICE_LOG`, `SLUICE_CACHE`, `SLUICE_PROFILE_SVG`, `SLUICE_TEST_*`,
+/// `SLUICE_BENCH_*`, `SLUICE_BROKER*`, `SLUICE_LOADGEN_*`). Such variables are ignored by the
+/// override mechanism.
 pub fn is_non_config_env_var(name: &str) -> bool {
     NON_CONFIG_EXACT.contains(&name) || NON_CONFIG_PREFIXES.iter().any(|p| name.starts_with(p))
 }
@@ -522,8 +525,15 @@ mod tests {
 
     #[test]
     fn allow_list() {
-        for n in ["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_CACHE", "SLUICE_TEST_X", "SLUICE_BENCH_N"]
-        {
+        for n in [
+            "SLUICE_CONFIG",
+            "SLUICE_LOG",
+            "SLUICE_CACHE",
+            "SLUICE_PROFILE_SVG",
+            "SLUICE_TEST_X",
+            "SLUICE_BENCH_N",
+            "SLUICE_LOADGEN_RATE",
+        ] {
             assert!(is_non_config_env_var(n), "{n}");
         }
         assert!(is_non_config_env_var("SLUICE_BROKERS"));

@@ -53,8 +53,9 @@ pub struct PendingRecord {
     /// The input record's key and value (shared, not copied), to build a smaller dead
     /// letter from if this record is refused.
     request: Option<(Option<Bytes>, Bytes)>,
-    /// For a result: the headers its dead letter would carry if it had to become one.
-    if_refused: Option<DeadLetterHeaders>,
+    /// For a result: the input record's delivery attempts, for the dead letter it becomes if
+    /// it is refused (its headers are only built then, not for every result).
+    if_refused: Option<u32>,
     shape: Shape,
     attempts: u32,
 }
@@ -102,12 +103,29 @@ pub struct SinkContext {
     pub tracker: Arc<Mutex<CommitTracker>>,
     pub stats: Arc<EmitStats>,
     failed: Mutex<Vec<(Box<PendingRecord>, KafkaError)>>,
+    /// Sources whose outcomes were acknowledged in the current `poll`, booked into the
+    /// tracker together afterwards ([`SinkContext::settle_acks`]): one lock of the tracker,
+    /// which the ingest and commit threads share, per poll instead of one per record.
+    acks: Mutex<Vec<Source>>,
 }
 
 impl SinkContext {
     /// A context acknowledging into `tracker`.
     pub fn new(tracker: Arc<Mutex<CommitTracker>>, stats: Arc<EmitStats>) -> Self {
-        SinkContext { tracker, stats, failed: Mutex::new(Vec::new()) }
+        SinkContext { tracker, stats, failed: Mutex::new(Vec::new()), acks: Mutex::new(Vec::new()) }
+    }
+
+    /// Books the acknowledgements collected since the last call into the commit tracker.
+    /// Every `poll` or `flush` of the producer is followed by this call.
+    pub fn settle_acks(&self) {
+        let mut acks = self.acks.lock();
+        if acks.is_empty() {
+            return;
+        }
+        let mut tracker = self.tracker.lock();
+        for s in acks.drain(..) {
+            tracker.ack(&s.topic, s.partition, s.offset);
+        }
     }
 }
 
@@ -120,8 +138,9 @@ impl ProducerContext for SinkContext {
         match result {
             Ok(_) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                if let Some(s) = &rec.source {
-                    self.tracker.lock().ack(&s.topic, s.partition, s.offset);
+                let mut rec = rec;
+                if let Some(s) = rec.source.take() {
+                    self.acks.lock().push(s);
                 }
             }
             Err((e, _)) => self.failed.lock().push((rec, e.clone())),
@@ -221,6 +240,7 @@ impl OutcomeSink for KafkaSink {
                 Duration::ZERO
             };
             self.producer.poll(wait);
+            self.producer.context().settle_acks();
             self.settle_failures(&mut retries);
             while retries.peek().is_some_and(|r| r.0.at <= Instant::now()) {
                 if let Some(Reverse(r)) = retries.pop() {
@@ -270,6 +290,7 @@ impl OutcomeSink for KafkaSink {
         } else {
             let _ = self.producer.flush(Duration::from_secs(10));
         }
+        self.producer.context().settle_acks();
         tracing::info!("emit stopped");
         Ok(())
     }
@@ -294,16 +315,16 @@ impl KafkaSink {
                 }
                 PendingRecord {
                     topic: self.output_topic.clone(),
-                    key: Some(Bytes::copy_from_slice(result_key(&o))),
+                    // The request's key is shared, not copied; only an id-as-key is.
+                    key: Some(match &o.env.key {
+                        Some(k) => k.clone(),
+                        None => Bytes::copy_from_slice(result_key(&o)),
+                    }),
                     value: Bytes::copy_from_slice(buf),
                     headers: None,
                     source,
                     request,
-                    if_refused: Some(DeadLetterHeaders::for_source(
-                        &o,
-                        ErrorClass::TooLarge.as_str(),
-                        String::new(),
-                    )),
+                    if_refused: Some(o.env.attempts),
                     shape: Shape::Whole,
                     attempts: 1,
                 }
@@ -352,6 +373,7 @@ impl KafkaSink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     rec = back.delivery_opaque;
                     self.producer.poll(Duration::from_millis(5));
+                    self.producer.context().settle_acks();
                     self.settle_failures(retries);
                 }
                 Err((e, back)) => {
@@ -422,13 +444,19 @@ impl KafkaSink {
         let what = if rec.headers.is_none() { "result" } else { "dead letter" };
         let mut headers = match (rec.headers.take(), rec.if_refused.take()) {
             (Some(h), _) => h,
-            (None, Some(mut h)) => {
-                h.reason = format!(
+            (None, Some(attempts)) => {
+                let Some(source) = &rec.source else { return Err(rec) };
+                let reason = format!(
                     "the result ({} bytes, key {} bytes) was refused by the broker or client",
                     rec.value.len(),
                     rec.key.as_ref().map_or(0, Bytes::len)
                 );
-                h
+                DeadLetterHeaders::for_record(
+                    source,
+                    attempts,
+                    ErrorClass::TooLarge.as_str(),
+                    reason,
+                )
             }
             (None, None) => return Err(rec),
         };
