@@ -31,6 +31,7 @@
 #   MAX_LOAD=0.8               wait (up to 10 min) for the 1-minute load average to fall below
 #                              this before each sweep; the load average is in every report
 #   QUICK=1                    short steps, few rates: checks the script end to end
+#   SLUICE                     a sluice binary built with --features loadgen (built here if unset)
 #   SLUICE_CACHE               cache root (broker, models, Python venvs)
 #   PEER_VENV QUIX_VENV        the peers' virtualenvs (default $SLUICE_CACHE/venv-st, venv-quix)
 set -euo pipefail
@@ -76,10 +77,12 @@ wait_quiet() {
     done
 }
 
-log "building sluice (release)"
-cargo build --release --locked --quiet --features loadgen
-export SLUICE="$ROOT/target/release/sluice"
-[[ -n "${CARGO_TARGET_DIR:-}" ]] && SLUICE="$CARGO_TARGET_DIR/release/sluice"
+if [[ -z "${SLUICE:-}" ]]; then
+    log "building sluice (release)"
+    cargo build --release --locked --quiet --features loadgen
+    SLUICE="${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice"
+fi
+export SLUICE
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || COMMIT="$COMMIT+dirty"
 export SLUICE_BENCH_COMMIT="$COMMIT"

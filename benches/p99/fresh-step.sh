@@ -31,6 +31,10 @@ stop_system() {
     # CPU time the system used in its life (priming and step included), for the log.
     if [[ -r "/proc/$pid/stat" ]]; then
         say "system $pid used $(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f s user, %.2f s system", $14 / hz, $15 / hz }' "/proc/$pid/stat") of CPU"
+        # ... and by thread (name: CPU seconds), busiest first.
+        say "  by thread: $(for t in /proc/"$pid"/task/*; do
+            awk -v hz="$(getconf CLK_TCK)" -v name="$(cat "$t/comm" 2>/dev/null)" '{ printf "%s %.2f\n", name, ($14 + $15) / hz }' "$t/stat" 2>/dev/null
+        done | sort -k2 -rn | head -8 | awk '{ printf "%s %s s, ", $1, $2 }')"
     fi
     kill -TERM "$pid" 2>/dev/null || return 0
     for _ in $(seq 1 300); do

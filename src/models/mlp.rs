@@ -13,6 +13,11 @@ use crate::core::{BatchOutput, OutputKind};
 /// A multi-layer perceptron on one device.
 pub struct MlpRunner {
     layers: Vec<(Linear, Activation)>,
+    /// On the CPU, the same layers as plain arrays, run by [`host_forward`]: a tabular MLP is
+    /// a few hundred multiply-adds per row, far less than the fixed cost of the dozen candle
+    /// tensor operations (each allocating its result) of a batch. `None` on a GPU, and for
+    /// GELU layers (candle's erf is kept so results do not depend on the device).
+    host: Option<Vec<HostLayer>>,
     softmax: bool,
     device: Device,
     /// Feature width.
@@ -64,8 +69,14 @@ impl MlpRunner {
             layers.push((Linear::new(w, b), l.activation));
             width = out;
         }
+        let host = if device.is_cpu() {
+            host_layers(&layers).map_err(|e| err(e.to_string()))?
+        } else {
+            None
+        };
         Ok(MlpRunner {
             layers,
+            host,
             softmax: spec.output == MlpOutput::Softmax,
             device: device.clone(),
             inputs,
@@ -75,11 +86,22 @@ impl MlpRunner {
 
     /// Runs the staged batch of feature rows.
     pub fn forward(&self, st: &HostStaging) -> Result<BatchOutput, ModelError> {
-        let mut x = Tensor::from_slice(
-            &st.features[..st.rows * st.width],
-            (st.rows, st.width),
-            &self.device,
-        )?;
+        let features = &st.features[..st.rows * st.width];
+        let data = match &self.host {
+            Some(layers) => host_forward(layers, self.softmax, features, st.rows),
+            None => self.candle_forward(features, st.rows, st.width)?,
+        };
+        Ok(BatchOutput { data, width: self.outputs, kind: OutputKind::Vector })
+    }
+
+    /// The layers as candle tensor operations (any device).
+    fn candle_forward(
+        &self,
+        features: &[f32],
+        rows: usize,
+        width: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut x = Tensor::from_slice(features, (rows, width), &self.device)?;
         for (linear, act) in &self.layers {
             x = linear.forward(&x)?;
             x = match act {
@@ -93,7 +115,112 @@ impl MlpRunner {
         if self.softmax {
             x = candle_nn::ops::softmax(&x, D::Minus1)?;
         }
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
-        Ok(BatchOutput { data, width: self.outputs, kind: OutputKind::Vector })
+        Ok(x.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// One dense layer as plain arrays: `weight` is `[outputs][inputs]`, row-major.
+struct HostLayer {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    inputs: usize,
+    outputs: usize,
+    activation: Activation,
+}
+
+/// The layers as arrays, or `None` if one has an activation the host path does not run.
+fn host_layers(
+    layers: &[(Linear, Activation)],
+) -> Result<Option<Vec<HostLayer>>, candle_core::Error> {
+    let mut out = Vec::with_capacity(layers.len());
+    for (linear, act) in layers {
+        if matches!(act, Activation::Gelu) {
+            return Ok(None);
+        }
+        let (outputs, inputs) = linear.weight().dims2()?;
+        out.push(HostLayer {
+            weight: linear.weight().flatten_all()?.to_vec1::<f32>()?,
+            bias: linear.bias().map(|b| b.to_vec1::<f32>()).transpose()?,
+            inputs,
+            outputs,
+            activation: *act,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Runs `rows` feature rows through `layers` (and a softmax over each output row).
+fn host_forward(layers: &[HostLayer], softmax: bool, features: &[f32], rows: usize) -> Vec<f32> {
+    let mut x = features.to_vec();
+    let mut y = Vec::new();
+    for l in layers {
+        y.clear();
+        y.resize(rows * l.outputs, 0.0);
+        for (xr, yr) in x.chunks_exact(l.inputs).zip(y.chunks_exact_mut(l.outputs)) {
+            for (o, (w, v)) in l.weight.chunks_exact(l.inputs).zip(yr.iter_mut()).enumerate() {
+                let dot: f32 = w.iter().zip(xr).map(|(a, b)| a * b).sum();
+                let z = dot + l.bias.as_ref().map_or(0.0, |b| b[o]);
+                *v = match l.activation {
+                    Activation::Relu => z.max(0.0),
+                    Activation::Tanh => z.tanh(),
+                    Activation::Sigmoid => 1.0 / (1.0 + (-z).exp()),
+                    Activation::None | Activation::Gelu => z,
+                };
+            }
+        }
+        std::mem::swap(&mut x, &mut y);
+    }
+    if softmax {
+        let width = layers.last().map_or(1, |l| l.outputs).max(1);
+        for row in x.chunks_exact_mut(width) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for v in row.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            for v in row.iter_mut() {
+                *v /= sum;
+            }
+        }
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::models::{write_mlp, MlpSpec};
+
+    /// The host path gives what candle gives, for each activation it runs, with and without
+    /// softmax.
+    #[test]
+    fn the_host_path_matches_candle() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, act) in ["relu", "tanh", "sigmoid", "none"].into_iter().enumerate() {
+            for softmax in [true, false] {
+                let spec = MlpSpec {
+                    inputs: 8,
+                    hidden: vec![16, 5],
+                    outputs: 3,
+                    activation: act.into(),
+                    softmax,
+                };
+                let name = format!("m{i}{softmax}");
+                let d = write_mlp(dir.path(), &name, "1", &spec, 7 + i as u64).unwrap();
+                let ms = ModelSpec::from_file(&d.join("sluice.toml")).unwrap();
+                let m = MlpRunner::load(&d, &ms, &Device::Cpu).unwrap();
+                let layers = m.host.as_ref().expect("the CPU runs the host path");
+                let rows = 37;
+                let x: Vec<f32> =
+                    (0..rows * 8).map(|k| ((k * 7919 % 101) as f32 - 50.0) / 17.0).collect();
+                let host = host_forward(layers, m.softmax, &x, rows);
+                let candle = m.candle_forward(&x, rows, 8).unwrap();
+                assert_eq!(host.len(), candle.len());
+                for (a, b) in host.iter().zip(&candle) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{act} {softmax}: {a} vs {b}");
+                }
+            }
+        }
     }
 }
