@@ -136,7 +136,14 @@ pub fn steps_table(r: &RunReport) -> String {
 pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# {title}\n");
-    if let Some(r) = reports.first() {
+    // The conditions of the run with the fullest request mix (a broker-only floor has no
+    // hostile or priority records; its section says so).
+    let fullest = reports.iter().max_by(|a, b| {
+        let mix =
+            |r: &RunReport| r.workload.as_ref().map_or(0.0, |w| w.hostile_share + w.priority_share);
+        mix(a).total_cmp(&mix(b))
+    });
+    if let Some(r) = fullest {
         let m = &r.machine;
         let _ = writeln!(
             s,
@@ -195,9 +202,14 @@ pub fn markdown(title: &str, reports: &[RunReport], pictures: &[(&str, &str)]) -
     if groups.iter().any(|(_, g)| g.len() > 1) {
         s.push_str(&repeats_table(&groups));
     }
+    // Ratios only between sweeps: a run of one rate measured no capacity.
+    let swept: Vec<&(String, Vec<&RunReport>)> = groups
+        .iter()
+        .filter(|(_, g)| g.iter().any(|r| r.sweep.steps.len() > 1 || r.sweep.half_step.is_some()))
+        .collect();
     let mut ratios = String::new();
-    for (a, ga) in &groups {
-        for (b, gb) in &groups {
+    for (a, ga) in swept.iter().map(|g| (&g.0, &g.1)) {
+        for (b, gb) in swept.iter().map(|g| (&g.0, &g.1)) {
             if let (false, Some(x), Some(y)) = (
                 a == b,
                 median(ga.iter().filter_map(|r| r.sweep.max_sustained_rps)),
@@ -319,10 +331,25 @@ mod tests {
         };
         let p = RunReport {
             system: "passthrough".into(),
-            sweep: SweepOutcome { max_sustained_rps: Some(400.0), ..Default::default() },
+            sweep: SweepOutcome {
+                steps: vec![step(400.0, true), step(800.0, false)],
+                max_sustained_rps: Some(400.0),
+                ..Default::default()
+            },
             ..r.clone()
         };
-        let md = markdown("T", &[r, p], &[("p99", "p99.svg")]);
+        // One rate, no sweep: no capacity to compare.
+        let single = RunReport {
+            system: "fixed".into(),
+            sweep: SweepOutcome {
+                steps: vec![step(50.0, true)],
+                max_sustained_rps: Some(50.0),
+                ..Default::default()
+            },
+            ..r.clone()
+        };
+        let md = markdown("T", &[r, p, single], &[("p99", "p99.svg")]);
+        assert!(!md.contains("fixed / "), "{md}");
         for want in [
             "Test CPU (2 cores",
             "Tansu",

@@ -21,7 +21,10 @@ pub fn from_env() -> Profile {
         let inner = path.and_then(|p| {
             let guard = pprof::ProfilerGuardBuilder::default()
                 .frequency(FREQUENCY_HZ)
-                .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+                // Only the unwinder itself (a signal inside it would deadlock the backtrace) and
+                // the vDSO (wrong unwind tables) are skipped: samples in libc (malloc, memcpy,
+                // futex waits) are where per-record costs hide.
+                .blocklist(&["libgcc", "vdso"])
                 .build();
             match guard {
                 Ok(g) => {
