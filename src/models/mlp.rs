@@ -190,37 +190,53 @@ fn host_forward(layers: &[HostLayer], softmax: bool, features: &[f32], rows: usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::models::{write_mlp, MlpSpec};
+
+    /// A layer of `outputs × inputs` with deterministic weights and a bias.
+    fn layer(inputs: usize, outputs: usize, seed: usize, act: Activation) -> (Linear, Activation) {
+        let v = |n: usize, k: usize| -> Vec<f32> {
+            (0..n).map(|i| (((i + k) * 7919 % 97) as f32 - 48.0) / 60.0).collect()
+        };
+        let w = Tensor::from_vec(v(inputs * outputs, seed), (outputs, inputs), &Device::Cpu);
+        let b = Tensor::from_vec(v(outputs, seed + 13), outputs, &Device::Cpu);
+        (Linear::new(w.unwrap(), Some(b.unwrap())), act)
+    }
 
     /// The host path gives what candle gives, for each activation it runs, with and without
     /// softmax.
     #[test]
     fn the_host_path_matches_candle() {
-        let dir = tempfile::tempdir().unwrap();
-        for (i, act) in ["relu", "tanh", "sigmoid", "none"].into_iter().enumerate() {
+        let acts = [Activation::Relu, Activation::Tanh, Activation::Sigmoid, Activation::None];
+        for (i, act) in acts.into_iter().enumerate() {
             for softmax in [true, false] {
-                let spec = MlpSpec {
-                    inputs: 8,
-                    hidden: vec![16, 5],
-                    outputs: 3,
-                    activation: act.into(),
+                let layers = vec![
+                    layer(8, 16, i, act),
+                    layer(16, 5, i + 1, act),
+                    layer(5, 3, i + 2, Activation::None),
+                ];
+                let host = host_layers(&layers).unwrap().expect("no GELU: the host path runs");
+                let m = MlpRunner {
+                    layers,
+                    host: None,
                     softmax,
+                    device: Device::Cpu,
+                    inputs: 8,
+                    outputs: 3,
                 };
-                let name = format!("m{i}{softmax}");
-                let d = write_mlp(dir.path(), &name, "1", &spec, 7 + i as u64).unwrap();
-                let ms = ModelSpec::from_file(&d.join("sluice.toml")).unwrap();
-                let m = MlpRunner::load(&d, &ms, &Device::Cpu).unwrap();
-                let layers = m.host.as_ref().expect("the CPU runs the host path");
                 let rows = 37;
                 let x: Vec<f32> =
                     (0..rows * 8).map(|k| ((k * 7919 % 101) as f32 - 50.0) / 17.0).collect();
-                let host = host_forward(layers, m.softmax, &x, rows);
-                let candle = m.candle_forward(&x, rows, 8).unwrap();
-                assert_eq!(host.len(), candle.len());
-                for (a, b) in host.iter().zip(&candle) {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{act} {softmax}: {a} vs {b}");
+                let got = host_forward(&host, softmax, &x, rows);
+                let want = m.candle_forward(&x, rows, 8).unwrap();
+                assert_eq!(got.len(), want.len());
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{act:?} {softmax}: {a} vs {b}"
+                    );
                 }
             }
         }
+        // GELU keeps candle (its erf), so results do not depend on the path.
+        assert!(host_layers(&[layer(8, 3, 0, Activation::Gelu)]).unwrap().is_none());
     }
 }
