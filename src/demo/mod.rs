@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::core::new_histogram;
-use crate::kafka::local::{LocalBroker, PlainProducer, TopicReader};
+use crate::kafka::local::{LocalBroker, PlainProducer, ReadRecord, TopicReader};
 use crate::models::{ModelCache, Repository};
 use crate::pipeline::Pipeline;
 use crate::settings::Settings;
@@ -105,6 +105,37 @@ fn demo_models(opt: &DemoOptions) -> Result<(PathBuf, String), DemoError> {
     let dir = cache.join("demo-models");
     models::write_demo_repository(&dir).map_err(during("writing the demo models"))?;
     Ok((dir, "tiny-embed".into()))
+}
+
+/// What the viewer has read: outcome counts, the batch sizes and latencies of the current
+/// second (`lat`, `batch_sum`) and of the whole run (`total`).
+struct Tally {
+    out_n: u64,
+    dlq_n: u64,
+    batch_sum: u64,
+    lat: hdrhistogram::Histogram<u64>,
+    total: hdrhistogram::Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally { out_n: 0, dlq_n: 0, batch_sum: 0, lat: new_histogram(), total: new_histogram() }
+    }
+
+    /// Counts one record read from the output (a result) or the dead-letter topic.
+    fn take(&mut self, m: &ReadRecord, dlq: &str) {
+        if m.topic == dlq {
+            self.dlq_n += 1;
+            return;
+        }
+        self.out_n += 1;
+        let (us, batch) = result_facts(&m.payload);
+        self.batch_sum += batch;
+        if let Some(us) = us {
+            let _ = self.lat.record(us);
+            let _ = self.total.record(us);
+        }
+    }
 }
 
 /// A result's end-to-end latency in µs, from the intended send time carried in its id
@@ -205,9 +236,8 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
         });
         let producer_thread = producer_thread.map_err(during("spawning the producer"))?;
 
-        let mut lat = new_histogram();
-        let mut total = new_histogram();
-        let (mut out_n, mut dlq_n, mut batch_sum, mut last_out) = (0u64, 0u64, 0u64, 0u64);
+        let mut t = Tally::new();
+        let mut last_out = 0u64;
         let started = Instant::now();
         let mut tick = Instant::now();
         let mut last_prod = 0u64;
@@ -216,35 +246,25 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
                 break;
             }
             if let Some(m) = viewer.poll(Duration::from_millis(20)) {
-                if m.topic == topics.dlq {
-                    dlq_n += 1;
-                } else {
-                    out_n += 1;
-                    let (us, batch) = result_facts(&m.payload);
-                    batch_sum += batch;
-                    if let Some(us) = us {
-                        let _ = lat.record(us);
-                        let _ = total.record(us);
-                    }
-                }
+                t.take(&m, &topics.dlq);
             }
             if tick.elapsed() >= Duration::from_secs(1) {
                 let secs = tick.elapsed().as_secs_f64();
                 let p = produced.load(Ordering::Relaxed);
-                let outs = out_n - last_out;
+                let outs = t.out_n - last_out;
                 println!(
                     "t={:>4.0}s  in {:>6.0}/s  out {:>6.0}/s  e2e p50 {:>7.1} ms  p99 {:>7.1} ms  batch {:>5.1}  dlq {}",
                     started.elapsed().as_secs_f64(),
                     (p - last_prod) as f64 / secs,
                     outs as f64 / secs,
-                    lat.value_at_quantile(0.5) as f64 / 1e3,
-                    lat.value_at_quantile(0.99) as f64 / 1e3,
-                    if outs > 0 { batch_sum as f64 / outs as f64 } else { 0.0 },
-                    dlq_n
+                    t.lat.value_at_quantile(0.5) as f64 / 1e3,
+                    t.lat.value_at_quantile(0.99) as f64 / 1e3,
+                    if outs > 0 { t.batch_sum as f64 / outs as f64 } else { 0.0 },
+                    t.dlq_n
                 );
-                lat.reset();
-                batch_sum = 0;
-                last_out = out_n;
+                t.lat.reset();
+                t.batch_sum = 0;
+                last_out = t.out_n;
                 last_prod = p;
                 tick = Instant::now();
             }
@@ -254,18 +274,12 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
         // The summary counts every record sent: wait for the last outcomes.
         let sent = produced.load(Ordering::Relaxed);
         let wait_start = Instant::now();
-        while out_n + dlq_n < sent && wait_start.elapsed() < FINAL_WAIT {
+        while t.out_n + t.dlq_n < sent && wait_start.elapsed() < FINAL_WAIT {
             if let Some(m) = viewer.poll(Duration::from_millis(20)) {
-                if m.topic == topics.dlq {
-                    dlq_n += 1;
-                } else {
-                    out_n += 1;
-                    if let (Some(us), _) = result_facts(&m.payload) {
-                        let _ = total.record(us);
-                    }
-                }
+                t.take(&m, &topics.dlq);
             }
         }
+        let (out_n, dlq_n) = (t.out_n, t.dlq_n);
         let outstanding = sent.saturating_sub(out_n + dlq_n);
         println!(
             "demo summary: produced {sent}, results {out_n}, dead letters {dlq_n}{}, e2e p50 {:.1} ms p99 {:.1} ms (every result from the first record on)",
@@ -274,8 +288,8 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
             } else {
                 String::new()
             },
-            total.value_at_quantile(0.5) as f64 / 1e3,
-            total.value_at_quantile(0.99) as f64 / 1e3
+            t.total.value_at_quantile(0.5) as f64 / 1e3,
+            t.total.value_at_quantile(0.99) as f64 / 1e3
         );
         drop(viewer);
         Ok(())
