@@ -374,27 +374,6 @@ impl RecordSource for KafkaSource {
                 Some(Err(_)) => {}
                 Some(Ok(msg)) => {
                     self.dispatch(msg, &priority, &input, &mut intake);
-                    // A burst: the records librdkafka already holds are taken one after the
-                    // other, without the housekeeping above (load completions, held records,
-                    // pause reconciliation: several locks) between every two of them. The
-                    // burst ends when nothing more is ready, at BURST records, at stop, or
-                    // when held records reach the memory bound.
-                    for _ in 1..BURST {
-                        if stop.load(Ordering::Relaxed)
-                            || self.shared.stats.held_bytes.load(Ordering::Relaxed)
-                                >= self.max_held_bytes
-                        {
-                            break;
-                        }
-                        match consumer.poll(Duration::ZERO) {
-                            Some(Ok(msg)) => self.dispatch(msg, &priority, &input, &mut intake),
-                            Some(Err(e)) => {
-                                tracing::debug!(error = %e, "consumer error in a burst");
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
                 }
             }
         }
@@ -449,9 +428,6 @@ impl RecordSource for KafkaSource {
         Ok(())
     }
 }
-
-/// Most records the ingest loop takes in one burst, between two rounds of its housekeeping.
-const BURST: usize = 256;
 
 /// What the ingest loop wants paused.
 #[derive(Debug, Default, PartialEq)]
