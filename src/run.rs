@@ -337,11 +337,16 @@ impl Running {
     }
 }
 
+/// How long dropping a run that was not finished waits for it to drain: a run dropped in
+/// error (a panic unwinding past it) must not hang on a stuck model load or a broker that is
+/// gone; what is not settled by then stays uncommitted.
+const DROP_DRAIN: Duration = Duration::from_secs(30);
+
 impl Drop for Running {
     fn drop(&mut self) {
         if self.source.is_some() || self.sink.is_some() || self.engine.is_some() {
             self.request_stop();
-            if let Err(e) = self.drain(None) {
+            if let Err(e) = self.drain(Some(Instant::now() + DROP_DRAIN)) {
                 tracing::error!(error = %e, "run ended with an error");
             }
         }

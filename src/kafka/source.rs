@@ -373,7 +373,31 @@ impl RecordSource for KafkaSource {
                 }
                 Some(Err(_)) => {}
                 Some(Ok(msg)) => {
-                    self.dispatch(msg, &priority, &input, &mut intake);
+                    // A burst: the records librdkafka already holds are taken one after the
+                    // other, without the housekeeping above (load completions, held records,
+                    // pause reconciliation: several locks) between every two of them. The
+                    // burst ends when nothing more is ready, at BURST records, at stop, or
+                    // when held records reach the memory bound.
+                    let mut flowing = self.dispatch(msg, &priority, &input, &mut intake);
+                    for _ in 1..BURST {
+                        if !flowing
+                            || stop.load(Ordering::Relaxed)
+                            || self.shared.stats.held_bytes.load(Ordering::Relaxed)
+                                >= self.max_held_bytes
+                        {
+                            break;
+                        }
+                        match consumer.poll(Duration::ZERO) {
+                            Some(Ok(msg)) => {
+                                flowing = self.dispatch(msg, &priority, &input, &mut intake);
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "consumer error in a burst");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
                 }
             }
         }
@@ -429,6 +453,9 @@ impl RecordSource for KafkaSource {
     }
 }
 
+/// Most records the ingest loop takes in one burst, between two rounds of its housekeeping.
+const BURST: usize = 256;
+
 /// What the ingest loop wants paused.
 #[derive(Debug, Default, PartialEq)]
 struct PauseWish {
@@ -443,20 +470,23 @@ struct PauseWish {
 }
 
 impl KafkaSource {
-    /// Hands one consumed record to [`Self::handle`] with its topic and lane.
+    /// Hands one consumed record to [`Self::handle`] with its topic and lane. Returns
+    /// whether it flowed: queued onto its ring or answered at once (a dead letter); `false`
+    /// when it was held behind a full ring or parked for a model load, which ends a burst so
+    /// that the loop's pause reconciliation sees it before another record is read.
     fn dispatch(
         &self,
         msg: rdkafka::message::BorrowedMessage<'_>,
         priority: &Arc<str>,
         input: &Arc<str>,
         intake: &mut Intake,
-    ) {
+    ) -> bool {
         let (topic, prio) = if msg.topic() == &**priority {
             (priority.clone(), Priority::High)
         } else {
             (input.clone(), Priority::Normal)
         };
-        self.handle(msg, topic, prio, intake);
+        self.handle(msg, topic, prio, intake)
     }
 
     fn handle(
@@ -465,7 +495,7 @@ impl KafkaSource {
         topic: Arc<str>,
         priority: Priority,
         intake: &mut Intake,
-    ) {
+    ) -> bool {
         let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
         self.shared.tracker.lock().track(&source.topic, source.partition, source.offset);
         let ct = content_type(&msg);
@@ -475,28 +505,36 @@ impl KafkaSource {
         env.key = key;
         env.event_time_ms = event_time_ms;
         match ct {
-            Err(reason) => intake.reject_unread(env, Failure::new(ErrorClass::Parse, reason)),
+            Err(reason) => {
+                intake.reject_unread(env, Failure::new(ErrorClass::Parse, reason));
+                true
+            }
             Ok(content_type) => {
                 env.content_type = content_type;
                 let r = intake.try_decode(env);
-                self.place(r, intake);
+                self.place(r, intake)
             }
         }
     }
 
     /// Puts a decoded record where it goes: onto its ring, behind requests already held for
     /// that ring (arrival order; a priority request never waits behind normal ones), or
-    /// among the records waiting for their model to load.
-    fn place(&self, r: Intaken, intake: &Intake) {
+    /// among the records waiting for their model to load. Returns whether it went straight
+    /// onto its ring (or was rejected): see [`Self::dispatch`].
+    fn place(&self, r: Intaken, intake: &Intake) -> bool {
         match r {
-            Intaken::Rejected => {}
+            Intaken::Rejected => true,
             Intaken::Request(req) => {
                 let mut pending = self.shared.pending.lock();
                 let held = pending.queue_of(req.env.priority);
                 if !held.is_empty() {
                     held.push_back(req);
+                    false
                 } else if let Err(back) = intake.queue(req) {
                     held.push_back(back);
+                    false
+                } else {
+                    true
                 }
             }
             Intaken::Waiting(env, key) => {
@@ -509,6 +547,7 @@ impl KafkaSource {
                     .stats
                     .waiting_for_model
                     .store(pending.waiting.len() as u64, Ordering::Relaxed);
+                false
             }
         }
     }

@@ -42,6 +42,10 @@ pub fn setup(b: &TestBroker, prefix: &str, input_partitions: i32) -> Topics {
 }
 
 pub fn config(b: &TestBroker, t: &Topics, repo: &std::path::Path) -> Config {
+    // `SLUICE_LOG=sluice=debug cargo test ...` shows the pipeline's log of a failing test.
+    if std::env::var_os("SLUICE_LOG").is_some() {
+        sluice::telemetry::logging::init(false, "info");
+    }
     let mut cfg = Config::default();
     cfg.kafka.bootstrap.servers = b.bootstrap.clone();
     cfg.kafka.consumer.group = t.group.clone();
