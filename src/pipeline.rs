@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::config::{Config, DeliveryGuarantee};
+use crate::config::Config;
 use crate::core::{EmitStats, EngineStats, ErrorClass};
 use crate::decode::Decoder;
 use crate::kafka::{self, MetricsRenderer, PartitionLag, SourceHandle, SourceShared};
@@ -109,11 +109,6 @@ impl Pipeline {
         cache: Arc<ModelCache>,
         outcomes: Arc<OutcomeMetrics>,
     ) -> Result<Pipeline, PipelineError> {
-        if cfg.streaming.inference.processing.guarantee == DeliveryGuarantee::ExactlyOnce {
-            return Err(PipelineError::Config(
-                "streaming.inference.processing.guarantee: exactly_once is not available in this version; use at_least_once".into(),
-            ));
-        }
         let settings = Settings::from_config(cfg);
         let instance = kafka::instance_name();
         let started = Instant::now();

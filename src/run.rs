@@ -47,6 +47,10 @@ pub enum RunError {
     /// in a client call that does not return).
     #[error("still running at the drain deadline: {0}")]
     Hung(String),
+    /// A Kafka transaction failed (exactly-once): it was aborted, and the pipeline must
+    /// restart from the last committed offsets; `fatal` when it cannot (fenced).
+    #[error("transaction failed: {cause}")]
+    Transaction { cause: String, fatal: bool },
 }
 
 /// Where records come from: Kafka topics, a JSONL file.

@@ -583,3 +583,27 @@ fn check_file_prints_the_effective_configuration() {
         "unknown key 'log.lvel' (did you mean 'level'?)"
     );
 }
+
+#[test]
+fn transaction_settings_are_checked() {
+    let tx = |body: &str| {
+        format!("streaming: {{inference: {{processing: {{guarantee: exactly_once, transactions: {{{body}}}}}}}}}")
+    };
+    let c = parse(&tx("instanceId: sluice-2, commitIntervalMs: 50, maxRecords: 500")).unwrap();
+    let t = &c.streaming.inference.processing.transactions;
+    assert_eq!(
+        (t.instance_id.as_str(), t.commit_interval_ms, t.max_records),
+        ("sluice-2", 50, 500)
+    );
+    assert_eq!(t.timeout_ms, 60_000, "default transaction.timeout.ms");
+    assert_contains(
+        &err(&tx("commitIntervalMs: 0")),
+        &["streaming.inference.processing.transactions.commitIntervalMs", "between 1 and 60000"],
+    );
+    assert_contains(
+        &err(&tx("commitIntervalMs: 1000, timeoutMs: 1500")),
+        &["transactions.timeoutMs", "twice commitIntervalMs"],
+    );
+    assert_contains(&err(&tx("maxRecords: 0")), &["transactions.maxRecords"]);
+    assert_contains(&err(&tx("instanceId: \"a/b\"")), &["transactions.instanceId", "'/'"]);
+}

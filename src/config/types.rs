@@ -369,6 +369,8 @@ pub struct ProcessingConfig {
     /// uncommitted and processed again after the restart.
     #[serde(rename = "drainTimeout")]
     pub drain_timeout_secs: u64,
+    /// `transactions`: the Kafka transactions of `guarantee: exactly_once`.
+    pub transactions: TransactionsConfig,
 }
 
 impl Default for ProcessingConfig {
@@ -378,6 +380,42 @@ impl Default for ProcessingConfig {
             timeout_secs: 10,
             max_retries: 3,
             drain_timeout_secs: 30,
+            transactions: TransactionsConfig::default(),
+        }
+    }
+}
+
+/// `streaming.inference.processing.transactions` (used with `guarantee: exactly_once`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransactionsConfig {
+    /// `instanceId`: this instance's stable name within the consumer group; the producer's
+    /// `transactional.id` is `sluice-<group>-<instanceId>`. It must stay the same when the
+    /// instance comes back (a StatefulSet's ordinal, say), so that the new one fences its
+    /// predecessor, and differ between instances running at once. Empty: the host name
+    /// (stable for StatefulSet pods, not for Deployment pods).
+    #[serde(rename = "instanceId")]
+    pub instance_id: String,
+    /// `commitIntervalMs`: a transaction is committed at most this long after it began
+    /// (1 ..= 60000).
+    #[serde(rename = "commitIntervalMs")]
+    pub commit_interval_ms: u64,
+    /// `maxRecords`: ... or once it holds this many outcomes, whichever comes first.
+    #[serde(rename = "maxRecords")]
+    pub max_records: usize,
+    /// `timeoutMs`: librdkafka's `transaction.timeout.ms`: the broker aborts a transaction
+    /// left open longer (a producer that died). Must exceed `commitIntervalMs` well.
+    #[serde(rename = "timeoutMs")]
+    pub timeout_ms: u64,
+}
+
+impl Default for TransactionsConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: String::new(),
+            commit_interval_ms: 100,
+            max_records: 10_000,
+            timeout_ms: 60_000,
         }
     }
 }
@@ -402,7 +440,8 @@ pub enum DeliveryGuarantee {
     /// work.
     #[default]
     AtLeastOnce,
-    /// `exactly_once`: parsed, but this version refuses to start with it (not implemented).
+    /// `exactly_once`: results, dead letters and the input offsets they answer are committed
+    /// together in one Kafka transaction (`processing.transactions`).
     ExactlyOnce,
 }
 

@@ -91,6 +91,31 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
         inf.processing.drain_timeout_secs,
         1,
     )?;
+    let tx = &inf.processing.transactions;
+    if !(1..=60_000).contains(&tx.commit_interval_ms) {
+        return Err((
+            format!("{INFERENCE}.processing.transactions.commitIntervalMs"),
+            format!("must be between 1 and 60000, got {}", tx.commit_interval_ms),
+        ));
+    }
+    at_least(&format!("{INFERENCE}.processing.transactions.maxRecords"), tx.max_records as u64, 1)?;
+    if tx.timeout_ms < 1000 || tx.timeout_ms < 2 * tx.commit_interval_ms {
+        return Err((
+            format!("{INFERENCE}.processing.transactions.timeoutMs"),
+            format!(
+                "must be at least 1000 and at least twice commitIntervalMs ({}), got {}",
+                tx.commit_interval_ms, tx.timeout_ms
+            ),
+        ));
+    }
+    if let Some(bad) =
+        tx.instance_id.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+    {
+        return Err((
+            format!("{INFERENCE}.processing.transactions.instanceId"),
+            format!("may hold only letters, digits, '.', '_' and '-', got {bad:?}"),
+        ));
+    }
     at_least(&format!("{INFERENCE}.batching.maxBatchRows"), b.max_batch_rows as u64, 1)?;
     at_least(&format!("{INFERENCE}.batching.maxBatchTokens"), b.max_batch_tokens as u64, 2)?;
     at_least(&format!("{INFERENCE}.batching.ringCapacity"), b.ring_capacity as u64, 1)?;

@@ -53,6 +53,11 @@ pub struct StateInfo {
     pub cause: Option<String>,
     /// True when the failure is a pipeline thread that stopped unexpectedly.
     pub threads_died: bool,
+    /// Exactly-once: restarts after an aborted transaction (in this process).
+    pub restarts_after_abort: u64,
+    /// ... and when the last one began, with how many came in a row (each within 5 minutes
+    /// of the one before) until then: the backoff between them grows with that run.
+    pub last_abort_restart: Option<(Instant, u32)>,
     /// Counts successful starts; identifies the running pipeline.
     pub generation: u64,
     /// Counters of the last pipeline that was stopped.
@@ -140,6 +145,8 @@ impl Lifecycle {
                 since_instant: Instant::now(),
                 cause: None,
                 threads_died: false,
+                restarts_after_abort: 0,
+                last_abort_restart: None,
                 generation: 0,
                 last_stop: None,
             }),
@@ -322,6 +329,62 @@ impl Lifecycle {
         }
     }
 
+    /// Exactly-once: handles a running pipeline whose transaction failed (its emit thread
+    /// ended with a transaction failure). An aborted transaction restarts it: the new
+    /// pipeline reads again from the last committed offsets, so what the aborted transaction
+    /// held is processed again. Restarts in a row wait 1 s, 2 s, 4 s ... (at most 60 s)
+    /// between them while transactions keep failing. A fatal failure (this instance was
+    /// fenced) stops it, so that its partitions go to the instance that fenced it, and leaves
+    /// it `failed` with the cause. Returns whether it acted.
+    pub async fn handle_transaction_failure(&self) -> bool {
+        let (cause, fatal) = {
+            let current = self.current.lock();
+            let Some(c) = current.as_ref() else { return false };
+            if c.pipeline.is_healthy() {
+                return false;
+            }
+            let failure = c.pipeline.emit_stats.txn_failure.lock().clone();
+            match failure {
+                Some(f) => f,
+                None => return false,
+            }
+        };
+        if fatal {
+            let _op = self.op.lock().await;
+            if self.info.lock().state != PipelineState::Running {
+                return false;
+            }
+            self.stop_locked().await;
+            self.set_state(PipelineState::Failed, Some(format!("exactly_once: {cause}")));
+            return true;
+        }
+        if self.info.lock().state != PipelineState::Running {
+            return false;
+        }
+        let n = {
+            let mut info = self.info.lock();
+            info.restarts_after_abort += 1;
+            let in_a_row = match info.last_abort_restart {
+                Some((at, n)) if at.elapsed() < Duration::from_secs(300) => n + 1,
+                _ => 1,
+            };
+            info.last_abort_restart = Some((Instant::now(), in_a_row));
+            in_a_row
+        };
+        let backoff =
+            Duration::from_secs(1u64 << n.saturating_sub(1).min(6)).min(Duration::from_secs(60));
+        tracing::warn!(event = "transaction_restart", %cause, restarts = n, backoff_ms = backoff.as_millis() as u64,
+            "transaction aborted: restarting the pipeline from the last committed offsets");
+        tokio::time::sleep(backoff).await;
+        match self.restart().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(cause = %e.cause, "restart after an aborted transaction failed");
+                false
+            }
+        }
+    }
+
     /// Marks a running pipeline whose thread stopped unexpectedly as failed. Skipped while a
     /// lifecycle operation runs (threads end on purpose then).
     pub fn check_threads(&self) {
@@ -329,8 +392,14 @@ impl Lifecycle {
         if self.info.lock().state != PipelineState::Running {
             return;
         }
-        let healthy = self.current.lock().as_ref().is_none_or(|c| c.pipeline.is_healthy());
+        let (healthy, txn_failure) = self.current.lock().as_ref().map_or((true, None), |c| {
+            (c.pipeline.is_healthy(), c.pipeline.emit_stats.txn_failure.lock().clone())
+        });
         if !healthy {
+            if txn_failure.is_some() {
+                // handle_transaction_failure restarts or stops it.
+                return;
+            }
             self.set_state(
                 PipelineState::Failed,
                 Some(

@@ -282,12 +282,37 @@ pub(crate) fn status(ctl: &Control) -> Value {
         "for_seconds": round(info.since_instant.elapsed().as_secs_f64(), 3),
         "cause": info.cause,
         "generation": info.generation,
+        "guarantee": guarantee(ctl),
         "assigned_partitions": assigned,
         "paused": paused,
         "lag": lag,
         "models_loaded": loaded,
         "counters": counters,
         "last_stop": info.last_stop,
+    })
+}
+
+/// The delivery guarantee in force, and in `exactly_once` its transactions' figures.
+fn guarantee(ctl: &Control) -> Value {
+    let processing = &ctl.cfg.streaming.inference.processing;
+    let mode = processing.guarantee.as_str();
+    if processing.guarantee != crate::config::DeliveryGuarantee::ExactlyOnce {
+        return json!({"mode": mode});
+    }
+    let (committed, aborted, dropped) = ctl.lifecycle.pipeline().map_or((0, 0, 0), |(_, p)| {
+        let s = &p.emit_stats;
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        (r(&s.txn_committed), r(&s.txn_aborted), r(&s.txn_dropped))
+    });
+    json!({
+        "mode": mode,
+        "transactional_id": crate::kafka::client::transactional_id(&ctl.cfg),
+        "commit_interval_ms": processing.transactions.commit_interval_ms,
+        "max_records": processing.transactions.max_records,
+        "transactions_committed": committed,
+        "transactions_aborted": aborted,
+        "outcomes_dropped_on_revocation": dropped,
+        "restarts_after_abort": ctl.lifecycle.info().restarts_after_abort,
     })
 }
 

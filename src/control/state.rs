@@ -88,6 +88,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
+        ctl.lifecycle.handle_transaction_failure().await;
         ctl.lifecycle.check_threads();
         // Idle models leave on the TTL even when no record looks a model up.
         ctl.cache.sweep_at(Instant::now());

@@ -255,6 +255,15 @@ pub struct EmitStats {
     /// a cut dead letter (counted once per cut: a result may be cut twice).
     pub cut_outcomes: AtomicU64,
     pub metrics_reports: AtomicU64,
+    /// Exactly-once: transactions committed and aborted.
+    pub txn_committed: AtomicU64,
+    pub txn_aborted: AtomicU64,
+    /// Exactly-once: outcomes dropped because their partition was revoked before their turn
+    /// (the partition's next owner reads the record again).
+    pub txn_dropped: AtomicU64,
+    /// Exactly-once: why the last transaction failed, and whether that is fatal (set by the
+    /// emit thread before it ends; the control plane restarts the pipeline unless fatal).
+    pub txn_failure: parking_lot::Mutex<Option<(String, bool)>>,
 }
 
 impl EmitStats {
@@ -274,8 +283,23 @@ impl EmitStats {
 
     /// The emit side's delivery counters, named (results and dead letters are exported per
     /// outcome, with their latencies, by telemetry).
-    pub fn readings(&self) -> [CounterReading; 5] {
+    pub fn readings(&self) -> [CounterReading; 8] {
         [
+            reading(
+                "sluice_transactions_committed_total",
+                "Kafka transactions committed (exactly_once)",
+                &self.txn_committed,
+            ),
+            reading(
+                "sluice_transactions_aborted_total",
+                "Kafka transactions aborted (exactly_once); the pipeline restarts from the last committed offsets",
+                &self.txn_aborted,
+            ),
+            reading(
+                "sluice_transaction_outcomes_dropped_total",
+                "Outcomes of revoked partitions not produced (exactly_once; the next owner processes them again)",
+                &self.txn_dropped,
+            ),
             reading(
                 "sluice_deliveries_total",
                 "Records acknowledged by the broker (results, dead letters, metrics snapshots)",

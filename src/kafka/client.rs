@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
-use crate::config::Config;
+use crate::config::{Config, DeliveryGuarantee};
 
 /// Settings every client shares: brokers, IPv4 (Tansu and loopback tests), client id.
 pub fn base_client_config(cfg: &Config, client_id: &str) -> ClientConfig {
@@ -44,7 +44,29 @@ pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("linger.ms", cfg.kafka.producer.linger_ms.to_string())
         .set("message.timeout.ms", cfg.kafka.producer.delivery_timeout_ms.to_string())
         .set("compression.type", "none");
+    if cfg.streaming.inference.processing.guarantee == DeliveryGuarantee::ExactlyOnce {
+        let tx = &cfg.streaming.inference.processing.transactions;
+        c.set("transactional.id", transactional_id(cfg))
+            .set("transaction.timeout.ms", tx.timeout_ms.to_string());
+    }
     c
+}
+
+/// The producer's `transactional.id` in `exactly_once` mode: `sluice-<group>-<instanceId>`,
+/// the instance id defaulting to the host name. An instance that comes back under the same
+/// id fences its predecessor (whose open transaction the broker aborts).
+pub fn transactional_id(cfg: &Config) -> String {
+    let id = &cfg.streaming.inference.processing.transactions.instance_id;
+    let id = if id.is_empty() { host_name() } else { id.clone() };
+    format!("sluice-{}-{id}", cfg.kafka.consumer.group)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
 }
 
 /// The ingest thread's consumer settings: the configured group, manual commits of stored
@@ -62,8 +84,20 @@ pub fn consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("queued.max.messages.kbytes", "16384")
         .set("receive.message.max.bytes", largest_consumed_record(cfg).to_string())
         .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
+        // Also the group's rebalance timeout: how long a rebalance waits for a member that
+        // does not rejoin (one whose process hangs, or whose close hung before it could
+        // leave). librdkafka's 300 s would stall every other member that long; the ingest
+        // thread polls every 200 ms at most, and a revocation blocks a poll for at most
+        // revokeTimeoutMs (plus a transaction commit), so twice that, at least 60 s, is safe.
+        .set("max.poll.interval.ms", max_poll_interval_ms(cfg).to_string())
         .set("isolation.level", "read_committed");
     c
+}
+
+/// The consumer's `max.poll.interval.ms`: twice `kafka.consumer.revokeTimeoutMs`, at least
+/// 60 s.
+pub fn max_poll_interval_ms(cfg: &Config) -> u64 {
+    cfg.kafka.consumer.revoke_timeout_ms.saturating_mul(2).max(60_000)
 }
 
 /// Errors from the Kafka layer.
@@ -77,10 +111,7 @@ pub enum KafkaLayerError {
 
 /// This process's name towards the brokers: `sluice-<host>-<pid>` (client ids, metrics).
 pub fn instance_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("sluice-{host}-{}", std::process::id())
+    format!("sluice-{}-{}", host_name(), std::process::id())
 }
 
 /// How long [`close_in_background`] waits for a client to close.

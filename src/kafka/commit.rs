@@ -9,6 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// Exactly-once: a request to the emit thread to commit its open transaction now (the
+/// consumer is about to lose partitions); the reply says whether it committed.
+pub struct CommitRequest {
+    pub reply: crossbeam_channel::Sender<bool>,
+}
+
 /// One partition's state.
 #[derive(Debug, Default)]
 struct Partition {
@@ -165,6 +171,35 @@ impl CommitTracker {
         let key = self.parts.keys().find(|(t, p)| &**t == topic && *p == partition).cloned()?;
         let p = self.parts.remove(&key)?;
         p.committable.map(|offset| CommitPoint { topic: key.0, partition: key.1, offset })
+    }
+
+    /// The lowest offset of `topic`/`partition` that is tracked and not yet acknowledged, and
+    /// whether the partition's commits are blocked at or below it (exactly-once releases an
+    /// outcome only when its offset is this one, so that a transaction's outcomes are always
+    /// the contiguous run its offsets commit).
+    pub fn first_in_flight(&self, topic: &str, partition: i32) -> Option<(i64, bool)> {
+        let p = self.parts.iter().find(|((t, p), _)| &**t == topic && *p == partition)?.1;
+        let (first, _) = p.pending.iter().find(|(_, done)| !**done)?;
+        Some((*first, p.blocked_at.is_some_and(|b| b <= *first)))
+    }
+
+    /// The tracked offset of `topic`/`partition` that follows `offset`.
+    pub fn next_tracked_after(&self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.parts.iter().find(|((t, p), _)| &**t == topic && *p == partition)?.1;
+        p.pending.range(offset + 1..).next().map(|(o, _)| *o)
+    }
+
+    /// Whether `offset` of `topic`/`partition` is tracked and not yet acknowledged.
+    pub fn is_in_flight(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.parts
+            .iter()
+            .find(|((t, p), _)| &**t == topic && *p == partition)
+            .is_some_and(|(_, s)| s.pending.get(&offset) == Some(&false))
+    }
+
+    /// Whether `topic`/`partition` is tracked (assigned and read from).
+    pub fn is_tracked(&self, topic: &str, partition: i32) -> bool {
+        self.parts.keys().any(|(t, p)| &**t == topic && *p == partition)
     }
 
     fn part_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Partition> {

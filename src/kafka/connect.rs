@@ -5,14 +5,17 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, Producer};
 
 use super::admin;
-use super::client::{base_client_config, consumer_config, producer_config, KafkaLayerError};
+use super::client::{
+    base_client_config, consumer_config, producer_config, transactional_id, KafkaLayerError,
+};
 use super::commit::CommitTracker;
 use super::sink::{KafkaSink, MetricsRenderer, SinkContext};
 use super::source::{KafkaSource, SourceContext, SourceHandle, SourceShared};
-use crate::config::Config;
+use super::txn::{Transactions, TxnSettings};
+use crate::config::{Config, DeliveryGuarantee};
 use crate::core::EmitStats;
 use crate::telemetry::metrics::OutcomeMetrics;
 
@@ -50,8 +53,30 @@ pub fn connect(
     let tracker = Arc::new(Mutex::new(CommitTracker::new()));
     let producer: BaseProducer<SinkContext> = producer_config(cfg, &format!("{instance}-producer"))
         .create_with_context(SinkContext::new(tracker.clone(), emit_stats))?;
-    let shared =
-        SourceShared::new(tracker, Duration::from_millis(cfg.kafka.consumer.revoke_timeout_ms));
+    let processing = &cfg.streaming.inference.processing;
+    let exactly_once = processing.guarantee == DeliveryGuarantee::ExactlyOnce;
+    let (txn_requests, txn_inbox) = crossbeam_channel::unbounded();
+    // Each blocking transaction call (begin, offsets, commit, abort) waits at most this: a
+    // broker that does not answer must not hold the emit thread (and a revocation waiting
+    // for it) for the whole transaction timeout.
+    let call_timeout =
+        Duration::from_millis(processing.transactions.timeout_ms).min(Duration::from_secs(10));
+    if exactly_once {
+        // Registers the transactional.id with its coordinator: a predecessor with the same id
+        // is fenced and its open transaction aborted.
+        producer.init_transactions(Duration::from_secs(30)).map_err(|e| {
+            KafkaLayerError::Other(format!(
+                "exactly_once: initialising transactions for transactional.id {:?} failed: {e} (the broker must support transactions)",
+                transactional_id(cfg)
+            ))
+        })?;
+        tracing::info!(transactional_id = %transactional_id(cfg), "exactly_once: transactions initialised");
+    }
+    let shared = SourceShared::new(
+        tracker,
+        Duration::from_millis(cfg.kafka.consumer.revoke_timeout_ms),
+        exactly_once.then_some(txn_requests),
+    );
     let consumer: BaseConsumer<SourceContext> =
         consumer_config(cfg, &format!("{instance}-consumer"))
             .create_with_context(SourceContext { shared: shared.clone() })?;
@@ -66,6 +91,20 @@ pub fn connect(
         metrics,
         max_attempts: cfg.kafka.producer.max_attempts.max(1),
         dead_letter_key_bytes: cfg.kafka.producer.dead_letter_key_bytes,
+        txn: exactly_once.then(|| {
+            let settings = TxnSettings {
+                interval: Duration::from_millis(processing.transactions.commit_interval_ms),
+                max_records: processing.transactions.max_records,
+                call_timeout,
+            };
+            let consumer = consumer.clone();
+            Transactions::new(
+                Box::new(move || consumer.group_metadata()),
+                settings,
+                txn_inbox,
+                shared.transactions_closed.clone(),
+            )
+        }),
     };
     let source = KafkaSource {
         consumer: consumer.clone(),

@@ -15,6 +15,7 @@ pub mod payload;
 pub mod probe;
 pub mod sink;
 pub mod source;
+pub mod txn;
 
 pub use client::{
     base_client_config, close_in_background, consumer_config, instance_name, producer_config,

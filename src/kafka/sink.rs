@@ -19,6 +19,7 @@ use rdkafka::producer::{
 use rdkafka::ClientContext;
 
 use super::commit::CommitTracker;
+use super::txn::{self, Transactions};
 use crate::core::{bounded_reason, EmitStats, ErrorClass, Outcome, Source};
 use crate::render::{result_key, write_result, DeadLetterHeaders, OriginalRecord};
 use crate::run::{OutcomeSink, RunError};
@@ -164,6 +165,8 @@ pub struct KafkaSink {
     pub max_attempts: u32,
     /// `kafka.producer.deadLetterKeyBytes`.
     pub dead_letter_key_bytes: usize,
+    /// Exactly-once: the transactions (`None`: at-least-once).
+    pub txn: Option<Transactions>,
 }
 
 /// The longest wait between two sends of one record.
@@ -182,10 +185,13 @@ impl OutcomeSink for KafkaSink {
     /// Runs until the completion channel is closed and every record is settled, or until
     /// `abandon` is set (the drain deadline): then what is unacknowledged stays uncommitted.
     fn run(
-        self: Box<Self>,
+        mut self: Box<Self>,
         completions: Receiver<Outcome>,
         abandon: &AtomicBool,
     ) -> Result<(), RunError> {
+        if let Some(tx) = self.txn.take() {
+            return self.run_transactional(tx, completions, abandon);
+        }
         let mut retries: BinaryHeap<Reverse<Retry>> = BinaryHeap::new();
         let mut closed = false;
         let mut last_metrics = Instant::now();
@@ -248,27 +254,8 @@ impl OutcomeSink for KafkaSink {
                     self.send(r.rec, &mut retries);
                 }
             }
-            if let Some((every, render)) = &self.metrics {
-                // An empty render means the figures are not there yet (the pipeline is still
-                // starting): skip this report rather than write an empty record.
-                let value = if last_metrics.elapsed() >= *every { render() } else { Vec::new() };
-                if !value.is_empty() {
-                    last_metrics = Instant::now();
-                    let value = Bytes::from(value);
-                    self.stats().metrics_reports.fetch_add(1, Ordering::Relaxed);
-                    let rec = PendingRecord {
-                        topic: self.metrics_topic.clone(),
-                        key: None,
-                        value,
-                        headers: None,
-                        source: None,
-                        request: None,
-                        if_refused: None,
-                        shape: Shape::Whole,
-                        attempts: 1,
-                    };
-                    self.send(Box::new(rec), &mut retries);
-                }
+            if let Some(rec) = self.metrics_report(&mut last_metrics) {
+                self.send(rec, &mut retries);
             }
             if closed && self.producer.in_flight_count() == 0 && retries.is_empty() {
                 break;
@@ -301,7 +288,41 @@ impl KafkaSink {
         &self.producer.context().stats
     }
 
+    /// The metrics topic's next report, when one is due (an empty render means the figures
+    /// are not there yet: the pipeline is still starting).
+    fn metrics_report(&self, last: &mut Instant) -> Option<Box<PendingRecord>> {
+        let (every, render) = self.metrics.as_ref()?;
+        if last.elapsed() < *every {
+            return None;
+        }
+        let value = render();
+        if value.is_empty() {
+            return None;
+        }
+        *last = Instant::now();
+        self.stats().metrics_reports.fetch_add(1, Ordering::Relaxed);
+        Some(Box::new(PendingRecord {
+            topic: self.metrics_topic.clone(),
+            key: None,
+            value: Bytes::from(value),
+            headers: None,
+            source: None,
+            request: None,
+            if_refused: None,
+            shape: Shape::Whole,
+            attempts: 1,
+        }))
+    }
+
     fn emit(&self, o: Outcome, buf: &mut Vec<u8>, retries: &mut BinaryHeap<Reverse<Retry>>) {
+        if let Some(rec) = self.record_of(o, buf) {
+            self.send(rec, retries);
+        }
+    }
+
+    /// Counts `o` and renders the record it becomes (`None`: a result that could not be
+    /// rendered, logged).
+    fn record_of(&self, o: Outcome, buf: &mut Vec<u8>) -> Option<Box<PendingRecord>> {
         self.outcomes.record(&o);
         self.stats().count(&o);
         let source = Some(o.env.source.clone());
@@ -311,7 +332,7 @@ impl KafkaSink {
                 buf.clear();
                 if !write_result(&o, buf) {
                     tracing::error!(offset = o.env.source.offset, "could not render a result");
-                    return;
+                    return None;
                 }
                 PendingRecord {
                     topic: self.output_topic.clone(),
@@ -345,39 +366,223 @@ impl KafkaSink {
                 }
             }
         };
-        self.send(Box::new(rec), retries);
+        Some(Box::new(rec))
+    }
+
+    /// The emit loop of `exactly_once` (see `kafka/txn.rs`): outcomes are produced in
+    /// offset order per partition inside transactions that also commit their offsets. Any
+    /// failure aborts the open transaction and ends the thread with
+    /// [`RunError::Transaction`] (the control plane restarts the pipeline from the last
+    /// committed offsets); nothing is retried inside a transaction.
+    fn run_transactional(
+        &self,
+        mut tx: Transactions,
+        completions: Receiver<Outcome>,
+        abandon: &AtomicBool,
+    ) -> Result<(), RunError> {
+        let mut buf = Vec::with_capacity(4096);
+        let mut last_metrics = Instant::now();
+        let r =
+            self.transactional_loop(&mut tx, &completions, abandon, &mut buf, &mut last_metrics);
+        match r {
+            Ok(()) => {
+                tracing::info!("emit stopped");
+                Ok(())
+            }
+            Err(e) => {
+                let (cause, fatal) = match &e {
+                    RunError::Transaction { cause, fatal } => (cause.clone(), *fatal),
+                    other => (other.to_string(), false),
+                };
+                if !fatal {
+                    tx.abort(&self.producer);
+                }
+                self.producer.purge(PurgeConfig::default().queue().inflight());
+                self.producer.poll(Duration::ZERO);
+                self.stats().txn_aborted.fetch_add(1, Ordering::Relaxed);
+                *self.stats().txn_failure.lock() = Some((cause.clone(), fatal));
+                if fatal {
+                    tracing::error!(%cause, "transaction failed for good: the pipeline stops (not restarted)");
+                } else {
+                    tracing::error!(%cause, "transaction aborted: nothing of it is committed; the pipeline restarts from the last committed offsets");
+                }
+                Err(RunError::Transaction { cause, fatal })
+            }
+        }
+    }
+
+    fn transactional_loop(
+        &self,
+        tx: &mut Transactions,
+        completions: &Receiver<Outcome>,
+        abandon: &AtomicBool,
+        buf: &mut Vec<u8>,
+        last_metrics: &mut Instant,
+    ) -> Result<(), RunError> {
+        let ctx = self.producer.context();
+        let mut closed = false;
+        loop {
+            let wait = tx.due_in().unwrap_or(Duration::from_millis(250)).clamp(
+                Duration::from_millis(1),
+                Duration::from_millis(if closed { 1 } else { 250 }),
+            );
+            let mut took = 0;
+            while took < 512 && !closed {
+                let r = if took == 0 {
+                    completions.recv_timeout(wait)
+                } else {
+                    completions.try_recv().map_err(|e| match e {
+                        crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        crossbeam_channel::TryRecvError::Disconnected => {
+                            RecvTimeoutError::Disconnected
+                        }
+                    })
+                };
+                match r {
+                    Ok(o) => {
+                        took += 1;
+                        let (ready, dropped) = tx.admit(o, &ctx.tracker);
+                        if dropped > 0 {
+                            self.stats().txn_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+                        }
+                        for o in ready {
+                            let source = o.env.source.clone();
+                            let Some(mut rec) = self.record_of(o, buf) else { continue };
+                            if txn::was_refused(&source) {
+                                rec = self.bare(rec)?;
+                            }
+                            tx.ensure_open(&self.producer)?;
+                            self.send_in_transaction(rec)?;
+                            ctx.tracker.lock().ack(&source.topic, source.partition, source.offset);
+                            tx.produced();
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => closed = true,
+                }
+            }
+            self.producer.poll(Duration::ZERO);
+            ctx.settle_acks();
+            self.check_deliveries()?;
+            if let Some(rec) = self.metrics_report(last_metrics) {
+                tx.ensure_open(&self.producer)?;
+                self.send_in_transaction(rec)?;
+            }
+            let asked: Vec<crossbeam_channel::Sender<bool>> =
+                tx.requests.try_iter().map(|r| r.reply).collect();
+            if tx.due() || !asked.is_empty() || closed {
+                let committed = tx.commit(&self.producer, &ctx.tracker);
+                ctx.settle_acks();
+                let ok = committed.is_ok();
+                for reply in asked {
+                    let _ = reply.send(ok);
+                }
+                if let Some(c) = committed? {
+                    self.stats().txn_committed.fetch_add(1, Ordering::Relaxed);
+                    self.outcomes.observe_transaction(c.records, c.duration);
+                }
+            }
+            if closed {
+                let held = tx.held();
+                if held > 0 {
+                    tracing::warn!(outcomes = held, "outcomes waiting for an earlier record's outcome at stop: not produced, their offsets stay uncommitted");
+                }
+                return Ok(());
+            }
+            if abandon.load(Ordering::SeqCst) {
+                return Err(RunError::Transaction {
+                    cause: "drain deadline passed with a transaction open".into(),
+                    fatal: false,
+                });
+            }
+        }
+    }
+
+    /// Fails the transaction if a delivery failed (its record is remembered if the broker
+    /// refused it for its own sake, so that it cannot fail the next transaction too).
+    fn check_deliveries(&self) -> Result<(), RunError> {
+        let failed: Vec<_> = std::mem::take(&mut *self.producer.context().failed.lock());
+        let Some((rec, e)) = failed.into_iter().next() else { return Ok(()) };
+        if let Some(s) = &rec.source {
+            if refused_for_the_record(&e) {
+                txn::remember_refused(s);
+            }
+        }
+        Err(txn::failure(&format!("delivering an outcome to {}", rec.topic), &e))
+    }
+
+    /// `rec` as a headers-only dead letter (its record's outcome was refused before).
+    fn bare(&self, rec: Box<PendingRecord>) -> Result<Box<PendingRecord>, RunError> {
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let mut rec = rec;
+        while rec.shape != Shape::Bare {
+            rec = self.smaller(rec, &e).map_err(|_| RunError::Transaction {
+                cause: "an outcome could not be made smaller".into(),
+                fatal: false,
+            })?;
+        }
+        Ok(rec)
+    }
+
+    /// Hands a record to librdkafka inside the open transaction, waiting (polling) while its
+    /// queue is full; a record the client refuses for its size is sent smaller at once.
+    fn send_in_transaction(&self, rec: Box<PendingRecord>) -> Result<(), RunError> {
+        let mut rec = rec;
+        loop {
+            match self.try_send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    self.producer.poll(Duration::from_millis(5));
+                    self.producer.context().settle_acks();
+                    self.check_deliveries()?;
+                }
+                Err((e, back)) if refused_for_the_record(&e) && back.source.is_some() => {
+                    self.stats().cut_outcomes.fetch_add(1, Ordering::Relaxed);
+                    rec = self
+                        .smaller(back, &e)
+                        .map_err(|_| txn::failure("producing an outcome", &e))?;
+                }
+                Err((e, _)) => return Err(txn::failure("producing an outcome", &e)),
+            }
+        }
+    }
+
+    /// One `send` of `rec`; on failure the error and the record.
+    fn try_send(&self, rec: Box<PendingRecord>) -> Result<(), (KafkaError, Box<PendingRecord>)> {
+        let topic = rec.topic.clone();
+        let key = rec.key.clone();
+        let value = rec.value.clone();
+        let headers = rec.headers.as_ref().map(|hs| {
+            let pairs = hs.pairs();
+            pairs.iter().fold(OwnedHeaders::new_with_capacity(pairs.len()), |h, (k, v)| {
+                h.insert(Header { key: k, value: Some(v.as_bytes()) })
+            })
+        });
+        let mut record = BaseRecord::with_opaque_to(&topic, rec).payload(&value[..]);
+        if let Some(k) = &key {
+            record = record.key(&k[..]);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        self.producer.send(record).map_err(|(e, back)| (e, back.delivery_opaque))
     }
 
     /// Hands a record to librdkafka, waiting (polling) while its queue is full.
     fn send(&self, rec: Box<PendingRecord>, retries: &mut BinaryHeap<Reverse<Retry>>) {
         let mut rec = rec;
         loop {
-            let topic = rec.topic.clone();
-            let key = rec.key.clone();
-            let value = rec.value.clone();
-            let headers = rec.headers.as_ref().map(|hs| {
-                let pairs = hs.pairs();
-                pairs.iter().fold(OwnedHeaders::new_with_capacity(pairs.len()), |h, (k, v)| {
-                    h.insert(Header { key: k, value: Some(v.as_bytes()) })
-                })
-            });
-            let mut record = BaseRecord::with_opaque_to(&topic, rec).payload(&value[..]);
-            if let Some(k) = &key {
-                record = record.key(&k[..]);
-            }
-            if let Some(h) = headers {
-                record = record.headers(h);
-            }
-            match self.producer.send(record) {
+            match self.try_send(rec) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back.delivery_opaque;
+                    rec = back;
                     self.producer.poll(Duration::from_millis(5));
                     self.producer.context().settle_acks();
                     self.settle_failures(retries);
                 }
                 Err((e, back)) => {
-                    self.fail(back.delivery_opaque, e, retries);
+                    self.fail(back, e, retries);
                     return;
                 }
             }

@@ -49,6 +49,11 @@ pub struct SourceShared {
     pub ingest_stopped: AtomicBool,
     pub revoke_timeout: Duration,
     pub stats: Arc<IngestStats>,
+    /// Exactly-once: offsets are committed inside the emit thread's transactions, never by
+    /// the consumer; a revocation asks the emit thread to commit through this channel.
+    pub transactions: Option<crossbeam_channel::Sender<super::commit::CommitRequest>>,
+    /// Exactly-once: set once the emit thread's transactions are gone (it ended).
+    pub transactions_closed: Arc<AtomicBool>,
 }
 
 /// Requests held back because their ring was full, per ring, and records waiting for their
@@ -77,7 +82,11 @@ impl Held {
 
 impl SourceShared {
     /// Fresh shared state.
-    pub fn new(tracker: Arc<Mutex<CommitTracker>>, revoke_timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        tracker: Arc<Mutex<CommitTracker>>,
+        revoke_timeout: Duration,
+        transactions: Option<crossbeam_channel::Sender<super::commit::CommitRequest>>,
+    ) -> Arc<Self> {
         Arc::new(SourceShared {
             tracker,
             pending: Mutex::new(Held::default()),
@@ -90,6 +99,8 @@ impl SourceShared {
             ingest_stopped: AtomicBool::new(false),
             revoke_timeout,
             stats: Arc::default(),
+            transactions,
+            transactions_closed: Arc::default(),
         })
     }
 }
@@ -145,7 +156,11 @@ impl ConsumerContext for SourceContext {
         }
         // Once the pipeline has drained (or given up at its deadline), nothing in flight can
         // still complete: the revocation of the final close does not wait for it.
-        let wait = if self.shared.drained.load(Ordering::SeqCst) {
+        // Nor does it wait when the emit thread is gone (exactly-once: its transaction
+        // failed): nothing in flight can complete.
+        let wait = if self.shared.drained.load(Ordering::SeqCst)
+            || self.shared.transactions_closed.load(Ordering::SeqCst)
+        {
             Duration::ZERO
         } else {
             self.shared.revoke_timeout
@@ -166,6 +181,24 @@ impl ConsumerContext for SourceContext {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(txns) = &self.shared.transactions {
+            // Exactly-once: the emit thread commits its open transaction, which holds these
+            // partitions' outcomes and offsets; then they are forgotten here, so that
+            // outcomes of theirs still in flight are dropped, not produced.
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let committed = txns.send(super::commit::CommitRequest { reply }).is_ok()
+                && answer
+                    .recv_timeout(self.shared.revoke_timeout.max(Duration::from_secs(1)))
+                    .unwrap_or(false);
+            let mut t = self.shared.tracker.lock();
+            for (topic, p) in &parts {
+                t.remove(topic, *p);
+            }
+            drop(t);
+            self.shared.assigned.lock().retain(|a| !parts.contains(a));
+            tracing::info!(partitions = ?parts, committed, "partitions revoked after committing the open transaction");
+            return;
         }
         let points: Vec<CommitPoint> = {
             let mut t = self.shared.tracker.lock();
@@ -238,6 +271,10 @@ fn commit_loop(
     stop: &crossbeam_channel::Receiver<()>,
 ) {
     while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        if shared.transactions.is_some() {
+            // Exactly-once: offsets are committed inside transactions only.
+            continue;
+        }
         let points = shared.tracker.lock().take_commits();
         commit_points(consumer, &points, CommitMode::Sync, shared);
     }
@@ -738,6 +775,10 @@ impl SourceHandle {
     /// runs on a helper thread ([`run_bounded`]); one still waiting at `limit` is left to
     /// finish or fail on its own (those offsets are then read again after a restart).
     pub fn commit_acknowledged_within(&self, limit: Duration) {
+        if self.shared.transactions.is_some() {
+            // Exactly-once: the emit thread's last transaction committed what was settled.
+            return;
+        }
         let points = self.shared.tracker.lock().take_commits();
         let blocked = self.shared.tracker.lock().blocked();
         if !blocked.is_empty() {

@@ -59,6 +59,10 @@ pub struct OutcomeMetrics {
     pub end_to_end: Histogram,
     /// Requests in the batch each served request ran in.
     pub batch_size: Histogram,
+    /// Exactly-once: how long each committed transaction was open.
+    pub txn_duration: Histogram,
+    /// Exactly-once: outcomes per committed transaction.
+    pub txn_records: Histogram,
 }
 
 impl std::fmt::Debug for OutcomeMetrics {
@@ -117,6 +121,16 @@ impl OutcomeMetrics {
                 "Requests in the batch each served request ran in",
                 batch_size_buckets(),
             ),
+            txn_duration: histogram(
+                "sluice_transaction_duration_seconds",
+                "Begin to commit of each committed transaction (exactly_once)",
+                latency_buckets(),
+            ),
+            txn_records: histogram(
+                "sluice_transaction_records",
+                "Outcomes per committed transaction (exactly_once)",
+                (0..18).map(|k| 2f64.powi(k)).collect(),
+            ),
         }
     }
 
@@ -127,7 +141,15 @@ impl OutcomeMetrics {
         registry.register(Box::new(self.inference.clone()))?;
         registry.register(Box::new(self.end_to_end.clone()))?;
         registry.register(Box::new(self.batch_size.clone()))?;
+        registry.register(Box::new(self.txn_duration.clone()))?;
+        registry.register(Box::new(self.txn_records.clone()))?;
         Ok(())
+    }
+
+    /// Records one committed transaction.
+    pub fn observe_transaction(&self, records: usize, open_for: std::time::Duration) {
+        self.txn_duration.observe(open_for.as_secs_f64());
+        self.txn_records.observe(records as f64);
     }
 
     /// Records one outcome: atomics only, no allocation.
