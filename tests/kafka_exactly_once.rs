@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::broker::TestBroker;
 use common::kafka::{source_of, Record};
-use common::serve::{mlp_repo, records, result_ids, setup_with, Serve, Setup};
+use common::serve::{
+    join_and_leave_under_load, mlp_repo, records, result_ids, setup_with, Serve, Setup,
+};
 
 const EXACTLY_ONCE: &str =
     "    processing: {guarantee: exactly_once, transactions: {instanceId: a, commitIntervalMs: 100}}\n";
@@ -179,8 +181,7 @@ fn sigkill_in_exactly_once_loses_nothing_and_resumes_from_the_last_transaction()
         "the kills all came before the first commit: nothing was tested ({committed_at_kill:?})"
     );
     no_duplicates_where_the_broker_can_tell(&b, &ids);
-    last.signal("-TERM");
-    assert!(last.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", last.log());
+    last.terminate();
     b.assert_committed_to_end(&s.group, &s.input);
 }
 
@@ -232,8 +233,7 @@ fn a_failed_transaction_is_aborted_and_its_records_are_processed_again() {
             assert!(dups > 0, "the aborted transaction's records were not processed again");
         }
     }
-    p.signal("-TERM");
-    assert!(p.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", p.log());
+    p.terminate();
     b.assert_committed_to_end(&s.group, &s.input);
 }
 
@@ -250,32 +250,19 @@ fn a_second_instance_joining_and_leaving_under_load_duplicates_nothing() {
     };
     produce(500);
     // A second instance, with its own instance id (its own transactional.id).
-    let mut c = Serve::start_with_env(
+    let c = Serve::start_with_env(
         &s.config,
         &[("SLUICE_STREAMING_INFERENCE_PROCESSING_TRANSACTIONS_INSTANCE_ID", "b")],
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !c.log().contains("partitions assigned") {
-        assert!(Instant::now() < deadline, "B got no partitions:\n{}", c.log());
-        produce(50);
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    produce(500);
-    std::thread::sleep(Duration::from_secs(1));
-    c.signal("-TERM");
-    produce(500);
-    let status = c.wait(Duration::from_secs(60)).expect("B exits after SIGTERM");
-    assert!(status.success(), "{}", c.log());
-    produce(200);
+    let c_log = join_and_leave_under_load(c, &mut produce);
     let ids = outcome_ids(&b, &s, next, Duration::from_secs(240));
     assert_all(&ids, next, &a.log());
-    let logs = format!("A:\n{}\nB:\n{}", a.log(), c.log());
+    let logs = format!("A:\n{}\nB:\n{c_log}", a.log());
     assert!(!logs.contains("transaction aborted"), "{logs}");
     // Revocation commits the open transaction first, and outcomes of revoked partitions
     // still in flight are dropped, not produced: no duplicate even on Tansu.
     assert_eq!(duplicates(&ids), 0, "duplicates across the rebalances:\n{logs}");
-    a.signal("-TERM");
-    assert!(a.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", a.log());
+    a.terminate();
     b.assert_committed_to_end(&s.group, &s.input);
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::broker::TestBroker;
-use common::serve::{mlp_repo, records, result_ids, setup, Serve};
+use common::serve::{join_and_leave_under_load, mlp_repo, records, result_ids, setup, Serve};
 
 #[test]
 fn sigkill_and_restart_loses_nothing() {
@@ -124,23 +124,9 @@ fn a_second_instance_joining_and_leaving_twice_under_load_loses_nothing() {
         next += n;
     };
     produce(300);
-    for round in 0..2 {
-        let mut c = Serve::start(&s.config);
-        // Records keep coming while the group rebalances onto two members.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !c.log().contains("partitions assigned") {
-            assert!(Instant::now() < deadline, "round {round}: B got no partitions:\n{}", c.log());
-            produce(50);
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        produce(500);
-        std::thread::sleep(Duration::from_secs(1));
-        // B leaves while records keep coming.
-        c.signal("-TERM");
-        produce(500);
-        let status = c.wait(Duration::from_secs(60)).expect("B exits after SIGTERM");
-        assert!(status.success(), "round {round}: {}", c.log());
-        produce(200);
+    for _ in 0..2 {
+        // Records keep coming while the group rebalances onto two members and back.
+        join_and_leave_under_load(Serve::start(&s.config), &mut produce);
     }
     let all = result_ids(&b, &s.output, next, Duration::from_secs(240));
     let missing: Vec<usize> = (0..next).filter(|i| !all.contains_key(&format!("r{i}"))).collect();
@@ -151,8 +137,7 @@ fn a_second_instance_joining_and_leaving_twice_under_load_loses_nothing() {
         &missing[..missing.len().min(10)],
         a.log()
     );
-    a.signal("-TERM");
-    assert!(a.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", a.log());
+    a.terminate();
     b.assert_committed_to_end(&s.group, &s.input);
 }
 
@@ -230,8 +215,7 @@ fn a_minute_of_load_with_hostile_records_loses_nothing_and_grows_no_threads_or_d
     let dead = b.consume(&dlq, n_hostile + 1, Duration::from_secs(30));
     assert_eq!(dead.len(), n_hostile, "one dead letter per hostile record");
     samples.push(threads_and_fds(pid));
-    serve.signal("-TERM");
-    assert!(serve.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", serve.log());
+    serve.terminate();
     b.assert_committed_to_end(&s.group, &s.input);
     // The second sample (10 s in) is after the warm-up: the pipeline runs, the group is joined.
     let (t0, f0) = samples[1];
@@ -270,7 +254,6 @@ fn a_panicking_model_in_a_process_dead_letters_one_request_and_the_process_goes_
         dead[0].headers.iter().find(|(k, _)| k == "sluice.error.class").map(|(_, v)| v.clone());
     assert_eq!(class.as_deref(), Some(&b"inference"[..]));
     assert!(serve.child.try_wait().unwrap().is_none(), "the process keeps running");
-    serve.signal("-TERM");
-    assert!(serve.wait(Duration::from_secs(60)).is_some_and(|st| st.success()), "{}", serve.log());
+    serve.terminate();
     b.assert_committed_to_end(&s.group, &s.input);
 }

@@ -169,6 +169,22 @@ pub struct KafkaSink {
     pub txn: Option<Transactions>,
 }
 
+/// The next outcome of a burst: the first (`took == 0`) waits up to `wait`, the rest are
+/// taken only if already there (`Timeout` ends the burst).
+fn next_outcome(
+    completions: &Receiver<Outcome>,
+    took: usize,
+    wait: Duration,
+) -> Result<Outcome, RecvTimeoutError> {
+    if took == 0 {
+        return completions.recv_timeout(wait);
+    }
+    completions.try_recv().map_err(|e| match e {
+        crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
+        crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+    })
+}
+
 /// The longest wait between two sends of one record.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -214,17 +230,7 @@ impl OutcomeSink for KafkaSink {
             };
             let mut took = 0;
             while took < 512 {
-                let r = if took == 0 {
-                    completions.recv_timeout(idle_wait)
-                } else {
-                    completions.try_recv().map_err(|e| match e {
-                        crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                        crossbeam_channel::TryRecvError::Disconnected => {
-                            RecvTimeoutError::Disconnected
-                        }
-                    })
-                };
-                match r {
+                match next_outcome(&completions, took, idle_wait) {
                     Ok(o) => {
                         took += 1;
                         self.emit(o, &mut buf, &mut retries);
@@ -428,17 +434,7 @@ impl KafkaSink {
             );
             let mut took = 0;
             while took < 512 && !closed {
-                let r = if took == 0 {
-                    completions.recv_timeout(wait)
-                } else {
-                    completions.try_recv().map_err(|e| match e {
-                        crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                        crossbeam_channel::TryRecvError::Disconnected => {
-                            RecvTimeoutError::Disconnected
-                        }
-                    })
-                };
-                match r {
+                match next_outcome(completions, took, wait) {
                     Ok(o) => {
                         took += 1;
                         let (ready, dropped) = tx.admit(o, &ctx.tracker);

@@ -66,6 +66,40 @@ impl Serve {
     }
 }
 
+impl Serve {
+    /// SIGTERM, then asserts a clean exit within 60 s.
+    pub fn terminate(&mut self) {
+        self.signal("-TERM");
+        let status = self.wait(Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|st| st.success()),
+            "exit after SIGTERM: {status:?}\n{}",
+            self.log()
+        );
+    }
+}
+
+/// A second instance joins under load and leaves under load: `produce(n)` adds `n` records
+/// while `joiner` waits for its partitions, then while it runs, and while it exits on
+/// SIGTERM. Returns its log.
+pub fn join_and_leave_under_load(mut joiner: Serve, produce: &mut dyn FnMut(usize)) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !joiner.log().contains("partitions assigned") {
+        assert!(Instant::now() < deadline, "the joiner got no partitions:\n{}", joiner.log());
+        produce(50);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    produce(500);
+    std::thread::sleep(Duration::from_secs(1));
+    // It leaves while records keep coming.
+    joiner.signal("-TERM");
+    produce(500);
+    let status = joiner.wait(Duration::from_secs(60)).expect("the joiner exits after SIGTERM");
+    assert!(status.success(), "{}", joiner.log());
+    produce(200);
+    joiner.log()
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
