@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod broker;
 pub mod faultproxy;
 pub mod kafka;
+pub mod rawlog;
 pub mod serve;
 pub mod testkit;
 
