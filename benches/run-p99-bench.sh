@@ -10,8 +10,9 @@
 #
 # Workloads:
 #   tabular  the demo MLP (8 features): pipeline overhead. Each repeat (REPEAT=3) runs, in turn:
-#            broker-only (generator -> broker -> collector, one hop), passthrough, sluice, and
-#            the passthrough once more at half of that repeat's Sluice capacity.
+#            broker-only (generator -> broker -> collector, one hop), passthrough, sluice,
+#            sluice-eos (the same with processing.guarantee exactly_once: what transactions
+#            cost), and the passthrough once more at half of that repeat's Sluice capacity.
 #   minilm   all-MiniLM-L6-v2 on CPU, 80% short texts and 20% long sentences. Each peer's batch
 #            size is first tuned at one fixed rate (PEER_TUNE_RATE, lowest p99 among the
 #            sustained wins), then one sweep per system: sluice, python-peer, quix-peer.
@@ -25,7 +26,7 @@
 #   BISECT_TO=0.05 PATIENCE=2
 #   TABULAR_P99_MS=100 MINILM_P99_MS=250   the p99 bound of a sustained step
 #   REPEAT=3                   tabular sweeps per system
-#   WORKLOADS="tabular minilm" SYSTEMS="broker-only passthrough sluice python-peer quix-peer"
+#   WORKLOADS="tabular minilm" SYSTEMS="broker-only passthrough sluice sluice-eos python-peer quix-peer"
 #   PEER_BATCH_SIZES="8 16 32 64" PEER_TUNE_RATE=100   the peers' batch-size tuning
 #   BENCH_PORT=19092           the broker's port (restarted for every step)
 #   MAX_LOAD=0.8               wait (up to 10 min) for the 1-minute load average to fall below
@@ -52,7 +53,7 @@ TABULAR_P99_MS="${TABULAR_P99_MS:-100}"
 MINILM_P99_MS="${MINILM_P99_MS:-250}"
 REPEAT="${REPEAT:-3}"
 WORKLOADS="${WORKLOADS:-tabular minilm}"
-SYSTEMS="${SYSTEMS:-broker-only passthrough sluice python-peer quix-peer}"
+SYSTEMS="${SYSTEMS:-broker-only passthrough sluice sluice-eos python-peer quix-peer}"
 PEER_BATCH_SIZES="${PEER_BATCH_SIZES:-8 16 32 64}"
 PEER_TUNE_RATE="${PEER_TUNE_RATE:-100}"
 MAX_LOAD="${MAX_LOAD:-0.8}"
@@ -104,6 +105,7 @@ notes_for() {
     case "$1" in
         broker-only) echo "no system: the generator produces to the output topic and the collector reads it (one hop; no hostile or priority records)";;
         sluice) echo "sluice serve, benches/p99/sluice-bench.yaml (defaults: up to 64 rows per batch, one CPU lane on $(nproc) cores)";;
+        sluice-eos) echo "sluice serve as above with processing.guarantee exactly_once (a transaction every 100 ms or 10,000 records). Tansu hands records of open transactions to read_committed readers, so latency here leaves out the wait for the commit that Apache Kafka's readers would add (up to commitIntervalMs plus the commit)";;
         passthrough) echo "sluice loadgen passthrough: consume -> produce with Sluice's client settings and commit tracker, no model";;
         python-peer) echo "benches/peers/kafka_st_peer.py: confluent-kafka + sentence-transformers on $(nproc) torch threads, batches of up to ${PEER_BATCH:-32} (${PEER_WAIT_MS:-10} ms wait), inference overlapped with consuming and producing, asynchronous commits";;
         quix-peer) echo "benches/peers/quix_st_peer.py: Quix Streams + sentence-transformers on $(nproc) torch threads, batches of up to ${PEER_BATCH:-32} (${PEER_WAIT_MS:-10} ms wait)";;
@@ -164,7 +166,7 @@ for wl in $WORKLOADS; do
     case "$wl" in
         tabular)
             for k in $(seq 1 "$REPEAT"); do
-                for sys in broker-only passthrough sluice; do
+                for sys in broker-only passthrough sluice sluice-eos; do
                     want "$sys" || continue
                     sweep tabular "$sys" "$sys" "$TABULAR_RATES" "$TABULAR_P99_MS" "$OUT/tabular-$sys-r$k.json" --repeat "$k"
                     runs+=("$OUT/tabular-$sys-r$k.json")

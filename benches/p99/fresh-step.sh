@@ -8,7 +8,7 @@
 #   benches/p99/fresh-step.sh SYSTEM WORKLOAD     before a step
 #   benches/p99/fresh-step.sh stop                after the sweep: stop the system and the broker
 #
-# SYSTEM: sluice | passthrough | python-peer | quix-peer | broker-only (no system: the
+# SYSTEM: sluice | sluice-eos (processing.guarantee exactly_once) | passthrough | python-peer | quix-peer | broker-only (no system: the
 # generator's records go to the output topic, one hop). WORKLOAD: tabular | minilm.
 #
 # Env (set by benches/run-p99-bench.sh): SLUICE (binary), BENCH_PORT (broker port), BENCH_STATE
@@ -45,8 +45,19 @@ stop_system() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
+# CPU time the step's broker used in its life, for the log: what a system costs the broker
+# (request patterns differ) counts against the same two cores.
+broker_cpu() {
+    local pidfile="${SLUICE_CACHE:-$HOME/.cache/sluice}/broker/tansu-$BENCH_PORT.pid" pid
+    [[ -f "$pidfile" ]] || return 0
+    pid=$(cat "$pidfile")
+    [[ -r "/proc/$pid/stat" ]] || return 0
+    say "broker $pid used $(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f s user, %.2f s system", $14 / hz, $15 / hz }' "/proc/$pid/stat") of CPU"
+}
+
 if [[ "${1:-}" == stop ]]; then
     stop_system
+    broker_cpu
     scripts/broker.sh stop "$BENCH_PORT" >/dev/null 2>&1 || true
     exit 0
 fi
@@ -56,14 +67,18 @@ WORKLOAD=${2:?workload}
 mkdir -p "$BENCH_STATE"
 say "step ${SLUICE_LOADGEN_STEP:-?} at ${SLUICE_LOADGEN_RATE:-?}/s: fresh broker and $SYSTEM"
 stop_system
+broker_cpu
 scripts/broker.sh stop "$BENCH_PORT" >/dev/null 2>&1 || true
 scripts/broker.sh start "$BENCH_PORT" >>"$BENCH_LOG" 2>&1
 export SLUICE_KAFKA_BOOTSTRAP_SERVERS="$BROKER"
 
 peer_model=${PEER_MODEL:-}
 case "$SYSTEM" in
-    sluice)
-        setsid "$SLUICE" serve --config benches/p99/sluice-bench.yaml >>"$BENCH_LOG" 2>&1 </dev/null &
+    sluice | sluice-eos)
+        guarantee=at_least_once
+        [[ "$SYSTEM" == sluice-eos ]] && guarantee=exactly_once
+        SLUICE_STREAMING_INFERENCE_PROCESSING_GUARANTEE=$guarantee \
+            setsid "$SLUICE" serve --config benches/p99/sluice-bench.yaml >>"$BENCH_LOG" 2>&1 </dev/null &
         echo $! >"$PIDFILE" ;;
     passthrough)
         setsid "$SLUICE" loadgen passthrough --config benches/p99/sluice-bench.yaml >>"$BENCH_LOG" 2>&1 </dev/null &
