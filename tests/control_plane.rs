@@ -657,11 +657,21 @@ fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval
     assert!(value(&s, "sluice_model_cache_hits_total", &[]) >= 1.0);
     assert!(sample(&s, "sluice_lane_busy_seconds_total", &[("lane", "0")]).is_some());
     assert!(sample(&s, "sluice_ring_depth", &[("ring", "normal")]).is_some());
-    wait_for("per-partition consumer lag", Duration::from_secs(60), || {
+    let s = wait_for("per-partition consumer lag", Duration::from_secs(60), || {
         let s = scrape(addr);
         sample(&s, "sluice_consumer_lag", &[("topic", t.input.as_str()), ("partition", "1")])
-            .map(|_| ())
+            .map(|_| ())?;
+        Some(s)
     });
+    // Every metric the Grafana dashboard and the alerting rules under deploy/ query is one
+    // this instance exports.
+    let exported: std::collections::BTreeSet<&str> =
+        s.samples.iter().map(|x| x.metric.as_str()).collect();
+    let missing: Vec<String> = common::deployfiles::queried_metric_names()
+        .into_iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "deploy/ queries metrics Sluice does not export: {missing:?}");
 
     // The JSON view agrees.
     let m = get(addr, "/batch-inference/streaming/metrics").json();

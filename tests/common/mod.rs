@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod broker;
+pub mod deployfiles;
 pub mod faultproxy;
 pub mod kafka;
 pub mod rawlog;

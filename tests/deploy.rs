@@ -1,0 +1,150 @@
+//! The files under `deploy/` that tools can check offline: the Prometheus alerting rules are
+//! valid (`promtool check rules`) and behave as their unit tests say on synthetic series,
+//! firing where they must and staying quiet where they must not (`promtool test rules`).
+//! `promtool` comes with Debian's `prometheus` package (`.ci/run` installs it); without it the
+//! tests print why they skip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::deployfiles::{dashboard, dashboard_queries, deploy, queried_metric_names};
+
+fn promtool() -> Option<PathBuf> {
+    let candidates = std::env::var_os("SLUICE_TEST_PROMTOOL").map(PathBuf::from).into_iter().chain(
+        std::env::var_os("PATH").into_iter().flat_map(|p| {
+            std::env::split_paths(&p).map(|d| d.join("promtool")).collect::<Vec<_>>()
+        }),
+    );
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Runs promtool with `args`; None (after printing why) where promtool is not installed.
+fn run_promtool(args: &[&Path]) -> Option<(bool, String)> {
+    let Some(tool) = promtool() else {
+        println!(
+            "SKIPPED: promtool not found (Debian package `prometheus`, or SLUICE_TEST_PROMTOOL)"
+        );
+        return None;
+    };
+    let out = Command::new(&tool).args(args).output().expect("promtool runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}
+
+#[test]
+fn alert_rules_are_valid() {
+    let rules = deploy("prometheus/sluice-alerts.yml");
+    let Some((ok, text)) = run_promtool(&[Path::new("check"), Path::new("rules"), &rules]) else {
+        return;
+    };
+    assert!(ok, "promtool check rules:\n{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+}
+
+#[test]
+fn alert_rules_fire_where_they_must_and_nowhere_else() {
+    let tests = deploy("prometheus/sluice-alerts.test.yml");
+    let Some((ok, text)) = run_promtool(&[Path::new("test"), Path::new("rules"), &tests]) else {
+        return;
+    };
+    assert!(ok, "promtool test rules:\n{text}");
+}
+
+/// Every alert in the rules file has a test case, and names its README entry, which exists.
+#[test]
+fn every_alert_is_tested_and_documented() {
+    let rules = std::fs::read_to_string(deploy("prometheus/sluice-alerts.yml")).expect("rules");
+    let tests =
+        std::fs::read_to_string(deploy("prometheus/sluice-alerts.test.yml")).expect("tests");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let alerts: Vec<&str> =
+        rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
+    assert!(alerts.len() >= 8, "alerts: {alerts:?}");
+    for a in alerts {
+        assert!(tests.contains(&format!("alertname: {a}")), "{a} has no test case");
+        assert!(
+            rules.contains(&format!("Running in production → Alerts → {a}\"")),
+            "{a}'s runbook does not name its README entry"
+        );
+        assert!(readme.contains(&format!("- **{a}**")), "README has no entry for {a}");
+    }
+}
+
+/// The fields Grafana needs to import the dashboard: title, uid, schema version, a Prometheus
+/// data-source variable, and panels with ids, positions, types and queries.
+#[test]
+fn dashboard_has_what_grafana_needs() {
+    let d = dashboard();
+    assert_eq!(d["title"], "Sluice");
+    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40));
+    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 30));
+    let vars = d["templating"]["list"].as_array().expect("templating.list");
+    assert!(vars.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus"));
+    assert!(vars.iter().any(|v| v["name"] == "job"));
+    let panels = d["panels"].as_array().expect("panels");
+    let mut ids = std::collections::HashSet::new();
+    for p in panels {
+        let title = p["title"].as_str().expect("panel title");
+        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate id at {title}");
+        assert!(p["type"].as_str().is_some(), "{title}: type");
+        for k in ["h", "w", "x", "y"] {
+            assert!(p["gridPos"][k].as_u64().is_some(), "{title}: gridPos.{k}");
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            assert!(t["refId"].as_str().is_some() && t["expr"].as_str().is_some(), "{title}");
+        }
+    }
+    // What the issue asks the dashboard to show.
+    let titles: Vec<String> =
+        panels.iter().map(|p| p["title"].as_str().unwrap_or_default().to_lowercase()).collect();
+    for want in [
+        "throughput",
+        "end-to-end",
+        "queue vs inference",
+        "batch",
+        "dead letters",
+        "lag",
+        "cache",
+        "lane",
+        "pipeline state",
+    ] {
+        assert!(titles.iter().any(|t| t.contains(want)), "no panel for {want}: {titles:?}");
+    }
+}
+
+/// Every panel query is valid PromQL: promtool checks them wrapped as recording rules.
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (title, expr)) in dashboard_queries().into_iter().enumerate() {
+        rules.push_str(&format!(
+            "      # {title}\n      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&expr).expect("quoted")
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, rules).expect("write");
+    let Some((ok, text)) = run_promtool(&[Path::new("check"), Path::new("rules"), &file]) else {
+        return;
+    };
+    assert!(ok, "promtool check rules (dashboard queries):\n{text}");
+}
+
+#[test]
+fn queried_metrics_are_found() {
+    let names = queried_metric_names();
+    assert!(names.contains("sluice_end_to_end_latency_seconds"), "{names:?}");
+    assert!(names.contains("sluice_requests_total"), "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with("_bucket")), "{names:?}");
+}
