@@ -532,6 +532,17 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
             assert!(per_input.contains_key(&(*p, o)), "{p}/{o} committed without an outcome");
         }
     }
+    // The raw log: the fencing left no transaction open (the broker aborted the fenced
+    // instance's open one, or it had none), and no input has two committed outcomes.
+    let raw = RawView::read(&b, &s);
+    println!("raw log after the fencing: {}", raw.summary());
+    assert_eq!(raw.open(), 0, "a transaction left open by the fencing\n{}", raw.summary());
+    let dups = raw.duplicated();
+    assert!(
+        dups.is_empty(),
+        "committed twice across the fencing: {:?}",
+        &dups[..dups.len().min(10)]
+    );
 }
 
 /// Unit tests of the raw log reader (tests/common/rawlog.rs): the marker logic on synthetic
