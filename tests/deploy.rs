@@ -148,3 +148,99 @@ fn queried_metrics_are_found() {
     assert!(names.contains("sluice_requests_total"), "{names:?}");
     assert!(!names.iter().any(|n| n.ends_with("_bucket")), "{names:?}");
 }
+
+fn manifest(name: &str) -> serde_yaml::Value {
+    let text = std::fs::read_to_string(deploy(&format!("kubernetes/{name}"))).expect(name);
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The ConfigMap's configuration is one Sluice accepts, with each Deployment's environment
+/// overrides on top, and the pods' shutdown fits the drain: the grace period covers the
+/// pre-stop drain (`drainTimeout`) plus the final commit and closes, and the probes ask the
+/// control plane's health endpoints on its port.
+#[test]
+fn kubernetes_manifests_match_sluice() {
+    let cm = manifest("configmap.yaml");
+    let yaml = cm["data"]["sluice.yaml"].as_str().expect("data.sluice.yaml");
+    for file in ["deployment.yaml", "deployment-gpu.yaml"] {
+        let d = manifest(file);
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let env: Vec<(String, String)> = c["env"]
+            .as_sequence()
+            .map(|e| {
+                e.iter()
+                    .map(|v| {
+                        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                        (s("name"), s("value"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cfg = sluice::config::Config::from_yaml_str_with_vars(yaml, env.clone())
+            .unwrap_or_else(|e| panic!("{file}: the configuration is refused: {e}"));
+        let drain = cfg.streaming.inference.processing.drain_timeout_secs;
+        let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("grace period");
+        assert!(grace >= drain + 20, "{file}: {grace} s of grace for a {drain} s drain");
+        assert_eq!(cfg.control.listen.port(), 8086, "{file}");
+        assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(8086), "{file}");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/health/live"));
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/health/ready"));
+        let pre_stop: Vec<&str> = c["lifecycle"]["preStop"]["exec"]["command"]
+            .as_sequence()
+            .expect("preStop command")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(
+            pre_stop.iter().any(|a| a.ends_with("/batch-inference/streaming/stop")),
+            "{file}: {pre_stop:?}"
+        );
+        let gpu = c["resources"]["limits"]["nvidia.com/gpu"].as_str().is_some();
+        assert_eq!(gpu, !cfg.gpu.devices.is_empty(), "{file}: GPU limit and gpu.devices agree");
+    }
+}
+
+/// Schema validation of the Kubernetes manifests, offline, with PyPI's `kubernetes-validate`
+/// (its bundled schemas; `.ci/run` installs it). KEDA's ScaledObject is a CRD without a
+/// bundled schema: only its YAML is checked here.
+#[test]
+fn kubernetes_manifests_pass_schema_validation() {
+    let tool =
+        std::env::var_os("SLUICE_TEST_KUBERNETES_VALIDATE").map(PathBuf::from).or_else(|| {
+            std::env::var_os("PATH").and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("kubernetes-validate"))
+                    .find(|p| p.is_file())
+            })
+        });
+    let _ = manifest("keda-scaledobject.yaml");
+    let Some(tool) = tool else {
+        println!(
+            "SKIPPED: kubernetes-validate not found (PyPI, or SLUICE_TEST_KUBERNETES_VALIDATE)"
+        );
+        return;
+    };
+    let files: Vec<PathBuf> = [
+        "configmap.yaml",
+        "deployment.yaml",
+        "deployment-gpu.yaml",
+        "service.yaml",
+        "pdb.yaml",
+        "hpa.yaml",
+    ]
+    .iter()
+    .map(|f| deploy(&format!("kubernetes/{f}")))
+    .collect();
+    let out = Command::new(&tool)
+        .args(["--strict", "--kubernetes-version", "1.31.0"])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubernetes-validate:\n{text}");
+}
