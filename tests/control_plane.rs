@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::broker::{Consumed, Record, TestBroker};
-use common::TestRepo;
+use common::{wait_for, TestRepo};
 use serde_json::{json, Value};
 use sluice::config::Config;
 use sluice::control::{ControlOptions, ControlPlane};
@@ -88,18 +88,6 @@ fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Reply 
         headers.push(("Authorization", a.as_str()));
     }
     http(addr, "POST", path, &headers, body.as_bytes())
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::broker::TestBroker;
 use common::serve::{mlp_repo, records, setup, Serve};
+use common::wait_for;
 
 fn prometheus_binary() -> Option<PathBuf> {
     std::env::var_os("SLUICE_TEST_PROMETHEUS").map(PathBuf::from).or_else(|| {
@@ -97,17 +98,6 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     // "HTTP/1.0 200 OK": the server answers in the request's version.
     let status = head.split_whitespace().nth(1)?;
     (status == "200").then(|| body.to_string())
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 #[test]

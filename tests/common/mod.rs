@@ -81,3 +81,19 @@ pub fn text_request(dec: &mut Decoder, id: &str, words: usize, priority: Priorit
     let text = vec!["the"; words].join(" ");
     request(dec, &format!(r#"{{"id":"{id}","model":"tiny-embed","input":"{text}"}}"#), priority, 0)
 }
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
