@@ -10,31 +10,28 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::deployfiles::{dashboard, dashboard_queries, deploy, queried_metric_names};
+use common::find_tool;
 
-fn promtool() -> Option<PathBuf> {
-    let candidates = std::env::var_os("SLUICE_TEST_PROMTOOL").map(PathBuf::from).into_iter().chain(
-        std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p).map(|d| d.join("promtool")).collect::<Vec<_>>()
-        }),
-    );
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-/// Runs promtool with `args`; None (after printing why) where promtool is not installed.
-fn run_promtool(args: &[&Path]) -> Option<(bool, String)> {
-    let Some(tool) = promtool() else {
-        println!(
-            "SKIPPED: promtool not found (Debian package `prometheus`, or SLUICE_TEST_PROMTOOL)"
-        );
-        return None;
-    };
-    let out = Command::new(&tool).args(args).output().expect("promtool runs");
+/// Runs `tool` with `args`: whether it succeeded, and its stdout and stderr.
+fn run(tool: &Path, args: &[&Path]) -> (bool, String) {
+    let out = Command::new(tool).args(args).output().expect("the tool runs");
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Some((out.status.success(), text))
+    (out.status.success(), text)
+}
+
+/// Runs promtool with `args`; None (after printing why) where promtool is not installed.
+fn run_promtool(args: &[&Path]) -> Option<(bool, String)> {
+    let Some(tool) = find_tool("SLUICE_TEST_PROMTOOL", "promtool") else {
+        println!(
+            "SKIPPED: promtool not found (Debian package `prometheus`, or SLUICE_TEST_PROMTOOL)"
+        );
+        return None;
+    };
+    Some(run(&tool, args))
 }
 
 #[test]
@@ -206,14 +203,7 @@ fn kubernetes_manifests_match_sluice() {
 /// bundled schema: only its YAML is checked here.
 #[test]
 fn kubernetes_manifests_pass_schema_validation() {
-    let tool =
-        std::env::var_os("SLUICE_TEST_KUBERNETES_VALIDATE").map(PathBuf::from).or_else(|| {
-            std::env::var_os("PATH").and_then(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join("kubernetes-validate"))
-                    .find(|p| p.is_file())
-            })
-        });
+    let tool = find_tool("SLUICE_TEST_KUBERNETES_VALIDATE", "kubernetes-validate");
     let _ = manifest("keda-scaledobject.yaml");
     let Some(tool) = tool else {
         println!(
@@ -232,15 +222,9 @@ fn kubernetes_manifests_pass_schema_validation() {
     .iter()
     .map(|f| deploy(&format!("kubernetes/{f}")))
     .collect();
-    let out = Command::new(&tool)
-        .args(["--strict", "--kubernetes-version", "1.31.0"])
-        .args(&files)
-        .output()
-        .expect("kubernetes-validate runs");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kubernetes-validate:\n{text}");
+    let mut args: Vec<&Path> =
+        ["--strict", "--kubernetes-version", "1.31.0"].iter().map(Path::new).collect();
+    args.extend(files.iter().map(PathBuf::as_path));
+    let (ok, text) = run(&tool, &args);
+    assert!(ok, "kubernetes-validate:\n{text}");
 }

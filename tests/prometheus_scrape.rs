@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,16 +15,8 @@ use common::broker::TestBroker;
 use common::serve::{mlp_repo, records, setup, Serve};
 use common::wait_for;
 
-fn prometheus_binary() -> Option<PathBuf> {
-    std::env::var_os("SLUICE_TEST_PROMETHEUS").map(PathBuf::from).or_else(|| {
-        std::env::var_os("PATH").and_then(|p| {
-            std::env::split_paths(&p).map(|d| d.join("prometheus")).find(|p| p.is_file())
-        })
-    })
-}
-
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    common::broker::free_port().expect("a free port")
 }
 
 /// A Prometheus server, stopped when dropped.
@@ -102,7 +94,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 #[test]
 fn prometheus_scrapes_sluice_and_its_figures_match_what_was_sent() {
-    let Some(bin) = prometheus_binary() else {
+    let Some(bin) = common::find_tool("SLUICE_TEST_PROMETHEUS", "prometheus") else {
         println!("SKIPPED: no prometheus binary (Debian package `prometheus`, or SLUICE_TEST_PROMETHEUS)");
         return;
     };

@@ -23,6 +23,11 @@ PIDFILE="$BENCH_STATE/system.pid"
 BROKER="127.0.0.1:$BENCH_PORT"
 say() { echo "[fresh-step $(date -u +%H:%M:%S)] $*" >>"$BENCH_LOG"; }
 
+# "U s user, S s system": the CPU time process PID has used.
+cpu_time() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f s user, %.2f s system", $14 / hz, $15 / hz }' "/proc/$1/stat"
+}
+
 stop_system() {
     [[ -f "$PIDFILE" ]] || return 0
     local pid
@@ -30,7 +35,7 @@ stop_system() {
     rm -f "$PIDFILE"
     # CPU time the system used in its life (priming and step included), for the log.
     if [[ -r "/proc/$pid/stat" ]]; then
-        say "system $pid used $(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f s user, %.2f s system", $14 / hz, $15 / hz }' "/proc/$pid/stat") of CPU"
+        say "system $pid used $(cpu_time "$pid") of CPU"
         # ... and by thread (name: CPU seconds), busiest first.
         say "  by thread: $(for t in /proc/"$pid"/task/*; do
             awk -v hz="$(getconf CLK_TCK)" -v name="$(cat "$t/comm" 2>/dev/null)" '{ printf "%s %.2f\n", name, ($14 + $15) / hz }' "$t/stat" 2>/dev/null
@@ -52,7 +57,7 @@ broker_cpu() {
     [[ -f "$pidfile" ]] || return 0
     pid=$(cat "$pidfile")
     [[ -r "/proc/$pid/stat" ]] || return 0
-    say "broker $pid used $(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f s user, %.2f s system", $14 / hz, $15 / hz }' "/proc/$pid/stat") of CPU"
+    say "broker $pid used $(cpu_time "$pid") of CPU"
 }
 
 if [[ "${1:-}" == stop ]]; then

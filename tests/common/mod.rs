@@ -97,3 +97,13 @@ pub fn wait_for<T>(
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// An external tool the tests drive: the path in the environment variable `env_override` if
+/// set (used as given), else `name` on the PATH; None when it is not there (the caller prints
+/// why it skips).
+pub fn find_tool(env_override: &str, name: &str) -> Option<PathBuf> {
+    std::env::var_os(env_override).map(PathBuf::from).or_else(|| {
+        std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+    })
+}
