@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::core::{EngineStats, Outcome};
+use crate::execute::circuit::{CircuitSettings, Circuits};
 use crate::execute::lane::Lane;
 use crate::execute::{CpuExecutor, LaneSettings, LaneShared};
 use crate::queue::Request;
@@ -43,12 +44,15 @@ pub struct EngineSettings {
     pub max_retries: u32,
     /// Longest an idle lane sleeps between looks at the rings (it is woken early by work).
     pub idle_wait: Duration,
+    /// The model versions' circuit breakers.
+    pub circuit: CircuitSettings,
 }
 
 /// Running lanes over shared rings.
 pub struct Engine {
     rings: Arc<Rings>,
     stats: Arc<EngineStats>,
+    circuits: Arc<Circuits>,
     lanes: Vec<JoinHandle<()>>,
 }
 
@@ -72,8 +76,15 @@ impl Engine {
         }
         let rings = Arc::new(Rings::new(settings.ring_capacity));
         let stats = Arc::new(EngineStats::new(cpu_lanes + gpu_lanes));
-        let shared = LaneShared { rings: rings.clone(), completions, stats: stats.clone() };
-        let mut engine = Engine { rings, stats, lanes: Vec::with_capacity(cpu_lanes + gpu_lanes) };
+        let circuits = Arc::new(Circuits::new(settings.circuit.clone()));
+        let shared = LaneShared {
+            rings: rings.clone(),
+            completions,
+            stats: stats.clone(),
+            circuits: circuits.clone(),
+        };
+        let mut engine =
+            Engine { rings, stats, circuits, lanes: Vec::with_capacity(cpu_lanes + gpu_lanes) };
         for index in 0..cpu_lanes {
             let executor = CpuExecutor::new(settings.policy.caps);
             let lane = Lane::new(executor, shared.clone(), settings.lane_settings(index));
@@ -162,6 +173,12 @@ impl Engine {
         &self.stats
     }
 
+    /// The circuit breakers (state for `status` and metrics; parked partitions for the
+    /// source).
+    pub fn circuits(&self) -> &Arc<Circuits> {
+        &self.circuits
+    }
+
     /// Whether every lane thread is still running. A lane ends on its own only when it
     /// panicked outside a model call (a bug in Sluice); the pipeline then reports itself
     /// failed, and the requests that lane held stay uncommitted.
@@ -212,6 +229,13 @@ impl Engine {
             if h.join().is_err() {
                 tracing::error!("a lane thread panicked");
             }
+        }
+        let parked = self.circuits.take_all_parked();
+        if !parked.is_empty() {
+            tracing::warn!(
+                requests = parked.len(),
+                "requests parked behind open circuit breakers are left uncommitted (read again after a restart)"
+            );
         }
         hung
     }

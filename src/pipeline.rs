@@ -165,6 +165,11 @@ impl Pipeline {
         &self.source.shared
     }
 
+    /// The circuit breakers of the model versions (absent once stopped).
+    pub fn circuits(&self) -> Option<&Arc<crate::execute::circuit::Circuits>> {
+        self.running.as_ref().map(Running::circuits)
+    }
+
     /// Whether every pipeline thread is still running.
     pub fn is_healthy(&self) -> bool {
         self.running.as_ref().is_some_and(Running::is_healthy)

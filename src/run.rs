@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::core::{EngineStats, Envelope, ErrorClass, Failure, IngestStats, Outcome};
 use crate::decode::{Decoder, Undecoded};
 use crate::engine::{wait_until, Engine, EngineSettings};
+use crate::execute::circuit::Circuits;
 use crate::models::{LoadDone, ModelKey};
 use crate::queue::{Request, Rings};
 
@@ -86,6 +87,7 @@ pub trait OutcomeSink: Send + 'static {
 pub struct Intake {
     decoder: Decoder,
     rings: Arc<Rings>,
+    circuits: Arc<Circuits>,
     completions: Sender<Outcome>,
     stats: Arc<IngestStats>,
 }
@@ -210,6 +212,11 @@ impl Intake {
     pub fn rings(&self) -> &Arc<Rings> {
         &self.rings
     }
+
+    /// The engine's circuit breakers (a source pauses the partitions of parked requests).
+    pub fn circuits(&self) -> &Arc<Circuits> {
+        &self.circuits
+    }
 }
 
 /// A source, an engine and a sink, running.
@@ -217,6 +224,7 @@ pub struct Running {
     engine: Option<Engine>,
     rings: Arc<Rings>,
     engine_stats: Arc<EngineStats>,
+    circuits: Arc<Circuits>,
     source: Option<(&'static str, JoinHandle<Result<(), RunError>>)>,
     sink: Option<(&'static str, JoinHandle<Result<(), RunError>>)>,
     stop: Arc<AtomicBool>,
@@ -239,6 +247,7 @@ impl Running {
         let mut running = Running {
             rings: rings.clone(),
             engine_stats: engine.stats().clone(),
+            circuits: engine.circuits().clone(),
             engine: Some(engine),
             source: None,
             sink: None,
@@ -252,7 +261,13 @@ impl Running {
             .spawn(move || sink.run(rx, &abandon))
             .map_err(|source| RunError::Spawn { name, source })?;
         running.sink = Some((name, handle));
-        let intake = Intake { decoder, rings, completions: tx, stats: ingest_stats };
+        let intake = Intake {
+            decoder,
+            rings,
+            circuits: running.circuits.clone(),
+            completions: tx,
+            stats: ingest_stats,
+        };
         let stop = running.stop.clone();
         let name = source.thread_name();
         let handle = std::thread::Builder::new()
@@ -271,6 +286,11 @@ impl Running {
     /// The engine's rings (depth gauges).
     pub fn rings(&self) -> &Arc<Rings> {
         &self.rings
+    }
+
+    /// The engine's circuit breakers.
+    pub fn circuits(&self) -> &Arc<Circuits> {
+        &self.circuits
     }
 
     /// Whether the source, the sink and every lane thread are still running.

@@ -7,6 +7,7 @@
 use crate::config::{Config, WatermarkPolicy};
 use crate::core::{BatchCaps, Limits};
 use crate::engine::{EngineSettings, GpuLanes};
+use crate::execute::circuit::CircuitSettings;
 use crate::models::cache::CacheSettings;
 use crate::queue::BatchPolicy;
 
@@ -50,6 +51,7 @@ impl Settings {
             },
             max_retries: inf.processing.max_retries,
             idle_wait: inf.trigger_interval(),
+            circuit: CircuitSettings::from(&inf.processing.circuit_breaker),
         };
         let limits = Limits {
             max_record_bytes: inf.limits.max_record_bytes,

@@ -234,6 +234,7 @@ fn lifecycle_under_traffic_stop_drains_and_restart_resumes() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["changed"], true);
     assert_eq!(r.json()["status"]["state"], "running");
+    assert_eq!(r.json()["status"]["circuits"], json!([]), "no breaker has seen a failure");
     // Idempotent.
     let r = post(addr, "/batch-inference/streaming/start", None, "");
     assert_eq!((r.status, r.json()["changed"].clone()), (200, json!(false)), "{}", r.body);
@@ -602,8 +603,9 @@ fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval
     let s = wait_for("every record counted", Duration::from_secs(120), || {
         let s = scrape(addr);
         let done = value(&s, "sluice_requests_total", &[("outcome", "result")])
-            + ["parse", "validation", "unknown_model", "too_large", "expired", "inference"]
+            + sluice::core::ErrorClass::ALL
                 .iter()
+                .map(|c| c.as_str())
                 .map(|c| {
                     value(&s, "sluice_requests_total", &[("outcome", "dead_letter"), ("class", c)])
                 })
@@ -645,6 +647,9 @@ fn prometheus_counters_match_the_records_sent_and_snapshots_arrive_each_interval
     assert!(value(&s, "sluice_model_cache_hits_total", &[]) >= 1.0);
     assert!(sample(&s, "sluice_lane_busy_seconds_total", &[("lane", "0")]).is_some());
     assert!(sample(&s, "sluice_ring_depth", &[("ring", "normal")]).is_some());
+    // Every loaded version has its breaker's state, closed here.
+    assert_eq!(value(&s, "sluice_circuit_state", &[]), 0.0);
+    assert_eq!(value(&s, "sluice_circuit_parked_requests", &[]), 0.0);
     let s = wait_for("per-partition consumer lag", Duration::from_secs(60), || {
         let s = scrape(addr);
         sample(&s, "sluice_consumer_lag", &[("topic", t.input.as_str()), ("partition", "1")])

@@ -82,6 +82,7 @@ impl<E: Executor> Rig<E> {
             rings: rings.clone(),
             completions: tx,
             stats: Arc::new(EngineStats::new(1)),
+            circuits: Default::default(),
         };
         let policy = BatchPolicy {
             caps: BatchCaps { max_rows: 64, max_tokens: 64 * 64 },

@@ -75,7 +75,12 @@ mod cuda {
     ) -> Vec<(String, Vec<f32>)> {
         let rings = Arc::new(Rings::new(256));
         let (tx, rx) = crossbeam_channel::unbounded::<Outcome>();
-        let shared = LaneShared { rings: rings.clone(), completions: tx, stats };
+        let shared = LaneShared {
+            rings: rings.clone(),
+            completions: tx,
+            stats,
+            circuits: Default::default(),
+        };
         // Small batches: several in flight, so both staging slots are used in turn.
         let policy = BatchPolicy {
             caps: BatchCaps { max_rows: 6, max_tokens: 6 * 64 },

@@ -196,6 +196,78 @@ fn a_model_that_panics_on_one_request_dead_letters_that_request_alone() {
     stop_once_committed_to_end(&b, &t, &sent, pipeline);
 }
 
+/// A version that fails every batch while a flag file exists: its circuit breaker opens,
+/// its records wait (their partition paused, nothing dead-lettered beyond the batches that
+/// opened it) while another model's partition flows to its end, and once the fault clears a
+/// probe closes the breaker and every waiting record gets its result, without a restart.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn an_open_circuit_holds_a_failing_version_and_recovers_without_a_restart() {
+    use sluice::execute::circuit::CircuitState;
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    repo.add_mlp("flaky", "1", vec![4], 8);
+    let flag = repo.path().join("flaky-is-broken");
+    std::fs::write(&flag, b"").unwrap();
+    add_testing(
+        &repo,
+        "flaky",
+        "1",
+        &format!("fail_while_exists = {:?}", flag.display().to_string()),
+    );
+    let t = setup(&b, "circuit", 2);
+    // Partition 0: the failing version; partition 1: a healthy model.
+    let p0: Vec<Record> = (0..300).map(|i| record(&format!("f{i}"), "flaky", i as f64)).collect();
+    let p1: Vec<Record> = (0..300).map(|i| record(&format!("s{i}"), "tabular", i as f64)).collect();
+    let mut sent = b.produce(&t.input, &p0, Some(0)).unwrap();
+    sent.extend(b.produce(&t.input, &p1, Some(1)).unwrap());
+    let mut cfg = config(&b, &t, &repo.path());
+    cfg.streaming.inference.batching.max_batch_rows = 8;
+    cfg.streaming.inference.processing.max_retries = 1;
+    let cb = &mut cfg.streaming.inference.processing.circuit_breaker;
+    cb.cool_down_ms = 100;
+    cb.max_cool_down_ms = 400;
+    let limit = (cb.consecutive_failures * 8) as usize;
+    let pipeline = Pipeline::start(&cfg, cache_for(&cfg)).expect("pipeline starts");
+
+    // The healthy partition flows to its end while the breaker holds the failing version.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let p1_results = || {
+        let (out, _) = outcomes(&b, &t, 300, Duration::from_secs(5));
+        out.iter().filter(|c| source_of(c, false).1 == 1).count()
+    };
+    while p1_results() < 300 {
+        assert!(Instant::now() < deadline, "partition 1 stopped behind the failing version");
+    }
+    let circuits = pipeline.circuits().expect("running").clone();
+    common::wait_for("the breaker to open with requests parked", Duration::from_secs(60), || {
+        (circuits.parked() > 0).then_some(())
+    });
+    let view = circuits.views().into_iter().find(|v| v.model == "flaky").expect("flaky's breaker");
+    assert_ne!(view.state, CircuitState::Closed, "{view:?}");
+    assert!(view.last_error.contains("fail_while_exists"), "{view:?}");
+    let (_, dlq) = outcomes(&b, &t, 600, Duration::from_secs(3));
+    assert!(
+        dlq.len() <= limit,
+        "no dead-letter flood: {} dead letters (at most the {limit} that opened it)",
+        dlq.len()
+    );
+    assert!(dlq.iter().all(|d| header(d, "sluice.error.class") == Some("inference")));
+    let c = committed(&b, &t, 2);
+    assert!(c[0] < 300, "partition 0 is not committed past the waiting records: {c:?}");
+
+    // The fault clears: a probe closes the breaker and every waiting record is computed.
+    std::fs::remove_file(&flag).unwrap();
+    let (out, dlq) = outcomes(&b, &t, sent.len(), Duration::from_secs(180));
+    assert_one_outcome_each(&t, &sent, &out, &dlq);
+    assert!(dlq.len() <= limit);
+    let view = circuits.views().into_iter().find(|v| v.model == "flaky").expect("flaky's breaker");
+    assert_eq!(view.state, CircuitState::Closed, "{view:?}");
+    assert_eq!(circuits.parked(), 0);
+    assert!(pipeline.is_healthy());
+    stop_once_committed_to_end(&b, &t, &sent, pipeline);
+}
+
 #[cfg(not(feature = "fault-injection"))]
 #[test]
 fn slow_load_and_panic_tests_need_the_fault_injection_feature() {

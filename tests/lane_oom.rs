@@ -70,7 +70,12 @@ fn run(requests: usize, fits: usize, max_retries: u32) -> (Vec<Outcome>, Arc<Eng
     let rings = Arc::new(Rings::new(256));
     let (tx, rx) = crossbeam_channel::unbounded();
     let stats = Arc::new(EngineStats::new(1));
-    let shared = LaneShared { rings: rings.clone(), completions: tx, stats: stats.clone() };
+    let shared = LaneShared {
+        rings: rings.clone(),
+        completions: tx,
+        stats: stats.clone(),
+        circuits: Default::default(),
+    };
     let policy = BatchPolicy {
         caps: BatchCaps { max_rows: 64, max_tokens: 64 * 64 },
         ..BatchPolicy::default()

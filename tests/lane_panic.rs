@@ -58,7 +58,12 @@ fn a_panicking_model_fails_only_the_request_that_triggers_it_and_the_lane_goes_o
     let rings = Arc::new(Rings::new(256));
     let (tx, rx) = crossbeam_channel::unbounded();
     let stats = Arc::new(EngineStats::new(1));
-    let shared = LaneShared { rings: rings.clone(), completions: tx, stats: stats.clone() };
+    let shared = LaneShared {
+        rings: rings.clone(),
+        completions: tx,
+        stats: stats.clone(),
+        circuits: Default::default(),
+    };
     let policy = BatchPolicy {
         caps: BatchCaps { max_rows: 64, max_tokens: 64 * 64 },
         ..BatchPolicy::default()

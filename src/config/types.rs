@@ -371,6 +371,9 @@ pub struct ProcessingConfig {
     pub drain_timeout_secs: u64,
     /// `transactions`: the Kafka transactions of `guarantee: exactly_once`.
     pub transactions: TransactionsConfig,
+    /// `circuitBreaker`: stop computing a model version whose batches keep failing.
+    #[serde(rename = "circuitBreaker")]
+    pub circuit_breaker: CircuitBreakerConfig,
 }
 
 impl Default for ProcessingConfig {
@@ -381,8 +384,73 @@ impl Default for ProcessingConfig {
             max_retries: 3,
             drain_timeout_secs: 30,
             transactions: TransactionsConfig::default(),
+            circuit_breaker: CircuitBreakerConfig::default(),
         }
     }
+}
+
+/// `streaming.inference.processing.circuitBreaker`: one breaker per model version. It opens
+/// when that version's batches keep failing after their retries; while it is open the
+/// version's requests are not computed (they wait, or are dead-lettered as `circuit_open`),
+/// and after a cool-down one probe batch decides whether it closes again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// `enabled`: whether breakers open at all (off: every failed batch is dead-lettered as
+    /// `inference`, however many there are).
+    pub enabled: bool,
+    /// `consecutiveFailures`: failed batches of one version in a row that open its breaker
+    /// (>= 1). A batch counts as failed when its retries are spent and none of its requests
+    /// was computed; one that fails for a single bad request (the others computed) does not.
+    #[serde(rename = "consecutiveFailures")]
+    pub consecutive_failures: u32,
+    /// `failureRatePercent`: ... or this share of failed batches, in percent (1 ..= 100),
+    /// over the last `windowSeconds`, once the window holds `minBatches` batches.
+    #[serde(rename = "failureRatePercent")]
+    pub failure_rate_percent: u32,
+    /// `windowSeconds`: the window of the failure rate (>= 1).
+    #[serde(rename = "windowSeconds")]
+    pub window_seconds: u64,
+    /// `minBatches`: batches the window must hold before its rate is judged (>= 1).
+    #[serde(rename = "minBatches")]
+    pub min_batches: u32,
+    /// `coolDownMs`: how long an open breaker waits before its probe batch (>= 10). It
+    /// doubles after every failed probe, up to `maxCoolDownMs`.
+    #[serde(rename = "coolDownMs")]
+    pub cool_down_ms: u64,
+    /// `maxCoolDownMs`: the longest cool-down (>= coolDownMs).
+    #[serde(rename = "maxCoolDownMs")]
+    pub max_cool_down_ms: u64,
+    /// `whenOpen`: what happens to the requests of a version whose breaker is open.
+    #[serde(rename = "whenOpen")]
+    pub when_open: CircuitOpenPolicy,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_failures: 5,
+            failure_rate_percent: 50,
+            window_seconds: 30,
+            min_batches: 20,
+            cool_down_ms: 1_000,
+            max_cool_down_ms: 60_000,
+            when_open: CircuitOpenPolicy::Wait,
+        }
+    }
+}
+
+/// `streaming.inference.processing.circuitBreaker.whenOpen`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitOpenPolicy {
+    /// `wait`: the requests wait (uncommitted) until the breaker closes, and the partitions
+    /// they came from are paused meanwhile.
+    #[default]
+    Wait,
+    /// `dead_letter`: the requests are dead-lettered at once with class `circuit_open`.
+    DeadLetter,
 }
 
 /// `streaming.inference.processing.transactions` (used with `guarantee: exactly_once`).

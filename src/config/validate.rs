@@ -116,6 +116,19 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
             format!("may hold only letters, digits, '.', '_' and '-', got {bad:?}"),
         ));
     }
+    let cb = &inf.processing.circuit_breaker;
+    let cbk = format!("{INFERENCE}.processing.circuitBreaker");
+    at_least(&format!("{cbk}.consecutiveFailures"), u64::from(cb.consecutive_failures), 1)?;
+    if !(1..=100).contains(&cb.failure_rate_percent) {
+        return Err((
+            format!("{cbk}.failureRatePercent"),
+            format!("must be between 1 and 100, got {}", cb.failure_rate_percent),
+        ));
+    }
+    at_least(&format!("{cbk}.windowSeconds"), cb.window_seconds, 1)?;
+    at_least(&format!("{cbk}.minBatches"), u64::from(cb.min_batches), 1)?;
+    at_least(&format!("{cbk}.coolDownMs"), cb.cool_down_ms, 10)?;
+    at_least(&format!("{cbk}.maxCoolDownMs"), cb.max_cool_down_ms, cb.cool_down_ms)?;
     at_least(&format!("{INFERENCE}.batching.maxBatchRows"), b.max_batch_rows as u64, 1)?;
     at_least(&format!("{INFERENCE}.batching.maxBatchTokens"), b.max_batch_tokens as u64, 2)?;
     at_least(&format!("{INFERENCE}.batching.ringCapacity"), b.ring_capacity as u64, 1)?;

@@ -259,8 +259,12 @@ pub(crate) fn status(ctl: &Control) -> Value {
     let info = ctl.lifecycle.info();
     let loaded: Vec<Value> =
         ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
-    let (assigned, paused, counters, lag) = match ctl.lifecycle.pipeline() {
+    let (assigned, paused, counters, lag, circuits) = match ctl.lifecycle.pipeline() {
         Some((generation, p)) => {
+            let circuits = p
+                .circuits()
+                .map(|c| serde_json::to_value(c.views()).unwrap_or(Value::Null))
+                .unwrap_or_else(|| json!([]));
             let mut assigned: Vec<(String, i32)> = p.source().assigned.lock().clone();
             assigned.sort();
             let assigned: Vec<Value> =
@@ -271,9 +275,10 @@ pub(crate) fn status(ctl: &Control) -> Value {
                 paused,
                 serde_json::to_value(p.report()).unwrap_or(Value::Null),
                 ctl.observer.lag(generation).to_json(),
+                circuits,
             )
         }
-        None => (Vec::new(), false, Value::Null, LagSample::default().to_json()),
+        None => (Vec::new(), false, Value::Null, LagSample::default().to_json(), json!([])),
     };
     json!({
         "state": info.state.as_str(),
@@ -287,6 +292,7 @@ pub(crate) fn status(ctl: &Control) -> Value {
         "paused": paused,
         "lag": lag,
         "models_loaded": loaded,
+        "circuits": circuits,
         "counters": counters,
         "last_stop": info.last_stop,
     })

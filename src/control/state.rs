@@ -43,7 +43,20 @@ pub fn refresh(ctl: &Control) {
         m.waiting_for_model
             .set(p.source().stats.waiting_for_model.load(std::sync::atomic::Ordering::Relaxed)
                 as i64);
+        m.circuit_state.reset();
+        // Every loaded version has a breaker (closed until it fails).
+        for (name, version) in ctl.cache.loaded() {
+            m.circuit_state.with_label_values(&[&name, &version]).set(0);
+        }
+        if let Some(c) = p.circuits() {
+            for v in c.views() {
+                m.circuit_state.with_label_values(&[&v.model, &v.version]).set(v.state.gauge());
+            }
+            m.circuit_parked.set(c.parked() as i64);
+        }
     } else {
+        m.circuit_state.reset();
+        m.circuit_parked.set(0);
         m.held_bytes.set(0);
         m.waiting_for_model.set(0);
         m.ring_depth.with_label_values(&["priority"]).set(0);

@@ -21,11 +21,13 @@ pub enum ErrorClass {
     Expired,
     /// The model failed on it, after retries.
     Inference,
+    /// Its model version's circuit breaker is open (`whenOpen: dead_letter`): not computed.
+    CircuitOpen,
 }
 
 impl ErrorClass {
     /// How many classes there are (the size of every per-class counter array).
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 
     /// Every class, in [`index`](Self::index) order.
     pub const ALL: [ErrorClass; Self::COUNT] = [
@@ -35,6 +37,7 @@ impl ErrorClass {
         ErrorClass::TooLarge,
         ErrorClass::Expired,
         ErrorClass::Inference,
+        ErrorClass::CircuitOpen,
     ];
 
     /// This class's position in [`ALL`](Self::ALL) (and in per-class counter arrays).
@@ -51,6 +54,7 @@ impl ErrorClass {
             ErrorClass::TooLarge => "too_large",
             ErrorClass::Expired => "expired",
             ErrorClass::Inference => "inference",
+            ErrorClass::CircuitOpen => "circuit_open",
         }
     }
 }

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::circuit::{Admit, CircuitState, Circuits};
 use super::executor::Executor;
 use super::fill::{fill_batch, FillScratch};
+use crate::config::CircuitOpenPolicy;
 use crate::core::{now_epoch_ms, panic_message, EngineStats, ErrorClass, Failure, Outcome};
 use crate::models::{LoadedModel, ModelError};
 use crate::queue::{BatchPolicy, Batcher, Request, Rings};
@@ -18,6 +20,8 @@ pub struct LaneShared {
     pub rings: Arc<Rings>,
     pub completions: Sender<Outcome>,
     pub stats: Arc<EngineStats>,
+    /// The model versions' circuit breakers, and the requests parked behind open ones.
+    pub circuits: Arc<Circuits>,
 }
 
 /// One lane's settings.
@@ -50,6 +54,7 @@ pub struct Lane<E: Executor> {
     inflight: VecDeque<InFlight>,
     pool: Vec<Vec<Request>>,
     expired: Vec<(Request, Failure)>,
+    parked_scratch: Vec<Request>,
 }
 
 impl<E: Executor> Lane<E> {
@@ -62,6 +67,7 @@ impl<E: Executor> Lane<E> {
             pool: (0..depth + 1).map(|_| Vec::with_capacity(rows)).collect(),
             inflight: VecDeque::with_capacity(depth),
             expired: Vec::with_capacity(rows * 4),
+            parked_scratch: Vec::new(),
             scratch: FillScratch::default(),
             executor,
             shared,
@@ -105,6 +111,17 @@ impl<E: Executor> Lane<E> {
         for (req, f) in self.expired.drain(..) {
             send(&self.shared.completions, req.into_failed(f, None, 0));
         }
+        if self.shared.circuits.parked() > 0 {
+            self.expire_parked();
+            if let Some(probe) = self.shared.circuits.take_probe() {
+                // Synchronously, like a retry: nothing of this lane may be in flight.
+                self.drain_inflight();
+                self.shared.stats.mark_busy(self.settings.index);
+                let model = probe.model.clone();
+                self.run_now(vec![probe], model, Instant::now());
+                return true;
+            }
+        }
         let mut reqs = self.pool.pop().unwrap_or_default();
         if self.batcher.next_batch(&mut reqs).is_none() {
             self.pool.push(reqs);
@@ -113,6 +130,10 @@ impl<E: Executor> Lane<E> {
         let started = Instant::now();
         self.shared.stats.mark_busy(self.settings.index);
         let model = reqs[0].model.clone();
+        if !self.admitted(&model, &mut reqs) {
+            self.pool.push(reqs);
+            return true;
+        }
         if let Err((k, why)) = fill_batch(&model, &reqs, self.executor.staging(), &mut self.scratch)
         {
             let bad = reqs.swap_remove(k);
@@ -143,7 +164,7 @@ impl<E: Executor> Lane<E> {
             }
             Err(e) => {
                 self.drain_inflight();
-                self.retry(job, 1, e);
+                self.retry(job, e);
             }
         }
         true
@@ -165,12 +186,21 @@ impl<E: Executor> Lane<E> {
             Err(e) => {
                 // Finish the batches behind it first: retries run synchronously.
                 self.drain_inflight();
-                self.retry(job, 1, e);
+                self.retry(job, e);
             }
         }
     }
 
-    fn emit_success(&mut self, mut job: InFlight, out: crate::core::BatchOutput) {
+    /// A batch computed at its first attempt: its results, and a success for its breaker.
+    fn emit_success(&mut self, job: InFlight, out: crate::core::BatchOutput) {
+        let model = job.model.clone();
+        self.emit_results(job, out);
+        for r in self.shared.circuits.record_success(&model) {
+            self.batcher.push(r);
+        }
+    }
+
+    fn emit_results(&mut self, mut job: InFlight, out: crate::core::BatchOutput) {
         let infer_us = job.started.elapsed().as_micros() as u64;
         self.shared.stats.record_batch(
             self.settings.index,
@@ -194,13 +224,67 @@ impl<E: Executor> Lane<E> {
         self.pool.push(job.reqs);
     }
 
+    /// Asks the model version's circuit breaker about a batch: `true` to compute it; else its
+    /// requests were parked (breaker open, `whenOpen: wait`) or dead-lettered as
+    /// `circuit_open` (`whenOpen: dead_letter`), and `reqs` is empty.
+    fn admitted(&mut self, model: &LoadedModel, reqs: &mut Vec<Request>) -> bool {
+        match self.shared.circuits.admit(model) {
+            Admit::Run | Admit::Probe => true,
+            Admit::Park => {
+                self.shared.circuits.park(reqs.drain(..));
+                false
+            }
+            Admit::Reject(f) => {
+                for r in reqs.drain(..) {
+                    send(&self.shared.completions, r.into_failed(f.clone(), None, 0));
+                }
+                false
+            }
+        }
+    }
+
+    /// Dead-letters the parked requests whose deadline passed while they waited.
+    fn expire_parked(&mut self) {
+        self.shared.circuits.take_expired(now_epoch_ms(), &mut self.parked_scratch);
+        for r in self.parked_scratch.drain(..) {
+            let f = Failure::new(
+                ErrorClass::Expired,
+                "deadline passed while the model version's circuit breaker was open",
+            );
+            send(&self.shared.completions, r.into_failed(f, None, 0));
+        }
+    }
+
+    /// A failed batch (its first attempt): retried synchronously, then judged as a whole
+    /// for its version's circuit breaker (see [`settle`](Self::settle)).
+    fn retry(&mut self, job: InFlight, error: ModelError) {
+        let model = job.model.clone();
+        let mut tally = Tally::default();
+        self.retry_tree(job, 1, error, &mut tally);
+        self.settle(&model, tally);
+    }
+
+    /// Computes `reqs` synchronously as a batch of its own (a probe of an open breaker),
+    /// with retries, and judges it like any batch.
+    fn run_now(&mut self, reqs: Vec<Request>, model: Arc<LoadedModel>, started: Instant) {
+        let mut tally = Tally::default();
+        self.run_sub(reqs, model.clone(), started, 1, &mut tally);
+        self.settle(&model, tally);
+    }
+
     /// Retries a failed batch synchronously: the whole batch once more if it is a single
     /// request, else each half (an out-of-memory batch usually fits when halved). Splitting
     /// a batch of several requests that ran out of memory or panicked does not spend a
     /// retry: halving ends after log2(requests) rounds, a batch too big for the device is
     /// never dead-lettered for its size alone, and a request that makes the model panic is
-    /// isolated and fails alone.
-    fn retry(&mut self, mut job: InFlight, attempt: u32, error: ModelError) {
+    /// isolated and fails alone. Requests whose retries are spent go to `tally`.
+    fn retry_tree(
+        &mut self,
+        mut job: InFlight,
+        attempt: u32,
+        error: ModelError,
+        tally: &mut Tally,
+    ) {
         self.shared.stats.failed_batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let free_split = error.splits_for_free() && job.reqs.len() > 1;
         if error.is_out_of_memory() {
@@ -212,15 +296,16 @@ impl<E: Executor> Lane<E> {
         let error = error.to_string();
         let next_attempt = if free_split { attempt } else { attempt + 1 };
         if !free_split && attempt > self.settings.max_retries {
-            tracing::warn!(lane = self.settings.index, model = %job.model.name, requests = job.reqs.len(), attempts = attempt, %error, "batch failed; dead-lettering its requests");
+            tracing::debug!(lane = self.settings.index, model = %job.model.name, requests = job.reqs.len(), attempts = attempt, %error, "retries of a batch spent");
             for mut req in job.reqs.drain(..) {
                 req.env.attempts = attempt;
                 let f = Failure::new(
                     ErrorClass::Inference,
                     format!("inference failed after {attempt} attempts: {error}"),
                 );
-                send(&self.shared.completions, req.into_failed(f, Some(job.started), 0));
+                tally.failed.push((req, f, job.started));
             }
+            tally.error = error;
             self.pool.push(job.reqs);
             return;
         }
@@ -236,41 +321,89 @@ impl<E: Executor> Lane<E> {
             for r in reqs.iter_mut() {
                 r.env.attempts = r.env.attempts.max(attempt) + 1;
             }
-            let started = job.started;
-            if let Err((k, why)) =
-                fill_batch(&job.model, &reqs, self.executor.staging(), &mut self.scratch)
-            {
-                let bad = reqs.swap_remove(k);
-                send(
-                    &self.shared.completions,
-                    bad.into_failed(
-                        Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
-                        Some(started),
-                        0,
-                    ),
-                );
-            }
-            if reqs.is_empty() {
-                continue;
-            }
-            let st = self.executor.staging();
-            let (rows, real, padded) = (st.rows, st.real_tokens(), st.padded_tokens());
-            let sub = InFlight {
-                reqs,
-                model: job.model.clone(),
-                started,
-                rows,
-                real_tokens: real,
-                padded_tokens: padded,
-            };
-            let result = guarded("submit", || self.executor.submit(&sub.model))
-                .and_then(|_| guarded("collect", || self.executor.collect()));
-            match result {
-                Ok(out) => self.emit_success(sub, out),
-                Err(e) => self.retry(sub, next_attempt, e),
-            }
+            self.run_sub(reqs, job.model.clone(), job.started, next_attempt, tally);
         }
     }
+
+    /// Stages and computes `reqs` synchronously; a failure goes to
+    /// [`retry_tree`](Self::retry_tree) with `attempt`.
+    fn run_sub(
+        &mut self,
+        mut reqs: Vec<Request>,
+        model: Arc<LoadedModel>,
+        started: Instant,
+        attempt: u32,
+        tally: &mut Tally,
+    ) {
+        if let Err((k, why)) = fill_batch(&model, &reqs, self.executor.staging(), &mut self.scratch)
+        {
+            let bad = reqs.swap_remove(k);
+            send(
+                &self.shared.completions,
+                bad.into_failed(
+                    Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
+                    Some(started),
+                    0,
+                ),
+            );
+            // The others are staged again, without it.
+            if !reqs.is_empty() {
+                self.run_sub(reqs, model, started, attempt, tally);
+            }
+            return;
+        }
+        let st = self.executor.staging();
+        let (rows, real, padded) = (st.rows, st.real_tokens(), st.padded_tokens());
+        let sub = InFlight { reqs, model, started, rows, real_tokens: real, padded_tokens: padded };
+        let result = guarded("submit", || self.executor.submit(&sub.model))
+            .and_then(|_| guarded("collect", || self.executor.collect()));
+        match result {
+            Ok(out) => {
+                tally.computed = true;
+                self.emit_results(sub, out);
+            }
+            Err(e) => self.retry_tree(sub, attempt, e, tally),
+        }
+    }
+
+    /// Judges a batch whose retries are over. Some of its requests computed: the version
+    /// works (the others failed for their own input), so the failed ones are dead-lettered
+    /// as `inference` and the breaker hears of a success. None computed: a failure of the
+    /// version; if that leaves its breaker open, the requests are parked (`whenOpen: wait`)
+    /// instead of dead-lettered.
+    fn settle(&mut self, model: &Arc<LoadedModel>, tally: Tally) {
+        if tally.computed {
+            for r in self.shared.circuits.record_success(model) {
+                self.batcher.push(r);
+            }
+        } else if !tally.failed.is_empty() {
+            let circuit = self.shared.circuits.record_failure(model, &tally.error);
+            if circuit != CircuitState::Closed
+                && self.shared.circuits.settings().when_open == CircuitOpenPolicy::Wait
+            {
+                tracing::debug!(lane = self.settings.index, model = %model.name, requests = tally.failed.len(), "batch failed with its circuit open: its requests are parked");
+                self.shared.circuits.park(tally.failed.into_iter().map(|(r, _, _)| r));
+                return;
+            }
+        }
+        if let Some((_, f, _)) = tally.failed.first() {
+            tracing::warn!(lane = self.settings.index, model = %model.name, requests = tally.failed.len(), reason = %f.reason, "batch failed; dead-lettering its requests");
+        }
+        for (req, f, started) in tally.failed {
+            send(&self.shared.completions, req.into_failed(f, Some(started), 0));
+        }
+    }
+}
+
+/// What became of a failed batch's retries.
+#[derive(Default)]
+struct Tally {
+    /// Some request of it was computed.
+    computed: bool,
+    /// Requests whose retries are spent, with their failure and their batch's start.
+    failed: Vec<(Request, Failure, Instant)>,
+    /// The last error.
+    error: String,
 }
 
 /// Runs one executor call; a panic inside it (a bug in a model, a kernel wrapper, a library)

@@ -4,6 +4,7 @@
 //! **Architecture invariant:** only a lane thread runs a model; a CUDA lane is the only
 //! thread that touches its stream.
 
+pub mod circuit;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod executor;

@@ -107,6 +107,10 @@ pub fn run(job: BatchJob) -> Result<BatchSummary, JsonlError> {
     let file = |what, path: &Path, r: std::io::Result<File>| {
         r.map_err(|source| JsonlError::File { what, path: path.to_path_buf(), source })
     };
+    // A file is read once: a line parked behind an open circuit breaker would never get an
+    // outcome, so an open breaker dead-letters (`circuit_open`) instead of waiting.
+    let mut engine = job.engine.clone();
+    engine.circuit.when_open = crate::config::CircuitOpenPolicy::DeadLetter;
     let input = file("opening input", &job.input, File::open(&job.input))?;
     let out = file("creating output", &job.output, File::create(&job.output))?;
     let dlq = file("creating DLQ file", &job.dlq, File::create(&job.dlq))?;
@@ -123,7 +127,7 @@ pub fn run(job: BatchJob) -> Result<BatchSummary, JsonlError> {
     let ingest = Arc::new(IngestStats::default());
     let decoder = Decoder::new(job.cache.clone(), job.limits.clone(), Some(job.model.clone()));
     let running =
-        Running::start(Box::new(source), Box::new(sink), &job.engine, decoder, ingest.clone())?;
+        Running::start(Box::new(source), Box::new(sink), &engine, decoder, ingest.clone())?;
     let stats = running.engine_stats().clone();
     running.finish()?;
 

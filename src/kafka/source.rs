@@ -20,6 +20,7 @@ use super::probe::PartitionLag;
 use crate::core::{
     ContentType, Envelope, ErrorClass, Failure, IngestStats, InvalidInput, Priority, Source,
 };
+use crate::execute::circuit::Circuits;
 use crate::models::{LoadDone, ModelKey};
 use crate::queue::Request;
 use crate::run::{Intake, Intaken, RecordSource, RunError};
@@ -54,6 +55,9 @@ pub struct SourceShared {
     pub transactions: Option<crossbeam_channel::Sender<super::commit::CommitRequest>>,
     /// Exactly-once: set once the emit thread's transactions are gone (it ended).
     pub transactions_closed: Arc<AtomicBool>,
+    /// The engine's circuit breakers (set when the ingest thread starts): a revocation
+    /// drops the revoked partitions' parked requests.
+    pub circuits: std::sync::OnceLock<Arc<Circuits>>,
 }
 
 /// Requests held back because their ring was full, per ring, and records waiting for their
@@ -101,6 +105,7 @@ impl SourceShared {
             stats: Arc::default(),
             transactions,
             transactions_closed: Arc::default(),
+            circuits: std::sync::OnceLock::new(),
         })
     }
 }
@@ -111,6 +116,23 @@ pub struct SourceContext {
 }
 
 impl ClientContext for SourceContext {}
+
+impl SourceContext {
+    /// Drops the requests of `parts` parked behind open circuit breakers: uncommitted, the
+    /// next owner reads them again.
+    fn forget_parked(&self, parts: &[(String, i32)]) {
+        let Some(circuits) = self.shared.circuits.get() else { return };
+        let dropped = circuits.take_parked_of(parts);
+        if dropped.is_empty() {
+            return;
+        }
+        let mut tracker = self.shared.tracker.lock();
+        for r in &dropped {
+            tracker.forget(&r.env.source.topic, r.env.source.partition, r.env.source.offset);
+        }
+        tracing::info!(requests = dropped.len(), "revocation: requests parked behind an open circuit breaker are left for the next owner");
+    }
+}
 
 impl ConsumerContext for SourceContext {
     /// On revocation: drop the revoked partitions' not-yet-queued records (un-committed, the
@@ -138,6 +160,7 @@ impl ConsumerContext for SourceContext {
             held.normal.retain(|r| keep(&r.env.source));
             held.waiting.retain(|(env, _)| keep(&env.source));
         }
+        self.forget_parked(&parts);
         self.shared.paused_parts.lock().retain(|a| !parts.contains(a));
         self.shared.assignment_epoch.fetch_add(1, Ordering::SeqCst);
         // Partitions lost (the session expired: the broker is gone, or this member was
@@ -167,6 +190,8 @@ impl ConsumerContext for SourceContext {
         };
         let deadline = Instant::now() + wait;
         loop {
+            // A lane may park another request of these partitions meanwhile.
+            self.forget_parked(&parts);
             let left: usize = {
                 let t = self.shared.tracker.lock();
                 parts.iter().map(|(topic, p)| t.in_flight(topic, *p)).sum()
@@ -357,6 +382,7 @@ impl RecordSource for KafkaSource {
                 .spawn(move || commit_loop(&consumer, &shared, every, &commit_stop_rx))
                 .map_err(|source| RunError::Spawn { name: "sluice-commit", source })?
         };
+        let _ = self.shared.circuits.set(intake.circuits().clone());
         let mut last_poll_error: Option<Instant> = None;
         tracing::info!(input = %input, priority = %priority, "ingest started");
         let consumer = self.consumer.clone();
@@ -375,6 +401,7 @@ impl RecordSource for KafkaSource {
                 priority: prio_held || full,
                 normal: normal_held || full,
                 waiting: self.waiting_partitions_if_full(max_waiting),
+                circuit: intake.circuits().parked_partitions(),
                 all: false,
             };
             // Both rings full: let the lanes make room, then poll without waiting (heartbeats,
@@ -502,6 +529,8 @@ struct PauseWish {
     normal: bool,
     /// Partitions whose records wait for a model load, while the wait queue is full.
     waiting: Vec<(Arc<str>, i32)>,
+    /// Partitions with requests parked behind an open circuit breaker.
+    circuit: Vec<(Arc<str>, i32)>,
     /// Everything assigned (stopping).
     all: bool,
 }
@@ -662,6 +691,7 @@ impl KafkaSource {
                     || (wish.priority && t == priority)
                     || (wish.normal && t == input)
                     || wish.waiting.iter().any(|(wt, wp)| **wt == **t && wp == p)
+                    || wish.circuit.iter().any(|(wt, wp)| **wt == **t && wp == p)
             })
             .collect();
         let mut now = self.shared.paused_parts.lock();

@@ -118,8 +118,14 @@ impl LoadedModel {
             return Err(ModelError::Inference("empty batch".into()));
         }
         if let Some(t) = &self.testing {
-            injected_faults(t, staging);
+            injected_faults(t, staging)?;
         }
+        self.compute(staging)
+    }
+
+    /// The model's computation, without `[testing]` faults (warm-up checks the model, not
+    /// the faults a test injects into serving).
+    fn compute(&self, staging: &HostStaging) -> Result<BatchOutput, ModelError> {
         match &self.runner {
             Runner::Bert(b) => b.forward(staging),
             Runner::Mlp(m) => m.forward(staging),
@@ -168,7 +174,7 @@ impl LoadedModel {
     }
 
     fn check_finite(&self, st: &HostStaging) -> Result<(), ModelError> {
-        let out = self.forward(st)?;
+        let out = self.compute(st)?;
         if out.rows() != st.rows || out.data.iter().any(|x| !x.is_finite()) {
             return Err(ModelError::Load {
                 name: self.name.to_string(),
@@ -195,7 +201,15 @@ fn wait_for_gate(gate: &Path) {
 /// The `[testing]` faults of a forward pass (models that have the table exist only in
 /// builds with the `fault-injection` feature): a panic, or a hold until a gate file exists,
 /// on a batch holding a row whose first feature is the marked value.
-fn injected_faults(t: &super::spec::TestingSpec, staging: &HostStaging) {
+fn injected_faults(t: &super::spec::TestingSpec, staging: &HostStaging) -> Result<(), ModelError> {
+    if let Some(flag) = &t.fail_while_exists {
+        if flag.exists() {
+            return Err(ModelError::Inference(format!(
+                "[testing] fail_while_exists: {} exists",
+                flag.display()
+            )));
+        }
+    }
     let w = staging.width.max(1);
     let rows = || staging.features[..staging.rows * staging.width].chunks(w);
     if let Some(v) = t.panic_on_first_feature {
@@ -208,4 +222,5 @@ fn injected_faults(t: &super::spec::TestingSpec, staging: &HostStaging) {
             wait_for_gate(gate);
         }
     }
+    Ok(())
 }

@@ -115,6 +115,9 @@ pub struct TestingSpec {
     pub hold_on_first_feature: Option<f32>,
     /// The file that releases held batches.
     pub hold_gate: Option<std::path::PathBuf>,
+    /// Every batch fails (an inference error, as a device fault would) while this file
+    /// exists: a version that breaks and recovers when the test says so.
+    pub fail_while_exists: Option<std::path::PathBuf>,
 }
 
 impl ModelSpec {

@@ -324,6 +324,8 @@ pub struct Metrics {
     pub pipeline_starts: IntCounter,
     pub pipeline_start_failures: IntCounter,
     pub kafka_reachable: IntGauge,
+    pub circuit_state: IntGaugeVec,
+    pub circuit_parked: IntGauge,
     pub control_requests: IntCounterVec,
     mirror: Mutex<Mirror>,
 }
@@ -411,6 +413,8 @@ impl Metrics {
             pipeline_starts: counter("sluice_pipeline_starts_total", "Pipeline starts that succeeded"),
             pipeline_start_failures: counter("sluice_pipeline_start_failures_total", "Pipeline starts that failed"),
             kafka_reachable: gauge("sluice_kafka_reachable", "1 when the last broker check succeeded"),
+            circuit_state: gauge_vec("sluice_circuit_state", "Circuit breaker of each model version that has failed: 0 closed, 1 half-open (probing), 2 open", &["model", "version"]),
+            circuit_parked: gauge("sluice_circuit_parked_requests", "Requests parked (uncommitted) behind open circuit breakers"),
             control_requests,
             mirror: Mutex::new(Mirror::default()),
             registry,
