@@ -380,6 +380,7 @@ impl Bench {
             policy,
             max_retries: 0,
             idle_wait: Duration::from_millis(1),
+            ..EngineSettings::default()
         };
         (settings, Limits { caps, ..Limits::default() })
     }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::core::{EngineStats, Outcome};
+use crate::core::{EngineStats, LaneState, Outcome};
 use crate::execute::circuit::{CircuitSettings, Circuits};
-use crate::execute::lane::Lane;
+use crate::execute::lane::{Lane, LaneExit};
+use crate::execute::Executor;
 use crate::execute::{CpuExecutor, LaneSettings, LaneShared};
 use crate::queue::Request;
 use crate::queue::{BatchPolicy, Rings};
@@ -46,6 +47,10 @@ pub struct EngineSettings {
     pub idle_wait: Duration,
     /// The model versions' circuit breakers.
     pub circuit: CircuitSettings,
+    /// Device faults in a row that take a lane out of service (`gpu.laneFailureLimit`).
+    pub lane_failure_limit: u32,
+    /// A GPU lane out of service goes on as a CPU lane (`gpu.cpuFallback`).
+    pub cpu_fallback: bool,
 }
 
 /// Running lanes over shared rings.
@@ -90,7 +95,7 @@ impl Engine {
             let lane = Lane::new(executor, shared.clone(), settings.lane_settings(index));
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-lane-{index}"))
-                .spawn(move || run_lane(index, || lane.run()));
+                .spawn(move || run_lane(index, || serve_lane(lane, NO_FALLBACK)));
             match handle {
                 Ok(h) => engine.lanes.push(h),
                 Err(e) => return Err(engine.abort(e)),
@@ -129,13 +134,17 @@ impl Engine {
         let caps = settings.policy.caps;
         let (shared, lane_settings, stats) =
             (shared.clone(), settings.lane_settings(index), self.stats.clone());
+        let fallback = settings.cpu_fallback.then(|| {
+            let (shared, lane_settings) = (shared.clone(), lane_settings.clone());
+            move || Lane::new(CpuExecutor::new(caps), shared, lane_settings)
+        });
         let handle =
             std::thread::Builder::new().name(format!("sluice-lane-{index}")).spawn(move || {
                 match CudaExecutor::new(device, stream, caps, stats, index) {
                     Ok(executor) => {
                         let _ = ready_tx.send(Ok(()));
                         let lane = Lane::new(executor, shared, lane_settings);
-                        run_lane(index, || lane.run());
+                        run_lane(index, || serve_lane(lane, fallback));
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -179,11 +188,19 @@ impl Engine {
         &self.circuits
     }
 
-    /// Whether every lane thread is still running. A lane ends on its own only when it
-    /// panicked outside a model call (a bug in Sluice); the pipeline then reports itself
-    /// failed, and the requests that lane held stay uncommitted.
+    /// Whether the lanes can serve: every lane thread still running (a lane ends on its own
+    /// only when it panicked outside a model call, a bug in Sluice, or when it was taken out
+    /// of service), except lanes out of service, and at least one lane in service. Else the
+    /// pipeline reports itself failed; what the lanes held stays uncommitted.
     pub fn lanes_alive(&self) -> bool {
-        self.lanes.iter().all(|h| !h.is_finished())
+        let states = self.stats.lane_states();
+        let in_service = states.iter().filter(|s| **s != LaneState::OutOfService).count();
+        in_service > 0
+            && self
+                .lanes
+                .iter()
+                .enumerate()
+                .all(|(i, h)| !h.is_finished() || states.get(i) == Some(&LaneState::OutOfService))
     }
 
     /// Queues a request; hands it back if its ring is full.
@@ -261,9 +278,33 @@ pub fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
     true
 }
 
+/// No CPU fallback (CPU lanes, and GPU lanes without `gpu.cpuFallback`).
+pub const NO_FALLBACK: Option<fn() -> Lane<CpuExecutor>> = None;
+
+/// Runs `lane` until it finishes; if it leaves service (device faults) and `fallback` is
+/// given, goes on as the CPU lane `fallback` builds (same thread and index:
+/// `gpu.cpuFallback`).
+pub fn serve_lane<E: Executor, F: FnOnce() -> Lane<CpuExecutor>>(
+    lane: Lane<E>,
+    fallback: Option<F>,
+) -> LaneExit {
+    let (index, stats) = (lane.index(), lane.stats().clone());
+    match lane.run() {
+        LaneExit::OutOfService(why) => match fallback {
+            Some(build) => {
+                tracing::warn!(lane = index, reason = %why, "gpu.cpuFallback: the lane goes on as a CPU lane");
+                stats.set_lane_state(index, LaneState::CpuFallback);
+                build().run()
+            }
+            None => LaneExit::OutOfService(why),
+        },
+        done => done,
+    }
+}
+
 /// Runs a lane loop, logging a panic that escapes it (panics inside model calls are caught
 /// per batch by the lane itself).
-fn run_lane(index: usize, run: impl FnOnce()) {
+fn run_lane(index: usize, run: impl FnOnce() -> LaneExit) {
     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         let why = crate::core::panic_message(p.as_ref());
         tracing::error!(lane = index, panic = %why, "lane thread panicked and stopped; the pipeline is failed, and its in-flight records stay uncommitted");
@@ -277,6 +318,7 @@ impl EngineSettings {
             policy: self.policy.clone(),
             max_retries: self.max_retries,
             idle_wait: self.idle_wait,
+            device_fault_limit: self.lane_failure_limit.max(1),
         }
     }
 }

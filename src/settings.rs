@@ -52,6 +52,8 @@ impl Settings {
             max_retries: inf.processing.max_retries,
             idle_wait: inf.trigger_interval(),
             circuit: CircuitSettings::from(&inf.processing.circuit_breaker),
+            lane_failure_limit: cfg.gpu.lane_failure_limit,
+            cpu_fallback: cfg.gpu.cpu_fallback,
         };
         let limits = Limits {
             max_record_bytes: inf.limits.max_record_bytes,

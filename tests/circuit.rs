@@ -89,8 +89,13 @@ fn rig(cfg: CircuitBreakerConfig) -> Rig {
         caps: BatchCaps { max_rows: 8, max_tokens: 8 * 64 },
         ..BatchPolicy::default()
     };
-    let settings =
-        LaneSettings { index: 0, policy, max_retries: 1, idle_wait: Duration::from_millis(1) };
+    let settings = LaneSettings {
+        index: 0,
+        policy,
+        max_retries: 1,
+        idle_wait: Duration::from_millis(1),
+        device_fault_limit: 3,
+    };
     let fail = Arc::new(AtomicBool::new(true));
     let exec = Switchable {
         staging: HostStaging::default(),

@@ -762,3 +762,54 @@ fn slow_clients_cannot_starve_the_probes_and_the_token_is_trimmed() {
     let r = post(addr, "/batch-inference/streaming/stop", Some("s3cret"), "");
     assert_ne!(r.status, 401, "{}", r.body);
 }
+
+/// Degraded mode: a serving version that fails to load leaves the previous one serving; a
+/// model repository that becomes unreadable (its mount lost) leaves the loaded versions
+/// serving, and readiness stays green while they do, with the repository's error shown.
+#[test]
+fn a_failed_serving_switch_and_a_lost_repository_leave_the_loaded_models_serving() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    repo.add_mlp("dual", "1", vec![4], 11);
+    repo.add_mlp("dual", "2", vec![4], 12);
+    std::fs::write(repo.path().join("dual/2/model.safetensors"), b"broken weights").unwrap();
+    let t = topics(&b, "cp-degraded", 1);
+    let cfg = config(&b.bootstrap, &t, &repo);
+    let cp = control(&cfg, &repo, true);
+    let addr = cp.local_addr();
+    wait_running(addr);
+    let mut sent = requests("dual", 0, 50);
+    b.produce(&t.input, &sent, None).unwrap();
+    let seen = outcome_ids(&b, &t, 50, Duration::from_secs(120));
+    assert_eq!(seen.len(), 50);
+
+    // Version 2 does not load: the switch is refused and version 1 keeps serving.
+    let r = post(addr, "/batch-inference/models/dual/serving", None, r#"{"version": "2"}"#);
+    assert!(r.status >= 400, "a version that fails to load is not made serving: {}", r.body);
+    let models = get(addr, "/batch-inference/models").json();
+    let dual = models["models"].as_array().unwrap().iter().find(|m| m["name"] == "dual").cloned();
+    assert_eq!(dual.unwrap()["serving"], "1", "the previous version still serves");
+
+    // The repository disappears (a lost mount): the loaded version keeps serving.
+    let moved = repo.path().with_extension("lost");
+    std::fs::rename(repo.path(), &moved).unwrap();
+    let more = requests("dual", 50, 100);
+    b.produce(&t.input, &more, None).unwrap();
+    sent.extend(more);
+    let seen = outcome_ids(&b, &t, 100, Duration::from_secs(120));
+    assert_eq!(seen.len(), 100, "every record has an outcome");
+    let out = b.consume(&t.output, 100, Duration::from_secs(30));
+    assert_eq!(out.len(), 100, "all of them results, served by the loaded version");
+    let (status, body) = ready(addr);
+    assert_eq!(status, 200, "ready while the loaded models serve: {body}");
+    let models = &body["checks"]["models"];
+    assert_eq!(models["detail"]["degraded"], true, "{body}");
+    assert!(models["detail"]["error"].as_str().unwrap_or_default().contains("model repository"));
+
+    // Back: nothing to do.
+    std::fs::rename(&moved, repo.path()).unwrap();
+    let (status, body) = ready(addr);
+    assert_eq!(status, 200);
+    assert!(body["checks"]["models"]["detail"]["degraded"].is_null(), "{body}");
+    drop(cp);
+}

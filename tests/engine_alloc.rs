@@ -93,6 +93,7 @@ impl<E: Executor> Rig<E> {
             policy,
             max_retries: 0,
             idle_wait: std::time::Duration::from_millis(1),
+            device_fault_limit: 3,
         };
         Rig {
             lane: Lane::new(executor, shared, settings),

@@ -86,8 +86,13 @@ mod cuda {
             caps: BatchCaps { max_rows: 6, max_tokens: 6 * 64 },
             ..BatchPolicy::default()
         };
-        let settings =
-            LaneSettings { index: 0, policy, max_retries: 1, idle_wait: Duration::from_millis(1) };
+        let settings = LaneSettings {
+            index: 0,
+            policy,
+            max_retries: 1,
+            idle_wait: Duration::from_millis(1),
+            device_fault_limit: 3,
+        };
         let mut decoder = repo.decoder(Limits::default());
         for (i, p) in payloads.iter().enumerate() {
             let req = decoder

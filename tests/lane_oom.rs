@@ -85,6 +85,7 @@ fn run(requests: usize, fits: usize, max_retries: u32) -> (Vec<Outcome>, Arc<Eng
         policy,
         max_retries,
         idle_wait: std::time::Duration::from_millis(1),
+        device_fault_limit: 3,
     };
     let exec = TightMemory { staging: HostStaging::default(), fits, out: None, largest_ok: 0 };
     let mut lane = Lane::new(exec, shared, settings);

@@ -73,6 +73,7 @@ fn a_panicking_model_fails_only_the_request_that_triggers_it_and_the_lane_goes_o
         policy,
         max_retries: 1,
         idle_wait: std::time::Duration::from_millis(1),
+        device_fault_limit: 3,
     };
     let exec = Panicky { staging: HostStaging::default(), poison_above: 8, out: None };
     let mut lane = Lane::new(exec, shared, settings);

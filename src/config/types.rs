@@ -693,11 +693,24 @@ pub struct GpuConfig {
     /// throughput and longer batches than one at every batch size.
     #[serde(rename = "streamsPerDevice")]
     pub streams_per_device: usize,
+    /// `laneFailureLimit`: device faults in a row (sticky CUDA errors, a lost device) after
+    /// which a GPU lane is taken out of service; its work goes to the remaining lanes (>= 1).
+    #[serde(rename = "laneFailureLimit")]
+    pub lane_failure_limit: u32,
+    /// `cpuFallback`: a GPU lane taken out of service goes on as a CPU lane (same thread and
+    /// index) instead of ending, so capacity degrades rather than disappears.
+    #[serde(rename = "cpuFallback")]
+    pub cpu_fallback: bool,
 }
 
 impl Default for GpuConfig {
     fn default() -> Self {
-        Self { devices: Vec::new(), streams_per_device: 1 }
+        Self {
+            devices: Vec::new(),
+            streams_per_device: 1,
+            lane_failure_limit: 3,
+            cpu_fallback: false,
+        }
     }
 }
 

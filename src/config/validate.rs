@@ -129,6 +129,7 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
     at_least(&format!("{cbk}.minBatches"), u64::from(cb.min_batches), 1)?;
     at_least(&format!("{cbk}.coolDownMs"), cb.cool_down_ms, 10)?;
     at_least(&format!("{cbk}.maxCoolDownMs"), cb.max_cool_down_ms, cb.cool_down_ms)?;
+    at_least("gpu.laneFailureLimit", u64::from(c.gpu.lane_failure_limit), 1)?;
     at_least(&format!("{INFERENCE}.batching.maxBatchRows"), b.max_batch_rows as u64, 1)?;
     at_least(&format!("{INFERENCE}.batching.maxBatchTokens"), b.max_batch_tokens as u64, 2)?;
     at_least(&format!("{INFERENCE}.batching.ringCapacity"), b.ring_capacity as u64, 1)?;

@@ -259,8 +259,15 @@ pub(crate) fn status(ctl: &Control) -> Value {
     let info = ctl.lifecycle.info();
     let loaded: Vec<Value> =
         ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
-    let (assigned, paused, counters, lag, circuits) = match ctl.lifecycle.pipeline() {
+    let (assigned, paused, counters, lag, circuits, lanes) = match ctl.lifecycle.pipeline() {
         Some((generation, p)) => {
+            let lanes: Vec<Value> = p
+                .engine_stats
+                .lane_states()
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| json!({"lane": i, "state": s.as_str()}))
+                .collect();
             let circuits = p
                 .circuits()
                 .map(|c| serde_json::to_value(c.views()).unwrap_or(Value::Null))
@@ -276,9 +283,12 @@ pub(crate) fn status(ctl: &Control) -> Value {
                 serde_json::to_value(p.report()).unwrap_or(Value::Null),
                 ctl.observer.lag(generation).to_json(),
                 circuits,
+                lanes,
             )
         }
-        None => (Vec::new(), false, Value::Null, LagSample::default().to_json(), json!([])),
+        None => {
+            (Vec::new(), false, Value::Null, LagSample::default().to_json(), json!([]), Vec::new())
+        }
     };
     json!({
         "state": info.state.as_str(),
@@ -293,6 +303,7 @@ pub(crate) fn status(ctl: &Control) -> Value {
         "lag": lag,
         "models_loaded": loaded,
         "circuits": circuits,
+        "lanes": lanes,
         "counters": counters,
         "last_stop": info.last_stop,
     })

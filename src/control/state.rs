@@ -43,6 +43,10 @@ pub fn refresh(ctl: &Control) {
         m.waiting_for_model
             .set(p.source().stats.waiting_for_model.load(std::sync::atomic::Ordering::Relaxed)
                 as i64);
+        for (i, s) in p.engine_stats.lane_states().into_iter().enumerate() {
+            let serving = i64::from(s != crate::core::LaneState::OutOfService);
+            m.lane_in_service.with_label_values(&[&i.to_string()]).set(serving);
+        }
         m.circuit_state.reset();
         // Every loaded version has a breaker (closed until it fails).
         for (name, version) in ctl.cache.loaded() {
@@ -67,6 +71,7 @@ pub fn refresh(ctl: &Control) {
         m.consumer_lag_total.set(0);
     }
     m.observe_cache(&ctl.cache.stats, ctl.cache.loaded().len());
+    m.repository_readable.set(i64::from(ctl.cache.repository().is_readable()));
 }
 
 async fn sample_lag(ctl: &Arc<Control>) {
@@ -103,8 +108,11 @@ pub async fn run(
         }
         ctl.lifecycle.handle_transaction_failure().await;
         ctl.lifecycle.check_threads();
-        // Idle models leave on the TTL even when no record looks a model up.
-        ctl.cache.sweep_at(Instant::now());
+        // Idle models leave on the TTL even when no record looks a model up; not while the
+        // repository cannot be read (degraded: what is loaded is all there is).
+        if ctl.cache.repository().is_readable() {
+            ctl.cache.sweep_at(Instant::now());
+        }
         refresh(&ctl);
         if last_sample.elapsed() >= SAMPLE_EVERY {
             last_sample = Instant::now();
@@ -155,10 +163,16 @@ pub async fn checks(ctl: &Control) -> Vec<Check> {
         ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
     let loads = ctl.cache.stats.loads.load(std::sync::atomic::Ordering::Relaxed);
     let models = match ctl.cache.repository().list() {
+        // Degraded: the repository cannot be read (a lost mount), but the loaded versions
+        // keep serving, so the instance stays ready while any is loaded.
         Err(e) => Check {
             name: "models",
-            ok: false,
-            detail: json!({"error": format!("model repository {}: {e}", ctl.cache.repository().root().display())}),
+            ok: !loaded.is_empty(),
+            detail: json!({
+                "error": format!("model repository {}: {e}", ctl.cache.repository().root().display()),
+                "degraded": !loaded.is_empty(),
+                "loaded": loaded,
+            }),
         },
         Ok(list) if list.is_empty() => Check {
             name: "models",

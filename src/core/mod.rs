@@ -21,4 +21,5 @@ pub use output::{BatchOutput, OutputKind};
 pub use staging::{HostStaging, PinnedBlock, StagingBuf};
 pub use stats::{
     new_histogram, CacheStats, CounterReading, EmitStats, EngineStats, IngestStats, LaneMemory,
+    LaneState,
 };

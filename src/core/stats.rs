@@ -2,7 +2,7 @@
 //! count. Atomics (and one histogram behind a mutex taken once per batch), written by the
 //! stage that owns them and read by telemetry at any time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use super::outcome::{ErrorClass, Outcome};
@@ -24,6 +24,37 @@ fn reading(name: &'static str, help: &'static str, a: &AtomicU64) -> CounterRead
     CounterReading { name, help, value: a.load(Ordering::Relaxed) }
 }
 
+/// Whether a lane computes (degraded mode takes a failing GPU lane out of service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LaneState {
+    /// Computing on its own executor.
+    Serving = 0,
+    /// Taken out of service after repeated device faults; its work went to the other lanes.
+    OutOfService = 1,
+    /// A GPU lane taken out of service that goes on as a CPU lane (`gpu.cpuFallback`).
+    CpuFallback = 2,
+}
+
+impl LaneState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => LaneState::OutOfService,
+            2 => LaneState::CpuFallback,
+            _ => LaneState::Serving,
+        }
+    }
+
+    /// The name used in `status` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaneState::Serving => "serving",
+            LaneState::OutOfService => "out_of_service",
+            LaneState::CpuFallback => "cpu_fallback",
+        }
+    }
+}
+
 /// Figures the lanes record per batch. Counters are atomics; the histogram sits behind a
 /// mutex taken once per batch (never per request).
 pub struct EngineStats {
@@ -40,6 +71,8 @@ pub struct EngineStats {
     pub lane_memory: Vec<LaneMemory>,
     /// Busy time of each lane, microseconds.
     pub lane_busy_us: Vec<AtomicU64>,
+    /// Each lane's [`LaneState`], as its `u8`.
+    lane_state: Vec<AtomicU8>,
     /// When each lane's oldest unfinished batch started, or it last finished one while more
     /// were in flight (microseconds after `epoch`, plus one); 0 while the lane is idle.
     lane_busy_since: Vec<AtomicU64>,
@@ -62,6 +95,7 @@ impl EngineStats {
             oom_splits: AtomicU64::new(0),
             lane_memory: (0..lanes).map(|_| LaneMemory::default()).collect(),
             lane_busy_us: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            lane_state: (0..lanes).map(|_| AtomicU8::new(LaneState::Serving as u8)).collect(),
             lane_busy_since: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
             batch_us: Mutex::new(new_histogram()),
@@ -160,6 +194,23 @@ impl EngineStats {
                 &self.retried_batches,
             ),
         ]
+    }
+
+    /// Records lane `lane`'s state.
+    pub fn set_lane_state(&self, lane: usize, state: LaneState) {
+        if let Some(a) = self.lane_state.get(lane) {
+            a.store(state as u8, Ordering::SeqCst);
+        }
+    }
+
+    /// Every lane's state, by index.
+    pub fn lane_states(&self) -> Vec<LaneState> {
+        self.lane_state.iter().map(|a| LaneState::from_u8(a.load(Ordering::SeqCst))).collect()
+    }
+
+    /// Lanes that compute (serving, or on the CPU fallback).
+    pub fn lanes_in_service(&self) -> usize {
+        self.lane_states().into_iter().filter(|s| *s != LaneState::OutOfService).count()
     }
 
     /// Mean rows per batch.

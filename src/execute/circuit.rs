@@ -331,6 +331,21 @@ impl Circuits {
         b.state
     }
 
+    /// A probe of `model` that neither computed nor failed (its batch went back after a
+    /// device fault): a half-open breaker is open again, with the same cool-down.
+    pub fn probe_inconclusive(&self, model: &LoadedModel) {
+        if self.not_closed.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut all = self.breakers.lock();
+        if let Some(b) = all.get_mut(&Self::key(model)) {
+            if b.state == CircuitState::HalfOpen {
+                b.state = CircuitState::Open;
+                b.retry_at = Instant::now() + b.cool_down;
+            }
+        }
+    }
+
     /// Parks `reqs` behind their version's breaker (`whenOpen: wait`).
     pub fn park(&self, reqs: impl IntoIterator<Item = Request>) {
         let mut all = self.breakers.lock();

@@ -33,6 +33,18 @@ pub struct LaneSettings {
     pub max_retries: u32,
     /// How long an idle lane sleeps before it looks again (it is woken early by new work).
     pub idle_wait: Duration,
+    /// Device faults in a row after which the lane leaves service (`gpu.laneFailureLimit`).
+    pub device_fault_limit: u32,
+}
+
+/// Why a lane's loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaneExit {
+    /// The rings closed and everything queued has an outcome (or the drain was abandoned).
+    Finished,
+    /// Taken out of service after repeated device faults (the reason); its requests went
+    /// back to the rings for the other lanes.
+    OutOfService(String),
 }
 
 struct InFlight {
@@ -55,6 +67,9 @@ pub struct Lane<E: Executor> {
     pool: Vec<Vec<Request>>,
     expired: Vec<(Request, Failure)>,
     parked_scratch: Vec<Request>,
+    /// Device faults in a row; the last one's message.
+    device_faults: u32,
+    device_error: String,
 }
 
 impl<E: Executor> Lane<E> {
@@ -68,6 +83,8 @@ impl<E: Executor> Lane<E> {
             inflight: VecDeque::with_capacity(depth),
             expired: Vec::with_capacity(rows * 4),
             parked_scratch: Vec::new(),
+            device_faults: 0,
+            device_error: String::new(),
             scratch: FillScratch::default(),
             executor,
             shared,
@@ -75,15 +92,29 @@ impl<E: Executor> Lane<E> {
         }
     }
 
+    /// The lane's index.
+    pub fn index(&self) -> usize {
+        self.settings.index
+    }
+
+    /// The engine's statistics this lane records into.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.shared.stats
+    }
+
     /// The lane's executor (tests and benchmarks inspect it).
     pub fn executor(&self) -> &E {
         &self.executor
     }
 
-    /// Runs until the rings are closed and everything queued has an outcome.
-    pub fn run(mut self) {
+    /// Runs until the rings are closed and everything queued has an outcome, or until the
+    /// lane leaves service.
+    pub fn run(mut self) -> LaneExit {
         tracing::info!(lane = self.settings.index, executor = %self.executor.describe(), "lane started");
         loop {
+            if self.device_faults >= self.settings.device_fault_limit.max(1) {
+                return self.leave_service();
+            }
             if self.shared.rings.is_abandoned() {
                 tracing::warn!(
                     lane = self.settings.index,
@@ -102,6 +133,46 @@ impl<E: Executor> Lane<E> {
             }
         }
         tracing::info!(lane = self.settings.index, "lane stopped");
+        LaneExit::Finished
+    }
+
+    /// Takes the lane out of service: what it holds (in flight and in its batcher) goes back
+    /// to the rings for the other lanes; nothing is dead-lettered for the device's fault.
+    fn leave_service(mut self) -> LaneExit {
+        let why = format!(
+            "{} device faults in a row on {}; last: {}",
+            self.device_faults,
+            self.executor.describe(),
+            self.device_error
+        );
+        self.shared.stats.set_lane_state(self.settings.index, crate::core::LaneState::OutOfService);
+        self.drain_inflight();
+        let held = self.batcher.take_all();
+        tracing::error!(lane = self.settings.index, requests = held.len(), reason = %why,
+            "lane taken out of service: its work goes to the remaining lanes");
+        for r in held {
+            if self.shared.rings.push_wait(r).is_err() {
+                // Abandoned at the drain deadline: left uncommitted.
+                break;
+            }
+        }
+        self.shared.stats.mark_idle(self.settings.index);
+        LaneExit::OutOfService(why)
+    }
+
+    /// A batch failed for the device, not for itself: its requests go back to the batcher
+    /// (this lane tries them again, or hands them over when it leaves service), with no
+    /// retry spent and no dead letter.
+    fn device_fault(&mut self, mut reqs: Vec<Request>, error: &ModelError) {
+        self.device_faults += 1;
+        self.device_error = crate::core::bounded_reason(error.to_string());
+        tracing::warn!(lane = self.settings.index, faults_in_a_row = self.device_faults,
+            limit = self.settings.device_fault_limit, error = %self.device_error,
+            "device fault: the batch goes back to be computed again");
+        for r in reqs.drain(..) {
+            self.batcher.push(r);
+        }
+        self.pool.push(reqs);
     }
 
     /// Forms and submits one batch if there is work. Returns false when idle.
@@ -201,6 +272,7 @@ impl<E: Executor> Lane<E> {
     }
 
     fn emit_results(&mut self, mut job: InFlight, out: crate::core::BatchOutput) {
+        self.device_faults = 0;
         let infer_us = job.started.elapsed().as_micros() as u64;
         self.shared.stats.record_batch(
             self.settings.index,
@@ -286,6 +358,10 @@ impl<E: Executor> Lane<E> {
         tally: &mut Tally,
     ) {
         self.shared.stats.failed_batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if error.is_device_fault() {
+            self.device_fault(std::mem::take(&mut job.reqs), &error);
+            return;
+        }
         let free_split = error.splits_for_free() && job.reqs.len() > 1;
         if error.is_out_of_memory() {
             self.shared
@@ -372,6 +448,11 @@ impl<E: Executor> Lane<E> {
     /// version; if that leaves its breaker open, the requests are parked (`whenOpen: wait`)
     /// instead of dead-lettered.
     fn settle(&mut self, model: &Arc<LoadedModel>, tally: Tally) {
+        if !tally.computed && tally.failed.is_empty() {
+            // Nothing computed and nothing failed: the batch went back for a device fault.
+            self.shared.circuits.probe_inconclusive(model);
+            return;
+        }
         if tally.computed {
             for r in self.shared.circuits.record_success(model) {
                 self.batcher.push(r);

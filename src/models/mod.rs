@@ -45,6 +45,11 @@ pub enum ModelError {
     /// like an out-of-memory one, so that the request that triggers it is isolated.
     #[error("the model panicked: {0}")]
     Panicked(String),
+    /// The lane's device failed (a sticky CUDA error: the context is unusable, the device
+    /// lost). Not the batch's fault: its requests go back to be computed, and a lane that
+    /// keeps failing this way is taken out of service.
+    #[error("device fault: {0}")]
+    Device(String),
 }
 
 impl ModelError {
@@ -59,6 +64,32 @@ impl ModelError {
     pub fn splits_for_free(&self) -> bool {
         matches!(self, ModelError::OutOfMemory(_) | ModelError::Panicked(_))
     }
+
+    /// Whether the lane's device failed rather than the model or the batch.
+    pub fn is_device_fault(&self) -> bool {
+        matches!(self, ModelError::Device(_))
+    }
+}
+
+/// Whether an error message from the CUDA driver (through cudarc or candle) reports a fault
+/// of the device or of its context that no retry on the same context can fix: CUDA's
+/// "sticky" errors, and a device that is gone.
+pub fn is_device_fault_message(msg: &str) -> bool {
+    const STICKY: [&str; 12] = [
+        "CUDA_ERROR_ILLEGAL_ADDRESS",
+        "CUDA_ERROR_LAUNCH_FAILED",
+        "CUDA_ERROR_ECC_UNCORRECTABLE",
+        "CUDA_ERROR_HARDWARE_STACK_ERROR",
+        "CUDA_ERROR_ILLEGAL_INSTRUCTION",
+        "CUDA_ERROR_MISALIGNED_ADDRESS",
+        "CUDA_ERROR_INVALID_PC",
+        "CUDA_ERROR_DEVICE_UNAVAILABLE",
+        "CUDA_ERROR_CONTEXT_IS_DESTROYED",
+        "CUDA_ERROR_DEINITIALIZED",
+        "CUDA_ERROR_NVLINK_UNCORRECTABLE",
+        "CUDA_ERROR_DEVICE_NOT_LICENSED",
+    ];
+    STICKY.iter().any(|code| msg.contains(code))
 }
 
 /// Whether an error message from candle, cudarc or cuBLAS reports an exhausted device
@@ -72,6 +103,8 @@ impl From<candle_core::Error> for ModelError {
         let msg = e.to_string();
         if is_out_of_memory_message(&msg) {
             ModelError::OutOfMemory(msg)
+        } else if is_device_fault_message(&msg) {
+            ModelError::Device(msg)
         } else {
             ModelError::Inference(msg)
         }

@@ -70,6 +70,11 @@ impl Repository {
         &self.root
     }
 
+    /// Whether the root directory can be listed now (false once its mount is lost, say).
+    pub fn is_readable(&self) -> bool {
+        std::fs::read_dir(&self.root).is_ok()
+    }
+
     /// Versions of `name` present on disk (directories holding `sluice.toml`), ascending.
     pub fn versions(&self, name: &str) -> Result<Vec<String>, ModelError> {
         if !valid_component(name) {

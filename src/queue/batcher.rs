@@ -107,6 +107,11 @@ impl Batcher {
         }
     }
 
+    /// Takes every request held in the windows (a lane leaving service hands them back).
+    pub fn take_all(&mut self) -> Vec<Request> {
+        self.prio.drain(..).chain(self.norm.drain(..)).collect()
+    }
+
     /// Adds a request directly (tests, and requests handed back by a failed split).
     pub fn push(&mut self, r: Request) {
         match r.env.priority {

@@ -19,7 +19,7 @@ pub use executor::CudaExecutor;
 pub use kernels::Kernels;
 pub use memory::PinnedHostBlock;
 
-use crate::models::{is_out_of_memory_message, ModelError};
+use crate::models::{is_device_fault_message, is_out_of_memory_message, ModelError};
 
 /// Everything that can go wrong on a GPU lane.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,8 @@ impl From<GpuError> for ModelError {
                 let msg = other.to_string();
                 if is_out_of_memory_message(&msg) {
                     ModelError::OutOfMemory(msg)
+                } else if is_device_fault_message(&msg) {
+                    ModelError::Device(msg)
                 } else {
                     ModelError::Inference(msg)
                 }
