@@ -168,7 +168,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stop = stop_flag()?;
             let repo_dir = &cfg.streaming.inference.model.repository;
             let repo = Repository::open(repo_dir)
-                .with_context(|| format!("model repository {}", repo_dir.display()))?;
+                .with_context(|| format!("model repository {}", repo_dir.display()))?
+                .with_state_dir(cfg.streaming.inference.model.state_dir());
+            if let Some(dir) = cfg.streaming.inference.model.state_dir() {
+                std::fs::create_dir_all(&dir).with_context(|| {
+                    format!("streaming.inference.model.stateDirectory {}", dir.display())
+                })?;
+            }
             let cache = Arc::new(ModelCache::new(repo, Settings::from_config(&cfg).cache));
             // The control plane owns the pipeline's lifecycle: it starts it now (unless
             // streaming.inference.enabled is false) and reports a failed start or a dead

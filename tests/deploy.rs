@@ -159,7 +159,7 @@ fn manifest(name: &str) -> serde_yaml::Value {
 fn kubernetes_manifests_match_sluice() {
     let cm = manifest("configmap.yaml");
     let yaml = cm["data"]["sluice.yaml"].as_str().expect("data.sluice.yaml");
-    for file in ["deployment.yaml", "deployment-gpu.yaml"] {
+    for file in ["deployment.yaml", "deployment-gpu.yaml", "statefulset-exactly-once.yaml"] {
         let d = manifest(file);
         let pod = &d["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
@@ -195,6 +195,32 @@ fn kubernetes_manifests_match_sluice() {
         );
         let gpu = c["resources"]["limits"]["nvidia.com/gpu"].as_str().is_some();
         assert_eq!(gpu, !cfg.gpu.devices.is_empty(), "{file}: GPU limit and gpu.devices agree");
+        // The models are mounted read-only; Sluice's state directory is a writable mount.
+        let mounts = c["volumeMounts"].as_sequence().expect("volumeMounts");
+        let mount = |path: &std::path::Path| {
+            mounts.iter().find(|m| m["mountPath"].as_str() == path.to_str()).cloned()
+        };
+        let models = mount(&cfg.streaming.inference.model.repository).expect("models mount");
+        assert_eq!(models["readOnly"].as_bool(), Some(true), "{file}: models read-only");
+        let state = cfg.streaming.inference.model.state_dir().expect("a state directory");
+        let state =
+            mount(&state).unwrap_or_else(|| panic!("{file}: the state directory is not mounted"));
+        assert_ne!(state["readOnly"].as_bool(), Some(true), "{file}: state writable");
+        if file.starts_with("statefulset") {
+            assert_eq!(cfg.streaming.inference.processing.guarantee.as_str(), "exactly_once");
+            let id = c["env"]
+                .as_sequence()
+                .and_then(|e| {
+                    e.iter().find(|v| {
+                        v["name"].as_str()
+                            == Some(
+                                "SLUICE_STREAMING_INFERENCE_PROCESSING_TRANSACTIONS_INSTANCE_ID",
+                            )
+                    })
+                })
+                .expect("instanceId from the pod name");
+            assert_eq!(id["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("metadata.name"));
+        }
     }
 }
 
@@ -215,6 +241,7 @@ fn kubernetes_manifests_pass_schema_validation() {
         "configmap.yaml",
         "deployment.yaml",
         "deployment-gpu.yaml",
+        "statefulset-exactly-once.yaml",
         "service.yaml",
         "pdb.yaml",
         "hpa.yaml",

@@ -616,15 +616,32 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// `repository`: directory holding the models.
+    /// `repository`: directory holding the models (read only, unless `stateDirectory` is
+    /// empty).
     pub repository: PathBuf,
+    /// `stateDirectory`: where Sluice writes what it changes at run time (the serving version
+    /// set through the control plane), so that the repository can be mounted read-only.
+    /// Empty: beside the models, in the repository.
+    #[serde(rename = "stateDirectory")]
+    pub state_directory: PathBuf,
     /// `cache`: loaded-model cache.
     pub cache: ModelCacheConfig,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { repository: PathBuf::from("./models"), cache: ModelCacheConfig::default() }
+        Self {
+            repository: PathBuf::from("./models"),
+            state_directory: PathBuf::new(),
+            cache: ModelCacheConfig::default(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The state directory, `None` when it is empty (state goes beside the models).
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        (!self.state_directory.as_os_str().is_empty()).then(|| self.state_directory.clone())
     }
 }
 

@@ -296,10 +296,6 @@ fn commit_loop(
     stop: &crossbeam_channel::Receiver<()>,
 ) {
     while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-        if shared.transactions.is_some() {
-            // Exactly-once: offsets are committed inside transactions only.
-            continue;
-        }
         let points = shared.tracker.lock().take_commits();
         commit_points(consumer, &points, CommitMode::Sync, shared);
     }
@@ -372,15 +368,19 @@ impl RecordSource for KafkaSource {
         let priority: Arc<str> = self.priority_topic.as_str().into();
         // Commits run on a thread of their own, synchronously, so that each one's result is
         // known (rust-rdkafka does not report asynchronous commits' results: its issue #856)
-        // and a slow coordinator never stalls polling.
+        // and a slow coordinator never stalls polling. Exactly-once has none: its offsets
+        // are committed inside the emit thread's transactions.
         let (stop_commits, commit_stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let committer = {
+        let committer = if self.shared.transactions.is_some() {
+            None
+        } else {
             let (consumer, shared, every) =
                 (self.consumer.clone(), self.shared.clone(), self.commit_interval);
-            std::thread::Builder::new()
+            let h = std::thread::Builder::new()
                 .name("sluice-commit".into())
                 .spawn(move || commit_loop(&consumer, &shared, every, &commit_stop_rx))
-                .map_err(|source| RunError::Spawn { name: "sluice-commit", source })?
+                .map_err(|source| RunError::Spawn { name: "sluice-commit", source })?;
+            Some(h)
         };
         let _ = self.shared.circuits.set(intake.circuits().clone());
         let mut last_poll_error: Option<Instant> = None;
@@ -474,12 +474,14 @@ impl RecordSource for KafkaSource {
         // The committer ends after the commit it may be making; one stuck on a broker that is
         // gone is left behind (Pipeline::stop makes the final commit within the deadline).
         drop(stop_commits);
-        if crate::engine::wait_until(Instant::now() + Duration::from_secs(5), || {
-            committer.is_finished()
-        }) {
-            let _ = committer.join();
-        } else {
-            tracing::warn!("the commit thread is still waiting on the broker; left behind");
+        if let Some(committer) = committer {
+            if crate::engine::wait_until(Instant::now() + Duration::from_secs(5), || {
+                committer.is_finished()
+            }) {
+                let _ = committer.join();
+            } else {
+                tracing::warn!("the commit thread is still waiting on the broker; left behind");
+            }
         }
         // Records waiting for a model load get it first (the loads in progress finish), unless
         // the drain deadline passes: then they stay uncommitted.

@@ -1,6 +1,11 @@
 //! The model repository on disk: `<root>/<name>/<version>/sluice.toml`, and
 //! `<root>/<name>/model.toml` with `serving = "<version>"` naming the version that serves
 //! requests which do not ask for one (default: the highest version).
+//!
+//! What Sluice writes (the serving version set through the control plane) goes to the state
+//! directory when one is configured (`streaming.inference.model.stateDirectory`), as
+//! `<state>/<name>/model.toml`, so that the repository itself can be mounted read-only; that
+//! file wins over the repository's own.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +33,8 @@ struct ModelToml {
 #[derive(Debug, Clone)]
 pub struct Repository {
     root: PathBuf,
+    /// Where Sluice writes its state; `None`: beside the models.
+    state: Option<PathBuf>,
 }
 
 /// Model names and versions are path components: letters, digits, `.`, `_`, `-`, not starting
@@ -62,7 +69,7 @@ impl Repository {
                 ),
             });
         }
-        Ok(Repository { root })
+        Ok(Repository { root, state: None })
     }
 
     /// The repository root.
@@ -98,10 +105,26 @@ impl Repository {
         Ok(versions)
     }
 
-    /// The version serving `name`: `model.toml`'s `serving`, else the highest version.
+    /// Writes Sluice's state under `dir` instead of beside the models (created on the first
+    /// write).
+    pub fn with_state_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.state = dir;
+        self
+    }
+
+    /// Where Sluice writes its state (the repository itself when no state directory is set).
+    pub fn state_dir(&self) -> &Path {
+        self.state.as_deref().unwrap_or(&self.root)
+    }
+
+    /// The version serving `name`: the state directory's `model.toml` (written by
+    /// [`set_serving`](Self::set_serving)), else the repository's, else the highest version.
     pub fn serving_version(&self, name: &str) -> Result<String, ModelError> {
         let versions = self.versions(name)?;
-        let toml_path = self.root.join(name).join("model.toml");
+        let written = self.state.as_ref().map(|s| s.join(name).join("model.toml"));
+        let toml_path = written
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| self.root.join(name).join("model.toml"));
         if let Ok(text) = std::fs::read_to_string(&toml_path) {
             let parsed: ModelToml = toml::from_str(&text)
                 .map_err(|e| ModelError::Spec { path: toml_path.clone(), reason: e.to_string() })?;
@@ -123,14 +146,24 @@ impl Repository {
             .ok_or_else(|| ModelError::UnknownModel { name: name.to_string(), version: None })
     }
 
-    /// Marks `version` as serving `name` (writes `model.toml`).
+    /// Marks `version` as serving `name`: writes `model.toml` in the state directory (or
+    /// beside the models without one), atomically.
     pub fn set_serving(&self, name: &str, version: &str) -> Result<(), ModelError> {
         self.version_dir(name, version)?;
-        let path = self.root.join(name).join("model.toml");
+        let dir = self.state_dir().join(name);
+        let path = dir.join("model.toml");
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, format!("serving = \"{version}\"\n"))
-            .map_err(|e| ModelError::Io { path: tmp.clone(), source: e })?;
-        std::fs::rename(&tmp, &path).map_err(|e| ModelError::Io { path, source: e })
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&tmp, format!("serving = \"{version}\"\n")))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        written.map_err(|e| {
+            let hint = if self.state.is_none() {
+                "; models are often mounted read-only: set streaming.inference.model.stateDirectory to a writable directory"
+            } else {
+                ""
+            };
+            ModelError::Spec { path, reason: format!("writing the serving version: {e}{hint}") }
+        })
     }
 
     /// The directory of one version; errors if it does not exist.
@@ -204,5 +237,59 @@ mod tests {
         let list = repo.list().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].serving.as_deref(), Some("2"));
+    }
+
+    /// Every file under `root`, with its contents.
+    fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn with_a_state_directory_the_repository_is_never_written_and_the_state_outlives_it() {
+        let models = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        mk(models.path(), "m", "1");
+        mk(models.path(), "m", "2");
+        std::fs::write(models.path().join("m/model.toml"), "serving = \"1\"\n").unwrap();
+        let before = tree(models.path());
+        let open = || {
+            Repository::open(models.path())
+                .unwrap()
+                .with_state_dir(Some(state.path().join("sluice")))
+        };
+        let repo = open();
+        assert_eq!(repo.serving_version("m").unwrap(), "1", "the repository's own choice");
+        repo.set_serving("m", "2").unwrap();
+        assert_eq!(repo.serving_version("m").unwrap(), "2");
+        assert_eq!(tree(models.path()), before, "nothing written into the repository");
+        assert!(state.path().join("sluice/m/model.toml").is_file());
+        // A new process (a restart) reads the state back.
+        assert_eq!(open().serving_version("m").unwrap(), "2");
+        assert_eq!(open().list().unwrap()[0].serving.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn an_unwritable_repository_names_the_state_directory_key() {
+        let models = tempfile::tempdir().unwrap();
+        mk(models.path(), "m", "1");
+        // A directory where the temporary file would go: the write fails, as on a read-only
+        // mount (root ignores permission bits, so a chmod would not do).
+        std::fs::create_dir_all(models.path().join("m/model.toml.tmp")).unwrap();
+        let err = Repository::open(models.path()).unwrap().set_serving("m", "1").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("streaming.inference.model.stateDirectory"), "{msg}");
     }
 }
