@@ -135,6 +135,7 @@ fn config(bootstrap: &str, t: &Topics, repo: &TestRepo) -> Config {
     s.output = t.output.clone();
     s.dlq = t.dlq.clone();
     s.metrics = t.metrics.clone();
+    s.control = t.input.replace("-in", "-control");
     cfg.streaming.inference.model.repository = repo.path();
     cfg.streaming.inference.metrics.reporting_interval_seconds = 1;
     cfg.control.listen = "127.0.0.1:0".parse().unwrap();
@@ -812,4 +813,113 @@ fn a_failed_serving_switch_and_a_lost_repository_leave_the_loaded_models_serving
     assert_eq!(status, 200);
     assert!(body["checks"]["models"]["detail"]["degraded"].is_null(), "{body}");
     drop(cp);
+}
+
+/// A traffic split on a live stream (the real broker), two instances in one group: a split
+/// set on one instance reaches the other through the control topic; requests without a
+/// version go to the version their key picks, the same one for every record of a key on
+/// either instance and the one `Split::pick` computes; the shares follow the weights; an
+/// explicit version bypasses the split; a split naming a missing version is refused and the
+/// previous split stays; the split survives a restart (it is stored in the state directory).
+#[test]
+fn a_traffic_split_routes_by_key_sticks_and_survives_a_restart() {
+    use sluice::models::split::Split;
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    repo.add_mlp("dual", "1", vec![4], 21);
+    repo.add_mlp("dual", "2", vec![4], 22);
+    let t = topics(&b, "cp-split", 2);
+    let cfg = config(&b.bootstrap, &t, &repo);
+    // Two instances in one group, each with its own cache (as two processes would have).
+    let cp = control(&cfg, &repo, true);
+    let other_cache = std::sync::Arc::new(sluice::models::ModelCache::new(
+        sluice::models::Repository::open(repo.path()).unwrap(),
+        sluice::models::cache::CacheSettings { capacity: 10, ttl: None, warmup_rows: 2 },
+    ));
+    let other = ControlPlane::start(
+        cfg.clone(),
+        other_cache,
+        ControlOptions { autostart: true, lag_interval: Duration::from_secs(1) },
+    )
+    .expect("second instance");
+    let addr = cp.local_addr();
+    for a in [addr, other.local_addr()] {
+        wait_running(a);
+        wait_for("the control topic followed", Duration::from_secs(60), || {
+            let s = get(a, "/batch-inference/streaming/status").json();
+            (s["rollout"]["following"] == true).then_some(())
+        });
+    }
+
+    let split = r#"{"split": {"1": 80, "2": 20}}"#;
+    let r = post(addr, "/batch-inference/models/dual/traffic", None, split);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["split"], json!({"1": 80, "2": 20}));
+    assert_eq!(r.json()["shared"], true);
+    // The other instance applies it from the control topic.
+    wait_for("the split on the other instance", Duration::from_secs(60), || {
+        let models = get(other.local_addr(), "/batch-inference/models").json();
+        let dual = models["models"].as_array()?.iter().find(|m| m["name"] == "dual")?.clone();
+        (dual["split"] == json!({"1": 80, "2": 20})).then_some(())
+    });
+    let r = post(
+        addr,
+        "/batch-inference/models/dual/traffic",
+        None,
+        r#"{"split": {"1": 50, "9": 50}}"#,
+    );
+    assert_eq!(r.status, 404, "a missing version is refused: {}", r.body);
+    let r = post(addr, "/batch-inference/models/dual/traffic", None, r#"{"split": {"1": -3}}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let models = get(addr, "/batch-inference/models").json();
+    let dual = models["models"].as_array().unwrap().iter().find(|m| m["name"] == "dual").cloned();
+    assert_eq!(dual.unwrap()["split"], json!({"1": 80, "2": 20}), "the previous split stays");
+
+    // 2,000 keyed records (4 per key) without a version, and 200 that name version 1.
+    let keys: Vec<String> = (0..500).map(|i| format!("customer-{i}")).collect();
+    let mut records: Vec<Record> = (0..2000)
+        .map(|i| {
+            let key = keys[i % keys.len()].clone().into_bytes();
+            let v = format!(r#"{{"id":"s{i}","model":"dual","input":[{i},0,0,0,0,0,0,1]}}"#);
+            (Some(key), v.into_bytes(), vec![])
+        })
+        .collect();
+    records.extend((0..200).map(|i| {
+        let key = keys[i].clone().into_bytes();
+        let v =
+            format!(r#"{{"id":"e{i}","model":"dual","version":"1","input":[{i},0,0,0,0,0,0,1]}}"#);
+        (Some(key), v.into_bytes(), vec![])
+    }));
+    b.produce(&t.input, &records, None).unwrap();
+    let out = b.consume(&t.output, records.len(), Duration::from_secs(180));
+    assert_eq!(out.len(), records.len(), "every record has its result");
+    let expected =
+        Split::new(&[("1".to_string(), 80), ("2".to_string(), 20)].into_iter().collect()).unwrap();
+    let mut per_key: HashMap<Vec<u8>, std::collections::BTreeSet<String>> = HashMap::new();
+    let mut to_v2 = 0;
+    for c in &out {
+        let v: Value = serde_json::from_slice(&c.value).unwrap();
+        let (id, version) = (v["id"].as_str().unwrap(), v["version"].as_str().unwrap());
+        let key = c.key.clone().expect("keyed");
+        if id.starts_with('e') {
+            assert_eq!(version, "1", "an explicit version bypasses the split");
+            continue;
+        }
+        assert_eq!(version, &**expected.pick(&key), "{id}: the version its key picks");
+        to_v2 += usize::from(version == "2");
+        per_key.entry(key).or_default().insert(version.to_string());
+    }
+    assert!(per_key.values().all(|v| v.len() == 1), "every key sticks to one version");
+    // 20% of 500 keys (4 records each), ± 6 points: far outside a fair split's spread.
+    assert!((280..=520).contains(&to_v2), "{to_v2} of 2000 records on version 2");
+    drop(other);
+    drop(cp);
+
+    // A restart: a new cache over the same repository reads the split back.
+    let cache = std::sync::Arc::new(sluice::models::ModelCache::new(
+        sluice::models::Repository::open(repo.path()).unwrap(),
+        sluice::models::cache::CacheSettings { capacity: 10, ttl: None, warmup_rows: 2 },
+    ));
+    cache.get("dual", None).unwrap();
+    assert_eq!(cache.split("dual").map(|s| s.to_map()), Some(expected.to_map()));
 }

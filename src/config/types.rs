@@ -175,6 +175,9 @@ pub struct StreamingTopics {
     pub metrics: String,
     /// `dlq`: dead letters (undecodable, invalid, expired or failed requests).
     pub dlq: String,
+    /// `control`: the compacted topic through which every instance shares the rollout state
+    /// of each model (its traffic split); empty: none (each instance keeps its own).
+    pub control: String,
 }
 
 impl Default for StreamingTopics {
@@ -185,6 +188,7 @@ impl Default for StreamingTopics {
             priority: "priority-inference".to_owned(),
             metrics: "realtime-metrics".to_owned(),
             dlq: "realtime-inference-dlq".to_owned(),
+            control: "realtime-inference-control".to_owned(),
         }
     }
 }

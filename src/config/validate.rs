@@ -53,6 +53,18 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
     if kafka.consumer.group.trim().is_empty() {
         return Err(("kafka.consumer.group".into(), "must not be empty".into()));
     }
+    let control = &kafka.topics.streaming.control;
+    if !control.is_empty() {
+        if let Some(problem) = topic_name_problem(control) {
+            return Err(("kafka.topics.streaming.control".into(), problem));
+        }
+        if let Some((other, _)) = kafka.topics.streaming.all().iter().find(|(_, n)| n == control) {
+            return Err((
+                "kafka.topics.streaming.control".into(),
+                format!("topic {control:?} is already used by kafka.topics.streaming.{other}"),
+            ));
+        }
+    }
     let topics = kafka.topics.streaming.all();
     for (i, (key, name)) in topics.iter().enumerate() {
         let path = format!("kafka.topics.streaming.{key}");

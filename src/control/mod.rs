@@ -118,6 +118,7 @@ impl ControlPlane {
             token,
             metrics,
             started: Instant::now(),
+            rollout: std::sync::OnceLock::new(),
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let ctl = control.clone();
@@ -132,6 +133,7 @@ impl ControlPlane {
                         }
                     };
                     tokio::spawn(state::run(ctl.clone(), opts.lag_interval, shutdown_rx.clone()));
+                    tokio::spawn(rollout_follower(ctl.clone(), shutdown_rx.clone()));
                     if opts.autostart {
                         let c = ctl.clone();
                         tokio::spawn(async move {
@@ -187,6 +189,35 @@ impl Drop for ControlPlane {
         if self.thread.is_some() {
             self.stop_pipeline();
             self.close();
+        }
+    }
+}
+
+/// Starts following the rollout control topic, trying again every 5 s while the broker cannot
+/// be reached (the pipeline does not wait for it).
+async fn rollout_follower(ctl: Arc<Control>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    if ctl.cfg.kafka.topics.streaming.control.is_empty() {
+        return;
+    }
+    loop {
+        let c = ctl.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            crate::kafka::rollout::RolloutSync::start(&c.cfg, c.cache.clone())
+        })
+        .await;
+        match started {
+            Ok(Ok(sync)) => {
+                let _ = ctl.rollout.set(sync);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "rollout control topic: not followed yet; trying again in 5 s")
+            }
+            Err(e) => tracing::warn!(error = %e, "rollout control topic: the start panicked"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
         }
     }
 }

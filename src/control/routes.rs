@@ -22,6 +22,7 @@ use super::observe::{self, LagSample};
 use super::state::{self, Control, MAX_BODY_BYTES};
 use crate::core::ErrorClass;
 use crate::models::repository::valid_component;
+use crate::models::split::Split;
 use crate::models::ModelError;
 
 type Resp = Response<Full<Bytes>>;
@@ -75,6 +76,7 @@ enum Route<'a> {
     Load(&'a str),
     Unload(&'a str),
     Serving(&'a str),
+    Traffic(&'a str),
 }
 
 impl Route<'_> {
@@ -87,6 +89,7 @@ impl Route<'_> {
                 | Route::Load(_)
                 | Route::Unload(_)
                 | Route::Serving(_)
+                | Route::Traffic(_)
         )
     }
 }
@@ -107,6 +110,7 @@ fn find_route(path: &str) -> Option<Route<'_>> {
         ["batch-inference", "models", name, "load"] => Route::Load(name),
         ["batch-inference", "models", name, "unload"] => Route::Unload(name),
         ["batch-inference", "models", name, "serving"] => Route::Serving(name),
+        ["batch-inference", "models", name, "traffic"] => Route::Traffic(name),
         _ => return None,
     })
 }
@@ -217,6 +221,7 @@ async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
             Route::Load(name) => load(ctl, name, &body).await,
             Route::Unload(name) => unload(ctl, name, &body),
             Route::Serving(name) => serving(ctl, name, &body).await,
+            Route::Traffic(name) => traffic(ctl, name, &body).await,
             _ => error(StatusCode::INTERNAL_SERVER_ERROR, "unrouted"),
         };
     }
@@ -304,6 +309,11 @@ pub(crate) fn status(ctl: &Control) -> Value {
         "models_loaded": loaded,
         "circuits": circuits,
         "lanes": lanes,
+        "rollout": {
+            "control_topic": ctl.cfg.kafka.topics.streaming.control,
+            "following": ctl.rollout.get().is_some(),
+            "applied": ctl.rollout.get().map_or(0, |r| r.applied.load(Ordering::Relaxed)),
+        },
         "counters": counters,
         "last_stop": info.last_stop,
     })
@@ -500,7 +510,8 @@ fn models(ctl: &Control) -> Resp {
         .into_iter()
         .map(|m| {
             let loaded_versions: Vec<&str> = loaded.iter().filter(|(n, _)| *n == m.name).map(|(_, v)| v.as_str()).collect();
-            json!({"name": m.name, "versions": m.versions, "serving": m.serving, "loaded_versions": loaded_versions})
+            let split = ctl.cache.split(&m.name).map(|s| split_json(&s));
+            json!({"name": m.name, "versions": m.versions, "serving": m.serving, "split": split, "loaded_versions": loaded_versions})
         })
         .collect();
     json_resp(
@@ -599,6 +610,100 @@ async fn serving(ctl: &Control, name: &str, body: &Option<Map<String, Value>>) -
     json_resp(
         StatusCode::OK,
         &json!({"name": name, "serving": version, "previous": previous, "loaded": loaded}),
+    )
+}
+
+/// `{"1": 90, "2": 10}`.
+fn split_json(s: &Split) -> Value {
+    s.weights().iter().map(|(v, w)| (v.to_string(), Value::from(*w))).collect::<Map<_, _>>().into()
+}
+
+/// `POST /batch-inference/models/{name}/traffic` with `{"split": {"1": 90, "2": 10}}`
+/// (integer weights) or `{"split": null}` (no split: the serving version takes everything).
+/// Every version of the split is loaded and warmed before it takes effect; a split naming a
+/// version that is missing or fails to load is refused and the previous split stays.
+async fn traffic(ctl: &Arc<Control>, name: &str, body: &Option<Map<String, Value>>) -> Resp {
+    if let Err(r) = check_name(name) {
+        return r;
+    }
+    let raw =
+        match body.as_ref().and_then(|m| m.get("split")) {
+            Some(v) => v.clone(),
+            None => return error(
+                StatusCode::BAD_REQUEST,
+                "the body needs {\"split\": {\"<version>\": <weight>, ...}} or {\"split\": null}",
+            ),
+        };
+    let previous = ctl.cache.split(name).map(|s| split_json(&s));
+    let split = match raw {
+        Value::Null => None,
+        Value::Object(m) => {
+            let mut weights = std::collections::BTreeMap::new();
+            for (v, w) in m {
+                if !valid_component(&v) {
+                    return error(StatusCode::BAD_REQUEST, format!("invalid version '{v}'"));
+                }
+                let Some(w) = w.as_u64().and_then(|w| u32::try_from(w).ok()) else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "the weight of version '{v}' must be an integer from 0 to {}",
+                            u32::MAX
+                        ),
+                    );
+                };
+                weights.insert(v, w);
+            }
+            match Split::new(&weights) {
+                Ok(s) => Some(s),
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "'split' must be an object of version → weight, or null",
+            )
+        }
+    };
+    let mut loaded = Vec::new();
+    if let Some(s) = &split {
+        for (version, _) in s.weights() {
+            match load_version(ctl, name, version).await {
+                Ok(v) => loaded.push(v),
+                Err(r) => return r,
+            }
+        }
+    }
+    // Every instance follows the control topic: publish there first, then apply here too
+    // (the follower applies the same record again, a no-op).
+    let shared = ctl.rollout.get().is_some();
+    if shared {
+        let (c, n, s) = (ctl.clone(), name.to_string(), split.clone());
+        let published = tokio::task::spawn_blocking(move || {
+            c.rollout.get().map_or(Ok(()), |r| r.publish(&n, s.as_ref()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("publishing panicked: {e}")));
+        if let Err(e) = published {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the split is not shared with the other instances: {e}; nothing changed"),
+            );
+        }
+    }
+    if let Err(e) = ctl.cache.set_split_persisted(name, split.clone()) {
+        return model_error(&e);
+    }
+    let now = split.as_ref().map(split_json);
+    let (now_text, previous_text) = (
+        now.clone().unwrap_or(Value::Null).to_string(),
+        previous.clone().unwrap_or(Value::Null).to_string(),
+    );
+    tracing::info!(event = "model_traffic", model = name, split = %now_text, previous = %previous_text, shared, "traffic split changed");
+    json_resp(
+        StatusCode::OK,
+        &json!({"name": name, "split": now, "previous": previous, "loaded": loaded, "shared": shared}),
     )
 }
 

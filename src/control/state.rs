@@ -24,6 +24,8 @@ pub(crate) struct Control {
     pub lifecycle: Lifecycle,
     pub observer: Observer,
     pub started: Instant,
+    /// The rollout control topic's follower and publisher, once it could start.
+    pub rollout: std::sync::OnceLock<crate::kafka::rollout::RolloutSync>,
 }
 
 /// Mirrors the pipeline's and the cache's counters and gauges into the registry.

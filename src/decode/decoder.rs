@@ -278,7 +278,7 @@ impl Decoder {
             ).into());
         }
         if env.content_type == ContentType::FlatBuffers {
-            return self.decode_flatbuffer(payload);
+            return self.decode_flatbuffer(env);
         }
         let raw: RawRequest = serde_json::from_slice(payload).map_err(json_failure)?;
 
@@ -304,7 +304,8 @@ impl Decoder {
                 return Err(fail(ErrorClass::Validation, "missing field 'model'").into())
             }
         };
-        let model = self.resolve_model(model_name, raw.version.as_ref().map(|v| &*v.0))?;
+        let route = route_key(env, id_text.as_bytes());
+        let model = self.resolve_model(model_name, raw.version.as_ref().map(|v| &*v.0), route)?;
         check_deadline(raw.deadline_ms)?;
 
         let input_raw =
@@ -324,10 +325,12 @@ impl Decoder {
     }
 
     /// The FlatBuffers path (`ingest::flatbuf`): same envelope checks in the same order.
-    fn decode_flatbuffer(&mut self, payload: &[u8]) -> Result<Parts, Stop> {
+    fn decode_flatbuffer(&mut self, env: &Envelope) -> Result<Parts, Stop> {
+        let payload: &[u8] = &env.payload;
         let fb = flatbuf::parse(payload).map_err(|e| fail(ErrorClass::Parse, e))?;
         self.check_id(fb.id())?;
-        let model = self.resolve_model(fb.model(), fb.version())?;
+        let model =
+            self.resolve_model(fb.model(), fb.version(), route_key(env, fb.id().as_bytes()))?;
         check_deadline(fb.deadline_ms())?;
         let (input_kind, items, longest) =
             flatbuf::check_input(&fb, &model, &self.limits, &mut self.scratch)?;
@@ -356,11 +359,15 @@ impl Decoder {
         Ok(())
     }
 
+    /// The model version for a request of `model_name`: `version`, else the version its
+    /// routing key `route` gets from the model's traffic split, else the serving version.
     fn resolve_model(
         &mut self,
         model_name: &str,
         version: Option<&str>,
+        route: &[u8],
     ) -> Result<Arc<LoadedModel>, Stop> {
+        let route = Some(route);
         if let Some(m) = &self.preloaded {
             if &*m.name == model_name && version.is_none_or(|v| *m.version == *v) {
                 return Ok(m.clone());
@@ -369,10 +376,10 @@ impl Decoder {
         let Some(loader) = &mut self.loader else {
             return self
                 .cache
-                .get(model_name, version)
+                .get_routed(model_name, version, route, std::time::Instant::now())
                 .map_err(|e| model_failure(model_name, e).into());
         };
-        match self.cache.lookup(model_name, version) {
+        match self.cache.lookup_routed(model_name, version, route, std::time::Instant::now()) {
             Lookup::Ready(m) => Ok(m),
             Lookup::Failed(e) => Err(model_failure(model_name, e).into()),
             Lookup::Missing { version } => {
@@ -470,4 +477,12 @@ struct Parts {
     items: u32,
     max_tokens: u32,
     deadline_ms: Option<u64>,
+}
+
+/// The key a traffic split routes a request by: its record key, else its id.
+fn route_key<'a>(env: &'a Envelope, id: &'a [u8]) -> &'a [u8] {
+    match env.key.as_deref() {
+        Some(k) if !k.is_empty() => k,
+        _ => id,
+    }
 }

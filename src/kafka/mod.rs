@@ -1,6 +1,7 @@
 //! Kafka: the record source (consumer, thread `sluice-ingest`), the outcome sink (producer,
 //! thread `sluice-emit`), the commit tracker, zero-copy payloads, topic administration and
-//! the reachability/lag probe.
+//! the reachability/lag probe, and the rollout control topic (`rollout`, thread
+//! `sluice-rollout`).
 //!
 //! **Architecture invariant:** only this module touches rdkafka, and nothing in it runs on an
 //! async runtime: each client is driven by its own OS thread (the admin client's futures by a
@@ -13,6 +14,7 @@ pub mod connect;
 pub mod local;
 pub mod payload;
 pub mod probe;
+pub mod rollout;
 pub mod sink;
 pub mod source;
 pub mod txn;

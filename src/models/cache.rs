@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::loaded::LoadedModel;
 use super::repository::Repository;
+use super::split::Split;
 use super::ModelError;
 use crate::core::CacheStats;
 
@@ -51,6 +52,8 @@ struct Inner {
     entries: Vec<Entry>,
     /// name → serving version, read from the repository once.
     serving: HashMap<String, Arc<str>>,
+    /// name → its traffic split (requests that name no version go by their routing key).
+    splits: HashMap<String, Arc<Split>>,
     /// (name, version) → its last failed load. Bounded: an entry exists only for a version
     /// directory that exists in the repository, and a successful load removes it.
     failed: HashMap<(String, String), FailedLoad>,
@@ -112,11 +115,23 @@ impl ModelCache {
 
     /// [`lookup`](Self::lookup) with an explicit clock.
     pub fn lookup_at(&self, name: &str, version: Option<&str>, now: Instant) -> Lookup {
+        self.lookup_routed(name, version, None, now)
+    }
+
+    /// [`lookup_at`](Self::lookup_at) for a request whose routing key is `route` (its record
+    /// key, else its id): without a `version`, a split picks the version by that key.
+    pub fn lookup_routed(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        route: Option<&[u8]>,
+        now: Instant,
+    ) -> Lookup {
         // Like `get_at`, the hit path allocates nothing.
         let serving;
         let version: &str = match version {
             Some(v) => v,
-            None => match self.serving(name) {
+            None => match self.serving_for(name, route) {
                 Ok(v) => {
                     serving = v;
                     &serving
@@ -184,12 +199,23 @@ impl ModelCache {
         version: Option<&str>,
         now: Instant,
     ) -> Result<Arc<LoadedModel>, ModelError> {
+        self.get_routed(name, version, None, now)
+    }
+
+    /// [`get_at`](Self::get_at) with a routing key (see [`lookup_routed`](Self::lookup_routed)).
+    pub fn get_routed(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        route: Option<&[u8]>,
+        now: Instant,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
         // The hit path allocates nothing: the serving version is a shared `Arc<str>`.
         let serving;
         let version: &str = match version {
             Some(v) => v,
             None => {
-                serving = self.serving(name)?;
+                serving = self.serving_for(name, route)?;
                 &serving
             }
         };
@@ -240,7 +266,13 @@ impl ModelCache {
         inner.entries.retain(|e| !(&*e.model.name == name && &*e.model.version == version));
         inner.entries.push(Entry { model: model.clone(), last_used: now });
         while inner.entries.len() > self.settings.capacity {
-            let evicted = inner.entries.remove(0);
+            // The least recently used that no split pins (if all are pinned, the oldest).
+            let at = inner
+                .entries
+                .iter()
+                .position(|e| !pinned(&inner.splits, &e.model.name, &e.model.version))
+                .unwrap_or(0);
+            let evicted = inner.entries.remove(at);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             tracing::info!(model = %evicted.model.name, version = %evicted.model.version, reason = "capacity", "model evicted");
         }
@@ -305,19 +337,82 @@ impl ModelCache {
         self.expire(&mut inner, now, None);
     }
 
+    /// The version serving a request of `name` with routing key `route`: its split's pick,
+    /// else the serving version.
+    fn serving_for(&self, name: &str, route: Option<&[u8]>) -> Result<Arc<str>, ModelError> {
+        for _ in 0..2 {
+            {
+                let inner = self.inner.lock();
+                if let Some(serving) = inner.serving.get(name) {
+                    return Ok(match (route, inner.splits.get(name)) {
+                        (Some(key), Some(split)) => split.pick(key).clone(),
+                        _ => serving.clone(),
+                    });
+                }
+            }
+            // First use of `name`: read its serving version and split from disk.
+            self.serving(name)?;
+        }
+        self.serving(name)
+    }
+
+    /// Sets (or with `None` removes) `name`'s traffic split and writes it to the state
+    /// directory, so that it survives a restart.
+    pub fn set_split_persisted(&self, name: &str, split: Option<Split>) -> Result<(), ModelError> {
+        let weights = split.as_ref().map(Split::to_map);
+        self.repo.set_split(name, weights.as_ref())?;
+        self.set_split(name, split);
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) `name`'s traffic split. The caller has loaded its
+    /// versions; while it is set they are pinned against eviction.
+    pub fn set_split(&self, name: &str, split: Option<Split>) {
+        let mut inner = self.inner.lock();
+        match split {
+            Some(s) => inner.splits.insert(name.to_string(), Arc::new(s)),
+            None => inner.splits.remove(name),
+        };
+    }
+
+    /// `name`'s traffic split, if it has one.
+    pub fn split(&self, name: &str) -> Option<Arc<Split>> {
+        self.inner.lock().splits.get(name).cloned()
+    }
+
     fn serving(&self, name: &str) -> Result<Arc<str>, ModelError> {
         if let Some(v) = self.inner.lock().serving.get(name) {
             return Ok(v.clone());
         }
         let v: Arc<str> = self.repo.serving_version(name)?.into();
-        self.inner.lock().serving.insert(name.to_string(), v.clone());
+        let split = match self.repo.split_of(name) {
+            Ok(Some(w)) => match Split::new(&w) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(model = name, error = %e, "the stored traffic split is not valid; ignored");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(model = name, error = %e, "the stored traffic split cannot be read; ignored");
+                None
+            }
+        };
+        let mut inner = self.inner.lock();
+        inner.serving.insert(name.to_string(), v.clone());
+        if let Some(s) = split {
+            inner.splits.entry(name.to_string()).or_insert_with(|| Arc::new(s));
+        }
         Ok(v)
     }
 
     fn expire(&self, inner: &mut Inner, now: Instant, keep: Option<(&str, &str)>) {
         let Some(ttl) = self.settings.ttl else { return };
+        let splits = std::mem::take(&mut inner.splits);
         inner.entries.retain(|e| {
-            let is_kept = keep.is_some_and(|(n, v)| &*e.model.name == n && &*e.model.version == v);
+            let is_kept = keep.is_some_and(|(n, v)| &*e.model.name == n && &*e.model.version == v)
+                || pinned(&splits, &e.model.name, &e.model.version);
             let alive = is_kept || now.saturating_duration_since(e.last_used) < ttl;
             if !alive {
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
@@ -325,5 +420,11 @@ impl ModelCache {
             }
             alive
         });
+        inner.splits = splits;
     }
+}
+
+/// Whether a split of `name` names `version` (pinned against eviction).
+fn pinned(splits: &HashMap<String, Arc<Split>>, name: &str, version: &str) -> bool {
+    splits.get(name).is_some_and(|s| s.weights().iter().any(|(v, _)| &**v == version))
 }

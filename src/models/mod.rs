@@ -11,6 +11,7 @@ pub mod mlp;
 pub mod packed_bert;
 pub mod repository;
 pub mod spec;
+pub mod split;
 pub mod text;
 pub mod wordpiece;
 

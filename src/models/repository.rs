@@ -23,10 +23,15 @@ pub struct ModelEntry {
     pub serving: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `<name>/model.toml`.
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ModelToml {
+    #[serde(skip_serializing_if = "Option::is_none")]
     serving: Option<String>,
+    /// The traffic split, `version → weight` (`POST .../traffic`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    split: Option<std::collections::BTreeMap<String, u32>>,
 }
 
 /// A model repository rooted at a directory.
@@ -117,28 +122,36 @@ impl Repository {
         self.state.as_deref().unwrap_or(&self.root)
     }
 
+    /// `name`'s `model.toml`: the state directory's (written by Sluice) if it exists, else
+    /// the repository's; the default (empty) when neither exists.
+    fn read_toml(&self, name: &str) -> Result<(PathBuf, ModelToml), ModelError> {
+        let written = self.state.as_ref().map(|s| s.join(name).join("model.toml"));
+        let path = written
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| self.root.join(name).join("model.toml"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let parsed = toml::from_str(&text)
+                    .map_err(|e| ModelError::Spec { path: path.clone(), reason: e.to_string() })?;
+                Ok((path, parsed))
+            }
+            Err(_) => Ok((path, ModelToml::default())),
+        }
+    }
+
     /// The version serving `name`: the state directory's `model.toml` (written by
     /// [`set_serving`](Self::set_serving)), else the repository's, else the highest version.
     pub fn serving_version(&self, name: &str) -> Result<String, ModelError> {
         let versions = self.versions(name)?;
-        let written = self.state.as_ref().map(|s| s.join(name).join("model.toml"));
-        let toml_path = written
-            .filter(|p| p.is_file())
-            .unwrap_or_else(|| self.root.join(name).join("model.toml"));
-        if let Ok(text) = std::fs::read_to_string(&toml_path) {
-            let parsed: ModelToml = toml::from_str(&text)
-                .map_err(|e| ModelError::Spec { path: toml_path.clone(), reason: e.to_string() })?;
-            if let Some(v) = parsed.serving {
-                if !versions.contains(&v) {
-                    return Err(ModelError::Spec {
-                        path: toml_path,
-                        reason: format!(
-                            "serving version '{v}' has no directory with a sluice.toml"
-                        ),
-                    });
-                }
-                return Ok(v);
+        let (toml_path, parsed) = self.read_toml(name)?;
+        if let Some(v) = parsed.serving {
+            if !versions.contains(&v) {
+                return Err(ModelError::Spec {
+                    path: toml_path,
+                    reason: format!("serving version '{v}' has no directory with a sluice.toml"),
+                });
             }
+            return Ok(v);
         }
         versions
             .last()
@@ -146,15 +159,48 @@ impl Repository {
             .ok_or_else(|| ModelError::UnknownModel { name: name.to_string(), version: None })
     }
 
+    /// `name`'s stored traffic split, if any.
+    pub fn split_of(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, u32>>, ModelError> {
+        Ok(self.read_toml(name)?.1.split)
+    }
+
     /// Marks `version` as serving `name`: writes `model.toml` in the state directory (or
     /// beside the models without one), atomically.
     pub fn set_serving(&self, name: &str, version: &str) -> Result<(), ModelError> {
         self.version_dir(name, version)?;
+        let (_, mut t) = self.read_toml(name)?;
+        t.serving = Some(version.to_string());
+        self.write_toml(name, &t)
+    }
+
+    /// Stores (or with `None` removes) `name`'s traffic split, like
+    /// [`set_serving`](Self::set_serving).
+    pub fn set_split(
+        &self,
+        name: &str,
+        split: Option<&std::collections::BTreeMap<String, u32>>,
+    ) -> Result<(), ModelError> {
+        if let Some(s) = split {
+            for v in s.keys() {
+                self.version_dir(name, v)?;
+            }
+        }
+        let (_, mut t) = self.read_toml(name)?;
+        t.split = split.cloned();
+        self.write_toml(name, &t)
+    }
+
+    fn write_toml(&self, name: &str, t: &ModelToml) -> Result<(), ModelError> {
         let dir = self.state_dir().join(name);
         let path = dir.join("model.toml");
         let tmp = path.with_extension("toml.tmp");
+        let text = toml::to_string(t)
+            .map_err(|e| ModelError::Spec { path: path.clone(), reason: e.to_string() })?;
         let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, format!("serving = \"{version}\"\n")))
+            .and_then(|()| std::fs::write(&tmp, text))
             .and_then(|()| std::fs::rename(&tmp, &path));
         written.map_err(|e| {
             let hint = if self.state.is_none() {
@@ -162,7 +208,7 @@ impl Repository {
             } else {
                 ""
             };
-            ModelError::Spec { path, reason: format!("writing the serving version: {e}{hint}") }
+            ModelError::Spec { path, reason: format!("writing the model's state: {e}{hint}") }
         })
     }
 

@@ -58,6 +58,7 @@ pub fn config(b: &TestBroker, t: &Topics, repo: &std::path::Path) -> Config {
     s.output = t.output.clone();
     s.dlq = t.dlq.clone();
     s.metrics = t.metrics.clone();
+    s.control = format!("{}-control", t.group);
     cfg.streaming.inference.model.repository = repo.to_path_buf();
     cfg.streaming.inference.metrics.reporting_interval_seconds = 1;
     cfg
