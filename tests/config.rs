@@ -533,6 +533,10 @@ fn env_keys_cover_the_spec_examples() {
         ("SLUICE_KAFKA_SECURITY_SSL_KEY_PASSWORD", "kafka.security.ssl.keyPassword"),
         ("SLUICE_KAFKA_PROPERTIES", "kafka.properties"),
         ("SLUICE_KAFKA_PRODUCER_COMPRESSION", "kafka.producer.compression"),
+        (
+            "SLUICE_STREAMING_INFERENCE_PROCESSING_MAX_REPLAYS",
+            "streaming.inference.processing.maxReplays",
+        ),
     ] {
         assert_eq!(keys.get(var).map(String::as_str), Some(path));
     }
@@ -744,6 +748,7 @@ fn compression_codecs() {
         &err("kafka: {producer: {compression: brotli}}"),
         &["kafka.producer.compression", "brotli"],
     );
+    assert_eq!(Config::default().streaming.inference.processing.max_replays, 3);
 }
 
 /// Every way a secret can be given stays out of `Debug`, `redacted()` and `sluice config

@@ -687,6 +687,12 @@ pub struct ProcessingConfig {
     /// uncommitted and processed again after the restart.
     #[serde(rename = "drainTimeout")]
     pub drain_timeout_secs: u64,
+    /// `maxReplays`: how often `sluice replay` may send one dead letter back (the
+    /// `sluice-replay-count` header counts it). A replayed request that fails again once it
+    /// has been replayed this often is dead-lettered with a reason that says so, and `sluice
+    /// replay` skips it from then on (README "Replaying dead letters").
+    #[serde(rename = "maxReplays")]
+    pub max_replays: u32,
     /// `transactions`: the Kafka transactions of `guarantee: exactly_once`.
     pub transactions: TransactionsConfig,
 }
@@ -698,6 +704,7 @@ impl Default for ProcessingConfig {
             timeout_secs: 10,
             max_retries: 3,
             drain_timeout_secs: 30,
+            max_replays: 3,
             transactions: TransactionsConfig::default(),
         }
     }

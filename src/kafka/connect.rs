@@ -92,6 +92,7 @@ pub fn connect(
         metrics,
         max_attempts: cfg.kafka.producer.max_attempts.max(1),
         dead_letter_key_bytes: cfg.kafka.producer.dead_letter_key_bytes,
+        max_replays: processing.max_replays,
         txn: exactly_once.then(|| {
             let settings = TxnSettings {
                 interval: Duration::from_millis(processing.transactions.commit_interval_ms),

@@ -1,6 +1,6 @@
 //! Kafka: the record source (consumer, thread `sluice-ingest`), the outcome sink (producer,
 //! thread `sluice-emit`), the commit tracker, zero-copy payloads, topic administration and
-//! the reachability/lag probe.
+//! the reachability/lag probe, and `sluice replay` (dead letters back to their input topic).
 //!
 //! **Architecture invariant:** only this module touches rdkafka, and nothing in it runs on an
 //! async runtime: each client is driven by its own OS thread (the admin client's futures by a
@@ -13,6 +13,7 @@ pub mod connect;
 pub mod local;
 pub mod payload;
 pub mod probe;
+pub mod replay;
 pub mod sink;
 pub mod source;
 pub mod txn;
@@ -24,5 +25,6 @@ pub use client::{
 pub use commit::{CommitPoint, CommitTracker};
 pub use connect::{connect, Connected};
 pub use probe::{KafkaProbe, PartitionLag};
+pub use replay::{replay, ReplayOptions, ReplaySummary};
 pub use sink::{KafkaSink, MetricsRenderer, SinkContext};
 pub use source::{KafkaSource, SourceContext, SourceHandle, SourceShared};
