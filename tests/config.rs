@@ -730,6 +730,8 @@ fn properties_sluice_owns_are_refused() {
         ("sasl.password", "kafka.security.sasl.password"),
         ("security.protocol", "kafka.security.protocol"),
         ("acks", "acks=all"),
+        ("auto.offset.reset", "earliest"),
+        ("partition.assignment.strategy", "rebalance"),
     ] {
         let e = err(&format!("kafka: {{properties: {{{key}: x}}}}"));
         assert_contains(&e, &[&format!("kafka.properties.{key}"), "set by Sluice", owner]);
