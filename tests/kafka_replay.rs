@@ -89,6 +89,11 @@ fn dead_letters_of_one_class_are_replayed_after_a_fix_and_the_loop_limit_holds()
         10,
         "a dry run sends nothing"
     );
+    // The time window is the dead letters' own time.
+    let later = replay(&s.config, &["--dry-run", "--since", "2999-01-01T00:00:00Z"]);
+    assert!(later.contains("read 5, matched 0, would replay 0"), "{later}");
+    let earlier = replay(&s.config, &["--dry-run", "--until", "2999-01-01T00:00:00Z"]);
+    assert!(earlier.contains("read 5, matched 5, would replay 5"), "{earlier}");
 
     let run = replay(&s.config, &["--class", "unknown_model"]);
     assert!(
