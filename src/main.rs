@@ -71,6 +71,48 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         bad_percent: f64,
     },
+    /// Send chosen dead letters back to the topic their request came from, after a fix.
+    ///
+    /// Reads the dead-letter topic up to the end offsets it sees at the start (never its own
+    /// new dead letters), outside Sluice's consumer group. Each match is sent as the original
+    /// record with its sluice-replay-count header one higher; dead letters already replayed
+    /// --max-replays times are skipped and listed. A rerun sends the same selection again.
+    Replay {
+        /// Configuration file (brokers, security, topics; every key can also come from
+        /// SLUICE_* variables).
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Error classes to replay, comma-separated (parse, validation, unknown_model,
+        /// too_large, expired, inference) [default: all].
+        #[arg(long, value_delimiter = ',')]
+        class: Vec<String>,
+        /// Only dead letters written at or after this time (RFC 3339, e.g.
+        /// 2026-12-01T14:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only dead letters written before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this partition of the dead-letter topic.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// First dead-letter offset to read (needs --partition).
+        #[arg(long)]
+        from_offset: Option<i64>,
+        /// Last dead-letter offset to read, inclusive (needs --partition).
+        #[arg(long)]
+        to_offset: Option<i64>,
+        /// Count what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Skip dead letters already replayed this often [default:
+        /// streaming.inference.processing.maxReplays].
+        #[arg(long)]
+        max_replays: Option<u32>,
+        /// Give up when the broker does not answer for this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -122,6 +164,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An RFC 3339 time as epoch milliseconds.
+fn epoch_ms(text: &str, flag: &str) -> anyhow::Result<i64> {
+    let t = humantime::parse_rfc3339_weak(text.trim()).with_context(|| {
+        format!("{flag} {text:?}: expected an RFC 3339 time such as 2026-12-01T14:00:00Z")
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .with_context(|| format!("{flag} {text:?}: before 1970"))?
+        .as_millis();
+    i64::try_from(ms).with_context(|| format!("{flag} {text:?}: too far in the future"))
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -220,6 +274,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             sluice::demo::run(opt, stop)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            config,
+            class,
+            since,
+            until,
+            partition,
+            from_offset,
+            to_offset,
+            dry_run,
+            max_replays,
+            timeout_secs,
+        } => {
+            let cfg = load_config(config.as_ref())?;
+            sluice::telemetry::logging::init(cfg.log.format == LogFormat::Json, &cfg.log.level);
+            let opts = sluice::kafka::ReplayOptions {
+                classes: class.into_iter().filter(|c| !c.trim().is_empty()).collect(),
+                since_ms: since.as_deref().map(|t| epoch_ms(t, "--since")).transpose()?,
+                until_ms: until.as_deref().map(|t| epoch_ms(t, "--until")).transpose()?,
+                partition,
+                from_offset,
+                to_offset,
+                dry_run,
+                max_replays: max_replays.unwrap_or(cfg.streaming.inference.processing.max_replays),
+                timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
+            };
+            let summary = sluice::kafka::replay(&cfg, &opts)?;
+            print!("{summary}");
+            Ok(if summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Config { command: ConfigCommand::Check { file } } => {
             match sluice::config::check_file(&file) {

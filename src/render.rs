@@ -4,8 +4,8 @@
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
+use crate::core::{bounded_reason, Outcome, Source, Verdict, REPLAY_COUNT_HEADER};
 use crate::core::{BatchOutput, OutputKind};
-use crate::core::{Outcome, Source, Verdict};
 
 struct OutputRows<'a> {
     out: &'a BatchOutput,
@@ -125,6 +125,11 @@ pub struct DeadLetterHeaders {
     pub offset: String,
     /// `sluice.attempts`.
     pub attempts: String,
+    /// `sluice-replay-count`, kept from a replayed request.
+    pub replays: Option<String>,
+    /// The request's own headers (`content-type`, a trace id, ...), after Sluice's: all but
+    /// `sluice.*` ones and the replay count, so that `sluice replay` restores the record.
+    pub carried: Vec<(String, Vec<u8>)>,
     /// Set on a cut dead letter.
     pub original: Option<OriginalRecord>,
 }
@@ -165,10 +170,35 @@ impl DeadLetterHeaders {
         Some(Self::for_source(o, f.class.as_str(), f.reason.clone()))
     }
 
+    /// [`of`](Self::of) for the Kafka dead-letter topic: a request replayed `max_replays`
+    /// times or more gets a reason that starts by saying so (`sluice replay` skips it).
+    pub fn with_replay_limit(o: &Outcome, max_replays: u32) -> Option<Self> {
+        let mut h = Self::of(o)?;
+        let n = o.env.replays;
+        if n > 0 && n >= max_replays {
+            h.reason = bounded_reason(format!(
+                "replayed {n} times, the limit (streaming.inference.processing.maxReplays) is {max_replays}: not replayed again; {}",
+                h.reason
+            ));
+        }
+        Some(h)
+    }
+
     /// The headers of a dead letter of `class` for the record of `o`, whatever its verdict
     /// (a result the broker refused becomes such a dead letter).
     pub fn for_source(o: &Outcome, class: &'static str, reason: String) -> Self {
-        Self::for_record(&o.env.source, o.env.attempts, class, reason)
+        let mut h = Self::for_record(&o.env.source, o.env.attempts, class, reason);
+        if let Some(hs) = &o.env.headers {
+            hs.visit(&mut |k, v| {
+                if !k.starts_with("sluice.") && k != REPLAY_COUNT_HEADER {
+                    h.carried.push((k.to_owned(), v.to_vec()));
+                }
+            });
+        }
+        if o.env.replays > 0 {
+            h.replays = Some(o.env.replays.to_string());
+        }
+        h
     }
 
     /// The headers of a dead letter of `class` for the input record at `source`, delivered
@@ -181,11 +211,14 @@ impl DeadLetterHeaders {
             partition: source.partition.to_string(),
             offset: source.offset.to_string(),
             attempts: attempts.to_string(),
+            replays: None,
+            carried: Vec::new(),
             original: None,
         }
     }
 
-    /// `(name, value)` of every header, in the order they are written.
+    /// `(name, value)` of Sluice's headers, in the order they are written (the
+    /// [`carried`](Self::carried) ones follow).
     pub fn pairs(&self) -> Vec<(&'static str, &str)> {
         let mut v = vec![
             ("sluice.error.class", self.class),
@@ -195,6 +228,9 @@ impl DeadLetterHeaders {
             ("sluice.source.offset", &self.offset),
             ("sluice.attempts", &self.attempts),
         ];
+        if let Some(n) = &self.replays {
+            v.push((REPLAY_COUNT_HEADER, n));
+        }
         if let Some(o) = &self.original {
             v.push(("sluice.original.key.bytes", &o.key_bytes));
             if let Some(h) = &o.key_fnv1a64 {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sluice::config::{
-    check_file, Config, ConfigError, DeliveryGuarantee, LogFormat, WatermarkPolicy,
+    check_file, Compression, Config, ConfigError, DeliveryGuarantee, LogFormat, SaslMechanism,
+    Secret, SecurityProtocol, WatermarkPolicy, REDACTED,
 };
 
 fn example_path() -> PathBuf {
@@ -527,6 +528,15 @@ fn env_keys_cover_the_spec_examples() {
         ),
         ("SLUICE_CONTROL_TOKEN", "control.token"),
         ("SLUICE_GPU_DEVICES", "gpu.devices"),
+        ("SLUICE_KAFKA_SECURITY_PROTOCOL", "kafka.security.protocol"),
+        ("SLUICE_KAFKA_SECURITY_SASL_PASSWORD", "kafka.security.sasl.password"),
+        ("SLUICE_KAFKA_SECURITY_SSL_KEY_PASSWORD", "kafka.security.ssl.keyPassword"),
+        ("SLUICE_KAFKA_PROPERTIES", "kafka.properties"),
+        ("SLUICE_KAFKA_PRODUCER_COMPRESSION", "kafka.producer.compression"),
+        (
+            "SLUICE_STREAMING_INFERENCE_PROCESSING_MAX_REPLAYS",
+            "streaming.inference.processing.maxReplays",
+        ),
     ] {
         assert_eq!(keys.get(var).map(String::as_str), Some(path));
     }
@@ -606,4 +616,187 @@ fn transaction_settings_are_checked() {
     );
     assert_contains(&err(&tx("maxRecords: 0")), &["transactions.maxRecords"]);
     assert_contains(&err(&tx("instanceId: \"a/b\"")), &["transactions.instanceId", "'/'"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// kafka.security, kafka.properties, kafka.producer.compression
+// ---------------------------------------------------------------------------------------------
+
+const SCRAM: &str = "kafka:\n  security:\n    protocol: sasl_ssl\n    ssl: {caFile: /etc/ca.pem}\n    sasl: {mechanism: SCRAM-SHA-512, username: svc, passwordFile: /run/secrets/kafka}\n";
+
+#[test]
+fn security_sections_parse() {
+    let c = parse(SCRAM).unwrap();
+    let s = &c.kafka.security;
+    assert_eq!(s.protocol, SecurityProtocol::SaslSsl);
+    assert_eq!(s.ssl.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+    assert!(s.ssl.verify_hostname, "hostname verification is on by default");
+    assert_eq!(s.sasl.mechanism, SaslMechanism::ScramSha512);
+    assert_eq!(s.sasl.username.as_deref(), Some("svc"));
+    assert_eq!(s.sasl.password_file.as_deref(), Some(Path::new("/run/secrets/kafka")));
+    assert_eq!(Config::default().kafka.security.protocol, SecurityProtocol::Plaintext);
+
+    // OAUTHBEARER is not built in (its OIDC token fetch needs libcurl): refused by name.
+    assert_contains(
+        &err("kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: OAUTHBEARER, username: u, password: p}}}"),
+        &["kafka.security.sasl.mechanism", "OAUTHBEARER", "SCRAM-SHA-512"],
+    );
+
+    let mtls = parse("kafka: {security: {protocol: ssl, ssl: {certificateFile: c.pem, keyFile: k.pem, keyPasswordFile: p.txt, verifyHostname: false}}}").unwrap();
+    assert!(!mtls.kafka.security.ssl.verify_hostname);
+}
+
+#[test]
+fn secrets_come_from_the_environment() {
+    let c = parse_env(
+        "kafka: {security: {protocol: sasl_plaintext, sasl: {username: svc}}}",
+        &[("SLUICE_KAFKA_SECURITY_SASL_PASSWORD", "s3cr3t-from-env")],
+    )
+    .unwrap();
+    assert_eq!(
+        c.kafka.security.sasl.password.as_ref().map(Secret::expose),
+        Some("s3cr3t-from-env")
+    );
+    // A number-looking secret stays the exact string.
+    let c = parse_env(
+        "kafka: {security: {protocol: sasl_plaintext, sasl: {username: svc}}}",
+        &[("SLUICE_KAFKA_SECURITY_SASL_PASSWORD", "007")],
+    )
+    .unwrap();
+    assert_eq!(c.kafka.security.sasl.password.as_ref().map(Secret::expose), Some("007"));
+    // Set but empty is a mistake, not "no password".
+    let e = env_err(
+        "kafka: {security: {protocol: sasl_plaintext, sasl: {username: svc}}}",
+        &[("SLUICE_KAFKA_SECURITY_SASL_PASSWORD", "")],
+    );
+    assert_contains(
+        &e,
+        &["kafka.security.sasl.password", "SLUICE_KAFKA_SECURITY_SASL_PASSWORD", "empty"],
+    );
+}
+
+#[test]
+fn incomplete_or_contradictory_security_is_refused() {
+    for (yaml, needles) in [
+        (
+            "kafka: {security: {protocol: ssl, sasl: {username: u, password: p}}}",
+            &["kafka.security.sasl", "protocol is ssl"][..],
+        ),
+        ("kafka: {security: {ssl: {caFile: ca.pem}}}", &["kafka.security.ssl", "protocol is plaintext"]),
+        (
+            "kafka: {security: {protocol: sasl_ssl, sasl: {password: p}}}",
+            &["kafka.security.sasl.username", "required with mechanism PLAIN"],
+        ),
+        (
+            "kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: SCRAM-SHA-256, username: u}}}",
+            &["kafka.security.sasl.password", "SCRAM-SHA-256"],
+        ),
+        (
+            "kafka: {security: {protocol: sasl_ssl, sasl: {username: u, password: p, passwordFile: f}}}",
+            &["kafka.security.sasl.passwordFile", "not both"],
+        ),
+        ("kafka: {security: {protocol: ssl, ssl: {certificateFile: c.pem}}}", &["kafka.security.ssl.keyFile", "go together"]),
+        ("kafka: {security: {protocol: ssl, ssl: {keyPassword: x}}}", &["kafka.security.ssl.keyPassword", "no keyFile"]),
+        ("kafka: {security: {protocol: tls}}", &["kafka.security.protocol", "tls"]),
+        ("kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: GSSAPI}}}", &["kafka.security.sasl.mechanism", "GSSAPI"]),
+    ] {
+        assert_contains(&err(yaml), needles);
+    }
+}
+
+#[test]
+fn properties_take_scalars_as_text() {
+    let c = parse("kafka:\n  properties:\n    socket.timeout.ms: 30000\n    socket.nagle.disable: true\n    broker.address.family: any\n").unwrap();
+    let p = &c.kafka.properties.0;
+    assert_eq!(p.get("socket.timeout.ms").map(String::as_str), Some("30000"));
+    assert_eq!(p.get("socket.nagle.disable").map(String::as_str), Some("true"));
+    assert_eq!(p.get("broker.address.family").map(String::as_str), Some("any"));
+    let env =
+        parse_env("", &[("SLUICE_KAFKA_PROPERTIES", "{statistics.interval.ms: 5000}")]).unwrap();
+    assert_eq!(
+        env.kafka.properties.0.get("statistics.interval.ms").map(String::as_str),
+        Some("5000")
+    );
+}
+
+#[test]
+fn properties_sluice_owns_are_refused() {
+    for (key, owner) in [
+        ("enable.auto.commit", "at-least-once"),
+        ("Enable.Idempotence", "delivery"),
+        ("transactional.id", "transactions.instanceId"),
+        ("isolation.level", "read_committed"),
+        ("compression.type", "kafka.producer.compression"),
+        ("sasl.password", "kafka.security.sasl.password"),
+        ("security.protocol", "kafka.security.protocol"),
+        ("acks", "acks=all"),
+        ("auto.offset.reset", "earliest"),
+        ("partition.assignment.strategy", "rebalance"),
+    ] {
+        let e = err(&format!("kafka: {{properties: {{{key}: x}}}}"));
+        assert_contains(&e, &[&format!("kafka.properties.{key}"), "set by Sluice", owner]);
+    }
+}
+
+#[test]
+fn compression_codecs() {
+    assert_eq!(Config::default().kafka.producer.compression, Compression::None);
+    for codec in Compression::ALL {
+        let c =
+            parse(&format!("kafka: {{producer: {{compression: {}}}}}", codec.as_str())).unwrap();
+        assert_eq!(c.kafka.producer.compression, codec);
+    }
+    assert_contains(
+        &err("kafka: {producer: {compression: brotli}}"),
+        &["kafka.producer.compression", "brotli"],
+    );
+    assert_eq!(Config::default().streaming.inference.processing.max_replays, 3);
+}
+
+/// Every way a secret can be given stays out of `Debug`, `redacted()` and `sluice config
+/// check`'s output.
+#[test]
+fn secrets_never_show() {
+    const SECRETS: [&str; 4] = ["pw-sasl-1a2b", "pw-key-3c4d", "pw-jaas-5e6f", "pw-prop-7a8b"];
+    let mut c = Config::default();
+    c.kafka.security.protocol = SecurityProtocol::SaslSsl;
+    c.kafka.security.sasl.username = Some("svc".into());
+    c.kafka.security.sasl.password = Some(Secret::new(SECRETS[0]));
+    c.kafka.security.ssl.key_password = Some(Secret::new(SECRETS[1]));
+    c.kafka.properties.0.insert("sasl.oauthbearer.config".into(), SECRETS[2].into());
+    c.kafka.properties.0.insert("ssl.keystore.password".into(), SECRETS[3].into());
+    c.kafka.properties.0.insert("socket.timeout.ms".into(), "30000".into());
+    let shown = [
+        format!("{c:?}"),
+        format!("{:?}", c.kafka),
+        c.redacted().to_yaml(),
+        format!("{:?}", c.redacted()),
+    ];
+    for text in &shown {
+        for s in SECRETS {
+            assert!(!text.contains(s), "{s} shows in\n{text}");
+        }
+    }
+    assert!(shown[2].contains(REDACTED) && shown[2].contains("30000"), "{}", shown[2]);
+
+    // `sluice config check`, with the password from the environment (as a deployment does).
+    let f = temp_yaml(
+        "kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: SCRAM-SHA-256, username: svc}}}\n",
+    );
+    let var = "SLUICE_KAFKA_SECURITY_SASL_PASSWORD";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["config", "check"])
+        .arg(f.path())
+        .env(var, SECRETS[0])
+        .output()
+        .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains(SECRETS[0]), "{text}");
+    assert!(
+        text.contains(&format!("password: {REDACTED}"))
+            || text.contains(&format!("password: '{REDACTED}'")),
+        "{text}"
+    );
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::error::ConfigError;
 use super::overlay::{self, env_var_name};
-use super::types::{Config, REDACTED};
+use super::types::{is_secret_property, Config, Secret, REDACTED};
 use super::validate;
 
 impl Config {
@@ -81,11 +81,24 @@ impl Config {
         serde_yaml::to_string(self).expect("the configuration serializes to YAML")
     }
 
-    /// A copy with secrets (`control.token`) replaced by `<redacted>`, for display.
+    /// A copy with secrets (`control.token`, the `kafka.security` passwords and secrets, and
+    /// [secret-looking](super::is_secret_property) `kafka.properties` values) replaced by
+    /// `<redacted>`, for display.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         if c.control.token.is_some() {
             c.control.token = Some(REDACTED.to_owned());
+        }
+        let sec = &mut c.kafka.security;
+        for secret in [&mut sec.ssl.key_password, &mut sec.sasl.password] {
+            if secret.is_some() {
+                *secret = Some(Secret::new(REDACTED));
+            }
+        }
+        for (k, v) in c.kafka.properties.0.iter_mut() {
+            if is_secret_property(k) {
+                *v = REDACTED.to_owned();
+            }
         }
         c
     }

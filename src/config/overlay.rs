@@ -361,7 +361,8 @@ fn env_candidates(default: &Value, raw: &str) -> Result<Vec<Value>, String> {
 }
 
 /// Leaves holding secrets: set through the environment, they may not be empty.
-const SECRET_LEAVES: &[&str] = &["control.token"];
+const SECRET_LEAVES: &[&str] =
+    &["control.token", "kafka.security.ssl.keyPassword", "kafka.security.sasl.password"];
 
 /// A YAML scalar read of `s`, or the string itself.
 fn scalar(s: &str) -> Value {
@@ -520,7 +521,7 @@ mod tests {
         assert!(paths.contains(&"control.token".to_owned()));
         assert!(paths.contains(&"gpu.devices".to_owned()));
         assert!(paths.contains(&"streaming.inference.watermark.delayThreshold".to_owned()));
-        assert_eq!(paths.len(), 62, "{paths:#?}");
+        assert_eq!(paths.len(), 76, "{paths:#?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! but [`Config::load`](super::Config::load) and friends are the intended entry points: they
 //! add environment overrides, full-path error messages and validation.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -40,12 +41,282 @@ pub struct Config {
 pub struct KafkaConfig {
     /// `kafka.bootstrap`: broker addresses.
     pub bootstrap: KafkaBootstrap,
+    /// `kafka.security`: TLS and SASL towards the brokers.
+    pub security: KafkaSecurity,
     /// `kafka.consumer`: consumer-group settings.
     pub consumer: KafkaConsumer,
     /// `kafka.producer`: producer settings.
     pub producer: KafkaProducer,
     /// `kafka.topics`: topic names.
     pub topics: KafkaTopics,
+    /// `kafka.properties`: further librdkafka properties for every client (consumer, producer,
+    /// admin), applied over Sluice's own settings. Keys Sluice owns are refused
+    /// ([`OWNED_PROPERTIES`]).
+    pub properties: KafkaProperties,
+}
+
+/// librdkafka properties Sluice sets itself and `kafka.properties` may not override: the
+/// delivery guarantees depend on them (offset commits, idempotence, transactions, isolation),
+/// or they have their own configuration key (named after the `=`), which is where secrets are
+/// kept out of logs.
+pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.bootstrap.servers"),
+    ("metadata.broker.list", "kafka.bootstrap.servers"),
+    ("client.id", "set per client by Sluice"),
+    ("group.id", "kafka.consumer.group"),
+    ("group.instance.id", "at-least-once offset handling"),
+    ("group.protocol", "the rebalance handling (eager assignment)"),
+    ("partition.assignment.strategy", "the rebalance handling (eager assignment)"),
+    ("auto.offset.reset", "a group without committed offsets starts at the earliest offset"),
+    ("enable.auto.commit", "at-least-once offset handling"),
+    ("enable.auto.offset.store", "at-least-once offset handling"),
+    ("auto.commit.interval.ms", "kafka.consumer.commitIntervalMs"),
+    ("isolation.level", "exactly-once reads (read_committed)"),
+    ("enable.partition.eof", "the ingest loop"),
+    ("session.timeout.ms", "kafka.consumer.sessionTimeoutMs"),
+    ("heartbeat.interval.ms", "kafka.consumer.heartbeatIntervalMs"),
+    ("max.poll.interval.ms", "kafka.consumer.revokeTimeoutMs"),
+    ("fetch.wait.max.ms", "kafka.consumer.fetchWaitMaxMs"),
+    ("receive.message.max.bytes", "streaming.inference.limits.maxRecordBytes"),
+    ("message.max.bytes", "streaming.inference.limits.maxRecordBytes"),
+    ("enable.idempotence", "at-least-once and exactly-once delivery"),
+    ("acks", "at-least-once and exactly-once delivery (acks=all)"),
+    ("request.required.acks", "at-least-once and exactly-once delivery (acks=all)"),
+    ("transactional.id", "streaming.inference.processing.transactions.instanceId"),
+    ("transaction.timeout.ms", "streaming.inference.processing.transactions.timeoutMs"),
+    ("linger.ms", "kafka.producer.lingerMs"),
+    ("queue.buffering.max.ms", "kafka.producer.lingerMs"),
+    ("message.timeout.ms", "kafka.producer.deliveryTimeoutMs"),
+    ("delivery.timeout.ms", "kafka.producer.deliveryTimeoutMs"),
+    ("compression.type", "kafka.producer.compression"),
+    ("compression.codec", "kafka.producer.compression"),
+    ("security.protocol", "kafka.security.protocol"),
+    ("ssl.ca.location", "kafka.security.ssl.caFile"),
+    ("ssl.certificate.location", "kafka.security.ssl.certificateFile"),
+    ("ssl.key.location", "kafka.security.ssl.keyFile"),
+    ("ssl.key.password", "kafka.security.ssl.keyPassword / keyPasswordFile"),
+    ("ssl.endpoint.identification.algorithm", "kafka.security.ssl.verifyHostname"),
+    ("sasl.mechanism", "kafka.security.sasl.mechanism"),
+    ("sasl.mechanisms", "kafka.security.sasl.mechanism"),
+    ("sasl.username", "kafka.security.sasl.username"),
+    ("sasl.password", "kafka.security.sasl.password / passwordFile"),
+];
+
+/// Whether a librdkafka property's value is secret by its name (a password, a secret, a
+/// private key or a JAAS/OAuth configuration): such `kafka.properties` values are redacted
+/// like the `kafka.security` secrets.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "key.pem", "sasl.jaas", "oauthbearer.config", "token"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// A secret configuration value (a password). `Debug` never shows it;
+/// [`Config::redacted`](super::Config::redacted) replaces it for display. Read it with
+/// [`expose`](Self::expose), only to hand it to the client that needs it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `s`.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// `kafka.properties`: librdkafka property name to value (numbers and booleans are taken as
+/// their text). `Debug` redacts the values of [secret-looking](is_secret_property) keys.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(
+    #[serde(deserialize_with = "scalar_map::deserialize")] pub BTreeMap<String, String>,
+);
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if is_secret_property(k) { REDACTED } else { v.as_str() })),
+            )
+            .finish()
+    }
+}
+
+/// `kafka.security`: how every client authenticates to the brokers and encrypts its
+/// connections (librdkafka's `security.protocol`, `ssl.*` and `sasl.*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `protocol`: `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: SecurityProtocol,
+    /// `ssl`: TLS settings (with `ssl` and `sasl_ssl`).
+    pub ssl: KafkaSsl,
+    /// `sasl`: SASL settings (with `sasl_plaintext` and `sasl_ssl`).
+    pub sasl: KafkaSasl,
+}
+
+/// `kafka.security.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// `plaintext`: no TLS, no authentication.
+    #[default]
+    Plaintext,
+    /// `ssl`: TLS (with a client certificate for mutual TLS when one is given).
+    Ssl,
+    /// `sasl_plaintext`: SASL authentication without TLS.
+    SaslPlaintext,
+    /// `sasl_ssl`: SASL authentication over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    /// Whether clients authenticate with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+impl fmt::Display for SecurityProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `kafka.security.ssl`. Files are read when a client is created (so a rotated certificate is
+/// picked up at the next pipeline start); `keyPassword` may instead come from `keyPasswordFile`
+/// or from `SLUICE_KAFKA_SECURITY_SSL_KEY_PASSWORD`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSsl {
+    /// `caFile`: PEM file of the CA certificate(s) to trust; none: the system's trust store.
+    #[serde(rename = "caFile")]
+    pub ca_file: Option<PathBuf>,
+    /// `certificateFile`: PEM client certificate, for mutual TLS (with `keyFile`).
+    #[serde(rename = "certificateFile")]
+    pub certificate_file: Option<PathBuf>,
+    /// `keyFile`: PEM private key of the client certificate.
+    #[serde(rename = "keyFile")]
+    pub key_file: Option<PathBuf>,
+    /// `keyPassword`: the private key's password (secret).
+    #[serde(rename = "keyPassword")]
+    pub key_password: Option<Secret>,
+    /// `keyPasswordFile`: a file holding the private key's password (one trailing newline is
+    /// ignored).
+    #[serde(rename = "keyPasswordFile")]
+    pub key_password_file: Option<PathBuf>,
+    /// `verifyHostname`: check that the broker's certificate names the host connected to.
+    #[serde(rename = "verifyHostname")]
+    pub verify_hostname: bool,
+}
+
+impl Default for KafkaSsl {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            certificate_file: None,
+            key_file: None,
+            key_password: None,
+            key_password_file: None,
+            verify_hostname: true,
+        }
+    }
+}
+
+impl KafkaSsl {
+    /// Whether any TLS setting is given.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some()
+            || self.certificate_file.is_some()
+            || self.key_file.is_some()
+            || self.key_password.is_some()
+            || self.key_password_file.is_some()
+    }
+}
+
+/// `kafka.security.sasl`. The password may instead come from `passwordFile` or from
+/// `SLUICE_KAFKA_SECURITY_SASL_PASSWORD`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSasl {
+    /// `mechanism`: `PLAIN` (default), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: SaslMechanism,
+    /// `username` (PLAIN, SCRAM).
+    pub username: Option<String>,
+    /// `password` (PLAIN, SCRAM; secret).
+    pub password: Option<Secret>,
+    /// `passwordFile`: a file holding the password (one trailing newline is ignored).
+    #[serde(rename = "passwordFile")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl KafkaSasl {
+    /// Whether any SASL setting other than the mechanism is given.
+    pub fn is_set(&self) -> bool {
+        self.username.is_some() || self.password.is_some() || self.password_file.is_some()
+    }
+}
+
+/// `kafka.security.sasl.mechanism`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    /// `PLAIN`: username and password (use it over TLS only).
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256`.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The YAML (and librdkafka) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+impl fmt::Display for SaslMechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `kafka.bootstrap`.
@@ -140,6 +411,55 @@ pub struct KafkaProducer {
     /// many leading bytes of the request's key (0 ..= 65536).
     #[serde(rename = "deadLetterKeyBytes")]
     pub dead_letter_key_bytes: usize,
+    /// `kafka.producer.compression`: the codec of the records Sluice produces (results, dead
+    /// letters, metrics): `none` (default), `gzip`, `snappy`, `lz4` or `zstd`. Compressed
+    /// input is read whatever this says.
+    pub compression: Compression,
+}
+
+/// `kafka.producer.compression`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// `none`.
+    #[default]
+    None,
+    /// `gzip`.
+    Gzip,
+    /// `snappy`.
+    Snappy,
+    /// `lz4`.
+    Lz4,
+    /// `zstd`.
+    Zstd,
+}
+
+impl Compression {
+    /// Every codec, `none` first.
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    /// The YAML (and librdkafka `compression.type`) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for KafkaProducer {
@@ -149,6 +469,7 @@ impl Default for KafkaProducer {
             delivery_timeout_ms: 30_000,
             max_attempts: 5,
             dead_letter_key_bytes: 1024,
+            compression: Compression::None,
         }
     }
 }
@@ -373,6 +694,12 @@ pub struct ProcessingConfig {
     /// uncommitted and processed again after the restart.
     #[serde(rename = "drainTimeout")]
     pub drain_timeout_secs: u64,
+    /// `maxReplays`: how often `sluice replay` may send one dead letter back (the
+    /// `sluice-replay-count` header counts it). A replayed request that fails again once it
+    /// has been replayed this often is dead-lettered with a reason that says so, and `sluice
+    /// replay` skips it from then on (README "Replaying dead letters").
+    #[serde(rename = "maxReplays")]
+    pub max_replays: u32,
     /// `transactions`: the Kafka transactions of `guarantee: exactly_once`.
     pub transactions: TransactionsConfig,
     /// `circuitBreaker`: stop computing a model version whose batches keep failing.
@@ -387,6 +714,7 @@ impl Default for ProcessingConfig {
             timeout_secs: 10,
             max_retries: 3,
             drain_timeout_secs: 30,
+            max_replays: 3,
             transactions: TransactionsConfig::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
         }
@@ -868,5 +1196,67 @@ mod socket_addr_string {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// A map of strings whose values may be written as YAML numbers or booleans (`linger: 5`).
+mod scalar_map {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{self, MapAccess, Visitor};
+    use serde::Deserializer;
+
+    struct Text(String);
+
+    impl<'de> serde::Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string, number or boolean")
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
+                    Ok(Text(s.to_owned()))
+                }
+                fn visit_bool<E: de::Error>(self, b: bool) -> Result<Text, E> {
+                    Ok(Text(b.to_string()))
+                }
+                fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+                    Ok(Text(n.to_string()))
+                }
+                fn visit_u64<E: de::Error>(self, n: u64) -> Result<Text, E> {
+                    Ok(Text(n.to_string()))
+                }
+                fn visit_f64<E: de::Error>(self, n: f64) -> Result<Text, E> {
+                    Ok(Text(n.to_string()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, String>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BTreeMap<String, String>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of librdkafka property names to values")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(BTreeMap::new())
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, Text(v))) = m.next_entry::<String, Text>()? {
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
     }
 }

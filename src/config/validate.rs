@@ -1,6 +1,6 @@
 //! Semantic checks on a deserialized [`Config`]: ranges, topic names, cross-field rules.
 
-use super::types::Config;
+use super::types::{Config, KafkaSecurity, OWNED_PROPERTIES};
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
@@ -93,6 +93,20 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
             "kafka.producer.deadLetterKeyBytes".into(),
             format!("must be between 0 and 65536, got {dk}"),
         ));
+    }
+
+    check_security(&c.kafka.security)?;
+    for key in c.kafka.properties.0.keys() {
+        let k = key.trim();
+        if k.is_empty() {
+            return Err(("kafka.properties".into(), "a property name is empty".into()));
+        }
+        if let Some((_, owner)) = OWNED_PROPERTIES.iter().find(|(p, _)| p.eq_ignore_ascii_case(k)) {
+            return Err((
+                format!("kafka.properties.{k}"),
+                format!("is set by Sluice and may not be overridden ({owner})"),
+            ));
+        }
     }
 
     let inf = &c.streaming.inference;
@@ -190,6 +204,64 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
         return Err((
             "log.level".into(),
             "must be a non-empty EnvFilter directive such as \"info\"".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `kafka.security`: the settings of the chosen protocol are complete, and none is given that
+/// the protocol would ignore.
+fn check_security(s: &KafkaSecurity) -> Result<(), Violation> {
+    const SEC: &str = "kafka.security";
+    let p = s.protocol;
+    if !p.uses_tls() && s.ssl.is_set() {
+        return Err((
+            format!("{SEC}.ssl"),
+            format!(
+                "TLS settings are given but protocol is {p}: use ssl or sasl_ssl, or remove them"
+            ),
+        ));
+    }
+    if !p.uses_sasl() && s.sasl.is_set() {
+        return Err((
+            format!("{SEC}.sasl"),
+            format!("SASL settings are given but protocol is {p}: use sasl_plaintext or sasl_ssl, or remove them"),
+        ));
+    }
+    let ssl = &s.ssl;
+    if ssl.certificate_file.is_some() != ssl.key_file.is_some() {
+        return Err((
+            format!("{SEC}.ssl.keyFile"),
+            "certificateFile and keyFile go together (mutual TLS needs both)".into(),
+        ));
+    }
+    if ssl.key_password.is_some() && ssl.key_password_file.is_some() {
+        return Err((
+            format!("{SEC}.ssl.keyPasswordFile"),
+            "give keyPassword or keyPasswordFile, not both".into(),
+        ));
+    }
+    if (ssl.key_password.is_some() || ssl.key_password_file.is_some()) && ssl.key_file.is_none() {
+        return Err((format!("{SEC}.ssl.keyPassword"), "is set but there is no keyFile".into()));
+    }
+    if !p.uses_sasl() {
+        return Ok(());
+    }
+    let sasl = &s.sasl;
+    if sasl.password.is_some() && sasl.password_file.is_some() {
+        return Err((
+            format!("{SEC}.sasl.passwordFile"),
+            "give password or passwordFile, not both".into(),
+        ));
+    }
+    let m = sasl.mechanism;
+    if sasl.username.as_deref().is_none_or(|u| u.is_empty()) {
+        return Err((format!("{SEC}.sasl.username"), format!("is required with mechanism {m}")));
+    }
+    if sasl.password.is_none() && sasl.password_file.is_none() {
+        return Err((
+            format!("{SEC}.sasl.password"),
+            format!("is required with mechanism {m} (or passwordFile, or SLUICE_KAFKA_SECURITY_SASL_PASSWORD)"),
         ));
     }
     Ok(())

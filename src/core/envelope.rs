@@ -1,5 +1,6 @@
 //! A record as it arrived (its envelope), where it came from, and how its input is encoded.
 
+use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +24,10 @@ pub enum Priority {
     Normal,
 }
 
+/// The header in which `sluice replay` counts how often a record was sent back from the
+/// dead-letter topic (a decimal number); dead letters of replayed records keep it.
+pub const REPLAY_COUNT_HEADER: &str = "sluice-replay-count";
+
 /// How the payload is encoded (the record's `content-type` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentType {
@@ -45,6 +50,26 @@ pub struct Envelope {
     pub event_time_ms: Option<i64>,
     /// Delivery attempts so far (1 on first receipt).
     pub attempts: u32,
+    /// How often `sluice replay` has sent this record back from the dead-letter topic (its
+    /// `sluice-replay-count` header; 0 for a record never replayed).
+    pub replays: u32,
+    /// The record's headers, when it had any (kept for its dead letter).
+    pub headers: Option<Arc<dyn RecordHeaders>>,
+}
+
+/// The headers of the record a request came from, read only when it becomes a dead letter
+/// (the Kafka source shares the consumed message, no copy).
+pub trait RecordHeaders: Send + Sync {
+    /// Calls `f` with each header's name and value (a null value as empty), in order.
+    fn visit(&self, f: &mut dyn FnMut(&str, &[u8]));
+}
+
+impl fmt::Debug for dyn RecordHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut n = 0;
+        self.visit(&mut |_, _| n += 1);
+        write!(f, "RecordHeaders({n})")
+    }
 }
 
 impl Envelope {
@@ -60,6 +85,8 @@ impl Envelope {
             arrived: Instant::now(),
             event_time_ms: None,
             attempts: 1,
+            replays: 0,
+            headers: None,
         }
     }
 }

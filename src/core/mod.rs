@@ -13,7 +13,10 @@ pub mod output;
 pub mod staging;
 pub mod stats;
 
-pub use envelope::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, Priority, Source};
+pub use envelope::{
+    now_epoch_ms, ContentType, Envelope, IdText, InputKind, Priority, RecordHeaders, Source,
+    REPLAY_COUNT_HEADER,
+};
 pub use limits::{BatchCaps, Limits};
 pub use outcome::{bounded_reason, panic_message, MAX_REASON_BYTES};
 pub use outcome::{ErrorClass, Failure, InvalidInput, ModelId, Outcome, Timings, Verdict};

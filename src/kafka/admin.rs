@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext};
 
 use super::client::{close_in_background, KafkaLayerError};
 
@@ -37,14 +39,67 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
+/// A client context that logs librdkafka's log lines and error events (as the default one
+/// does) and keeps the last error's text for the caller's error.
+#[derive(Default)]
+struct ErrorRecorder {
+    last: parking_lot::Mutex<Option<String>>,
+}
+
+impl ClientContext for ErrorRecorder {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "{fac} {log_message}");
+                *self.last.lock() = Some(log_message.to_owned());
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac} {log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "{fac} {log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac} {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", error = %error, "{reason}");
+        *self.last.lock() = Some(reason.to_owned());
+    }
+}
+
+impl ConsumerContext for ErrorRecorder {}
+
 /// Partition count of each existing topic among `topics` (None when it does not exist).
 pub fn partition_counts(
     cfg: &ClientConfig,
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<Option<usize>>, KafkaLayerError> {
-    let consumer: BaseConsumer = cfg.create()?;
-    let md = consumer.fetch_metadata(None, timeout)?;
+    let consumer: BaseConsumer<ErrorRecorder> = cfg.create_with_context(ErrorRecorder::default())?;
+    let md = match consumer.fetch_metadata(None, timeout) {
+        Ok(md) => md,
+        Err(e) => {
+            // Why the brokers could not be reached (a TLS handshake, authentication, a
+            // refused connection) arrives as error events on the client's queue: serve
+            // them, so that the error says it rather than only "transport failure".
+            for _ in 0..100 {
+                if consumer.poll(Duration::ZERO).is_none() {
+                    break;
+                }
+            }
+            let last = consumer.context().last.lock().take();
+            close_in_background(consumer);
+            return Err(match last {
+                Some(why) => {
+                    KafkaLayerError::Other(format!("{e}; the last connection error: {why}"))
+                }
+                None => e.into(),
+            });
+        }
+    };
     let out = topics
         .iter()
         .map(|t| {

@@ -1,20 +1,117 @@
 //! What every Kafka client of Sluice shares: the base, producer and consumer settings, the
 //! instance name, the layer's error, and closing a client without hanging.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
-use crate::config::{Config, DeliveryGuarantee};
+use crate::config::{Config, DeliveryGuarantee, KafkaSecurity, Secret};
 
-/// Settings every client shares: brokers, IPv4 (Tansu and loopback tests), client id.
-pub fn base_client_config(cfg: &Config, client_id: &str) -> ClientConfig {
+/// Settings every client shares: brokers, IPv4 (Tansu and loopback tests; `kafka.properties`
+/// may change it), client id, `kafka.security`, then `kafka.properties` (validation refused
+/// the keys Sluice owns, so they cannot undo any of this). Fails when a secret or certificate
+/// file named by `kafka.security` cannot be read.
+pub fn base_client_config(cfg: &Config, client_id: &str) -> Result<ClientConfig, KafkaLayerError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.bootstrap.servers)
         .set("client.id", client_id)
         .set("broker.address.family", "v4")
         .set("socket.keepalive.enable", "true");
-    c
+    apply_security(&mut c, &cfg.kafka.security)?;
+    for (k, v) in &cfg.kafka.properties.0 {
+        c.set(k.trim(), v);
+    }
+    Ok(c)
+}
+
+/// `kafka.security` as librdkafka properties. Secrets are read here, from the configuration
+/// or the files it names, and go only into the client's configuration (which librdkafka
+/// never logs: it marks these properties sensitive).
+fn apply_security(c: &mut ClientConfig, s: &KafkaSecurity) -> Result<(), KafkaLayerError> {
+    const SEC: &str = "kafka.security";
+    c.set("security.protocol", s.protocol.as_str());
+    if s.protocol.uses_tls() {
+        let ssl = &s.ssl;
+        match &ssl.ca_file {
+            Some(ca) => {
+                c.set("ssl.ca.location", readable(ca, &format!("{SEC}.ssl.caFile"))?);
+            }
+            // The OpenSSL built into Sluice (vendored) does not know where this system keeps
+            // its CA certificates: librdkafka's `probe` looks in the usual places
+            // (/etc/ssl/certs, /etc/pki/tls, ...).
+            None => {
+                c.set("ssl.ca.location", "probe");
+            }
+        }
+        if let (Some(cert), Some(key)) = (&ssl.certificate_file, &ssl.key_file) {
+            c.set(
+                "ssl.certificate.location",
+                readable(cert, &format!("{SEC}.ssl.certificateFile"))?,
+            )
+            .set("ssl.key.location", readable(key, &format!("{SEC}.ssl.keyFile"))?);
+        }
+        if let Some(pw) = secret(
+            &ssl.key_password,
+            &ssl.key_password_file,
+            &format!("{SEC}.ssl.keyPasswordFile"),
+        )? {
+            c.set("ssl.key.password", pw);
+        }
+        c.set(
+            "ssl.endpoint.identification.algorithm",
+            if ssl.verify_hostname { "https" } else { "none" },
+        );
+    }
+    if s.protocol.uses_sasl() {
+        let sasl = &s.sasl;
+        c.set("sasl.mechanism", sasl.mechanism.as_str());
+        if let Some(u) = &sasl.username {
+            c.set("sasl.username", u);
+        }
+        if let Some(pw) =
+            secret(&sasl.password, &sasl.password_file, &format!("{SEC}.sasl.passwordFile"))?
+        {
+            c.set("sasl.password", pw);
+        }
+    }
+    Ok(())
+}
+
+/// `path` as a string for librdkafka, after checking that it can be opened, so that a wrong
+/// path is reported with its configuration key rather than as librdkafka's "ssl.ca.location
+/// failed".
+fn readable(path: &Path, key: &str) -> Result<String, KafkaLayerError> {
+    std::fs::File::open(path).map_err(|e| {
+        KafkaLayerError::Other(format!("{key}: cannot read {}: {e}", path.display()))
+    })?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// A secret given inline or in a file (its content, one trailing newline dropped). The error
+/// names the file, never its content.
+fn secret(
+    inline: &Option<Secret>,
+    file: &Option<PathBuf>,
+    file_key: &str,
+) -> Result<Option<String>, KafkaLayerError> {
+    if let Some(s) = inline {
+        return Ok(Some(s.expose().to_owned()));
+    }
+    let Some(path) = file else { return Ok(None) };
+    let mut text = std::fs::read_to_string(path).map_err(|e| {
+        KafkaLayerError::Other(format!("{file_key}: cannot read {}: {e}", path.display()))
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(KafkaLayerError::Other(format!("{file_key}: {} is empty", path.display())));
+    }
+    Ok(Some(text))
 }
 
 /// Bytes of Sluice's own headers a dead letter adds to the record it carries (class, a reason
@@ -33,8 +130,8 @@ pub fn largest_consumed_record(cfg: &Config) -> usize {
 /// and a size limit that covers a dead letter carrying the largest record the consumer can be
 /// handed, so that Sluice's own client never cuts one: only the broker's refusal does.
 /// (`sluice loadgen passthrough` uses the same, so that it measures the same client.)
-pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
-    let mut c = base_client_config(cfg, client_id);
+pub fn producer_config(cfg: &Config, client_id: &str) -> Result<ClientConfig, KafkaLayerError> {
+    let mut c = base_client_config(cfg, client_id)?;
     // librdkafka's own default is 1,000,000 bytes; its ceiling is 1,000,000,000.
     let max_message =
         (largest_consumed_record(cfg) + DEAD_LETTER_OVERHEAD_BYTES).min(1_000_000_000);
@@ -43,13 +140,13 @@ pub fn producer_config(cfg: &Config, client_id: &str) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", cfg.kafka.producer.linger_ms.to_string())
         .set("message.timeout.ms", cfg.kafka.producer.delivery_timeout_ms.to_string())
-        .set("compression.type", "none");
+        .set("compression.type", cfg.kafka.producer.compression.as_str());
     if cfg.streaming.inference.processing.guarantee == DeliveryGuarantee::ExactlyOnce {
         let tx = &cfg.streaming.inference.processing.transactions;
         c.set("transactional.id", transactional_id(cfg))
             .set("transaction.timeout.ms", tx.timeout_ms.to_string());
     }
-    c
+    Ok(c)
 }
 
 /// The producer's `transactional.id` in `exactly_once` mode: `sluice-<group>-<instanceId>`,
@@ -71,9 +168,9 @@ fn host_name() -> String {
 
 /// The ingest thread's consumer settings: the configured group, manual commits of stored
 /// offsets only, `read_committed`, short fetch waits.
-pub fn consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
+pub fn consumer_config(cfg: &Config, client_id: &str) -> Result<ClientConfig, KafkaLayerError> {
     let k = &cfg.kafka.consumer;
-    let mut c = base_client_config(cfg, client_id);
+    let mut c = base_client_config(cfg, client_id)?;
     c.set("group.id", &k.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -91,7 +188,7 @@ pub fn consumer_config(cfg: &Config, client_id: &str) -> ClientConfig {
         // revokeTimeoutMs (plus a transaction commit), so twice that, at least 60 s, is safe.
         .set("max.poll.interval.ms", max_poll_interval_ms(cfg).to_string())
         .set("isolation.level", "read_committed");
-    c
+    Ok(c)
 }
 
 /// The consumer's `max.poll.interval.ms`: twice `kafka.consumer.revokeTimeoutMs`, at least
@@ -150,5 +247,115 @@ pub fn close_in_background<T: Send + 'static>(client: T) {
             CLOSE_WAIT.as_secs()
         ),
         Err(e) => tracing::warn!(error = %e, "could not spawn the close thread"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::producer::BaseProducer;
+
+    use super::*;
+    use crate::config::{Compression, SaslMechanism, SecurityProtocol};
+
+    fn get<'a>(c: &'a ClientConfig, key: &str) -> Option<&'a str> {
+        c.get(key)
+    }
+
+    /// Builds `cfg`'s producer configuration and has librdkafka create a client from it: an
+    /// unknown property, a value it refuses or a feature missing from the build fails here.
+    fn created(cfg: &Config) -> ClientConfig {
+        let c = producer_config(cfg, "t").unwrap();
+        let p: Result<BaseProducer, _> = c.create();
+        assert!(p.is_ok(), "librdkafka refused {:?}: {:?}", cfg.kafka.security, p.err());
+        c
+    }
+
+    #[test]
+    fn plaintext_by_default() {
+        let c = created(&Config::default());
+        assert_eq!(get(&c, "security.protocol"), Some("plaintext"));
+        assert_eq!(get(&c, "compression.type"), Some("none"));
+        assert_eq!(get(&c, "sasl.mechanism"), None);
+        assert_eq!(get(&c, "ssl.ca.location"), None);
+    }
+
+    #[test]
+    fn every_codec_is_built_in() {
+        for codec in Compression::ALL {
+            let mut cfg = Config::default();
+            cfg.kafka.producer.compression = codec;
+            assert_eq!(get(&created(&cfg), "compression.type"), Some(codec.as_str()));
+        }
+    }
+
+    #[test]
+    fn sasl_mechanisms_and_tls_are_built_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-a-file\n").unwrap();
+        for mechanism in
+            [SaslMechanism::Plain, SaslMechanism::ScramSha256, SaslMechanism::ScramSha512]
+        {
+            for protocol in [SecurityProtocol::SaslPlaintext, SecurityProtocol::SaslSsl] {
+                let mut cfg = Config::default();
+                let s = &mut cfg.kafka.security;
+                s.protocol = protocol;
+                s.sasl.mechanism = mechanism;
+                s.sasl.username = Some("svc".into());
+                s.sasl.password_file = Some(pw.clone());
+                cfg.validate().unwrap();
+                let c = created(&cfg);
+                assert_eq!(get(&c, "security.protocol"), Some(protocol.as_str()));
+                assert_eq!(get(&c, "sasl.mechanism"), Some(mechanism.as_str()));
+                assert_eq!(get(&c, "sasl.username"), Some("svc"));
+                // One trailing newline of the file is not part of the password.
+                assert_eq!(get(&c, "sasl.password"), Some("from-a-file"));
+            }
+        }
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.kafka.security.protocol = SecurityProtocol::Ssl;
+        cfg.kafka.security.ssl.ca_file = Some(dir.path().join("missing-ca.pem"));
+        let e = base_client_config(&cfg, "t").unwrap_err().to_string();
+        assert!(e.contains("kafka.security.ssl.caFile") && e.contains("missing-ca.pem"), "{e}");
+
+        cfg.kafka.security.ssl.ca_file = None;
+        cfg.kafka.security.ssl.verify_hostname = false;
+        let c = created(&cfg);
+        assert_eq!(get(&c, "ssl.endpoint.identification.algorithm"), Some("none"));
+        assert_eq!(get(&c, "ssl.ca.location"), Some("probe"), "the system's trust store");
+
+        let key_pw = dir.path().join("key-pw");
+        std::fs::write(&key_pw, "").unwrap();
+        cfg.kafka.security.ssl.key_password_file = Some(key_pw.clone());
+        let e = base_client_config(&cfg, "t").unwrap_err().to_string();
+        assert!(e.contains("keyPasswordFile") && e.contains("is empty"), "{e}");
+        std::fs::write(&key_pw, "the-key-secret\r\n").unwrap();
+        let c = base_client_config(&cfg, "t").unwrap();
+        assert_eq!(get(&c, "ssl.key.password"), Some("the-key-secret"));
+    }
+
+    #[test]
+    fn properties_go_to_every_client_over_the_defaults() {
+        let mut cfg = Config::default();
+        cfg.kafka.properties.0.insert("broker.address.family".into(), "any".into());
+        cfg.kafka.properties.0.insert("socket.timeout.ms".into(), "12345".into());
+        for c in [
+            base_client_config(&cfg, "t").unwrap(),
+            producer_config(&cfg, "t").unwrap(),
+            consumer_config(&cfg, "t").unwrap(),
+        ] {
+            assert_eq!(get(&c, "broker.address.family"), Some("any"));
+            assert_eq!(get(&c, "socket.timeout.ms"), Some("12345"));
+        }
+        // An unknown property is librdkafka's to refuse, by name, when the client is made.
+        cfg.kafka.properties.0.insert("no.such.property".into(), "1".into());
+        let p: Result<BaseProducer, _> = producer_config(&cfg, "t").unwrap().create();
+        let e = p.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("no.such.property"), "{e}");
     }
 }

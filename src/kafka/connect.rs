@@ -38,7 +38,7 @@ pub fn connect(
     metrics: Option<(Duration, MetricsRenderer)>,
 ) -> Result<Connected, KafkaLayerError> {
     let topics = &cfg.kafka.topics.streaming;
-    let admin_cfg = base_client_config(cfg, &format!("{instance}-admin"));
+    let admin_cfg = base_client_config(cfg, &format!("{instance}-admin"))?;
     let all = [
         topics.input.as_str(),
         topics.priority.as_str(),
@@ -51,8 +51,9 @@ pub fn connect(
         tracing::info!(topics = ?created, "created missing topics (1 partition each; create them yourself for more)");
     }
     let tracker = Arc::new(Mutex::new(CommitTracker::new()));
-    let producer: BaseProducer<SinkContext> = producer_config(cfg, &format!("{instance}-producer"))
-        .create_with_context(SinkContext::new(tracker.clone(), emit_stats))?;
+    let producer: BaseProducer<SinkContext> =
+        producer_config(cfg, &format!("{instance}-producer"))?
+            .create_with_context(SinkContext::new(tracker.clone(), emit_stats))?;
     let processing = &cfg.streaming.inference.processing;
     let exactly_once = processing.guarantee == DeliveryGuarantee::ExactlyOnce;
     let (txn_requests, txn_inbox) = crossbeam_channel::unbounded();
@@ -78,7 +79,7 @@ pub fn connect(
         exactly_once.then_some(txn_requests),
     );
     let consumer: BaseConsumer<SourceContext> =
-        consumer_config(cfg, &format!("{instance}-consumer"))
+        consumer_config(cfg, &format!("{instance}-consumer"))?
             .create_with_context(SourceContext { shared: shared.clone() })?;
     consumer.subscribe(&[topics.priority.as_str(), topics.input.as_str()])?;
     let consumer = Arc::new(consumer);
@@ -91,6 +92,7 @@ pub fn connect(
         metrics,
         max_attempts: cfg.kafka.producer.max_attempts.max(1),
         dead_letter_key_bytes: cfg.kafka.producer.dead_letter_key_bytes,
+        max_replays: processing.max_replays,
         txn: exactly_once.then(|| {
             let settings = TxnSettings {
                 interval: Duration::from_millis(processing.transactions.commit_interval_ms),

@@ -1,7 +1,7 @@
 //! Kafka: the record source (consumer, thread `sluice-ingest`), the outcome sink (producer,
 //! thread `sluice-emit`), the commit tracker, zero-copy payloads, topic administration and
-//! the reachability/lag probe, and the rollout control topic (`rollout`, thread
-//! `sluice-rollout`).
+//! the reachability/lag probe, `sluice replay` (dead letters back to their input topic),
+//! and the rollout control topic (`rollout`, thread `sluice-rollout`).
 //!
 //! **Architecture invariant:** only this module touches rdkafka, and nothing in it runs on an
 //! async runtime: each client is driven by its own OS thread (the admin client's futures by a
@@ -14,6 +14,7 @@ pub mod connect;
 pub mod local;
 pub mod payload;
 pub mod probe;
+pub mod replay;
 pub mod rollout;
 pub mod sink;
 pub mod source;
@@ -26,5 +27,6 @@ pub use client::{
 pub use commit::{CommitPoint, CommitTracker};
 pub use connect::{connect, Connected};
 pub use probe::{KafkaProbe, PartitionLag};
+pub use replay::{replay, ReplayOptions, ReplaySummary};
 pub use sink::{KafkaSink, MetricsRenderer, SinkContext};
 pub use source::{KafkaSource, SourceContext, SourceHandle, SourceShared};

@@ -32,7 +32,7 @@ impl KafkaProbe {
     /// A probe for the brokers of `cfg` (connects lazily).
     pub fn new(cfg: &Config) -> Result<KafkaProbe, KafkaLayerError> {
         let client: BaseConsumer =
-            base_client_config(cfg, &format!("{}-probe", instance_name())).create()?;
+            base_client_config(cfg, &format!("{}-probe", instance_name()))?.create()?;
         Ok(KafkaProbe { client: Some(client), topic: cfg.kafka.topics.streaming.input.clone() })
     }
 

@@ -66,7 +66,8 @@ impl RolloutSync {
     pub fn start(cfg: &Config, cache: Arc<ModelCache>) -> Result<RolloutSync, String> {
         let topic = cfg.kafka.topics.streaming.control.clone();
         let name = format!("{}-rollout", instance_name());
-        let base = base_client_config(cfg, &name);
+        let base =
+            base_client_config(cfg, &name).map_err(|e| format!("Kafka client settings: {e}"))?;
         ensure_compacted(&base, &topic)?;
         let producer: BaseProducer<Ack> = {
             let mut c = base.clone();

@@ -165,6 +165,9 @@ pub struct KafkaSink {
     pub max_attempts: u32,
     /// `kafka.producer.deadLetterKeyBytes`.
     pub dead_letter_key_bytes: usize,
+    /// `streaming.inference.processing.maxReplays`: a dead letter of a request replayed this
+    /// often says so in its reason.
+    pub max_replays: u32,
     /// Exactly-once: the transactions (`None`: at-least-once).
     pub txn: Option<Transactions>,
 }
@@ -363,7 +366,7 @@ impl KafkaSink {
                     topic: self.dlq_topic.clone(),
                     key: o.env.key.clone(),
                     value: o.env.payload.clone(),
-                    headers: DeadLetterHeaders::of(&o),
+                    headers: DeadLetterHeaders::with_replay_limit(&o, self.max_replays),
                     source,
                     request,
                     if_refused: None,
@@ -551,9 +554,11 @@ impl KafkaSink {
         let value = rec.value.clone();
         let headers = rec.headers.as_ref().map(|hs| {
             let pairs = hs.pairs();
-            pairs.iter().fold(OwnedHeaders::new_with_capacity(pairs.len()), |h, (k, v)| {
-                h.insert(Header { key: k, value: Some(v.as_bytes()) })
-            })
+            let own = pairs.iter().fold(
+                OwnedHeaders::new_with_capacity(pairs.len() + hs.carried.len()),
+                |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }),
+            );
+            hs.carried.iter().fold(own, |h, (k, v)| h.insert(Header { key: k, value: Some(v) }))
         });
         let mut record = BaseRecord::with_opaque_to(&topic, rec).payload(&value[..]);
         if let Some(k) = &key {
@@ -681,6 +686,9 @@ impl KafkaSink {
                 rec.key = cut_key;
                 rec.value = cut_value;
                 rec.shape = Shape::Cut;
+                // The request's own headers may be what made it too large; a cut dead letter
+                // is not replayed anyway.
+                headers.carried.clear();
             }
             Shape::Cut => {
                 headers.reason = bounded_reason(format!(

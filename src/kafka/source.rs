@@ -19,6 +19,7 @@ use super::payload::message_bytes;
 use super::probe::PartitionLag;
 use crate::core::{
     ContentType, Envelope, ErrorClass, Failure, IngestStats, InvalidInput, Priority, Source,
+    REPLAY_COUNT_HEADER,
 };
 use crate::execute::circuit::Circuits;
 use crate::models::{LoadDone, ModelKey};
@@ -340,6 +341,18 @@ pub struct KafkaSource {
     pub max_held_bytes: u64,
 }
 
+/// The record's `sluice-replay-count` header ([`REPLAY_COUNT_HEADER`]): how often `sluice
+/// replay` sent it back. Absent or not a number: 0.
+fn replay_count(msg: &rdkafka::message::BorrowedMessage<'_>) -> u32 {
+    let Some(headers) = msg.headers() else { return 0 };
+    headers
+        .iter()
+        .find(|h| h.key == REPLAY_COUNT_HEADER)
+        .and_then(|h| std::str::from_utf8(h.value.unwrap_or(&[])).ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn content_type(msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<ContentType, InvalidInput> {
     let Some(headers) = msg.headers() else { return Ok(ContentType::Json) };
     for h in headers.iter() {
@@ -567,11 +580,14 @@ impl KafkaSource {
         let source = Source { topic, partition: msg.partition(), offset: msg.offset() };
         self.shared.tracker.lock().track(&source.topic, source.partition, source.offset);
         let ct = content_type(&msg);
+        let replays = replay_count(&msg);
         let event_time_ms = msg.timestamp().to_millis();
-        let (key, payload) = message_bytes(&self.consumer, msg, &self.shared.stats);
+        let (key, payload, headers) = message_bytes(&self.consumer, msg, &self.shared.stats);
         let mut env = Envelope::new(payload, source, priority);
         env.key = key;
         env.event_time_ms = event_time_ms;
+        env.replays = replays;
+        env.headers = headers;
         match ct {
             Err(reason) => {
                 intake.reject_unread(env, Failure::new(ErrorClass::Parse, reason));

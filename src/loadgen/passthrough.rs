@@ -62,18 +62,21 @@ pub fn run(
     let topics = &cfg.kafka.topics.streaming;
     let instance = format!("sluice-passthrough-{}", std::process::id());
     let all = [topics.input.as_str(), topics.priority.as_str(), topics.output.as_str()];
-    admin::ensure_topics(
-        &base_client_config(cfg, &format!("{instance}-admin")),
-        &all,
-        1,
-        Duration::from_secs(10),
-    )
-    .map_err(LoadgenError::topics("creating topics"))?;
+    let client_config = |role: &str| -> Result<rdkafka::ClientConfig> {
+        let c = match role {
+            "producer" => producer_config(cfg, &format!("{instance}-{role}")),
+            "consumer" => consumer_config(cfg, &format!("{instance}-{role}")),
+            _ => base_client_config(cfg, &format!("{instance}-{role}")),
+        };
+        c.map_err(LoadgenError::topics("configuring the Kafka clients"))
+    };
+    admin::ensure_topics(&client_config("admin")?, &all, 1, Duration::from_secs(10))
+        .map_err(LoadgenError::topics("creating topics"))?;
     let tracker = Arc::new(Mutex::new(CommitTracker::new()));
-    let producer: BaseProducer<AckContext> = producer_config(cfg, &format!("{instance}-producer"))
+    let producer: BaseProducer<AckContext> = client_config("producer")?
         .create_with_context(AckContext { tracker: tracker.clone(), failures: AtomicU64::new(0) })
         .map_err(LoadgenError::kafka("creating the producer"))?;
-    let consumer: BaseConsumer = consumer_config(cfg, &format!("{instance}-consumer"))
+    let consumer: BaseConsumer = client_config("consumer")?
         .create()
         .map_err(LoadgenError::kafka("creating the consumer"))?;
     consumer

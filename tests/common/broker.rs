@@ -66,6 +66,9 @@ exit "$rc"
 pub struct TestBroker {
     /// `bootstrap.servers` for clients.
     pub bootstrap: String,
+    /// Further settings for every client the helpers make (`security.protocol`, the CA of a
+    /// TLS front, ...).
+    pub client_settings: Vec<(String, String)>,
     tansu: bool,
     child: Option<TansuChild>,
 }
@@ -119,6 +122,7 @@ impl TestBroker {
                 Ok(child) => {
                     return Ok(TestBroker {
                         bootstrap: format!("127.0.0.1:{}", child.port),
+                        client_settings: Vec::new(),
                         tansu: true,
                         child: Some(child),
                     })
@@ -148,7 +152,12 @@ impl TestBroker {
             Ok(k) if k == "kafka" => false,
             _ => info.cluster_id.as_deref().is_some_and(|id| id.starts_with("tansu")),
         };
-        Ok(TestBroker { bootstrap: addr.to_string(), tansu, child: None })
+        Ok(TestBroker {
+            bootstrap: addr.to_string(),
+            client_settings: Vec::new(),
+            tansu,
+            child: None,
+        })
     }
 
     /// Whether the broker is Tansu (started here, or `SLUICE_TEST_BROKER` with a Tansu cluster id or
@@ -218,6 +227,9 @@ impl TestBroker {
         c.set("bootstrap.servers", &self.bootstrap)
             .set("broker.address.family", "v4")
             .set("client.id", "sluice-test");
+        for (k, v) in &self.client_settings {
+            c.set(k, v);
+        }
         c
     }
 
@@ -790,7 +802,12 @@ fn spawn_tansu(bin: &Path, advertised: Option<u16>) -> Result<TansuChild, String
             Ok(_) => return Ok(child), // a dropped `child` would kill tansu: hand it over
             Err(e) if Instant::now() >= deadline => {
                 let tail = log_tail(&child.log);
-                drop(TestBroker { bootstrap: addr, tansu: true, child: Some(child) });
+                drop(TestBroker {
+                    bootstrap: addr,
+                    client_settings: Vec::new(),
+                    tansu: true,
+                    child: Some(child),
+                });
                 return Err(format!(
                     "tansu on port {port} not ready in {READY_TIMEOUT:?}: {e}; log: {tail}"
                 ));

@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod rawlog;
 pub mod serve;
 pub mod testkit;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -209,6 +209,49 @@ pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Top
     Ok(log)
 }
 
+/// The codec of every stored data batch of `topic` (control batches left out), as the broker
+/// hands them out: (partition, base offset, codec bits, see [`RawBatch::codec`]). One Fetch
+/// per partition from offset 0; the batches are not decoded, so compressed ones are fine.
+pub fn stored_codecs(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, u8)>, String> {
+    let deadline = Instant::now() + timeout;
+    let mut boot = connect_any(bootstrap, deadline)?;
+    let (brokers, leaders) = partition_leaders(&mut boot, topic, deadline)?;
+    let mut out = Vec::new();
+    for (&partition, leader) in &leaders {
+        let addr = brokers.get(leader).ok_or_else(|| format!("{topic}: no broker {leader}"))?;
+        let mut conn = Conn::connect(addr, deadline)?;
+        let version = conn.version::<FetchRequest>(FETCH_MAX_VERSION)?;
+        let request = FetchRequest::default()
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_max_bytes(FETCH_BYTES)
+            .with_isolation_level(0)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(FETCH_BYTES)])]);
+        let response = conn.call(&request, version)?;
+        let records = response
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == partition)
+            .and_then(|p| p.records)
+            .unwrap_or_default();
+        let (batches, _) = split_batches(&records)?;
+        out.extend(
+            batches.iter().filter(|b| !b.control).map(|b| (partition, b.base_offset, b.codec)),
+        );
+    }
+    Ok(out)
+}
+
 /// The first broker of `bootstrap` that answers.
 fn connect_any(bootstrap: &str, deadline: Instant) -> Result<Conn, String> {
     let mut errors = Vec::new();
@@ -432,6 +475,9 @@ pub struct RawBatch {
     pub producer_id: i64,
     pub transactional: bool,
     pub control: bool,
+    /// The compression codec of its records (attributes bits 0-2: 0 none, 1 gzip, 2 snappy,
+    /// 3 lz4, 4 zstd).
+    pub codec: u8,
     /// The whole batch, from its base offset on.
     pub bytes: Bytes,
 }
@@ -471,6 +517,7 @@ pub fn split_batches(records: &Bytes) -> Result<(Vec<RawBatch>, bool), String> {
             producer_id: i64::from_be_bytes(be(rest, 43)),
             transactional: attributes & (1 << 4) != 0,
             control: attributes & (1 << 5) != 0,
+            codec: (attributes & 0b111) as u8,
             bytes: records.slice(at..at + size),
         });
         at += size;
