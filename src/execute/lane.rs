@@ -205,17 +205,7 @@ impl<E: Executor> Lane<E> {
             self.pool.push(reqs);
             return true;
         }
-        if let Err((k, why)) = fill_batch(&model, &reqs, self.executor.staging(), &mut self.scratch)
-        {
-            let bad = reqs.swap_remove(k);
-            send(
-                &self.shared.completions,
-                bad.into_failed(
-                    Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
-                    Some(started),
-                    0,
-                ),
-            );
+        if !self.stage(&model, &mut reqs, started) {
             for r in reqs.drain(..) {
                 self.batcher.push(r);
             }
@@ -411,17 +401,7 @@ impl<E: Executor> Lane<E> {
         attempt: u32,
         tally: &mut Tally,
     ) {
-        if let Err((k, why)) = fill_batch(&model, &reqs, self.executor.staging(), &mut self.scratch)
-        {
-            let bad = reqs.swap_remove(k);
-            send(
-                &self.shared.completions,
-                bad.into_failed(
-                    Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
-                    Some(started),
-                    0,
-                ),
-            );
+        if !self.stage(&model, &mut reqs, started) {
             // The others are staged again, without it.
             if !reqs.is_empty() {
                 self.run_sub(reqs, model, started, attempt, tally);
@@ -440,6 +420,25 @@ impl<E: Executor> Lane<E> {
             }
             Err(e) => self.retry_tree(sub, attempt, e, tally),
         }
+    }
+
+    /// Fills the executor's staging slot with `reqs`. A request that cannot be staged is
+    /// taken out of `reqs` and dead-lettered; then `false` (the slot holds nothing usable).
+    fn stage(&mut self, model: &LoadedModel, reqs: &mut Vec<Request>, started: Instant) -> bool {
+        let Err((k, why)) = fill_batch(model, reqs, self.executor.staging(), &mut self.scratch)
+        else {
+            return true;
+        };
+        let bad = reqs.swap_remove(k);
+        send(
+            &self.shared.completions,
+            bad.into_failed(
+                Failure::new(ErrorClass::Inference, format!("staging failed: {why}")),
+                Some(started),
+                0,
+            ),
+        );
+        false
     }
 
     /// Judges a batch whose retries are over. Some of its requests computed: the version
