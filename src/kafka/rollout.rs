@@ -53,7 +53,8 @@ impl ProducerContext for Ack {
 /// The follower thread and the publisher of one instance.
 pub struct RolloutSync {
     topic: String,
-    producer: Mutex<BaseProducer<Ack>>,
+    /// `None` once dropped (closed in the background: librdkafka's destroy can hang).
+    producer: Mutex<Option<BaseProducer<Ack>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Records applied so far (tests and `status`).
@@ -104,7 +105,7 @@ impl RolloutSync {
         tracing::info!(topic = %topic, "following the rollout control topic");
         Ok(RolloutSync {
             topic,
-            producer: Mutex::new(producer),
+            producer: Mutex::new(Some(producer)),
             stop,
             thread: Some(thread),
             applied,
@@ -116,7 +117,10 @@ impl RolloutSync {
     pub fn publish(&self, name: &str, split: Option<&Split>) -> Result<(), String> {
         let value = serde_json::to_vec(&RolloutRecord { split: split.map(Split::to_map) })
             .map_err(|e| e.to_string())?;
-        let producer = self.producer.lock();
+        let guard = self.producer.lock();
+        let Some(producer) = guard.as_ref() else {
+            return Err(format!("control topic {}: closed", self.topic));
+        };
         *producer.context().0.lock() = None;
         producer
             .send(BaseRecord::<str, [u8], ()>::to(&self.topic).key(name).payload(&value))
@@ -143,6 +147,9 @@ impl Drop for RolloutSync {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(p) = self.producer.lock().take() {
+            close_in_background(p);
         }
     }
 }
