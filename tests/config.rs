@@ -636,11 +636,15 @@ fn security_sections_parse() {
     assert_eq!(s.sasl.password_file.as_deref(), Some(Path::new("/run/secrets/kafka")));
     assert_eq!(Config::default().kafka.security.protocol, SecurityProtocol::Plaintext);
 
-    // OAUTHBEARER is not built in (its OIDC token fetch needs libcurl): refused by name.
-    assert_contains(
-        &err("kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: OAUTHBEARER, username: u, password: p}}}"),
-        &["kafka.security.sasl.mechanism", "OAUTHBEARER", "SCRAM-SHA-512"],
+    // OAUTHBEARER: a token file, and optionally the principal (else the JWT's sub).
+    let o = parse("kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: OAUTHBEARER, oauthbearer: {tokenFile: /var/run/secrets/kafka/token}}}}").unwrap();
+    let sasl = &o.kafka.security.sasl;
+    assert_eq!(sasl.mechanism, SaslMechanism::OAuthBearer);
+    assert_eq!(
+        sasl.oauthbearer.token_file.as_deref(),
+        Some(Path::new("/var/run/secrets/kafka/token"))
     );
+    assert_eq!(sasl.oauthbearer.principal, None);
 
     let mtls = parse("kafka: {security: {protocol: ssl, ssl: {certificateFile: c.pem, keyFile: k.pem, keyPasswordFile: p.txt, verifyHostname: false}}}").unwrap();
     assert!(!mtls.kafka.security.ssl.verify_hostname);
@@ -699,6 +703,26 @@ fn incomplete_or_contradictory_security_is_refused() {
         ("kafka: {security: {protocol: ssl, ssl: {keyPassword: x}}}", &["kafka.security.ssl.keyPassword", "no keyFile"]),
         ("kafka: {security: {protocol: tls}}", &["kafka.security.protocol", "tls"]),
         ("kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: GSSAPI}}}", &["kafka.security.sasl.mechanism", "GSSAPI"]),
+        (
+            "kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: OAUTHBEARER, username: u, password: p}}}",
+            &["kafka.security.sasl.username", "not used with mechanism OAUTHBEARER"],
+        ),
+        (
+            "kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: OAUTHBEARER}}}",
+            &["kafka.security.sasl.oauthbearer.tokenFile", "required"],
+        ),
+        (
+            "kafka: {security: {protocol: sasl_ssl, sasl: {mechanism: OAUTHBEARER, oauthbearer: {tokenFile: t, principal: \"\"}}}}",
+            &["kafka.security.sasl.oauthbearer.principal", "empty"],
+        ),
+        (
+            "kafka: {security: {protocol: sasl_ssl, sasl: {username: u, password: p, oauthbearer: {tokenFile: t}}}}",
+            &["kafka.security.sasl.oauthbearer", "mechanism is PLAIN"],
+        ),
+        (
+            "kafka: {properties: {sasl.oauthbearer.method: oidc}}",
+            &["sasl.oauthbearer.method", "OIDC token fetch is not built in"],
+        ),
     ] {
         assert_contains(&err(yaml), needles);
     }

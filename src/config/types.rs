@@ -100,6 +100,12 @@ pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("sasl.mechanisms", "kafka.security.sasl.mechanism"),
     ("sasl.username", "kafka.security.sasl.username"),
     ("sasl.password", "kafka.security.sasl.password / passwordFile"),
+    ("sasl.oauthbearer.config", "kafka.security.sasl.oauthbearer"),
+    (
+        "sasl.oauthbearer.method",
+        "kafka.security.sasl.oauthbearer (librdkafka's OIDC token fetch is not built in)",
+    ),
+    ("enable.sasl.oauthbearer.unsecure.jwt", "kafka.security.sasl.oauthbearer"),
 ];
 
 /// Whether a librdkafka property's value is secret by its name (a password, a secret, a
@@ -269,7 +275,7 @@ impl KafkaSsl {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaSasl {
-    /// `mechanism`: `PLAIN` (default), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    /// `mechanism`: `PLAIN` (default), `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
     pub mechanism: SaslMechanism,
     /// `username` (PLAIN, SCRAM).
     pub username: Option<String>,
@@ -278,12 +284,38 @@ pub struct KafkaSasl {
     /// `passwordFile`: a file holding the password (one trailing newline is ignored).
     #[serde(rename = "passwordFile")]
     pub password_file: Option<PathBuf>,
+    /// `oauthbearer` (OAUTHBEARER only).
+    pub oauthbearer: KafkaOAuthBearer,
 }
 
 impl KafkaSasl {
     /// Whether any SASL setting other than the mechanism is given.
     pub fn is_set(&self) -> bool {
-        self.username.is_some() || self.password.is_some() || self.password_file.is_some()
+        self.username.is_some()
+            || self.password.is_some()
+            || self.password_file.is_some()
+            || self.oauthbearer.is_set()
+    }
+}
+
+/// `kafka.security.sasl.oauthbearer`: where the bearer token comes from. The token is read
+/// from `tokenFile` each time librdkafka asks for one (at the first connection, then at 80% of
+/// the token's lifetime), so a file that another process keeps fresh (a Kubernetes projected
+/// service-account token, an identity provider's sidecar) is followed without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaOAuthBearer {
+    /// `tokenFile`: a file holding the token (a JWT, or an opaque token with `principal`).
+    #[serde(rename = "tokenFile")]
+    pub token_file: Option<PathBuf>,
+    /// `principal`: the Kafka principal the token stands for; null: the JWT's `sub` claim.
+    pub principal: Option<String>,
+}
+
+impl KafkaOAuthBearer {
+    /// Whether any OAUTHBEARER setting is given.
+    pub fn is_set(&self) -> bool {
+        self.token_file.is_some() || self.principal.is_some()
     }
 }
 
@@ -300,6 +332,9 @@ pub enum SaslMechanism {
     /// `SCRAM-SHA-512`.
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
+    /// `OAUTHBEARER`: a bearer token read from `oauthbearer.tokenFile`.
+    #[serde(rename = "OAUTHBEARER")]
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -309,6 +344,7 @@ impl SaslMechanism {
             Self::Plain => "PLAIN",
             Self::ScramSha256 => "SCRAM-SHA-256",
             Self::ScramSha512 => "SCRAM-SHA-512",
+            Self::OAuthBearer => "OAUTHBEARER",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Semantic checks on a deserialized [`Config`]: ranges, topic names, cross-field rules.
 
-use super::types::{Config, KafkaSecurity, OWNED_PROPERTIES};
+use super::types::{Config, KafkaSecurity, SaslMechanism, OWNED_PROPERTIES};
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
@@ -255,6 +255,35 @@ fn check_security(s: &KafkaSecurity) -> Result<(), Violation> {
         ));
     }
     let m = sasl.mechanism;
+    if m == SaslMechanism::OAuthBearer {
+        if sasl.username.is_some() || sasl.password.is_some() || sasl.password_file.is_some() {
+            return Err((
+                format!("{SEC}.sasl.username"),
+                "username and password are not used with mechanism OAUTHBEARER: remove them \
+                 (the token names its principal)"
+                    .into(),
+            ));
+        }
+        if sasl.oauthbearer.token_file.is_none() {
+            return Err((
+                format!("{SEC}.sasl.oauthbearer.tokenFile"),
+                "is required with mechanism OAUTHBEARER".into(),
+            ));
+        }
+        if sasl.oauthbearer.principal.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err((
+                format!("{SEC}.sasl.oauthbearer.principal"),
+                "is empty: give a principal, or null to take the JWT's sub claim".into(),
+            ));
+        }
+        return Ok(());
+    }
+    if sasl.oauthbearer.is_set() {
+        return Err((
+            format!("{SEC}.sasl.oauthbearer"),
+            format!("is given but mechanism is {m}: use OAUTHBEARER, or remove it"),
+        ));
+    }
     if sasl.username.as_deref().is_none_or(|u| u.is_empty()) {
         return Err((format!("{SEC}.sasl.username"), format!("is required with mechanism {m}")));
     }

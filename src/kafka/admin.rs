@@ -10,13 +10,13 @@ use std::thread::Thread;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, ClientContext};
 
-use super::client::{close_in_background, KafkaLayerError};
+use super::client::{close_in_background, create, KafkaLayerError};
+use super::oauth::Plain;
 
 struct ThreadWaker(Thread);
 
@@ -47,6 +47,8 @@ struct ErrorRecorder {
 }
 
 impl ClientContext for ErrorRecorder {
+    super::oauth::refresh_oauth_token!();
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -78,7 +80,7 @@ pub fn partition_counts(
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<Option<usize>>, KafkaLayerError> {
-    let consumer: BaseConsumer<ErrorRecorder> = cfg.create_with_context(ErrorRecorder::default())?;
+    let consumer: BaseConsumer<ErrorRecorder> = create(cfg, ErrorRecorder::default())?;
     let md = match consumer.fetch_metadata(None, timeout) {
         Ok(md) => md,
         Err(e) => {
@@ -127,7 +129,7 @@ pub fn ensure_topics(
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
+    let admin: AdminClient<Plain> = create(cfg, Plain)?;
     let new: Vec<NewTopic> =
         missing.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout));

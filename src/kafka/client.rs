@@ -4,9 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::Client;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::{Config, DeliveryGuarantee, KafkaSecurity, Secret};
+
+use super::oauth::{self, TokenSource};
 
 /// Settings every client shares: brokers, IPv4 (Tansu and loopback tests; `kafka.properties`
 /// may change it), client id, `kafka.security`, then `kafka.properties` (validation refused
@@ -23,6 +30,43 @@ pub fn base_client_config(cfg: &Config, client_id: &str) -> Result<ClientConfig,
         c.set(k.trim(), v);
     }
     Ok(c)
+}
+
+/// A client librdkafka made, whose native client can be given an OAUTHBEARER token.
+pub trait MadeClient<C: ClientContext> {
+    /// The native client.
+    fn native(&self) -> &Client<C>;
+}
+
+impl<C: ConsumerContext> MadeClient<C> for BaseConsumer<C> {
+    fn native(&self) -> &Client<C> {
+        self.client()
+    }
+}
+
+impl<C: ProducerContext> MadeClient<C> for BaseProducer<C> {
+    fn native(&self) -> &Client<C> {
+        self.client()
+    }
+}
+
+impl<C: ClientContext> MadeClient<C> for AdminClient<C> {
+    fn native(&self) -> &Client<C> {
+        self.inner()
+    }
+}
+
+/// Creates a client from `c` with `context`, and gives it its first OAUTHBEARER token when
+/// `kafka.security` asks for one (see `kafka::oauth`). Every Kafka client of Sluice is made
+/// here.
+pub fn create<T, C>(c: &ClientConfig, context: C) -> Result<T, KafkaLayerError>
+where
+    C: ClientContext,
+    T: FromClientConfigAndContext<C> + MadeClient<C>,
+{
+    let client = T::from_config_and_context(c, context)?;
+    oauth::prime(client.native(), c).map_err(KafkaLayerError::Other)?;
+    Ok(client)
 }
 
 /// `kafka.security` as librdkafka properties. Secrets are read here, from the configuration
@@ -62,6 +106,12 @@ fn apply_security(c: &mut ClientConfig, s: &KafkaSecurity) -> Result<(), KafkaLa
             "ssl.endpoint.identification.algorithm",
             if ssl.verify_hostname { "https" } else { "none" },
         );
+    }
+    if let Some(source) = TokenSource::of(s.protocol, s.sasl.mechanism, &s.sasl.oauthbearer) {
+        readable(&source.file, &format!("{SEC}.sasl.oauthbearer.tokenFile"))?;
+        c.set("sasl.mechanism", s.sasl.mechanism.as_str())
+            .set(oauth::CONFIG_KEY, source.encode().map_err(KafkaLayerError::Other)?);
+        return Ok(());
     }
     if s.protocol.uses_sasl() {
         let sasl = &s.sasl;
@@ -312,6 +362,88 @@ mod tests {
                 assert_eq!(get(&c, "sasl.password"), Some("from-a-file"));
             }
         }
+    }
+
+    fn jwt(claims: &str) -> String {
+        use base64::Engine as _;
+        let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.{}", e(r#"{"alg":"none"}"#), e(claims), e("sig"))
+    }
+
+    fn oauth_config(token_file: &Path) -> Config {
+        let mut cfg = Config::default();
+        let s = &mut cfg.kafka.security;
+        s.protocol = SecurityProtocol::SaslSsl;
+        s.sasl.mechanism = SaslMechanism::OAuthBearer;
+        s.sasl.oauthbearer.token_file = Some(token_file.to_path_buf());
+        cfg.validate().unwrap();
+        cfg
+    }
+
+    #[test]
+    fn oauthbearer_clients_are_created_with_their_first_token() {
+        use crate::kafka::oauth::Plain;
+        use rdkafka::admin::AdminClient;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        let cfg = oauth_config(&f);
+        // The file is checked when the client configuration is made.
+        let e = base_client_config(&cfg, "t").unwrap_err().to_string();
+        assert!(e.contains("kafka.security.sasl.oauthbearer.tokenFile"), "{e}");
+
+        std::fs::write(&f, jwt(r#"{"sub":"svc","exp":4000000000}"#)).unwrap();
+        let c = base_client_config(&cfg, "t").unwrap();
+        assert_eq!(get(&c, "sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(get(&c, "sasl.username"), None);
+        let source = TokenSource::decode(get(&c, oauth::CONFIG_KEY).unwrap()).unwrap();
+        assert_eq!(source.file, f);
+        // librdkafka takes the token (rd_kafka_oauthbearer_set_token answers no error) for
+        // every kind of client Sluice makes.
+        let _: BaseConsumer<Plain> = create(&c, Plain).unwrap();
+        let _: AdminClient<Plain> = create(&c, Plain).unwrap();
+        let _: BaseProducer<Plain> = create(&producer_config(&cfg, "t").unwrap(), Plain).unwrap();
+
+        // An expired token is not handed over: the error says so, without the token.
+        let old = jwt(r#"{"sub":"svc","exp":1000}"#);
+        std::fs::write(&f, &old).unwrap();
+        let e = create::<BaseConsumer<Plain>, _>(&c, Plain).err().unwrap().to_string();
+        assert!(e.contains("expired") && !e.contains(&old), "{e}");
+    }
+
+    /// librdkafka asks the client's context for a token through its refresh event, passing
+    /// the configuration that names the file; the context's answer reads the file.
+    #[test]
+    fn librdkafka_asks_the_context_for_tokens() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Counting(AtomicUsize, std::sync::Mutex<Option<String>>);
+        impl ClientContext for Counting {
+            const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+            fn generate_oauth_token(
+                &self,
+                config: Option<&str>,
+            ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                *self.1.lock().unwrap() = config.map(str::to_owned);
+                oauth::token_for(config)
+            }
+        }
+        impl ConsumerContext for Counting {}
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, jwt(r#"{"sub":"svc","exp":4000000000}"#)).unwrap();
+        let mut c = base_client_config(&oauth_config(&f), "t").unwrap();
+        c.set("bootstrap.servers", "127.0.0.1:1");
+        // Not primed: the first token comes through the refresh event.
+        let consumer: BaseConsumer<Counting> =
+            c.create_with_context(Counting(AtomicUsize::new(0), Default::default())).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while consumer.context().0.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "librdkafka never asked for a token");
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        let asked = consumer.context().1.lock().unwrap().clone().unwrap();
+        assert_eq!(TokenSource::decode(&asked).map(|s| s.file), Some(f));
+        close_in_background(consumer);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use super::admin;
 use super::client::{
-    base_client_config, consumer_config, producer_config, transactional_id, KafkaLayerError,
+    base_client_config, consumer_config, create, producer_config, transactional_id, KafkaLayerError,
 };
 use super::commit::CommitTracker;
 use super::sink::{KafkaSink, MetricsRenderer, SinkContext};
@@ -51,9 +51,10 @@ pub fn connect(
         tracing::info!(topics = ?created, "created missing topics (1 partition each; create them yourself for more)");
     }
     let tracker = Arc::new(Mutex::new(CommitTracker::new()));
-    let producer: BaseProducer<SinkContext> =
-        producer_config(cfg, &format!("{instance}-producer"))?
-            .create_with_context(SinkContext::new(tracker.clone(), emit_stats))?;
+    let producer: BaseProducer<SinkContext> = create(
+        &producer_config(cfg, &format!("{instance}-producer"))?,
+        SinkContext::new(tracker.clone(), emit_stats),
+    )?;
     let processing = &cfg.streaming.inference.processing;
     let exactly_once = processing.guarantee == DeliveryGuarantee::ExactlyOnce;
     let (txn_requests, txn_inbox) = crossbeam_channel::unbounded();
@@ -78,9 +79,10 @@ pub fn connect(
         Duration::from_millis(cfg.kafka.consumer.revoke_timeout_ms),
         exactly_once.then_some(txn_requests),
     );
-    let consumer: BaseConsumer<SourceContext> =
-        consumer_config(cfg, &format!("{instance}-consumer"))?
-            .create_with_context(SourceContext { shared: shared.clone() })?;
+    let consumer: BaseConsumer<SourceContext> = create(
+        &consumer_config(cfg, &format!("{instance}-consumer"))?,
+        SourceContext { shared: shared.clone() },
+    )?;
     consumer.subscribe(&[topics.priority.as_str(), topics.input.as_str()])?;
     let consumer = Arc::new(consumer);
     let sink = KafkaSink {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod commit;
 pub mod connect;
 pub mod local;
+pub mod oauth;
 pub mod payload;
 pub mod probe;
 pub mod replay;

@@ -6,7 +6,10 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 
-use super::client::{base_client_config, close_in_background, instance_name, KafkaLayerError};
+use super::client::{
+    base_client_config, close_in_background, create, instance_name, KafkaLayerError,
+};
+use super::oauth::Plain;
 use crate::config::Config;
 
 /// Consumer lag of one assigned partition (see [`SourceHandle::consumer_lag`](super::source::SourceHandle::consumer_lag)).
@@ -24,15 +27,15 @@ pub struct PartitionLag {
 
 /// A Kafka client for reachability checks outside the pipeline (the control plane's health).
 pub struct KafkaProbe {
-    client: Option<BaseConsumer>,
+    client: Option<BaseConsumer<Plain>>,
     topic: String,
 }
 
 impl KafkaProbe {
     /// A probe for the brokers of `cfg` (connects lazily).
     pub fn new(cfg: &Config) -> Result<KafkaProbe, KafkaLayerError> {
-        let client: BaseConsumer =
-            base_client_config(cfg, &format!("{}-probe", instance_name()))?.create()?;
+        let client: BaseConsumer<Plain> =
+            create(&base_client_config(cfg, &format!("{}-probe", instance_name()))?, Plain)?;
         Ok(KafkaProbe { client: Some(client), topic: cfg.kafka.topics.streaming.input.clone() })
     }
 
@@ -41,6 +44,9 @@ impl KafkaProbe {
     pub fn check(&self, timeout: Duration) -> Result<usize, KafkaLayerError> {
         let closed = || KafkaLayerError::Other("probe closed".into());
         let client = self.client.as_ref().ok_or_else(closed)?;
+        // Serves librdkafka's pending callbacks, an OAUTHBEARER token refresh among them (the
+        // probe is subscribed to nothing, so no record comes back).
+        let _ = client.poll(Duration::ZERO);
         let md = client.fetch_metadata(Some(&self.topic), timeout)?;
         if md.brokers().is_empty() {
             return Err(KafkaLayerError::Other("metadata lists no brokers".into()));

@@ -25,9 +25,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::client::{
-    base_client_config, close_in_background, instance_name, largest_consumed_record,
+    base_client_config, close_in_background, create, instance_name, largest_consumed_record,
     KafkaLayerError, DEAD_LETTER_OVERHEAD_BYTES,
 };
+use super::oauth::Plain;
 use crate::config::Config;
 use crate::core::{ErrorClass, REPLAY_COUNT_HEADER};
 
@@ -134,7 +135,9 @@ struct ReplayContext {
     failed: AtomicU64,
 }
 
-impl ClientContext for ReplayContext {}
+impl ClientContext for ReplayContext {
+    crate::kafka::oauth::refresh_oauth_token!();
+}
 
 impl ProducerContext for ReplayContext {
     type DeliveryOpaque = Box<(i32, i64)>;
@@ -204,7 +207,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Kafka
             "receive.message.max.bytes",
             (largest_consumed_record(cfg) + DEAD_LETTER_OVERHEAD_BYTES).to_string(),
         );
-    let consumer: BaseConsumer = ccfg.create()?;
+    let consumer: BaseConsumer<Plain> = create(&ccfg, Plain)?;
 
     let result = run(cfg, opts, &classes, &consumer, dlq, &instance);
     close_in_background(consumer);
@@ -223,10 +226,7 @@ fn producer(cfg: &Config, instance: &str) -> Result<BaseProducer<ReplayContext>,
         .set("linger.ms", cfg.kafka.producer.linger_ms.to_string())
         .set("message.timeout.ms", cfg.kafka.producer.delivery_timeout_ms.to_string())
         .set("compression.type", cfg.kafka.producer.compression.as_str());
-    Ok(pcfg.create_with_context(ReplayContext {
-        acked: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-    })?)
+    create(&pcfg, ReplayContext { acked: AtomicU64::new(0), failed: AtomicU64::new(0) })
 }
 
 /// The end offset of each partition: past the last record there is now. That is the high-water
@@ -234,7 +234,7 @@ fn producer(cfg: &Config, instance: &str) -> Result<BaseProducer<ReplayContext>,
 /// reports the last batch's first offset + 1): the partition is read from the mark - 1 to
 /// its end (the consumer's end-of-partition event), and the last offset read + 1 wins.
 fn batch_ends(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Plain>,
     topic: &str,
     highs: &BTreeMap<i32, (i64, i64)>,
     timeout: Duration,
@@ -283,7 +283,7 @@ fn run(
     cfg: &Config,
     opts: &ReplayOptions,
     classes: &BTreeSet<&'static str>,
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Plain>,
     dlq: &str,
     instance: &str,
 ) -> Result<ReplaySummary, KafkaLayerError> {

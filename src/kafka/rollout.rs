@@ -22,7 +22,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::client::{base_client_config, close_in_background, instance_name};
+use super::client::{base_client_config, close_in_background, create, instance_name};
+use super::oauth::Plain;
 use crate::config::Config;
 use crate::models::split::Split;
 use crate::models::ModelCache;
@@ -40,7 +41,9 @@ struct RolloutRecord {
 #[derive(Default)]
 struct Ack(Mutex<Option<Result<(), String>>>);
 
-impl ClientContext for Ack {}
+impl ClientContext for Ack {
+    crate::kafka::oauth::refresh_oauth_token!();
+}
 
 impl ProducerContext for Ack {
     type DeliveryOpaque = ();
@@ -73,15 +76,15 @@ impl RolloutSync {
         let producer: BaseProducer<Ack> = {
             let mut c = base.clone();
             c.set("acks", "all").set("message.timeout.ms", "10000");
-            c.create_with_context(Ack::default()).map_err(|e| format!("producer: {e}"))?
+            create(&c, Ack::default()).map_err(|e| format!("producer: {e}"))?
         };
-        let consumer: BaseConsumer = {
+        let consumer: BaseConsumer<Plain> = {
             let mut c = base.clone();
             c.set("group.id", &name)
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false");
-            c.create().map_err(|e| format!("consumer: {e}"))?
+            create(&c, Plain).map_err(|e| format!("consumer: {e}"))?
         };
         let md = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
@@ -159,15 +162,14 @@ impl Drop for RolloutSync {
 /// of a model wins), only replays read more.
 fn ensure_compacted(base: &rdkafka::ClientConfig, topic: &str) -> Result<(), String> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     let timeout = Duration::from_secs(10);
     let existing = super::admin::partition_counts(base, &[topic], timeout)
         .map_err(|e| format!("control topic {topic}: {e}"))?;
     if existing.first().is_some_and(Option::is_some) {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> =
-        base.create().map_err(|e| format!("admin client: {e}"))?;
+    let admin: AdminClient<Plain> =
+        create(base, Plain).map_err(|e| format!("admin client: {e}"))?;
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
     let compacted =
         NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
@@ -191,7 +193,12 @@ fn ensure_compacted(base: &rdkafka::ClientConfig, topic: &str) -> Result<(), Str
     result
 }
 
-fn follow(consumer: BaseConsumer, cache: &ModelCache, stop: &AtomicBool, applied: &AtomicU64) {
+fn follow(
+    consumer: BaseConsumer<Plain>,
+    cache: &ModelCache,
+    stop: &AtomicBool,
+    applied: &AtomicU64,
+) {
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(200)) {
             None => {}

@@ -130,7 +130,9 @@ impl SinkContext {
     }
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    crate::kafka::oauth::refresh_oauth_token!();
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<PendingRecord>;

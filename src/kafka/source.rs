@@ -116,7 +116,9 @@ pub struct SourceContext {
     pub shared: Arc<SourceShared>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    crate::kafka::oauth::refresh_oauth_token!();
+}
 
 impl SourceContext {
     /// Drops the requests of `parts` parked behind open circuit breakers: uncommitted, the

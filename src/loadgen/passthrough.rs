@@ -13,7 +13,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::error::{LoadgenError, Result};
 use crate::config::Config;
+use crate::kafka::client::create;
 use crate::kafka::close_in_background;
+use crate::kafka::oauth::Plain;
 use crate::kafka::{admin, base_client_config, consumer_config, producer_config, CommitTracker};
 
 /// What a passthrough run did.
@@ -30,7 +32,9 @@ struct AckContext {
     failures: AtomicU64,
 }
 
-impl ClientContext for AckContext {}
+impl ClientContext for AckContext {
+    crate::kafka::oauth::refresh_oauth_token!();
+}
 
 impl ProducerContext for AckContext {
     type DeliveryOpaque = Box<(Arc<str>, i32, i64)>;
@@ -73,12 +77,13 @@ pub fn run(
     admin::ensure_topics(&client_config("admin")?, &all, 1, Duration::from_secs(10))
         .map_err(LoadgenError::topics("creating topics"))?;
     let tracker = Arc::new(Mutex::new(CommitTracker::new()));
-    let producer: BaseProducer<AckContext> = client_config("producer")?
-        .create_with_context(AckContext { tracker: tracker.clone(), failures: AtomicU64::new(0) })
-        .map_err(LoadgenError::kafka("creating the producer"))?;
-    let consumer: BaseConsumer = client_config("consumer")?
-        .create()
-        .map_err(LoadgenError::kafka("creating the consumer"))?;
+    let producer: BaseProducer<AckContext> = create(
+        &client_config("producer")?,
+        AckContext { tracker: tracker.clone(), failures: AtomicU64::new(0) },
+    )
+    .map_err(LoadgenError::topics("creating the producer"))?;
+    let consumer: BaseConsumer<Plain> = create(&client_config("consumer")?, Plain)
+        .map_err(LoadgenError::topics("creating the consumer"))?;
     consumer
         .subscribe(&[topics.priority.as_str(), topics.input.as_str()])
         .map_err(LoadgenError::kafka("subscribing"))?;

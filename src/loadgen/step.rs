@@ -101,7 +101,9 @@ struct SendContext {
     failed: Mutex<Vec<usize>>,
 }
 
-impl ClientContext for SendContext {}
+impl ClientContext for SendContext {
+    crate::kafka::oauth::refresh_oauth_token!();
+}
 
 impl ProducerContext for SendContext {
     type DeliveryOpaque = usize;
