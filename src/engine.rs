@@ -13,6 +13,7 @@ use crossbeam_channel::Sender;
 use crate::core::{EngineStats, LaneState, Outcome};
 use crate::execute::circuit::{CircuitSettings, Circuits};
 use crate::execute::lane::{Lane, LaneExit};
+use crate::execute::shadow::{ShadowSetup, ShadowWorker};
 use crate::execute::Executor;
 use crate::execute::{CpuExecutor, LaneSettings, LaneShared};
 use crate::queue::Request;
@@ -51,6 +52,8 @@ pub struct EngineSettings {
     pub lane_failure_limit: u32,
     /// A GPU lane out of service goes on as a CPU lane (`gpu.cpuFallback`).
     pub cpu_fallback: bool,
+    /// Shadow scoring (with a Kafka sink only): where shadow results go.
+    pub shadow: Option<ShadowSetup>,
 }
 
 /// Running lanes over shared rings.
@@ -59,6 +62,8 @@ pub struct Engine {
     stats: Arc<EngineStats>,
     circuits: Arc<Circuits>,
     lanes: Vec<JoinHandle<()>>,
+    /// The shadow thread, joined after the lanes.
+    shadow: Option<ShadowWorker>,
 }
 
 impl Engine {
@@ -82,14 +87,27 @@ impl Engine {
         let rings = Arc::new(Rings::new(settings.ring_capacity));
         let stats = Arc::new(EngineStats::new(cpu_lanes + gpu_lanes));
         let circuits = Arc::new(Circuits::new(settings.circuit.clone()));
+        let (tap, shadow) = match &settings.shadow {
+            Some(setup) => {
+                let (tap, worker) = ShadowWorker::start(setup, settings.policy.caps)?;
+                (Some(tap), Some(worker))
+            }
+            None => (None, None),
+        };
         let shared = LaneShared {
             rings: rings.clone(),
             completions,
             stats: stats.clone(),
             circuits: circuits.clone(),
+            shadow: tap,
         };
-        let mut engine =
-            Engine { rings, stats, circuits, lanes: Vec::with_capacity(cpu_lanes + gpu_lanes) };
+        let mut engine = Engine {
+            rings,
+            stats,
+            circuits,
+            lanes: Vec::with_capacity(cpu_lanes + gpu_lanes),
+            shadow,
+        };
         for index in 0..cpu_lanes {
             let executor = CpuExecutor::new(settings.policy.caps);
             let lane = Lane::new(executor, shared.clone(), settings.lane_settings(index));
@@ -247,6 +265,10 @@ impl Engine {
                 tracing::error!("a lane thread panicked");
             }
         }
+        if let Some(worker) = self.shadow.take() {
+            worker.stop();
+            worker.join();
+        }
         let parked = self.circuits.take_all_parked();
         if !parked.is_empty() {
             tracing::warn!(
@@ -263,6 +285,10 @@ impl Drop for Engine {
         self.rings.close();
         for h in self.lanes.drain(..) {
             let _ = h.join();
+        }
+        if let Some(worker) = self.shadow.take() {
+            worker.stop();
+            worker.join();
         }
     }
 }

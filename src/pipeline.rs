@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::core::{EmitStats, EngineStats, ErrorClass};
 use crate::decode::Decoder;
+use crate::execute::shadow::ShadowSetup;
 use crate::kafka::{self, MetricsRenderer, PartitionLag, SourceHandle, SourceShared};
 use crate::models::ModelCache;
 use crate::run::{RunError, Running};
@@ -109,7 +110,7 @@ impl Pipeline {
         cache: Arc<ModelCache>,
         outcomes: Arc<OutcomeMetrics>,
     ) -> Result<Pipeline, PipelineError> {
-        let settings = Settings::from_config(cfg);
+        let mut settings = Settings::from_config(cfg);
         let instance = kafka::instance_name();
         let started = Instant::now();
         let emit_stats = Arc::new(EmitStats::default());
@@ -127,12 +128,25 @@ impl Pipeline {
             });
             (cfg.streaming.inference.reporting_interval(), render)
         });
+        let shadow_metrics = outcomes.shadow.clone();
         let connected = kafka::connect(cfg, &instance, outcomes, emit_stats.clone(), metrics)
             .map_err(|e| PipelineError::Kafka {
                 servers: cfg.kafka.bootstrap.servers.clone(),
                 reason: e.to_string(),
             })?;
         let shared = connected.handle.shared.clone();
+        // Shadow scoring: its own producer, outside any transaction (execute::shadow).
+        let shadow = kafka::shadow::KafkaShadow::new(cfg, &instance, shadow_metrics.clone())
+            .map_err(|e| PipelineError::Kafka {
+                servers: cfg.kafka.bootstrap.servers.clone(),
+                reason: format!("the shadow producer: {e}"),
+            })?;
+        settings.engine.shadow = Some(ShadowSetup {
+            cache: cache.clone(),
+            publisher: Arc::new(shadow),
+            metrics: shadow_metrics,
+            queue_batches: cfg.streaming.inference.model.rollout.shadow_queue_batches,
+        });
         // Model loads run on the loader thread, never on the ingest thread.
         let decoder = Decoder::new(cache, settings.limits.clone(), None)
             .with_background_loads()

@@ -5,7 +5,8 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
 use crate::core::{bounded_reason, Outcome, Source, Verdict, REPLAY_COUNT_HEADER};
-use crate::core::{BatchOutput, OutputKind};
+use crate::core::{BatchOutput, Envelope, OutputKind};
+use crate::execute::shadow::ShadowResult;
 
 struct OutputRows<'a> {
     out: &'a BatchOutput,
@@ -104,10 +105,51 @@ pub fn write_result(o: &Outcome, buf: &mut Vec<u8>) -> bool {
 
 /// The result record's key: the request key, or the id when the request had none.
 pub fn result_key(o: &Outcome) -> &[u8] {
-    match &o.env.key {
+    result_key_of(&o.env, o.id().unwrap_or(""))
+}
+
+/// The key of a record about the request of `env` with id `id`: its key, else the id.
+pub fn result_key_of<'a>(env: &'a Envelope, id: &'a str) -> &'a [u8] {
+    match &env.key {
         Some(k) => k,
-        None => o.id().unwrap_or("").as_bytes(),
+        None => id.as_bytes(),
     }
+}
+
+#[derive(Serialize)]
+struct ShadowRecord<'a> {
+    id: &'a str,
+    model: &'a str,
+    primary_version: &'a str,
+    shadow_version: &'a str,
+    primary: OutputRows<'a>,
+    shadow: OutputRows<'a>,
+    agreement: Option<f64>,
+    measure: &'a str,
+    source: SourceRef<'a>,
+}
+
+/// Appends the shadow record JSON of `r` to `buf` (README "Shadow scoring").
+pub fn write_shadow_result(r: &ShadowResult<'_>, buf: &mut Vec<u8>) -> bool {
+    fn rows((out, first, rows): (&BatchOutput, usize, usize)) -> OutputRows<'_> {
+        OutputRows { out, first, rows }
+    }
+    let rec = ShadowRecord {
+        id: r.id,
+        model: r.model,
+        primary_version: r.primary_version,
+        shadow_version: r.shadow_version,
+        primary: rows(r.primary),
+        shadow: rows(r.shadow),
+        agreement: r.agreement.is_finite().then_some(r.agreement),
+        measure: r.measure,
+        source: SourceRef {
+            topic: &r.env.source.topic,
+            partition: r.env.source.partition,
+            offset: r.env.source.offset,
+        },
+    };
+    serde_json::to_writer(&mut *buf, &rec).is_ok()
 }
 
 /// The headers of a dead letter (see README "Dead letter"): the error's class and reason,

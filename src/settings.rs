@@ -54,6 +54,7 @@ impl Settings {
             circuit: CircuitSettings::from(&inf.processing.circuit_breaker),
             lane_failure_limit: cfg.gpu.lane_failure_limit,
             cpu_fallback: cfg.gpu.cpu_fallback,
+            shadow: None,
         };
         let limits = Limits {
             max_record_bytes: inf.limits.max_record_bytes,

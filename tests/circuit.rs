@@ -84,6 +84,7 @@ fn rig(cfg: CircuitBreakerConfig) -> Rig {
         completions: tx,
         stats: Arc::new(EngineStats::new(1)),
         circuits: circuits.clone(),
+        shadow: None,
     };
     let policy = BatchPolicy {
         caps: BatchCaps { max_rows: 8, max_tokens: 8 * 64 },

@@ -923,3 +923,307 @@ fn a_traffic_split_routes_by_key_sticks_and_survives_a_restart() {
     cache.get("dual", None).unwrap();
     assert_eq!(cache.split("dual").map(|s| s.to_map()), Some(expected.to_map()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Model rollout: shadow scoring and the automatic canary
+// ---------------------------------------------------------------------------------------------
+
+/// `n` records for `model` with ids `{prefix}{i}`, keyed `k{i % keys}` (so a split routes
+/// them by key), optionally naming a version.
+fn keyed(
+    model: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    version: Option<&str>,
+) -> Vec<Record> {
+    range
+        .map(|i| {
+            let v = version.map(|v| format!(r#","version":"{v}""#)).unwrap_or_default();
+            let body = format!(
+                r#"{{"id":"{prefix}{i}","model":"{model}"{v},"input":[{},0.5,0,0,0,0,0,1]}}"#,
+                i % 97
+            );
+            (Some(format!("k{}", i % 250).into_bytes()), body.into_bytes(), vec![])
+        })
+        .collect()
+}
+
+fn model_view(addr: SocketAddr, name: &str) -> Value {
+    let models = get(addr, "/batch-inference/models").json();
+    models["models"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned().unwrap()
+}
+
+/// Shadow scoring on the real broker: with `{"shadow": "2"}`, every request of the model still
+/// gets exactly one result from version 1 on the output topic (nothing else there), and its
+/// shadow record on the shadow topic carries the same id, both versions' outputs (the primary
+/// one equal to the result's, the shadow one equal to what version 2 computes when asked
+/// directly) and their agreement; the agreement and the per-version counts are in `/metrics`.
+#[test]
+fn a_shadow_version_scores_every_request_without_touching_the_primary_results() {
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    repo.add_mlp("shadowed", "1", vec![4], 31);
+    repo.add_mlp("shadowed", "2", vec![4], 32);
+    let t = topics(&b, "cp-shadow", 2);
+    let mut cfg = config(&b.bootstrap, &t, &repo);
+    let shadow_topic = t.input.replace("-in", "-shadow");
+    b.create_topic(&shadow_topic, 1).unwrap();
+    cfg.kafka.topics.streaming.shadow = shadow_topic.clone();
+    // A queue that cannot fill here: every request must get its shadow result.
+    cfg.streaming.inference.model.rollout.shadow_queue_batches = 100_000;
+    let cp = control(&cfg, &repo, true);
+    let addr = cp.local_addr();
+    wait_running(addr);
+
+    let r = post(addr, "/batch-inference/models/shadowed/traffic", None, r#"{"shadow": "2"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["shadow"], "2");
+    assert_eq!(model_view(addr, "shadowed")["shadow"], "2");
+    // The serving version cannot shadow itself.
+    let r = post(addr, "/batch-inference/models/shadowed/traffic", None, r#"{"shadow": "1"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = post(addr, "/batch-inference/models/shadowed/traffic", None, r#"{"shadow": "9"}"#);
+    assert_eq!(r.status, 404, "a missing version: {}", r.body);
+
+    // 400 requests without a version, and 40 asking version 2 itself (not shadowed: the
+    // shadow is their own version) with the inputs of the first 40.
+    let n = 400;
+    let mut records = keyed("shadowed", "s", 0..n, None);
+    records.extend(keyed("shadowed", "d", 0..40, Some("2")));
+    b.produce(&t.input, &records, None).unwrap();
+    let out = b.consume(&t.output, records.len(), Duration::from_secs(180));
+    assert_eq!(out.len(), records.len(), "one result per request");
+    let results: HashMap<String, Value> = out
+        .iter()
+        .map(|c| {
+            let v: Value = serde_json::from_slice(&c.value).unwrap();
+            (v["id"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    assert_eq!(results.len(), records.len(), "no duplicates on the output topic");
+    for (id, v) in &results {
+        let want = if id.starts_with('s') { "1" } else { "2" };
+        assert_eq!(v["version"], want, "{id}: the primary result is untouched by the shadow");
+        assert!(v.get("shadow_version").is_none(), "no shadow record on the output topic");
+    }
+    assert!(b.consume(&t.dlq, usize::MAX, Duration::from_secs(2)).is_empty(), "no dead letters");
+
+    let shadow = b.consume(&shadow_topic, n, Duration::from_secs(120));
+    assert_eq!(shadow.len(), n, "a shadow result for every shadowed request");
+    let mut differs = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for c in &shadow {
+        let v: Value = serde_json::from_slice(&c.value).unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        assert!(id.starts_with('s'), "only requests served by another version are shadowed: {id}");
+        assert_eq!(
+            (v["model"].as_str(), v["primary_version"].as_str()),
+            (Some("shadowed"), Some("1"))
+        );
+        assert_eq!(v["shadow_version"], "2");
+        assert_eq!(v["measure"], "mean_abs_diff");
+        assert_eq!(v["primary"], results[&id]["output"], "{id}: the primary output as sent");
+        let i: usize = id[1..].parse().unwrap();
+        if i < 40 {
+            assert_eq!(
+                v["shadow"],
+                results[&format!("d{i}")]["output"],
+                "{id}: version 2's own output"
+            );
+        }
+        let a = v["agreement"].as_f64().expect("an agreement");
+        assert!(a >= 0.0 && a.is_finite());
+        differs += usize::from(a > 0.0);
+        assert_eq!(
+            c.key.as_deref(),
+            Some(format!("k{}", i % 250).as_bytes()),
+            "keyed like the request"
+        );
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), n, "one shadow result per request");
+    assert!(differs > 0, "different weights give different outputs");
+
+    let s = scrape(addr);
+    let labels =
+        [("model", "shadowed"), ("primary", "1"), ("shadow", "2"), ("measure", "mean_abs_diff")];
+    assert!(value(&s, "sluice_shadow_agreement", &labels) > 0.0);
+    assert_eq!(value(&s, "sluice_shadow_compared_total", &labels[..3]), n as f64);
+    assert_eq!(value(&s, "sluice_shadow_results_total", &[]), n as f64);
+    assert_eq!(value(&s, "sluice_shadow_dropped_total", &[]), 0.0);
+    let v1 = [("model", "shadowed"), ("version", "1"), ("outcome", "result")];
+    assert_eq!(value(&s, "sluice_model_requests_total", &v1), n as f64, "per-version counts");
+    let v2 = [("model", "shadowed"), ("version", "2"), ("outcome", "result")];
+    assert_eq!(value(&s, "sluice_model_requests_total", &v2), 40.0);
+    let status = get(addr, "/batch-inference/streaming/status").json();
+    assert_eq!(status["rollout"]["shadow"]["results"], n);
+
+    let r = post(addr, "/batch-inference/models/shadowed/traffic", None, r#"{"shadow": null}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(model_view(addr, "shadowed")["shadow"], Value::Null);
+    drop(cp);
+}
+
+/// Sends rounds of 100 keyed requests until `done(model view)`, checking that each round's
+/// records all get exactly one outcome; returns the ids seen per outcome so far.
+fn rounds_until(
+    b: &TestBroker,
+    t: &Topics,
+    addr: SocketAddr,
+    sent: &mut usize,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..60 {
+        let records = keyed("canaried", "c", *sent..*sent + 100, None);
+        b.produce(&t.input, &records, None).unwrap();
+        *sent += 100;
+        let seen = outcome_ids(b, t, *sent, Duration::from_secs(120));
+        assert_eq!(seen.len(), *sent, "every record has its outcome");
+        assert!(seen.values().all(|n| *n == 1), "and only one");
+        let view = model_view(addr, "canaried");
+        if done(&view) {
+            return view;
+        }
+    }
+    panic!("{what}: not reached after 6,000 records: {}", model_view(addr, "canaried"));
+}
+
+/// The automatic canary on the real broker: one to a healthy version moves through its steps
+/// and ends with that version serving and no split (its steps and completion counted); one to a
+/// version that fails every batch (an injected fault) rolls back to the traffic from before it
+/// once it has enough requests, with the error rate as its reason, and the failing version's
+/// requests are dead letters of class `inference` or `circuit_open` while every other record
+/// is computed. The canary state is stored, so a restart resumes it. (The latency rule is
+/// tested on synthetic histograms in `control::canary`.)
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_canary_completes_and_one_on_a_failing_version_rolls_back() {
+    use sluice::config::CircuitOpenPolicy;
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    repo.add_mlp("canaried", "1", vec![4], 41);
+    repo.add_mlp("canaried", "2", vec![4], 42);
+    repo.add_mlp("canaried", "3", vec![4], 43);
+    let flag = repo.path().join("v3-broken");
+    std::fs::write(&flag, b"").unwrap();
+    {
+        use std::io::Write;
+        let path = repo.path().join("canaried").join("3").join("sluice.toml");
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        writeln!(f, "\n[testing]\nfail_while_exists = {:?}", flag.display().to_string()).unwrap();
+    }
+    let t = topics(&b, "cp-canary", 2);
+    let mut cfg = config(&b.bootstrap, &t, &repo);
+    cfg.streaming.inference.model.rollout.canary_min_requests = 30;
+    cfg.streaming.inference.model.rollout.canary_check_interval_ms = 50;
+    cfg.streaming.inference.processing.circuit_breaker.when_open = CircuitOpenPolicy::DeadLetter;
+    cfg.streaming.inference.processing.max_retries = 0;
+    let cp = control(&cfg, &repo, true);
+    let addr = cp.local_addr();
+    wait_running(addr);
+    wait_for("the control topic followed", Duration::from_secs(60), || {
+        let s = get(addr, "/batch-inference/streaming/status").json();
+        (s["rollout"]["following"] == true).then_some(())
+    });
+
+    // Refusals: a bad plan, a missing version, the serving version, split and canary at once.
+    for (body, code) in [
+        (
+            r#"{"canary": {"version": "2", "steps": [50, 60], "stepSeconds": 1, "maxErrorRate": 0.05, "maxP99Ratio": 2}}"#,
+            400,
+        ),
+        (r#"{"canary": {"version": "2", "steps": [100]}}"#, 400),
+        (
+            r#"{"canary": {"version": "9", "steps": [100], "stepSeconds": 1, "maxErrorRate": 0.05, "maxP99Ratio": 2}}"#,
+            404,
+        ),
+        (
+            r#"{"canary": {"version": "1", "steps": [100], "stepSeconds": 1, "maxErrorRate": 0.05, "maxP99Ratio": 2}}"#,
+            400,
+        ),
+        (r#"{"split": {"1": 1}, "canary": null}"#, 400),
+    ] {
+        let r = post(addr, "/batch-inference/models/canaried/traffic", None, body);
+        assert_eq!(r.status, code, "{body}: {}", r.body);
+    }
+
+    // A healthy canary: 20% then 100%, a second per step; generous latency limit (the latency
+    // rule is not what this test is about).
+    let plan = r#"{"canary": {"version": "2", "steps": [20, 100], "stepSeconds": 1, "maxErrorRate": 0.05, "maxP99Ratio": 1000}}"#;
+    let r = post(addr, "/batch-inference/models/canaried/traffic", None, plan);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = &r.json()["canary"];
+    assert_eq!((c["status"].as_str(), c["percent"].as_u64()), (Some("running"), Some(20)), "{c}");
+    assert_eq!(r.json()["split"], json!({"1": 8000, "2": 2000}));
+    let r = post(addr, "/batch-inference/models/canaried/serving", None, r#"{"version": "2"}"#);
+    assert_eq!(r.status, 409, "no serving switch under a running canary: {}", r.body);
+    let mut sent = 0;
+    let view = rounds_until(&b, &t, addr, &mut sent, "the canary's completion", |v| {
+        v["canary"]["status"] == "completed"
+    });
+    assert_eq!(view["serving"], "2");
+    assert_eq!(view["split"], Value::Null);
+    assert!(b.consume(&t.dlq, usize::MAX, Duration::from_secs(2)).is_empty(), "no dead letter");
+    let s = scrape(addr);
+    assert_eq!(value(&s, "sluice_canary_completions_total", &[]), 1.0);
+    assert!(value(&s, "sluice_canary_steps_total", &[]) >= 1.0);
+    let v2 = [("model", "canaried"), ("version", "2"), ("outcome", "result")];
+    assert!(value(&s, "sluice_model_requests_total", &v2) > 0.0);
+
+    // A canary to the failing version 3 rolls back.
+    let plan = r#"{"canary": {"version": "3", "steps": [50, 100], "stepSeconds": 3600, "maxErrorRate": 0.05, "maxP99Ratio": 1000}}"#;
+    let r = post(addr, "/batch-inference/models/canaried/traffic", None, plan);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Its progress is stored: a restarted instance (a new cache over the repository) has it.
+    let restarted = sluice::models::ModelCache::new(
+        sluice::models::Repository::open(repo.path()).unwrap(),
+        sluice::models::cache::CacheSettings { capacity: 10, ttl: None, warmup_rows: 2 },
+    );
+    let stored = restarted.rollout_state("canaried").unwrap();
+    let stored_canary = stored.canary.expect("a stored canary");
+    assert_eq!(stored_canary.plan.version, "3");
+    assert_eq!(stored.split, Some([("2".to_string(), 5000), ("3".to_string(), 5000)].into()));
+    let before = sent;
+    let view = rounds_until(&b, &t, addr, &mut sent, "the rollback", |v| {
+        v["canary"]["status"] == "rolled_back"
+    });
+    let reason = view["canary"]["reason"].as_str().unwrap();
+    assert!(reason.contains("error rate"), "{reason}");
+    assert_eq!(view["serving"], "2", "the serving version is unchanged");
+    assert_eq!(view["split"], Value::Null, "back to the traffic before the canary");
+    // Dead letters: only version 3's, only its faults.
+    let dlq = b.consume(&t.dlq, usize::MAX, Duration::from_secs(3));
+    assert!(!dlq.is_empty());
+    for c in &dlq {
+        let class = common::kafka::header(c, "sluice.error.class").unwrap_or_default();
+        assert!(["inference", "circuit_open"].contains(&class), "{class}");
+    }
+    let s = scrape(addr);
+    assert_eq!(value(&s, "sluice_canary_rollbacks_total", &[]), 1.0);
+    let v3 = [
+        ("model", "canaried"),
+        ("version", "3"),
+        ("outcome", "dead_letter"),
+        ("class", "inference"),
+    ];
+    assert!(value(&s, "sluice_model_requests_total", &v3) > 0.0);
+    // After the rollback every request is computed by version 2 again.
+    let dead_before = dlq.len();
+    let last = sent;
+    let records = keyed("canaried", "c", sent..sent + 100, None);
+    b.produce(&t.input, &records, None).unwrap();
+    sent += 100;
+    assert_eq!(outcome_ids(&b, &t, sent, Duration::from_secs(120)).len(), sent);
+    let out = b.consume(&t.output, usize::MAX, Duration::from_secs(3));
+    for c in &out {
+        let v: Value = serde_json::from_slice(&c.value).unwrap();
+        let i: usize = v["id"].as_str().unwrap()[1..].parse().unwrap();
+        if i >= last {
+            assert_eq!(v["version"], "2", "after the rollback");
+        }
+    }
+    assert_eq!(b.consume(&t.dlq, usize::MAX, Duration::from_secs(2)).len(), dead_before);
+    assert!(before < sent);
+    drop(cp);
+}

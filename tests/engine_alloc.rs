@@ -83,6 +83,7 @@ impl<E: Executor> Rig<E> {
             completions: tx,
             stats: Arc::new(EngineStats::new(1)),
             circuits: Default::default(),
+            shadow: None,
         };
         let policy = BatchPolicy {
             caps: BatchCaps { max_rows: 64, max_tokens: 64 * 64 },

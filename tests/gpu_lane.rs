@@ -80,6 +80,7 @@ mod cuda {
             completions: tx,
             stats,
             circuits: Default::default(),
+            shadow: None,
         };
         // Small batches: several in flight, so both staging slots are used in turn.
         let policy = BatchPolicy {

@@ -69,6 +69,7 @@ fn rig() -> Rig {
         completions: tx,
         stats: stats.clone(),
         circuits: Default::default(),
+        shadow: None,
     };
     Rig { repo, rings, stats, shared, rx }
 }

@@ -75,6 +75,7 @@ fn run(requests: usize, fits: usize, max_retries: u32) -> (Vec<Outcome>, Arc<Eng
         completions: tx,
         stats: stats.clone(),
         circuits: Default::default(),
+        shadow: None,
     };
     let policy = BatchPolicy {
         caps: BatchCaps { max_rows: 64, max_tokens: 64 * 64 },

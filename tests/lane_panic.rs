@@ -63,6 +63,7 @@ fn a_panicking_model_fails_only_the_request_that_triggers_it_and_the_lane_goes_o
         completions: tx,
         stats: stats.clone(),
         circuits: Default::default(),
+        shadow: None,
     };
     let policy = BatchPolicy {
         caps: BatchCaps { max_rows: 64, max_tokens: 64 * 64 },

@@ -521,7 +521,7 @@ mod tests {
         assert!(paths.contains(&"control.token".to_owned()));
         assert!(paths.contains(&"gpu.devices".to_owned()));
         assert!(paths.contains(&"streaming.inference.watermark.delayThreshold".to_owned()));
-        assert_eq!(paths.len(), 78, "{paths:#?}");
+        assert_eq!(paths.len(), 82, "{paths:#?}");
     }
 
     #[test]

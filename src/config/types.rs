@@ -533,8 +533,11 @@ pub struct StreamingTopics {
     /// `dlq`: dead letters (undecodable, invalid, expired or failed requests).
     pub dlq: String,
     /// `control`: the compacted topic through which every instance shares the rollout state
-    /// of each model (its traffic split); empty: none (each instance keeps its own).
+    /// of each model (serving version, split, shadow, canary); empty: none (each instance
+    /// keeps its own).
     pub control: String,
+    /// `shadow`: results of shadow versions (best effort, never in a transaction).
+    pub shadow: String,
 }
 
 impl Default for StreamingTopics {
@@ -546,6 +549,7 @@ impl Default for StreamingTopics {
             metrics: "realtime-metrics".to_owned(),
             dlq: "realtime-inference-dlq".to_owned(),
             control: "realtime-inference-control".to_owned(),
+            shadow: "realtime-inference-shadow".to_owned(),
         }
     }
 }
@@ -994,6 +998,8 @@ pub struct ModelConfig {
     pub state_directory: PathBuf,
     /// `cache`: loaded-model cache.
     pub cache: ModelCacheConfig,
+    /// `rollout`: shadow scoring and automatic canaries.
+    pub rollout: RolloutConfig,
 }
 
 impl Default for ModelConfig {
@@ -1002,7 +1008,31 @@ impl Default for ModelConfig {
             repository: PathBuf::from("./models"),
             state_directory: PathBuf::new(),
             cache: ModelCacheConfig::default(),
+            rollout: RolloutConfig::default(),
         }
+    }
+}
+
+/// `streaming.inference.model.rollout`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// `canaryMinRequests`: requests the canary version needs in a step before the step is
+    /// judged (and before it may pass).
+    #[serde(rename = "canaryMinRequests")]
+    pub canary_min_requests: u64,
+    /// `canaryCheckIntervalMs`: how often running canaries are judged.
+    #[serde(rename = "canaryCheckIntervalMs")]
+    pub canary_check_interval_ms: u64,
+    /// `shadowQueueBatches`: batches waiting for their shadow computation at most; beyond,
+    /// shadow work is dropped (and counted), never the primary's.
+    #[serde(rename = "shadowQueueBatches")]
+    pub shadow_queue_batches: usize,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self { canary_min_requests: 200, canary_check_interval_ms: 1000, shadow_queue_batches: 64 }
     }
 }
 

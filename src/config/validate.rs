@@ -53,7 +53,23 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
     if kafka.consumer.group.trim().is_empty() {
         return Err(("kafka.consumer.group".into(), "must not be empty".into()));
     }
+    let shadow = &kafka.topics.streaming.shadow;
+    if let Some(problem) = topic_name_problem(shadow) {
+        return Err(("kafka.topics.streaming.shadow".into(), problem));
+    }
+    if let Some((other, _)) = kafka.topics.streaming.all().iter().find(|(_, n)| n == shadow) {
+        return Err((
+            "kafka.topics.streaming.shadow".into(),
+            format!("topic {shadow:?} is already used by kafka.topics.streaming.{other}"),
+        ));
+    }
     let control = &kafka.topics.streaming.control;
+    if !control.is_empty() && control == shadow {
+        return Err((
+            "kafka.topics.streaming.control".into(),
+            format!("topic {control:?} is already used by kafka.topics.streaming.shadow"),
+        ));
+    }
     if !control.is_empty() {
         if let Some(problem) = topic_name_problem(control) {
             return Err(("kafka.topics.streaming.control".into(), problem));
@@ -199,6 +215,11 @@ pub(crate) fn check(c: &Config) -> Result<(), Violation> {
         }
     }
     at_least("gpu.streamsPerDevice", gpu.streams_per_device as u64, 1)?;
+    let ro = &c.streaming.inference.model.rollout;
+    let rk = format!("{INFERENCE}.model.rollout");
+    at_least(&format!("{rk}.canaryMinRequests"), ro.canary_min_requests, 1)?;
+    at_least(&format!("{rk}.canaryCheckIntervalMs"), ro.canary_check_interval_ms, 10)?;
+    at_least(&format!("{rk}.shadowQueueBatches"), ro.shadow_queue_batches as u64, 1)?;
 
     if c.log.level.trim().is_empty() {
         return Err((

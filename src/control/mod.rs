@@ -10,8 +10,11 @@
 //! - `routes`: the endpoints; `observe`: the periodic sampler (thread check, metrics mirror,
 //!   consumer lag, the throughput/latency window) and the health checks.
 
+mod canary;
+mod http;
 pub mod lifecycle;
 mod observe;
+mod rollout;
 mod routes;
 mod state;
 
@@ -134,6 +137,7 @@ impl ControlPlane {
                     };
                     tokio::spawn(state::run(ctl.clone(), opts.lag_interval, shutdown_rx.clone()));
                     tokio::spawn(rollout_follower(ctl.clone(), shutdown_rx.clone()));
+                    tokio::spawn(canary::run(ctl.clone(), shutdown_rx.clone()));
                     if opts.autostart {
                         let c = ctl.clone();
                         tokio::spawn(async move {

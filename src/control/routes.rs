@@ -6,26 +6,22 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
-    WWW_AUTHENTICATE,
-};
-use hyper::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
+use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
+use super::http::{
+    check_name, error, json_resp, load_version, model_error, respond, round, string_field, Resp,
+};
 use super::observe::{self, LagSample};
+use super::rollout;
 use super::state::{self, Control, MAX_BODY_BYTES};
 use crate::core::ErrorClass;
-use crate::models::repository::valid_component;
-use crate::models::split::Split;
-use crate::models::ModelError;
-
-type Resp = Response<Full<Bytes>>;
 
 /// Serves one request; never fails (errors are JSON responses).
 pub async fn handle(ctl: Arc<Control>, req: Request<Incoming>, probes_only: bool) -> Resp {
@@ -41,24 +37,6 @@ pub async fn handle(ctl: Arc<Control>, req: Request<Incoming>, probes_only: bool
     };
     ctl.metrics.control_requests.with_label_values(&[resp.status().as_str()]).inc();
     resp
-}
-
-fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-fn json_resp(status: StatusCode, v: &Value) -> Resp {
-    let mut body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
-    body.push(b'\n');
-    respond(status, "application/json", body)
-}
-
-fn error(status: StatusCode, reason: impl Into<String>) -> Resp {
-    json_resp(status, &json!({"error": reason.into(), "status": status.as_u16()}))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,17 +155,6 @@ async fn json_body(req: Request<Incoming>) -> Result<Option<Map<String, Value>>,
     }
 }
 
-/// The optional string field `key` of a body.
-fn string_field(body: &Option<Map<String, Value>>, key: &str) -> Result<Option<String>, Resp> {
-    match body.as_ref().and_then(|m| m.get(key)) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(_) => {
-            Err(error(StatusCode::BAD_REQUEST, format!("'{key}' must be a non-empty string")))
-        }
-    }
-}
-
 async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let Some(route) = find_route(&path) else {
@@ -220,8 +187,8 @@ async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
             Route::Restart => restart(ctl).await,
             Route::Load(name) => load(ctl, name, &body).await,
             Route::Unload(name) => unload(ctl, name, &body),
-            Route::Serving(name) => serving(ctl, name, &body).await,
-            Route::Traffic(name) => traffic(ctl, name, &body).await,
+            Route::Serving(name) => rollout::serving(ctl, name, &body).await,
+            Route::Traffic(name) => rollout::traffic(ctl, name, &body).await,
             _ => error(StatusCode::INTERNAL_SERVER_ERROR, "unrouted"),
         };
     }
@@ -254,13 +221,9 @@ async fn route(ctl: &Arc<Control>, req: Request<Incoming>) -> Resp {
 // Pipeline
 // ---------------------------------------------------------------------------------------------
 
-fn round(v: f64, decimals: i32) -> f64 {
-    let f = 10f64.powi(decimals);
-    (v * f).round() / f
-}
-
 /// `GET /batch-inference/streaming/status`.
 pub(crate) fn status(ctl: &Control) -> Value {
+    let (shadow_results, shadow_dropped, shadow_failed) = ctl.metrics.outcomes.shadow.totals();
     let info = ctl.lifecycle.info();
     let loaded: Vec<Value> =
         ctl.cache.loaded().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect();
@@ -313,6 +276,15 @@ pub(crate) fn status(ctl: &Control) -> Value {
             "control_topic": ctl.cfg.kafka.topics.streaming.control,
             "following": ctl.rollout.get().is_some(),
             "applied": ctl.rollout.get().map_or(0, |r| r.applied.load(Ordering::Relaxed)),
+            "canaries": ctl.cache.canaries().iter()
+                .map(|(n, c)| (n.clone(), rollout::canary_json(c)))
+                .collect::<Map<String, Value>>(),
+            "shadow": {
+                "topic": ctl.cfg.kafka.topics.streaming.shadow,
+                "results": shadow_results,
+                "dropped": shadow_dropped,
+                "failed": shadow_failed,
+            },
         },
         "counters": counters,
         "last_stop": info.last_stop,
@@ -491,15 +463,6 @@ pub(crate) fn metrics(ctl: &Control) -> Value {
 // Models
 // ---------------------------------------------------------------------------------------------
 
-fn model_error(e: &ModelError) -> Resp {
-    let status = match e {
-        ModelError::UnknownModel { .. } => StatusCode::NOT_FOUND,
-        ModelError::InvalidName(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e.to_string())
-}
-
 fn models(ctl: &Control) -> Resp {
     let list = match ctl.cache.repository().list() {
         Ok(l) => l,
@@ -510,39 +473,16 @@ fn models(ctl: &Control) -> Resp {
         .into_iter()
         .map(|m| {
             let loaded_versions: Vec<&str> = loaded.iter().filter(|(n, _)| *n == m.name).map(|(_, v)| v.as_str()).collect();
-            let split = ctl.cache.split(&m.name).map(|s| split_json(&s));
-            json!({"name": m.name, "versions": m.versions, "serving": m.serving, "split": split, "loaded_versions": loaded_versions})
+            let state = ctl.cache.rollout_state(&m.name).unwrap_or_default();
+            json!({"name": m.name, "versions": m.versions, "serving": m.serving, "split": state.split,
+                "shadow": state.shadow, "canary": state.canary.as_ref().map(rollout::canary_json),
+                "loaded_versions": loaded_versions})
         })
         .collect();
     json_resp(
         StatusCode::OK,
         &json!({"repository": ctl.cache.repository().root().display().to_string(), "models": models}),
     )
-}
-
-fn check_name(name: &str) -> Result<(), Resp> {
-    if valid_component(name) {
-        Ok(())
-    } else {
-        Err(model_error(&ModelError::InvalidName(name.to_string())))
-    }
-}
-
-/// Loads and warms up one version (outside the cache's lock: other models keep serving).
-async fn load_version(ctl: &Control, name: &str, version: &str) -> Result<Value, Resp> {
-    let (cache, n, v) = (ctl.cache.clone(), name.to_string(), version.to_string());
-    let loaded =
-        tokio::task::spawn_blocking(move || cache.load_at(&n, &v, Instant::now())).await.map_err(
-            |e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("model load panicked: {e}")),
-        )?;
-    let m = loaded.map_err(|e| model_error(&e))?;
-    Ok(json!({
-        "name": &*m.name,
-        "version": &*m.version,
-        "kind": m.kind.as_str(),
-        "load_ms": round(m.load_time.as_secs_f64() * 1e3, 3),
-        "warmup_ms": round(m.warmup_time.as_secs_f64() * 1e3, 3),
-    }))
 }
 
 async fn load(ctl: &Control, name: &str, body: &Option<Map<String, Value>>) -> Resp {
@@ -583,128 +523,6 @@ fn unload(ctl: &Control, name: &str, body: &Option<Map<String, Value>>) -> Resp 
     let n = ctl.cache.unload(name, version.as_deref());
     tracing::info!(event = "model_unloaded", model = name, version = ?version, unloaded = n, "model unloaded through the control plane");
     json_resp(StatusCode::OK, &json!({"name": name, "version": version, "unloaded": n}))
-}
-
-async fn serving(ctl: &Control, name: &str, body: &Option<Map<String, Value>>) -> Resp {
-    if let Err(r) = check_name(name) {
-        return r;
-    }
-    let version = match string_field(body, "version") {
-        Ok(Some(v)) => v,
-        Ok(None) => return error(StatusCode::BAD_REQUEST, "the body needs {\"version\": \"...\"}"),
-        Err(r) => return r,
-    };
-    let previous = match ctl.cache.repository().serving_version(name) {
-        Ok(v) => v,
-        Err(e) => return model_error(&e),
-    };
-    // Warm the new version first, then switch: requests never wait for its load.
-    let loaded = match load_version(ctl, name, &version).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if let Err(e) = ctl.cache.set_serving(name, &version) {
-        return model_error(&e);
-    }
-    tracing::info!(event = "model_serving", model = name, version = %version, previous = %previous, "serving version changed");
-    json_resp(
-        StatusCode::OK,
-        &json!({"name": name, "serving": version, "previous": previous, "loaded": loaded}),
-    )
-}
-
-/// `{"1": 90, "2": 10}`.
-fn split_json(s: &Split) -> Value {
-    s.weights().iter().map(|(v, w)| (v.to_string(), Value::from(*w))).collect::<Map<_, _>>().into()
-}
-
-/// `POST /batch-inference/models/{name}/traffic` with `{"split": {"1": 90, "2": 10}}`
-/// (integer weights) or `{"split": null}` (no split: the serving version takes everything).
-/// Every version of the split is loaded and warmed before it takes effect; a split naming a
-/// version that is missing or fails to load is refused and the previous split stays.
-async fn traffic(ctl: &Arc<Control>, name: &str, body: &Option<Map<String, Value>>) -> Resp {
-    if let Err(r) = check_name(name) {
-        return r;
-    }
-    let raw =
-        match body.as_ref().and_then(|m| m.get("split")) {
-            Some(v) => v.clone(),
-            None => return error(
-                StatusCode::BAD_REQUEST,
-                "the body needs {\"split\": {\"<version>\": <weight>, ...}} or {\"split\": null}",
-            ),
-        };
-    let previous = ctl.cache.split(name).map(|s| split_json(&s));
-    let split = match raw {
-        Value::Null => None,
-        Value::Object(m) => {
-            let mut weights = std::collections::BTreeMap::new();
-            for (v, w) in m {
-                if !valid_component(&v) {
-                    return error(StatusCode::BAD_REQUEST, format!("invalid version '{v}'"));
-                }
-                let Some(w) = w.as_u64().and_then(|w| u32::try_from(w).ok()) else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "the weight of version '{v}' must be an integer from 0 to {}",
-                            u32::MAX
-                        ),
-                    );
-                };
-                weights.insert(v, w);
-            }
-            match Split::new(&weights) {
-                Ok(s) => Some(s),
-                Err(e) => return error(StatusCode::BAD_REQUEST, e),
-            }
-        }
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "'split' must be an object of version → weight, or null",
-            )
-        }
-    };
-    let mut loaded = Vec::new();
-    if let Some(s) = &split {
-        for (version, _) in s.weights() {
-            match load_version(ctl, name, version).await {
-                Ok(v) => loaded.push(v),
-                Err(r) => return r,
-            }
-        }
-    }
-    // Every instance follows the control topic: publish there first, then apply here too
-    // (the follower applies the same record again, a no-op).
-    let shared = ctl.rollout.get().is_some();
-    if shared {
-        let (c, n, s) = (ctl.clone(), name.to_string(), split.clone());
-        let published = tokio::task::spawn_blocking(move || {
-            c.rollout.get().map_or(Ok(()), |r| r.publish(&n, s.as_ref()))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("publishing panicked: {e}")));
-        if let Err(e) = published {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the split is not shared with the other instances: {e}; nothing changed"),
-            );
-        }
-    }
-    if let Err(e) = ctl.cache.set_split_persisted(name, split.clone()) {
-        return model_error(&e);
-    }
-    let now = split.as_ref().map(split_json);
-    let (now_text, previous_text) = (
-        now.clone().unwrap_or(Value::Null).to_string(),
-        previous.clone().unwrap_or(Value::Null).to_string(),
-    );
-    tracing::info!(event = "model_traffic", model = name, split = %now_text, previous = %previous_text, shared, "traffic split changed");
-    json_resp(
-        StatusCode::OK,
-        &json!({"name": name, "split": now, "previous": previous, "loaded": loaded, "shared": shared}),
-    )
 }
 
 #[cfg(test)]

@@ -399,11 +399,17 @@ pub struct CacheStats {
     pub load_failures: AtomicU64,
     /// Warm-up time of the most recent load, microseconds.
     pub last_warmup_us: AtomicU64,
+    /// Canary steps taken (a step applied here, from any instance's decision).
+    pub canary_steps: AtomicU64,
+    /// Canaries that ended with their version serving.
+    pub canary_completions: AtomicU64,
+    /// Canaries rolled back (by their rules or by an operator).
+    pub canary_rollbacks: AtomicU64,
 }
 
 impl CacheStats {
     /// The cache's counters, named.
-    pub fn readings(&self) -> [CounterReading; 5] {
+    pub fn readings(&self) -> [CounterReading; 8] {
         [
             reading(
                 "sluice_model_cache_hits_total",
@@ -425,6 +431,21 @@ impl CacheStats {
                 "sluice_model_load_failures_total",
                 "Model loads that failed",
                 &self.load_failures,
+            ),
+            reading(
+                "sluice_canary_steps_total",
+                "Automatic canary steps applied by this instance",
+                &self.canary_steps,
+            ),
+            reading(
+                "sluice_canary_completions_total",
+                "Automatic canaries that ended with their version serving",
+                &self.canary_completions,
+            ),
+            reading(
+                "sluice_canary_rollbacks_total",
+                "Automatic canaries rolled back (error rate, p99, or an operator)",
+                &self.canary_rollbacks,
             ),
         ]
     }

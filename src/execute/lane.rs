@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 use super::circuit::{Admit, CircuitState, Circuits};
 use super::executor::Executor;
 use super::fill::{fill_batch, FillScratch};
+use super::shadow::ShadowTap;
 use crate::config::CircuitOpenPolicy;
 use crate::core::{now_epoch_ms, panic_message, EngineStats, ErrorClass, Failure, Outcome};
 use crate::models::{LoadedModel, ModelError};
@@ -22,6 +23,8 @@ pub struct LaneShared {
     pub stats: Arc<EngineStats>,
     /// The model versions' circuit breakers, and the requests parked behind open ones.
     pub circuits: Arc<Circuits>,
+    /// Shadow scoring: computed batches of models with a shadow version go there.
+    pub shadow: Option<Arc<ShadowTap>>,
 }
 
 /// One lane's settings.
@@ -273,6 +276,9 @@ impl<E: Executor> Lane<E> {
             infer_us,
         );
         let out = Arc::new(out);
+        if let Some(tap) = &self.shared.shadow {
+            tap.offer(&job.model, &job.reqs, &out);
+        }
         let batch_size = job.rows as u32;
         let mut row = 0u32;
         for req in job.reqs.drain(..) {

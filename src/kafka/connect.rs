@@ -45,6 +45,7 @@ pub fn connect(
         topics.output.as_str(),
         topics.dlq.as_str(),
         topics.metrics.as_str(),
+        topics.shadow.as_str(),
     ];
     let created = admin::ensure_topics(&admin_cfg, &all, 1, Duration::from_secs(10))?;
     if !created.is_empty() {

@@ -1,7 +1,8 @@
 //! Kafka: the record source (consumer, thread `sluice-ingest`), the outcome sink (producer,
 //! thread `sluice-emit`), the commit tracker, zero-copy payloads, topic administration and
 //! the reachability/lag probe, `sluice replay` (dead letters back to their input topic),
-//! and the rollout control topic (`rollout`, thread `sluice-rollout`).
+//! the rollout control topic (`rollout`, thread `sluice-rollout`) and the shadow topic
+//! (`shadow`).
 //!
 //! **Architecture invariant:** only this module touches rdkafka, and nothing in it runs on an
 //! async runtime: each client is driven by its own OS thread (the admin client's futures by a
@@ -17,6 +18,7 @@ pub mod payload;
 pub mod probe;
 pub mod replay;
 pub mod rollout;
+pub mod shadow;
 pub mod sink;
 pub mod source;
 pub mod txn;

@@ -1,16 +1,17 @@
 //! Rollout state shared by every instance through a compacted control topic
-//! (`kafka.topics.streaming.control`): one record per model, key = model name, value =
-//! `{"split": {"<version>": <weight>, ...}}` or `{"split": null}`.
+//! (`kafka.topics.streaming.control`): one record per change, key = model name, value = the
+//! model's whole rollout state (`models::rollout::RolloutState`: serving version, split,
+//! shadow, canary), e.g. `{"serving": "1", "split": {"1": 90, "2": 10}, "shadow": "3"}`.
 //!
 //! Every instance follows the topic on a thread of its own (`sluice-rollout`), outside any
 //! consumer group: it reads the topic's partitions from the beginning, so a new or restarted
 //! instance replays the latest state of every model, and it applies each record in order: it
-//! loads and warms the split's versions, then sets the split (and stores it in the state
-//! directory, so that an instance that starts without the broker still has it). A call to any
-//! instance publishes a record here after checking the split locally; every instance, the
-//! caller included, converges on the topic's order: the last record of a model wins.
+//! loads and warms the versions the state names, then puts it in force (and stores it in the
+//! state directory, so that an instance that starts without the broker still has it). A call to
+//! any instance publishes a record here after checking it locally; every instance, the caller
+//! included, converges on the topic's order: the last record of a model wins, except that a
+//! record that would move a canary backwards is ignored (`RolloutState::supersedes`).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,17 +26,12 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::client::{base_client_config, close_in_background, create, instance_name};
 use super::oauth::Plain;
 use crate::config::Config;
-use crate::models::split::Split;
+use crate::models::cache::Applied;
+use crate::models::rollout::RolloutState;
 use crate::models::ModelCache;
 
 /// How long publishing one record may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A rollout record's value.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct RolloutRecord {
-    split: Option<BTreeMap<String, u32>>,
-}
 
 /// Records the delivery result of the one record in flight.
 #[derive(Default)]
@@ -115,11 +111,10 @@ impl RolloutSync {
         })
     }
 
-    /// Publishes `name`'s split (or its removal) to every instance; returns once the broker
-    /// has it (blocking: call it off the async runtime's threads).
-    pub fn publish(&self, name: &str, split: Option<&Split>) -> Result<(), String> {
-        let value = serde_json::to_vec(&RolloutRecord { split: split.map(Split::to_map) })
-            .map_err(|e| e.to_string())?;
+    /// Publishes `name`'s rollout state to every instance; returns once the broker has it
+    /// (blocking: call it off the async runtime's threads).
+    pub fn publish(&self, name: &str, state: &RolloutState) -> Result<(), String> {
+        let value = serde_json::to_vec(state).map_err(|e| e.to_string())?;
         let guard = self.producer.lock();
         let Some(producer) = guard.as_ref() else {
             return Err(format!("control topic {}: closed", self.topic));
@@ -221,39 +216,31 @@ fn follow(
     close_in_background(consumer);
 }
 
-/// Applies one rollout record: loads the split's versions, then sets it. A split whose
-/// versions cannot be loaded here is logged and the previous one stays.
+/// Applies one rollout record (see `ModelCache::load_and_apply`). A state whose versions
+/// cannot be loaded here is logged and the previous one stays.
 fn apply(cache: &ModelCache, name: &str, value: Option<&[u8]>) {
-    let record: RolloutRecord = match value.map(serde_json::from_slice).transpose() {
+    let state: RolloutState = match value.map(serde_json::from_slice).transpose() {
         Ok(Some(r)) => r,
         // A tombstone: the model has no rollout state any more.
-        Ok(None) => RolloutRecord { split: None },
+        Ok(None) => RolloutState::default(),
         Err(e) => {
             tracing::warn!(model = name, error = %e, "rollout record is not valid JSON; ignored");
             return;
         }
     };
-    let split = match record.split.as_ref().map(Split::new).transpose() {
-        Ok(s) => s,
+    match cache.load_and_apply(name, &state) {
+        Ok(Applied::Changed) => {
+            tracing::debug!(model = name, "rollout state applied from the control topic");
+        }
+        Ok(Applied::Unchanged) => {}
+        Ok(Applied::Stale) => {
+            tracing::debug!(
+                model = name,
+                "rollout record older than the canary state here; ignored"
+            );
+        }
         Err(e) => {
-            tracing::warn!(model = name, error = %e, "rollout record holds an invalid split; ignored");
-            return;
-        }
-    };
-    if split.as_ref().map(Split::to_map) == cache.split(name).map(|s| s.to_map()) {
-        return;
-    }
-    if let Some(s) = &split {
-        for (version, _) in s.weights() {
-            if let Err(e) = cache.get(name, Some(version)) {
-                tracing::error!(model = name, version = %version, error = %e, "the traffic split from the control topic names a version this instance cannot load; the previous split stays");
-                return;
-            }
+            tracing::error!(model = name, error = %e, "the rollout state from the control topic cannot be put in force here (a version that does not load, or the state directory); the previous state stays");
         }
     }
-    if let Err(e) = cache.set_split_persisted(name, split.clone()) {
-        tracing::warn!(model = name, error = %e, "the traffic split is not stored in the state directory (it holds until a restart, and the control topic brings it back)");
-        cache.set_split(name, split.clone());
-    }
-    tracing::info!(model = name, split = ?split.as_ref().map(Split::to_map), "traffic split applied from the control topic");
 }

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::loaded::LoadedModel;
 use super::repository::Repository;
+use super::rollout::{Canary, CanaryStatus, RolloutState};
 use super::split::Split;
 use super::ModelError;
 use crate::core::CacheStats;
@@ -54,6 +55,10 @@ struct Inner {
     serving: HashMap<String, Arc<str>>,
     /// name → its traffic split (requests that name no version go by their routing key).
     splits: HashMap<String, Arc<Split>>,
+    /// name → its shadow version (every request of the model is also computed with it).
+    shadows: HashMap<String, Arc<str>>,
+    /// name → its automatic canary (running or ended).
+    canaries: HashMap<String, Canary>,
     /// (name, version) → its last failed load. Bounded: an entry exists only for a version
     /// directory that exists in the repository, and a successful load removes it.
     failed: HashMap<(String, String), FailedLoad>,
@@ -270,7 +275,9 @@ impl ModelCache {
             let at = inner
                 .entries
                 .iter()
-                .position(|e| !pinned(&inner.splits, &e.model.name, &e.model.version))
+                .position(|e| {
+                    !pinned(&inner.splits, &inner.shadows, &e.model.name, &e.model.version)
+                })
                 .unwrap_or(0);
             let evicted = inner.entries.remove(at);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
@@ -380,6 +387,87 @@ impl ModelCache {
         self.inner.lock().splits.get(name).cloned()
     }
 
+    /// `name`'s shadow version, if it has one (cheap: lanes ask for every batch).
+    pub fn shadow_of(&self, name: &str) -> Option<Arc<str>> {
+        self.inner.lock().shadows.get(name).cloned()
+    }
+
+    /// Every model's automatic canary, running or ended, by model name.
+    pub fn canaries(&self) -> Vec<(String, Canary)> {
+        let inner = self.inner.lock();
+        let mut v: Vec<_> = inner.canaries.iter().map(|(n, c)| (n.clone(), c.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// `name`'s rollout state as this instance applies it: serving version (read from the
+    /// repository on first use), split, shadow, canary.
+    pub fn rollout_state(&self, name: &str) -> Result<RolloutState, ModelError> {
+        let serving = self.serving(name)?;
+        let inner = self.inner.lock();
+        Ok(RolloutState {
+            serving: Some(serving.to_string()),
+            split: inner.splits.get(name).map(|s| s.to_map()),
+            shadow: inner.shadows.get(name).map(|s| s.to_string()),
+            canary: inner.canaries.get(name).cloned(),
+        })
+    }
+
+    /// Applies a rollout state published on the control topic or asked for through the
+    /// control plane: a state that would move a canary backwards is ignored; `serving: None`
+    /// keeps the serving version; every version it names is loaded and warmed first (a
+    /// version that cannot be loaded refuses the whole state: the previous one stays). One
+    /// log line per change, and per canary transition.
+    pub fn load_and_apply(&self, name: &str, state: &RolloutState) -> Result<Applied, ModelError> {
+        let current = self.rollout_state(name)?;
+        if !state.supersedes(&current) {
+            return Ok(Applied::Stale);
+        }
+        let mut state = state.clone();
+        if state.serving.is_none() {
+            state.serving = current.serving.clone();
+        }
+        if state == current {
+            return Ok(Applied::Unchanged);
+        }
+        for v in state.versions() {
+            self.get(name, Some(&v))?;
+        }
+        self.apply_rollout(name, &state)?;
+        log_transition(name, &current, &state, &self.stats);
+        Ok(Applied::Changed)
+    }
+
+    /// Makes `state` `name`'s rollout state here and stores it in the state directory. The
+    /// caller has loaded every version it names (they are pinned while it holds). The split
+    /// is checked first; nothing changes when it is invalid or the store fails.
+    pub fn apply_rollout(&self, name: &str, state: &RolloutState) -> Result<(), ModelError> {
+        let split = state
+            .split
+            .as_ref()
+            .map(Split::new)
+            .transpose()
+            .map_err(|reason| ModelError::Spec { path: name.into(), reason })?;
+        self.repo.set_rollout(name, state)?;
+        let mut inner = self.inner.lock();
+        if let Some(v) = &state.serving {
+            inner.serving.insert(name.to_string(), v.as_str().into());
+        }
+        match split {
+            Some(s) => inner.splits.insert(name.to_string(), Arc::new(s)),
+            None => inner.splits.remove(name),
+        };
+        match &state.shadow {
+            Some(v) => inner.shadows.insert(name.to_string(), v.as_str().into()),
+            None => inner.shadows.remove(name),
+        };
+        match &state.canary {
+            Some(c) => inner.canaries.insert(name.to_string(), c.clone()),
+            None => inner.canaries.remove(name),
+        };
+        Ok(())
+    }
+
     fn serving(&self, name: &str) -> Result<Arc<str>, ModelError> {
         if let Some(v) = self.inner.lock().serving.get(name) {
             return Ok(v.clone());
@@ -399,10 +487,17 @@ impl ModelCache {
                 None
             }
         };
+        let stored = self.repo.rollout_of(name).unwrap_or_default();
         let mut inner = self.inner.lock();
         inner.serving.insert(name.to_string(), v.clone());
         if let Some(s) = split {
             inner.splits.entry(name.to_string()).or_insert_with(|| Arc::new(s));
+        }
+        if let Some(s) = stored.shadow {
+            inner.shadows.entry(name.to_string()).or_insert_with(|| s.as_str().into());
+        }
+        if let Some(c) = stored.canary {
+            inner.canaries.entry(name.to_string()).or_insert(c);
         }
         Ok(v)
     }
@@ -410,9 +505,10 @@ impl ModelCache {
     fn expire(&self, inner: &mut Inner, now: Instant, keep: Option<(&str, &str)>) {
         let Some(ttl) = self.settings.ttl else { return };
         let splits = std::mem::take(&mut inner.splits);
+        let shadows = std::mem::take(&mut inner.shadows);
         inner.entries.retain(|e| {
             let is_kept = keep.is_some_and(|(n, v)| &*e.model.name == n && &*e.model.version == v)
-                || pinned(&splits, &e.model.name, &e.model.version);
+                || pinned(&splits, &shadows, &e.model.name, &e.model.version);
             let alive = is_kept || now.saturating_duration_since(e.last_used) < ttl;
             if !alive {
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
@@ -421,10 +517,70 @@ impl ModelCache {
             alive
         });
         inner.splits = splits;
+        inner.shadows = shadows;
     }
 }
 
-/// Whether a split of `name` names `version` (pinned against eviction).
-fn pinned(splits: &HashMap<String, Arc<Split>>, name: &str, version: &str) -> bool {
+/// What [`ModelCache::load_and_apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The state is now in force.
+    Changed,
+    /// It was in force already.
+    Unchanged,
+    /// It would have moved a canary backwards: ignored.
+    Stale,
+}
+
+/// One log line per change of `name`'s rollout state, and the canary counters.
+fn log_transition(name: &str, old: &RolloutState, new: &RolloutState, stats: &CacheStats) {
+    let text = |s: &Option<std::collections::BTreeMap<String, u32>>| {
+        s.as_ref().map_or_else(|| "none".to_string(), |m| format!("{m:?}"))
+    };
+    match (&old.canary, &new.canary) {
+        (o, Some(c)) if o.as_ref() != Some(c) => {
+            let same = o.as_ref().is_some_and(|o| o.id == c.id);
+            match c.status {
+                CanaryStatus::Running => {
+                    if same {
+                        stats.canary_steps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::info!(event = "canary_step", model = name, version = %c.plan.version,
+                        step = c.step + 1, steps = c.plan.steps.len(), percent = c.percent(),
+                        split = %text(&new.split), "canary: {}% of the traffic to version {}", c.percent(), c.plan.version);
+                }
+                CanaryStatus::Completed => {
+                    stats.canary_completions.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(event = "canary_completed", model = name, version = %c.plan.version,
+                        "canary completed: version {} serves all traffic", c.plan.version);
+                }
+                CanaryStatus::RolledBack => {
+                    stats.canary_rollbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(event = "canary_rolled_back", model = name, version = %c.plan.version,
+                        reason = c.reason.as_deref().unwrap_or(""), split = %text(&new.split),
+                        "canary rolled back: {}", c.reason.as_deref().unwrap_or("no reason given"));
+                }
+            }
+        }
+        _ => {}
+    }
+    if old.serving != new.serving || old.split != new.split || old.shadow != new.shadow {
+        tracing::info!(event = "model_rollout", model = name,
+            serving = new.serving.as_deref().unwrap_or(""), split = %text(&new.split),
+            shadow = new.shadow.as_deref().unwrap_or("none"),
+            previous_serving = old.serving.as_deref().unwrap_or(""), previous_split = %text(&old.split),
+            previous_shadow = old.shadow.as_deref().unwrap_or("none"), "rollout state changed");
+    }
+}
+
+/// Whether a split of `name` names `version`, or it is `name`'s shadow (pinned against
+/// eviction).
+fn pinned(
+    splits: &HashMap<String, Arc<Split>>,
+    shadows: &HashMap<String, Arc<str>>,
+    name: &str,
+    version: &str,
+) -> bool {
     splits.get(name).is_some_and(|s| s.weights().iter().any(|(v, _)| &**v == version))
+        || shadows.get(name).is_some_and(|s| &**s == version)
 }

@@ -10,6 +10,7 @@ pub mod loader;
 pub mod mlp;
 pub mod packed_bert;
 pub mod repository;
+pub mod rollout;
 pub mod spec;
 pub mod split;
 pub mod text;

@@ -7,6 +7,7 @@
 //! `<state>/<name>/model.toml`, so that the repository itself can be mounted read-only; that
 //! file wins over the repository's own.
 
+use super::rollout::{Canary, RolloutState};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,12 @@ struct ModelToml {
     /// The traffic split, `version → weight` (`POST .../traffic`).
     #[serde(skip_serializing_if = "Option::is_none")]
     split: Option<std::collections::BTreeMap<String, u32>>,
+    /// The shadow version (`POST .../traffic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shadow: Option<String>,
+    /// The automatic canary and its progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    canary: Option<Canary>,
 }
 
 /// A model repository rooted at a directory.
@@ -190,6 +197,28 @@ impl Repository {
         }
         let (_, mut t) = self.read_toml(name)?;
         t.split = split.cloned();
+        self.write_toml(name, &t)
+    }
+
+    /// `name`'s stored rollout state (split, shadow, canary; `serving` as stored, if it is).
+    pub fn rollout_of(&self, name: &str) -> Result<RolloutState, ModelError> {
+        let t = self.read_toml(name)?.1;
+        Ok(RolloutState { serving: t.serving, split: t.split, shadow: t.shadow, canary: t.canary })
+    }
+
+    /// Stores `name`'s rollout state (the serving version only when `state` names one), like
+    /// [`set_serving`](Self::set_serving). Every version it names must exist.
+    pub fn set_rollout(&self, name: &str, state: &RolloutState) -> Result<(), ModelError> {
+        for v in state.versions() {
+            self.version_dir(name, &v)?;
+        }
+        let (_, mut t) = self.read_toml(name)?;
+        if let Some(s) = &state.serving {
+            t.serving = Some(s.clone());
+        }
+        t.split = state.split.clone();
+        t.shadow = state.shadow.clone();
+        t.canary = state.canary.clone();
         self.write_toml(name, &t)
     }
 

@@ -11,15 +11,15 @@
 //!   exported counters keep growing across pipeline restarts (a restarted pipeline starts its
 //!   own counters at zero; a new `generation` tells the mirror to start over from zero).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prometheus::core::Collector;
 use prometheus::{
-    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::core::{
@@ -45,10 +45,179 @@ fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
         .expect("valid histogram options")
 }
 
+/// One model version's outcome metrics (children of the labelled families, resolved once).
+struct VersionMetrics {
+    results: IntCounter,
+    dead_letters: [IntCounter; ErrorClass::COUNT],
+    end_to_end: Histogram,
+}
+
+/// What one model version did so far: the figures an automatic canary compares (cumulative;
+/// a window is the difference of two readings).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VersionReading {
+    /// Records that got an outcome from this version (results and dead letters).
+    pub requests: u64,
+    /// Dead letters that are the version's fault: `inference` failures and an open circuit
+    /// (not the client's own bad records, not expiries).
+    pub errors: u64,
+    /// End-to-end latency of its records.
+    pub latency: HistogramSnapshot,
+}
+
+impl VersionReading {
+    /// Two versions' readings together (same histogram buckets).
+    pub fn plus(&self, other: &VersionReading) -> VersionReading {
+        VersionReading {
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
+            latency: self.latency.plus(&other.latency),
+        }
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &VersionReading) -> VersionReading {
+        VersionReading {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            latency: self.latency.since(&earlier.latency),
+        }
+    }
+}
+
+/// (model, primary, shadow, measure) → (sum, count) of the agreement since start.
+type RunningMeans = HashMap<[String; 4], (f64, u64)>;
+
+/// (model, version) → its metric children.
+type VersionMap = HashMap<(Arc<str>, Arc<str>), Arc<VersionMetrics>>;
+
+/// Shadow scoring's metrics (see `execute::shadow`).
+#[derive(Clone)]
+pub struct ShadowMetrics {
+    results: IntCounter,
+    dropped: IntCounter,
+    failed: IntCounter,
+    compared: IntCounterVec,
+    agreement: GaugeVec,
+    /// (model, primary, shadow, measure) → (sum, count) of the agreement since start.
+    running: Arc<Mutex<RunningMeans>>,
+}
+
+impl ShadowMetrics {
+    fn new() -> Self {
+        let counter = |name: &str, help: &str| {
+            IntCounter::with_opts(Opts::new(name, help)).expect("valid counter options")
+        };
+        ShadowMetrics {
+            results: counter("sluice_shadow_results_total", "Shadow results queued for the shadow topic"),
+            dropped: counter(
+                "sluice_shadow_dropped_total",
+                "Requests whose shadow result was dropped: the shadow queue or the shadow producer was full",
+            ),
+            failed: counter(
+                "sluice_shadow_failed_total",
+                "Requests whose shadow computation failed (the shadow version is not loaded, or its batch failed)",
+            ),
+            compared: IntCounterVec::new(
+                Opts::new("sluice_shadow_compared_total", "Requests compared between primary and shadow"),
+                &["model", "primary", "shadow"],
+            )
+            .expect("valid counter options"),
+            agreement: GaugeVec::new(
+                Opts::new(
+                    "sluice_shadow_agreement",
+                    "Running mean agreement of primary and shadow results: cosine (embeddings), share of equal labels (classifiers), mean absolute difference (tabular; 0 is full agreement)",
+                ),
+                &["model", "primary", "shadow", "measure"],
+            )
+            .expect("valid gauge options"),
+            running: Arc::default(),
+        }
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.results.clone()))?;
+        registry.register(Box::new(self.dropped.clone()))?;
+        registry.register(Box::new(self.failed.clone()))?;
+        registry.register(Box::new(self.compared.clone()))?;
+        registry.register(Box::new(self.agreement.clone()))?;
+        Ok(())
+    }
+
+    /// `n` shadow results queued for sending.
+    pub fn published(&self, n: usize) {
+        self.results.inc_by(n as u64);
+    }
+
+    /// `n` requests' shadow work dropped.
+    pub fn dropped(&self, n: usize) {
+        self.dropped.inc_by(n as u64);
+    }
+
+    /// `n` requests' shadow computation failed.
+    pub fn failed(&self, n: usize) {
+        self.failed.inc_by(n as u64);
+    }
+
+    /// Adds `count` comparisons summing to `sum` to the running mean of (model, primary,
+    /// shadow).
+    pub fn agreement(
+        &self,
+        model: &str,
+        primary: &str,
+        shadow: &str,
+        measure: &str,
+        sum: f64,
+        count: u64,
+    ) {
+        if count == 0 {
+            return;
+        }
+        let key = [model, primary, shadow, measure].map(str::to_owned);
+        let mean = {
+            let mut running = self.running.lock();
+            let e = running.entry(key).or_insert((0.0, 0));
+            e.0 += sum;
+            e.1 += count;
+            e.0 / e.1 as f64
+        };
+        self.compared.with_label_values(&[model, primary, shadow]).inc_by(count);
+        self.agreement.with_label_values(&[model, primary, shadow, measure]).set(mean);
+    }
+
+    /// (results, dropped, failed) so far.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (self.results.get(), self.dropped.get(), self.failed.get())
+    }
+
+    /// The running mean agreement of (model, primary, shadow) and how many requests it
+    /// covers.
+    pub fn agreement_of(
+        &self,
+        model: &str,
+        primary: &str,
+        shadow: &str,
+    ) -> Option<(f64, u64, String)> {
+        let running = self.running.lock();
+        running
+            .iter()
+            .find(|(k, _)| k[0] == model && k[1] == primary && k[2] == shadow)
+            .map(|(k, (sum, n))| (sum / *n as f64, *n, k[3].clone()))
+    }
+}
+
 /// Per-outcome metrics, recorded where every outcome passes (the emit thread).
 #[derive(Clone)]
 pub struct OutcomeMetrics {
+    /// Shadow scoring (recorded by the shadow thread).
+    pub shadow: ShadowMetrics,
     requests: IntCounterVec,
+    /// `sluice_model_requests_total{model,version,outcome,class}`.
+    model_requests: IntCounterVec,
+    /// `sluice_model_end_to_end_latency_seconds{model,version}`.
+    model_latency: HistogramVec,
+    /// The children of the two families above per (model, version), resolved on first use.
+    versions: Arc<Mutex<VersionMap>>,
     results: IntCounter,
     dead_letters: [IntCounter; ErrorClass::COUNT],
     /// Arrival to the start of the batch (served requests).
@@ -97,8 +266,29 @@ impl OutcomeMetrics {
         let results = requests.with_label_values(&["result", "none"]);
         let dead_letters =
             ErrorClass::ALL.map(|c| requests.with_label_values(&["dead_letter", c.as_str()]));
+        let model_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_model_requests_total",
+                "Records that got their outcome, by model version, outcome and error class",
+            ),
+            &["model", "version", "outcome", "class"],
+        )
+        .expect("valid counter options");
+        let model_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_model_end_to_end_latency_seconds",
+                "Arrival to outcome, by model version",
+            )
+            .buckets(latency_buckets()),
+            &["model", "version"],
+        )
+        .expect("valid histogram options");
         OutcomeMetrics {
+            shadow: ShadowMetrics::new(),
             requests,
+            model_requests,
+            model_latency,
+            versions: Arc::default(),
             results,
             dead_letters,
             queue: histogram(
@@ -137,6 +327,9 @@ impl OutcomeMetrics {
     /// Adds these metrics to `registry`.
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.requests.clone()))?;
+        self.shadow.register(registry)?;
+        registry.register(Box::new(self.model_requests.clone()))?;
+        registry.register(Box::new(self.model_latency.clone()))?;
         registry.register(Box::new(self.queue.clone()))?;
         registry.register(Box::new(self.inference.clone()))?;
         registry.register(Box::new(self.end_to_end.clone()))?;
@@ -152,21 +345,67 @@ impl OutcomeMetrics {
         self.txn_records.observe(records as f64);
     }
 
-    /// Records one outcome: atomics only, no allocation.
+    /// Records one outcome: atomics, and for an outcome of a model version one short map
+    /// lookup (no allocation after the version's first outcome).
     #[inline]
     pub fn record(&self, o: &Outcome) {
         let t = o.timings;
         self.end_to_end.observe(us_to_s(t.total_us));
+        let version = o.model.as_ref().map(|m| self.version(&m.name, &m.version));
+        if let Some(v) = &version {
+            v.end_to_end.observe(us_to_s(t.total_us));
+        }
         match &o.verdict {
             Verdict::Success { batch_size, .. } => {
                 self.results.inc();
                 self.queue.observe(us_to_s(t.queue_us));
                 self.inference.observe(us_to_s(t.infer_us));
                 self.batch_size.observe(*batch_size as f64);
+                if let Some(v) = &version {
+                    v.results.inc();
+                }
             }
             Verdict::Failure(f) => {
                 self.dead_letters[f.class.index()].inc();
+                if let Some(v) = &version {
+                    v.dead_letters[f.class.index()].inc();
+                }
             }
+        }
+    }
+
+    /// The metric children of one model version, made on its first outcome.
+    fn version(&self, name: &Arc<str>, version: &Arc<str>) -> Arc<VersionMetrics> {
+        let mut map = self.versions.lock();
+        let key = (name.clone(), version.clone());
+        if let Some(v) = map.get(&key) {
+            return v.clone();
+        }
+        let (n, v) = (&**name, &**version);
+        let made = Arc::new(VersionMetrics {
+            results: self.model_requests.with_label_values(&[n, v, "result", "none"]),
+            dead_letters: ErrorClass::ALL
+                .map(|c| self.model_requests.with_label_values(&[n, v, "dead_letter", c.as_str()])),
+            end_to_end: self.model_latency.with_label_values(&[n, v]),
+        });
+        map.insert(key, made.clone());
+        made
+    }
+
+    /// What `name`/`version` did so far (zeros for a version without outcomes).
+    pub fn version_reading(&self, name: &str, version: &str) -> VersionReading {
+        let found = {
+            let map = self.versions.lock();
+            map.iter().find(|((n, v), _)| &**n == name && &**v == version).map(|(_, m)| m.clone())
+        };
+        let Some(m) = found else { return VersionReading::default() };
+        let dead: u64 = m.dead_letters.iter().map(IntCounter::get).sum();
+        let errors = m.dead_letters[ErrorClass::Inference.index()].get()
+            + m.dead_letters[ErrorClass::CircuitOpen.index()].get();
+        VersionReading {
+            requests: m.results.get() + dead,
+            errors,
+            latency: HistogramSnapshot::of(&m.end_to_end),
         }
     }
 
@@ -219,6 +458,21 @@ impl HistogramSnapshot {
     /// Observations in the snapshot.
     pub fn count(&self) -> u64 {
         self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// Both snapshots' observations together (same buckets; an empty one adds nothing).
+    pub fn plus(&self, other: &HistogramSnapshot) -> HistogramSnapshot {
+        if other.cumulative.is_empty() {
+            return self.clone();
+        }
+        if self.cumulative.is_empty() || self.cumulative.len() != other.cumulative.len() {
+            return other.clone();
+        }
+        HistogramSnapshot {
+            bounds: self.bounds.clone(),
+            cumulative: self.cumulative.iter().zip(&other.cumulative).map(|(a, b)| a + b).collect(),
+            sum: self.sum + other.sum,
+        }
     }
 
     /// What was observed between `earlier` and `self` (same histogram).
