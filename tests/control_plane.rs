@@ -1227,3 +1227,93 @@ fn a_canary_completes_and_one_on_a_failing_version_rolls_back() {
     assert!(before < sent);
     drop(cp);
 }
+
+/// Swaps under a steady stream (the real broker): switching the serving version, changing the
+/// split and running a canary to 100% while records keep arriving lose nothing and dead-letter
+/// nothing: every record sent meanwhile gets exactly one result. (How much latency a swap
+/// costs is measured by benches/run-swap-bench.sh, not asserted here.)
+#[test]
+fn swaps_under_a_steady_stream_lose_nothing_and_dead_letter_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let b = TestBroker::start().expect("broker");
+    let repo = TestRepo::new();
+    for (v, seed) in [("1", 51), ("2", 52), ("3", 53)] {
+        repo.add_mlp("swapped", v, vec![4], seed);
+    }
+    repo.cache.repository().set_serving("swapped", "1").unwrap();
+    let t = topics(&b, "cp-swaps", 2);
+    let mut cfg = config(&b.bootstrap, &t, &repo);
+    cfg.streaming.inference.model.rollout.canary_min_requests = 30;
+    cfg.streaming.inference.model.rollout.canary_check_interval_ms = 50;
+    let cp = control(&cfg, &repo, true);
+    let addr = cp.local_addr();
+    wait_running(addr);
+
+    // A producer thread: 50 keyed records every 20 ms until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (stop, sent, input, bootstrap) =
+            (stop.clone(), sent.clone(), t.input.clone(), b.bootstrap.clone());
+        std::thread::spawn(move || {
+            let b = TestBroker::external(&bootstrap).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let from = sent.load(Ordering::SeqCst);
+                let records = keyed("swapped", "w", from..from + 50, None);
+                b.produce(&input, &records, None).unwrap();
+                sent.fetch_add(50, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let wait_sent = |n: usize| {
+        wait_for("records sent", Duration::from_secs(120), || {
+            (sent.load(Ordering::SeqCst) >= n).then_some(())
+        })
+    };
+    wait_sent(500);
+    let r = post(addr, "/batch-inference/models/swapped/serving", None, r#"{"version": "2"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_sent(sent.load(Ordering::SeqCst) + 500);
+    let r = post(
+        addr,
+        "/batch-inference/models/swapped/traffic",
+        None,
+        r#"{"split": {"1": 50, "2": 50}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_sent(sent.load(Ordering::SeqCst) + 500);
+    let plan = r#"{"canary": {"version": "3", "steps": [25, 100], "stepSeconds": 1, "maxErrorRate": 0.01, "maxP99Ratio": 1000}}"#;
+    let r = post(addr, "/batch-inference/models/swapped/traffic", None, plan);
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("the canary's completion", Duration::from_secs(300), || {
+        (model_view(addr, "swapped")["canary"]["status"] == "completed").then_some(())
+    });
+    wait_sent(sent.load(Ordering::SeqCst) + 500);
+    stop.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+    let n = sent.load(Ordering::SeqCst);
+
+    let seen = outcome_ids(&b, &t, n, Duration::from_secs(300));
+    assert_eq!(seen.len(), n, "every record sent during the swaps has its outcome");
+    assert!(seen.values().all(|c| *c == 1), "exactly one each");
+    assert!(b.consume(&t.dlq, usize::MAX, Duration::from_secs(2)).is_empty(), "no dead letter");
+    let versions: std::collections::BTreeSet<String> = b
+        .consume(&t.output, usize::MAX, Duration::from_secs(3))
+        .iter()
+        .map(|c| {
+            serde_json::from_slice::<Value>(&c.value).unwrap()["version"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        versions.into_iter().collect::<Vec<_>>(),
+        ["1", "2", "3"],
+        "every version served a part"
+    );
+    assert_eq!(model_view(addr, "swapped")["serving"], "3");
+    drop(cp);
+}

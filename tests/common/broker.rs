@@ -133,7 +133,8 @@ impl TestBroker {
         Err(last)
     }
 
-    fn external(addr: &str) -> Result<TestBroker, String> {
+    /// The broker at `addr` (one already running; nothing is started or stopped).
+    pub fn external(addr: &str) -> Result<TestBroker, String> {
         let first = addr.split(',').next().unwrap_or(addr).trim();
         let deadline = Instant::now() + Duration::from_secs(10);
         let info = loop {
