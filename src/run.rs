@@ -26,6 +26,7 @@ use crate::core::{EngineStats, Envelope, ErrorClass, Failure, IngestStats, Outco
 use crate::decode::{Decoder, Undecoded};
 use crate::engine::{wait_until, Engine, EngineSettings};
 use crate::execute::circuit::Circuits;
+use crate::models::cache::Lookup;
 use crate::models::{LoadDone, ModelKey};
 use crate::queue::{Request, Rings};
 
@@ -90,6 +91,10 @@ pub struct Intake {
     circuits: Arc<Circuits>,
     completions: Sender<Outcome>,
     stats: Arc<IngestStats>,
+    /// The model cache's routing generation the parked requests were last routed at, and
+    /// when to try again a re-routing that could not finish.
+    routing_seen: u64,
+    reroute_retry_at: Option<Instant>,
 }
 
 /// What became of a record offered with [`Intake::try_decode`].
@@ -125,6 +130,56 @@ impl Intake {
         let Some(env) = self.count_and_check(env) else { return Intaken::Rejected };
         let r = self.decoder.try_decode(env);
         self.intaken(r)
+    }
+
+    /// Requests parked behind an open breaker whose version was chosen by routing, and which
+    /// routing now sends elsewhere (a canary rolled back, the serving version or the split
+    /// changed), go to the version it picks now: a rollback away from a failing version does
+    /// not leave its requests (and their partitions) waiting for that version. Requests that
+    /// named their version keep waiting for it. Cheap when nothing changed (one atomic load);
+    /// the source calls it on every loop.
+    pub fn reroute_parked(&mut self) {
+        let cache = self.decoder.cache().clone();
+        let generation = cache.routing_generation();
+        if generation == self.routing_seen
+            || self.reroute_retry_at.is_some_and(|t| Instant::now() < t)
+        {
+            return;
+        }
+        let moved = self.circuits.take_parked_if(|r| {
+            r.routed
+                && cache
+                    .routed_version(&r.model.name, r.route_key())
+                    .is_ok_and(|v| v != r.model.version)
+        });
+        let (mut rerouted, mut stuck) = (0usize, Vec::new());
+        let now = Instant::now();
+        for mut r in moved {
+            match cache.lookup_routed(&r.model.name, None, Some(r.route_key()), now) {
+                Lookup::Ready(m) => {
+                    r.model = m;
+                    match self.queue(r) {
+                        Ok(()) => rerouted += 1,
+                        Err(r) => stuck.push(r),
+                    }
+                }
+                // Not loaded (or failing): it stays parked; tried again in a second.
+                Lookup::Missing { .. } | Lookup::Failed(_) => stuck.push(r),
+            }
+        }
+        if rerouted > 0 {
+            tracing::info!(
+                requests = rerouted,
+                "parked requests routed to the version their model's routing now picks"
+            );
+        }
+        if stuck.is_empty() {
+            self.routing_seen = generation;
+            self.reroute_retry_at = None;
+        } else {
+            self.circuits.park(stuck);
+            self.reroute_retry_at = Some(now + Duration::from_secs(1));
+        }
     }
 
     /// Decodes a record that waited for `done`'s load (it is not counted again).
@@ -267,6 +322,8 @@ impl Running {
             circuits: running.circuits.clone(),
             completions: tx,
             stats: ingest_stats,
+            routing_seen: 0,
+            reroute_retry_at: None,
         };
         let stop = running.stop.clone();
         let name = source.thread_name();

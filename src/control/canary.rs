@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 
 use super::rollout::{change_blocking, now_ms};
 use super::state::Control;
+use crate::execute::circuit::CircuitState;
 use crate::models::rollout::{Canary, CanaryPlan, CanaryStatus};
 use crate::telemetry::metrics::VersionReading;
 
@@ -40,14 +41,23 @@ pub enum Judgement {
 }
 
 /// Judges a step from what the new version (`new`) and the old versions together (`old`) did
-/// in it, `elapsed_ms` after it began.
+/// in it, `elapsed_ms` after it began. `circuit_open` is the new version's open circuit
+/// breaker (its last error), if it has one: its requests are failing (and, with
+/// `whenOpen: wait`, waiting without an outcome), so it rolls back at once.
 pub fn judge(
     plan: &CanaryPlan,
     new: &VersionReading,
     old: &VersionReading,
+    circuit_open: Option<&str>,
     min_requests: u64,
     elapsed_ms: u64,
 ) -> Judgement {
+    if let Some(error) = circuit_open {
+        return Judgement::RollBack(format!(
+            "the circuit breaker of version {} is open (last error: {error})",
+            plan.version
+        ));
+    }
     if new.requests < min_requests {
         return Judgement::Wait(format!(
             "{} of {min_requests} requests on version {}",
@@ -103,6 +113,17 @@ fn readings(ctl: &Control, name: &str, c: &Canary) -> (VersionReading, VersionRe
     (new, old)
 }
 
+/// The last error of `name`/`version`'s circuit breaker, when it is open or half-open.
+fn open_breaker(ctl: &Control, name: &str, version: &str) -> Option<String> {
+    let (_, pipeline) = ctl.lifecycle.pipeline()?;
+    let circuits = pipeline.circuits()?;
+    circuits
+        .views()
+        .into_iter()
+        .find(|v| v.model == name && v.version == version && v.state != CircuitState::Closed)
+        .map(|v| v.last_error)
+}
+
 /// One look at every running canary.
 fn tick(ctl: &Control, windows: &mut Windows) {
     let min = ctl.cfg.streaming.inference.model.rollout.canary_min_requests;
@@ -124,7 +145,8 @@ fn tick(ctl: &Control, windows: &mut Windows) {
         };
         let (new_w, old_w) = (new.since(new0), old.since(old0));
         let elapsed = now_ms().saturating_sub(c.step_started_ms);
-        let next = match judge(&c.plan, &new_w, &old_w, min, elapsed) {
+        let open = open_breaker(ctl, &name, &c.plan.version);
+        let next = match judge(&c.plan, &new_w, &old_w, open.as_deref(), min, elapsed) {
             Judgement::Wait(_) => continue,
             Judgement::Advance => c.advanced(now_ms()),
             Judgement::RollBack(reason) => c.rolled_back(reason),
@@ -185,37 +207,49 @@ mod tests {
     }
 
     #[test]
+    fn an_open_circuit_rolls_back_at_once() {
+        let j = judge(&plan(), &reading(0, 0, 0.001), &reading(0, 0, 0.001), Some("boom"), 100, 0);
+        assert!(
+            matches!(&j, Judgement::RollBack(r) if r.contains("circuit breaker") && r.contains("boom")),
+            "{j:?}"
+        );
+    }
+
+    #[test]
     fn too_few_requests_wait() {
-        let j = judge(&plan(), &reading(99, 99, 0.032), &reading(1000, 0, 0.001), 100, 999_999);
+        let j =
+            judge(&plan(), &reading(99, 99, 0.032), &reading(1000, 0, 0.001), None, 100, 999_999);
         assert!(matches!(j, Judgement::Wait(w) if w.contains("99 of 100")));
     }
 
     #[test]
     fn errors_over_the_limit_roll_back_before_the_step_ends() {
-        let j = judge(&plan(), &reading(1000, 11, 0.002), &reading(1000, 0, 0.002), 100, 0);
+        let j = judge(&plan(), &reading(1000, 11, 0.002), &reading(1000, 0, 0.002), None, 100, 0);
         assert!(matches!(&j, Judgement::RollBack(r) if r.contains("error rate 0.0110")), "{j:?}");
-        let ok = judge(&plan(), &reading(1000, 10, 0.002), &reading(1000, 0, 0.002), 100, 0);
+        let ok = judge(&plan(), &reading(1000, 10, 0.002), &reading(1000, 0, 0.002), None, 100, 0);
         assert!(matches!(ok, Judgement::Wait(_)), "1% is within a 1% limit: {ok:?}");
     }
 
     #[test]
     fn a_slower_p99_rolls_back_relative_to_the_old_version() {
         // p99 in the 8 ms bucket against the old version's 4 ms bucket: about 2x > 1.5.
-        let j = judge(&plan(), &reading(1000, 0, 0.008), &reading(1000, 0, 0.004), 100, 0);
+        let j = judge(&plan(), &reading(1000, 0, 0.008), &reading(1000, 0, 0.004), None, 100, 0);
         assert!(matches!(&j, Judgement::RollBack(r) if r.contains("maxP99Ratio")), "{j:?}");
         // The same latency on both: fine.
-        let same = judge(&plan(), &reading(1000, 0, 0.008), &reading(1000, 0, 0.008), 100, 60_000);
+        let same =
+            judge(&plan(), &reading(1000, 0, 0.008), &reading(1000, 0, 0.008), None, 100, 60_000);
         assert_eq!(same, Judgement::Advance);
         // Too few old requests to compare: latency is not judged (at the last step the old
         // version gets nothing).
-        let alone = judge(&plan(), &reading(1000, 0, 0.032), &reading(5, 0, 0.001), 100, 60_000);
+        let alone =
+            judge(&plan(), &reading(1000, 0, 0.032), &reading(5, 0, 0.001), None, 100, 60_000);
         assert_eq!(alone, Judgement::Advance);
     }
 
     #[test]
     fn a_healthy_step_passes_only_after_its_time() {
         let (n, o) = (reading(500, 0, 0.002), reading(5000, 0, 0.002));
-        assert!(matches!(judge(&plan(), &n, &o, 100, 59_999), Judgement::Wait(_)));
-        assert_eq!(judge(&plan(), &n, &o, 100, 60_000), Judgement::Advance);
+        assert!(matches!(judge(&plan(), &n, &o, None, 100, 59_999), Judgement::Wait(_)));
+        assert_eq!(judge(&plan(), &n, &o, None, 100, 60_000), Judgement::Advance);
     }
 }

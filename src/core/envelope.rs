@@ -91,6 +91,14 @@ impl Envelope {
     }
 }
 
+/// The key a traffic split routes a request by: its record key (when not empty), else its id.
+pub fn route_key<'a>(env: &'a Envelope, id: &'a [u8]) -> &'a [u8] {
+    match env.key.as_deref() {
+        Some(k) if !k.is_empty() => k,
+        _ => id,
+    }
+}
+
 /// A request id: borrowed from the payload when it had no JSON escapes (the common case),
 /// owned otherwise.
 #[derive(Debug, Clone)]

@@ -14,8 +14,8 @@ pub mod staging;
 pub mod stats;
 
 pub use envelope::{
-    now_epoch_ms, ContentType, Envelope, IdText, InputKind, Priority, RecordHeaders, Source,
-    REPLAY_COUNT_HEADER,
+    now_epoch_ms, route_key, ContentType, Envelope, IdText, InputKind, Priority, RecordHeaders,
+    Source, REPLAY_COUNT_HEADER,
 };
 pub use limits::{BatchCaps, Limits};
 pub use outcome::{bounded_reason, panic_message, MAX_REASON_BYTES};

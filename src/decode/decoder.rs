@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::flatbuf;
 use super::json::{for_each_feature_row, for_each_text};
 use crate::core::{now_epoch_ms, ContentType, Envelope, IdText, InputKind, InvalidInput, Limits};
-use crate::core::{ErrorClass, Failure};
+use crate::core::{route_key, ErrorClass, Failure};
 use crate::models::cache::Lookup;
 use crate::models::wordpiece::TokenScratch;
 use crate::models::ModelLoader;
@@ -144,6 +144,11 @@ fn json_failure(e: serde_json::Error) -> Failure {
 }
 
 impl Decoder {
+    /// The model cache it resolves models through.
+    pub fn cache(&self) -> &Arc<ModelCache> {
+        &self.cache
+    }
+
     /// A decoder resolving models through `cache`. `default_model` serves requests without a
     /// `model` field (batch mode's `--model`); the Kafka path requires the field.
     pub fn new(cache: Arc<ModelCache>, limits: Limits, default_model: Option<String>) -> Self {
@@ -262,6 +267,7 @@ impl Decoder {
                     max_tokens: parts.max_tokens,
                     deadline_ms: parts.deadline_ms,
                     seq: self.seq,
+                    routed: parts.routed,
                 })
             }
             Err(Stop::Fail(f)) => Err(Undecoded::Rejected(env, f)),
@@ -321,6 +327,7 @@ impl Decoder {
             items,
             max_tokens,
             deadline_ms: raw.deadline_ms,
+            routed: raw.version.is_none(),
         })
     }
 
@@ -343,6 +350,7 @@ impl Decoder {
             items: items as u32,
             max_tokens: longest as u32,
             deadline_ms: fb.deadline_ms(),
+            routed: fb.version().is_none(),
         })
     }
 
@@ -477,12 +485,5 @@ struct Parts {
     items: u32,
     max_tokens: u32,
     deadline_ms: Option<u64>,
-}
-
-/// The key a traffic split routes a request by: its record key, else its id.
-fn route_key<'a>(env: &'a Envelope, id: &'a [u8]) -> &'a [u8] {
-    match env.key.as_deref() {
-        Some(k) if !k.is_empty() => k,
-        _ => id,
-    }
+    routed: bool,
 }

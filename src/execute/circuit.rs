@@ -405,6 +405,15 @@ impl Circuits {
         out
     }
 
+    /// Takes the parked requests `pick` chooses (to route them to another version).
+    pub fn take_parked_if(&self, pick: impl Fn(&Request) -> bool) -> Vec<Request> {
+        let mut out = Vec::new();
+        if self.parked.load(Ordering::Acquire) > 0 {
+            self.take_where(&mut out, pick);
+        }
+        out
+    }
+
     /// Takes every parked request (the drain: they stay uncommitted).
     pub fn take_all_parked(&self) -> Vec<Request> {
         let mut out = Vec::new();

@@ -251,6 +251,7 @@ fn score(
             max_tokens: it.max_tokens,
             deadline_ms: None,
             seq: it.seq,
+            routed: false,
         })
         .collect();
     fill_batch(&model, &reqs, exec.staging(), scratch)

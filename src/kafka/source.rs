@@ -406,6 +406,7 @@ impl RecordSource for KafkaSource {
         let max_waiting = intake.rings().capacity();
         while !stop.load(Ordering::SeqCst) {
             self.resume_loaded(&mut intake);
+            intake.reroute_parked();
             let (prio_held, normal_held) = self.flush_pending(&intake);
             // At the memory bound nothing more is read until what is held drains. The commit
             // tracker counts too: while one outcome is held back (a broker failure), every

@@ -5,7 +5,7 @@
 //! freed when the last of them completes.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,9 @@ pub struct ModelCache {
     inner: Mutex<Inner>,
     /// Hit, miss, eviction and load counters.
     pub stats: CacheStats,
+    /// Grows with every change of any model's routing (serving version, split): requests
+    /// waiting with a routed version look again when it moves.
+    routing_generation: AtomicU64,
 }
 
 impl ModelCache {
@@ -98,6 +101,7 @@ impl ModelCache {
             settings,
             inner: Mutex::new(Inner::default()),
             stats: CacheStats::default(),
+            routing_generation: AtomicU64::new(0),
         }
     }
 
@@ -325,7 +329,19 @@ impl ModelCache {
     pub fn set_serving(&self, name: &str, version: &str) -> Result<(), ModelError> {
         self.repo.set_serving(name, version)?;
         self.inner.lock().serving.insert(name.to_string(), version.into());
+        self.routing_generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Grows with every routing change (see the field).
+    pub fn routing_generation(&self) -> u64 {
+        self.routing_generation.load(Ordering::Acquire)
+    }
+
+    /// The version a request of `name` that names none goes to now, by its routing key
+    /// `route` (the split's pick, else the serving version). Loads nothing.
+    pub fn routed_version(&self, name: &str, route: &[u8]) -> Result<Arc<str>, ModelError> {
+        self.serving_for(name, Some(route))
     }
 
     /// `(name, version)` of every loaded model, least recently used first.
@@ -380,6 +396,7 @@ impl ModelCache {
             Some(s) => inner.splits.insert(name.to_string(), Arc::new(s)),
             None => inner.splits.remove(name),
         };
+        self.routing_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// `name`'s traffic split, if it has one.
@@ -465,6 +482,7 @@ impl ModelCache {
             Some(c) => inner.canaries.insert(name.to_string(), c.clone()),
             None => inner.canaries.remove(name),
         };
+        self.routing_generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::core::{BatchOutput, Envelope, Failure, IdText, InputKind, Outcome};
+use crate::core::{route_key, BatchOutput, Envelope, Failure, IdText, InputKind, Outcome};
 use crate::models::LoadedModel;
 
 /// A validated request, ready to queue.
@@ -26,12 +26,21 @@ pub struct Request {
     pub deadline_ms: Option<u64>,
     /// Arrival order, used by the batcher to find the oldest request.
     pub seq: u64,
+    /// The version was chosen by the model's routing (serving version or split), not named
+    /// by the request: a routing change may send the request to another version while it
+    /// waits (parked behind an open breaker).
+    pub routed: bool,
 }
 
 impl Request {
     /// The request id.
     pub fn id(&self) -> &str {
         self.id.as_str(&self.env.payload)
+    }
+
+    /// The key the model's traffic split routes it by: its record key, else its id.
+    pub fn route_key(&self) -> &[u8] {
+        route_key(&self.env, self.id().as_bytes())
     }
 
     /// The raw JSON of `input` (the whole FlatBuffer for FlatBuffers requests).
