@@ -158,6 +158,26 @@ fn warm_up_is_checked_but_not_measured() {
     assert_eq!(rec.due_in_window(), 100);
 }
 
+/// The timeline shows latency per second of intended send time, warm-up included: a stall in
+/// the third second shows there and only there.
+#[test]
+fn the_timeline_places_a_stall_in_its_second() {
+    let intended: Arc<[u64]> = intended_times(100.0, Arrival::Fixed, 4 * SEC, 1).into();
+    let mut rec = Recorder::new(intended.clone(), plan(intended.len()), SEC);
+    for (seq, &t) in intended.iter().enumerate() {
+        let late = if (2 * SEC..3 * SEC).contains(&t) { 300 * MS } else { 5 * MS };
+        rec.on_outcome(seq, OutcomeKind::Result, t + late, ResultFacts::default());
+    }
+    let tl = rec.timeline();
+    assert_eq!(tl.iter().map(|w| w.start_s).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert!(tl.iter().all(|w| w.count == 100), "{tl:?}");
+    for w in &tl {
+        let stalled = w.start_s == 2;
+        assert_eq!(w.p99_ms >= 299.0, stalled, "{w:?}");
+        assert!(w.p99_ms <= 301.0 && w.p50_ms >= 4.9, "{w:?}");
+    }
+}
+
 #[test]
 fn the_checker_counts_missing_duplicate_foreign_and_misrouted_outcomes() {
     let intended: Arc<[u64]> = intended_times(1000.0, Arrival::Fixed, SEC, 1).into();

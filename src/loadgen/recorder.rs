@@ -56,6 +56,18 @@ pub fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     SPECTRUM_QUANTILES.iter().map(|&q| (q, h.value_at_quantile(q) as f64 / 1e3)).collect()
 }
 
+/// The latency of the well-formed requests whose intended send time fell in one second of a
+/// step (warm-up included): how latency moved during the step, e.g. around a model swap.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// Seconds from the step's start to the window's start.
+    pub start_s: u32,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
 /// How one outcome came back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutcomeKind {
@@ -109,6 +121,8 @@ pub struct Recorder {
     /// (sum of infer µs, count) per batch size.
     infer_by_batch: Vec<(u64, u64)>,
     first_unseen: usize,
+    /// Results of well-formed requests per second of intended send time.
+    timeline: Vec<Histogram<u64>>,
     sent: usize,
 }
 
@@ -143,6 +157,7 @@ impl Recorder {
             batch_n: 0,
             infer_by_batch: vec![(0, 0); MAX_TRACKED_BATCH + 1],
             first_unseen: 0,
+            timeline: (0..send_end_ns.div_ceil(1_000_000_000)).map(|_| new_histogram()).collect(),
             sent: n,
         }
     }
@@ -194,10 +209,15 @@ impl Recorder {
         if now_ns >= self.warmup_ns && now_ns < self.send_end_ns {
             self.completed_in_window += 1;
         }
+        let us = (now_ns.saturating_sub(intended) / 1_000).max(1);
+        if kind == OutcomeKind::Result && !hostile {
+            if let Some(w) = self.timeline.get_mut((intended / 1_000_000_000) as usize) {
+                let _ = w.record(us);
+            }
+        }
         if intended < self.warmup_ns {
             return;
         }
-        let us = (now_ns.saturating_sub(intended) / 1_000).max(1);
         let _ = self.all.record(us);
         match kind {
             OutcomeKind::Result if !hostile => {
@@ -211,6 +231,24 @@ impl Recorder {
                 let _ = self.dead_letters.record(us);
             }
         }
+    }
+
+    /// The latency per second of intended send time (see [`Window`]).
+    pub fn timeline(&self) -> Vec<Window> {
+        self.timeline
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let p = Percentiles::of(h);
+                Window {
+                    start_s: i as u32,
+                    count: p.count,
+                    p50_ms: p.p50_ms,
+                    p99_ms: p.p99_ms,
+                    max_ms: p.max_ms,
+                }
+            })
+            .collect()
     }
 
     /// Counts a record that is not one of this run's.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{LoadgenError, Result};
 use super::open_loop::{run_open_loop, Clock, RealClock, SendStats, Sink};
-use super::recorder::{spectrum, OutcomeKind, Percentiles, Recorder, ResultFacts};
+use super::recorder::{spectrum, OutcomeKind, Percentiles, Recorder, ResultFacts, Window};
 use super::schedule::{intended_times, Arrival};
 use super::workload::{Planned, Workload};
 use crate::kafka::admin;
@@ -80,6 +80,9 @@ pub struct StepResult {
     pub all: Percentiles,
     /// `(quantile, ms)` of `latency`, for the spectrum picture.
     pub spectrum: Vec<(f64, f64)>,
+    /// Latency per second of the step (warm-up included), by intended send time.
+    #[serde(default)]
+    pub timeline: Vec<Window>,
     /// Mean rows per batch, where result records say (Sluice and the peer do).
     pub mean_batch: Option<f64>,
     /// Largest batch size seen and its mean inference time (ms), where result records say.
@@ -374,6 +377,7 @@ pub fn run_step(target: &Target, spec: &StepSpec, stop: &AtomicBool) -> Result<S
         dead_letter: Percentiles::of(&rec.dead_letters),
         all: Percentiles::of(&rec.all),
         spectrum: spectrum(&rec.results),
+        timeline: rec.timeline(),
         mean_batch: rec.mean_batch(),
         largest_batch: rec.largest_batch_infer(),
         max_send_lag_ms: send_stats.max_lag_ns as f64 / 1e6,

@@ -457,7 +457,10 @@ impl ModelCache {
 
     /// Makes `state` `name`'s rollout state here and stores it in the state directory. The
     /// caller has loaded every version it names (they are pinned while it holds). The split
-    /// is checked first; nothing changes when it is invalid or the store fails.
+    /// is checked first; nothing changes when it is invalid. A state that cannot be stored
+    /// (no writable state directory) still holds here until a restart, with a warning: the
+    /// other instances apply it from the control topic too, and a restart reads it back from
+    /// there.
     pub fn apply_rollout(&self, name: &str, state: &RolloutState) -> Result<(), ModelError> {
         let split = state
             .split
@@ -465,7 +468,9 @@ impl ModelCache {
             .map(Split::new)
             .transpose()
             .map_err(|reason| ModelError::Spec { path: name.into(), reason })?;
-        self.repo.set_rollout(name, state)?;
+        if let Err(e) = self.repo.set_rollout(name, state) {
+            tracing::warn!(model = name, error = %e, "the rollout state is not stored in the state directory: it holds until a restart (the control topic brings it back)");
+        }
         let mut inner = self.inner.lock();
         if let Some(v) = &state.serving {
             inner.serving.insert(name.to_string(), v.as_str().into());
