@@ -1064,6 +1064,7 @@ fn a_shadow_version_scores_every_request_without_touching_the_primary_results() 
     drop(cp);
 }
 
+#[cfg(feature = "fault-injection")]
 /// Sends rounds of 200 keyed requests until `done(model view)`, checking that each round's
 /// records all get exactly one outcome; returns the ids seen per outcome so far.
 fn rounds_until(
