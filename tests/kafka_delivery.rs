@@ -36,7 +36,7 @@ fn setup(
     cfg.streaming.inference.metrics.enabled = false;
     cfg.streaming.inference.model.repository = repo.path();
     let t = &cfg.kafka.topics.streaming;
-    for name in [&t.input, &t.priority, &t.output, &t.dlq, &t.metrics] {
+    for name in [&t.input, &t.priority, &t.output, &t.dlq, &t.metrics, &t.shadow] {
         cluster.create_topic(name, 1, 1).unwrap();
     }
     cfg

@@ -159,7 +159,7 @@ pub fn run(opt: DemoOptions, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
     let topics = cfg.kafka.topics.streaming.clone();
     let create = during("creating the demo topics");
     broker.create_topic(&topics.input, PARTITIONS_IN as i32).map_err(&create)?;
-    for t in [&topics.priority, &topics.output, &topics.dlq, &topics.metrics] {
+    for t in [&topics.priority, &topics.output, &topics.dlq, &topics.metrics, &topics.shadow] {
         broker.create_topic(t, 1).map_err(&create)?;
     }
     let (models, model) = demo_models(&opt)?;

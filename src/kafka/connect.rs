@@ -45,11 +45,21 @@ pub fn connect(
         topics.output.as_str(),
         topics.dlq.as_str(),
         topics.metrics.as_str(),
-        topics.shadow.as_str(),
     ];
     let created = admin::ensure_topics(&admin_cfg, &all, 1, Duration::from_secs(10))?;
     if !created.is_empty() {
         tracing::info!(topics = ?created, "created missing topics (1 partition each; create them yourself for more)");
+    }
+    // The shadow topic is best effort, like shadow records: a missing one that cannot be
+    // created (no CreateTopics permission) does not stop the pipeline.
+    match admin::ensure_topics(&admin_cfg, &[topics.shadow.as_str()], 1, Duration::from_secs(5)) {
+        Ok(c) if !c.is_empty() => {
+            tracing::info!(topic = %topics.shadow, "created the shadow topic (1 partition)")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(topic = %topics.shadow, error = %e, "the shadow topic is missing and could not be created: shadow records are dropped (counted) until it exists")
+        }
     }
     let tracker = Arc::new(Mutex::new(CommitTracker::new()));
     let producer: BaseProducer<SinkContext> = create(
