@@ -4,8 +4,8 @@
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
+use crate::core::{argmax, BatchOutput, Envelope, OutputKind};
 use crate::core::{bounded_reason, Outcome, Source, Verdict, REPLAY_COUNT_HEADER};
-use crate::core::{BatchOutput, Envelope, OutputKind};
 use crate::execute::shadow::ShadowResult;
 
 struct OutputRows<'a> {
@@ -23,15 +23,7 @@ impl Serialize for Row<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.kind {
             OutputKind::Classification(labels) => {
-                let best = self
-                    .values
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0usize, f32::NEG_INFINITY),
-                        |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
-                    )
-                    .0;
+                let best = argmax(self.values);
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("label", labels.get(best).map(String::as_str).unwrap_or(""))?;
                 m.serialize_entry("scores", self.values)?;

@@ -832,10 +832,7 @@ fn a_traffic_split_routes_by_key_sticks_and_survives_a_restart() {
     let cfg = config(&b.bootstrap, &t, &repo);
     // Two instances in one group, each with its own cache (as two processes would have).
     let cp = control(&cfg, &repo, true);
-    let other_cache = std::sync::Arc::new(sluice::models::ModelCache::new(
-        sluice::models::Repository::open(repo.path()).unwrap(),
-        sluice::models::cache::CacheSettings { capacity: 10, ttl: None, warmup_rows: 2 },
-    ));
+    let other_cache = common::kafka::cache_for(&cfg);
     let other = ControlPlane::start(
         cfg.clone(),
         other_cache,
@@ -916,10 +913,7 @@ fn a_traffic_split_routes_by_key_sticks_and_survives_a_restart() {
     drop(cp);
 
     // A restart: a new cache over the same repository reads the split back.
-    let cache = std::sync::Arc::new(sluice::models::ModelCache::new(
-        sluice::models::Repository::open(repo.path()).unwrap(),
-        sluice::models::cache::CacheSettings { capacity: 10, ttl: None, warmup_rows: 2 },
-    ));
+    let cache = common::kafka::cache_for(&cfg);
     cache.get("dual", None).unwrap();
     assert_eq!(cache.split("dual").map(|s| s.to_map()), Some(expected.to_map()));
 }
@@ -1182,10 +1176,7 @@ fn a_canary_completes_and_one_on_a_failing_version_rolls_back() {
     let r = post(addr, "/batch-inference/models/canaried/traffic", None, plan);
     assert_eq!(r.status, 200, "{}", r.body);
     // Its progress is stored: a restarted instance (a new cache over the repository) has it.
-    let restarted = sluice::models::ModelCache::new(
-        sluice::models::Repository::open(repo.path()).unwrap(),
-        sluice::models::cache::CacheSettings { capacity: 10, ttl: None, warmup_rows: 2 },
-    );
+    let restarted = common::kafka::cache_for(&cfg);
     let stored = restarted.rollout_state("canaried").unwrap();
     let stored_canary = stored.canary.expect("a stored canary");
     assert_eq!(stored_canary.plan.version, "3");

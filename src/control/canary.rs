@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::rollout::{change_blocking, now_ms};
+use super::rollout::change_blocking;
 use super::state::Control;
+use crate::core::now_epoch_ms;
 use crate::execute::circuit::CircuitState;
 use crate::models::rollout::{Canary, CanaryPlan, CanaryStatus};
 use crate::telemetry::metrics::VersionReading;
@@ -144,11 +145,11 @@ fn tick(ctl: &Control, windows: &mut Windows) {
             continue;
         };
         let (new_w, old_w) = (new.since(new0), old.since(old0));
-        let elapsed = now_ms().saturating_sub(c.step_started_ms);
+        let elapsed = now_epoch_ms().saturating_sub(c.step_started_ms);
         let open = open_breaker(ctl, &name, &c.plan.version);
         let next = match judge(&c.plan, &new_w, &old_w, open.as_deref(), min, elapsed) {
             Judgement::Wait(_) => continue,
-            Judgement::Advance => c.advanced(now_ms()),
+            Judgement::Advance => c.advanced(now_epoch_ms()),
             Judgement::RollBack(reason) => c.rolled_back(reason),
         };
         let Ok(current) = ctl.cache.rollout_state(&name) else { continue };

@@ -13,16 +13,11 @@ use serde_json::{json, Map, Value};
 
 use super::http::{check_name, error, json_resp, load_version, model_error, string_field, Resp};
 use super::state::Control;
+use crate::core::now_epoch_ms;
 use crate::models::cache::Applied;
 use crate::models::repository::valid_component;
 use crate::models::rollout::{Canary, CanaryPlan, CanaryStatus, RolloutState};
 use crate::models::split::Split;
-
-/// Wall-clock milliseconds since the epoch (canary steps are timed on it: they survive
-/// restarts and are compared across instances).
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// `status` and `GET /batch-inference/models` view of a canary.
 pub fn canary_json(c: &Canary) -> Value {
@@ -262,7 +257,8 @@ pub async fn traffic(ctl: &Arc<Control>, name: &str, body: &Option<Map<String, V
                     format!("version {serving} already serves all traffic"),
                 );
             }
-            let c = Canary::start(canary_id(), plan, current.split.clone(), &serving, now_ms());
+            let c =
+                Canary::start(canary_id(), plan, current.split.clone(), &serving, now_epoch_ms());
             next = c.state(&serving, next.shadow.clone());
         }
     }

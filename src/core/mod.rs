@@ -20,7 +20,7 @@ pub use envelope::{
 pub use limits::{BatchCaps, Limits};
 pub use outcome::{bounded_reason, panic_message, MAX_REASON_BYTES};
 pub use outcome::{ErrorClass, Failure, InvalidInput, ModelId, Outcome, Timings, Verdict};
-pub use output::{BatchOutput, OutputKind};
+pub use output::{argmax, BatchOutput, OutputKind};
 pub use staging::{HostStaging, PinnedBlock, StagingBuf};
 pub use stats::{
     new_histogram, CacheStats, CounterReading, EmitStats, EngineStats, IngestStats, LaneMemory,

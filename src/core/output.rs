@@ -22,6 +22,16 @@ pub struct BatchOutput {
     pub kind: OutputKind,
 }
 
+/// The index of the largest value (the first one on ties; 0 for an empty row): a classifier
+/// row's label.
+pub fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc })
+        .0
+}
+
 impl BatchOutput {
     /// Row `r` of the output.
     pub fn row(&self, r: usize) -> &[f32] {

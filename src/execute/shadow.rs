@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use super::executor::{CpuExecutor, Executor};
 use super::fill::{fill_batch, FillScratch};
-use crate::core::{BatchCaps, BatchOutput, Envelope, IdText, InputKind, OutputKind};
+use crate::core::{argmax, BatchCaps, BatchOutput, Envelope, IdText, InputKind, OutputKind};
 use crate::models::cache::Lookup;
 use crate::models::{LoadedModel, ModelCache};
 use crate::queue::Request;
@@ -346,13 +346,6 @@ fn cosine(x: &[f32], y: &[f32]) -> f64 {
         return if xx == yy { 1.0 } else { 0.0 };
     }
     xy / (xx.sqrt() * yy.sqrt())
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &x)| if x > acc.1 { (i, x) } else { acc })
-        .0
 }
 
 #[cfg(test)]

@@ -379,26 +379,6 @@ impl ModelCache {
         self.serving(name)
     }
 
-    /// Sets (or with `None` removes) `name`'s traffic split and writes it to the state
-    /// directory, so that it survives a restart.
-    pub fn set_split_persisted(&self, name: &str, split: Option<Split>) -> Result<(), ModelError> {
-        let weights = split.as_ref().map(Split::to_map);
-        self.repo.set_split(name, weights.as_ref())?;
-        self.set_split(name, split);
-        Ok(())
-    }
-
-    /// Sets (or with `None` removes) `name`'s traffic split. The caller has loaded its
-    /// versions; while it is set they are pinned against eviction.
-    pub fn set_split(&self, name: &str, split: Option<Split>) {
-        let mut inner = self.inner.lock();
-        match split {
-            Some(s) => inner.splits.insert(name.to_string(), Arc::new(s)),
-            None => inner.splits.remove(name),
-        };
-        self.routing_generation.fetch_add(1, Ordering::AcqRel);
-    }
-
     /// `name`'s traffic split, if it has one.
     pub fn split(&self, name: &str) -> Option<Arc<Split>> {
         self.inner.lock().splits.get(name).cloned()
@@ -496,21 +476,15 @@ impl ModelCache {
             return Ok(v.clone());
         }
         let v: Arc<str> = self.repo.serving_version(name)?.into();
-        let split = match self.repo.split_of(name) {
-            Ok(Some(w)) => match Split::new(&w) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(model = name, error = %e, "the stored traffic split is not valid; ignored");
-                    None
-                }
-            },
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(model = name, error = %e, "the stored traffic split cannot be read; ignored");
-                None
-            }
-        };
-        let stored = self.repo.rollout_of(name).unwrap_or_default();
+        let stored = self.repo.rollout_of(name).unwrap_or_else(|e| {
+            tracing::warn!(model = name, error = %e, "the stored rollout state cannot be read; ignored");
+            RolloutState::default()
+        });
+        let split = stored.split.as_ref().and_then(|w| {
+            Split::new(w)
+                .map_err(|e| tracing::warn!(model = name, error = %e, "the stored traffic split is not valid; ignored"))
+                .ok()
+        });
         let mut inner = self.inner.lock();
         inner.serving.insert(name.to_string(), v.clone());
         if let Some(s) = split {

@@ -166,37 +166,12 @@ impl Repository {
             .ok_or_else(|| ModelError::UnknownModel { name: name.to_string(), version: None })
     }
 
-    /// `name`'s stored traffic split, if any.
-    pub fn split_of(
-        &self,
-        name: &str,
-    ) -> Result<Option<std::collections::BTreeMap<String, u32>>, ModelError> {
-        Ok(self.read_toml(name)?.1.split)
-    }
-
     /// Marks `version` as serving `name`: writes `model.toml` in the state directory (or
     /// beside the models without one), atomically.
     pub fn set_serving(&self, name: &str, version: &str) -> Result<(), ModelError> {
         self.version_dir(name, version)?;
         let (_, mut t) = self.read_toml(name)?;
         t.serving = Some(version.to_string());
-        self.write_toml(name, &t)
-    }
-
-    /// Stores (or with `None` removes) `name`'s traffic split, like
-    /// [`set_serving`](Self::set_serving).
-    pub fn set_split(
-        &self,
-        name: &str,
-        split: Option<&std::collections::BTreeMap<String, u32>>,
-    ) -> Result<(), ModelError> {
-        if let Some(s) = split {
-            for v in s.keys() {
-                self.version_dir(name, v)?;
-            }
-        }
-        let (_, mut t) = self.read_toml(name)?;
-        t.split = split.cloned();
         self.write_toml(name, &t)
     }
 
